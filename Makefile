@@ -1,0 +1,56 @@
+# dropnotes task runner. The two commands of the README:
+#   make book   — render the book (executes every chapter with profile=auto) into _build/html
+#   make test   — run the package tests, execute every chapter (quick profile) through papermill,
+#                 and build the book from those executed notebooks
+# Both create .venv and install the package with its extras when missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+# torch: a CPU build unless a GPU is present. `pip install torch==2.13.0` takes the CPU wheel where
+# one is on disk (as on our CI machines); elsewhere, CPU-only machines use PyTorch's CPU index.
+# Override with e.g. `make TORCH=torch TORCH_INDEX=` for the default (CUDA) build.
+TORCH       ?= torch==2.13.0
+HAS_GPU     := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo yes)
+LOCAL_TORCH := $(wildcard /opt/wheels/torch-2.13.0+cpu-*.whl)
+TORCH_INDEX ?= $(if $(or $(HAS_GPU),$(LOCAL_TORCH)),,https://download.pytorch.org/whl/cpu)
+
+# Offline data: use ../shared/data when it exists (CI), else the user cache (downloads on demand).
+ifneq ($(wildcard ../shared/data),)
+export DROPNOTES_DATA ?= $(abspath ../shared/data)
+endif
+
+.PHONY: help venv test test-package book clean
+help:
+	@echo "make book   render the book into _build/html (profile=auto)"
+	@echo "make test   package tests + every chapter (quick profile) + book build"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+# The test command (.ci/run calls exactly this).
+test: $(BIN)/.installed
+	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest
+
+# Package tests only (seconds), for quick iteration.
+test-package: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not notebooks"
+
+# The book. jupyter-cache keys notebooks on their code cells only, so the cache is cleared when the
+# dropnotes package's source changes.
+book: $(BIN)/.installed
+	@mkdir -p _build
+	@src=$$(cat $$(find dropnotes -name '*.py' | sort) | sha256sum | cut -c1-16); \
+	if [ "$$src" != "$$(cat _build/.dropnotes-src 2>/dev/null)" ]; then \
+	  echo "dropnotes changed: clearing the execution cache"; rm -rf _build/.jupyter_cache; fi; \
+	$(BIN)/jupyter-book build . -W --keep-going && echo "$$src" > _build/.dropnotes-src
+	@echo "book: $(CURDIR)/_build/html/index.html"
+
+clean:
+	rm -rf _build runs

@@ -1,0 +1,5 @@
+"""One module per chapter: its configurations, runs and verdicts. Notebooks call these."""
+
+CHAPTERS = {
+    "mechanics": "chapters/01_mechanics.ipynb",
+}

@@ -1,0 +1,130 @@
+"""A small store of chapter results, with provenance.
+
+A run writes ``<root>/<chapter>/<profile>.json`` atomically (a temporary file, then
+``os.replace``), so an interrupted run never leaves a half-written result. ``<root>`` is
+``$DROPNOTES_RESULTS`` if set, else the repository's ``results/`` folder, which holds the
+committed full-profile (GPU) results that the book shows beside a CPU run.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+import dropnotes
+from dropnotes.runtime import check_choice, device_name
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_RESULTS = REPO_ROOT / "results"
+
+
+def results_root() -> Path:
+    """Where results are written: ``$DROPNOTES_RESULTS``, else ``<repo>/results``."""
+    env = os.environ.get("DROPNOTES_RESULTS")
+    return Path(env).expanduser() if env else REPO_RESULTS
+
+
+def git_commit() -> str:
+    """The repository's commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float, dataset: str,
+               **extra: Any) -> dict[str, Any]:
+    """Everything needed to tell where a number came from."""
+    return {
+        "commit": git_commit(),
+        "dropnotes": dropnotes.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device_name(device),
+        "seeds": list(seeds),
+        "wall_time_s": round(float(wall_time_s), 2),
+        "dataset": dataset,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert DataFrames, tensors, NumPy values and tuples to plain JSON values (NaN -> None)."""
+    if isinstance(obj, pd.DataFrame):
+        return {"__frame__": to_jsonable(obj.to_dict(orient="records"))}
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, torch.Tensor):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _from_jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__frame__"}:
+            return pd.DataFrame(obj["__frame__"])
+        return {k: _from_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_jsonable(v) for v in obj]
+    return obj
+
+
+def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, provenance: dict,
+                tables: dict[str, pd.DataFrame] | None = None, root: Path | None = None) -> Path:
+    """Write a result atomically and return its path."""
+    check_choice("profile", profile, ("quick", "full"))
+    path = (root or results_root()) / chapter / f"{profile}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = to_jsonable({"chapter": chapter, "profile": profile, "params": params, "metrics": metrics,
+                          "provenance": provenance, "tables": tables or {}})
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{profile}-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
+            fh.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def load_result(chapter: str, profile: str) -> dict | None:
+    """The stored result of ``chapter`` for ``profile``, from the write root or the repository; else None."""
+    check_choice("profile", profile, ("quick", "full"))
+    for root in dict.fromkeys([results_root(), REPO_RESULTS]):
+        path = root / chapter / f"{profile}.json"
+        if path.is_file():
+            return _from_jsonable(json.loads(path.read_text()))
+    return None
+
+
+def describe(record: dict | None) -> str:
+    """One line naming where a stored result came from, for captions."""
+    if record is None:
+        return "no stored result"
+    p = record["provenance"]
+    return (f"{record['profile']} profile on {p['device']}, torch {p['torch']}, commit {p['commit'][:12]}, "
+            f"seeds {p['seeds']}, {p['wall_time_s']:.0f} s, dataset {p['dataset']}, {p['created'][:10]}")

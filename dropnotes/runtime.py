@@ -1,0 +1,111 @@
+"""Where and how a chapter runs: profiles, devices, seeds, argument checks.
+
+Every chapter takes a ``profile``:
+
+* ``quick`` — a 2-core CPU in a few minutes (CI and the offline book build);
+* ``full``  — one GPU, the paper-scale reproduction;
+* ``auto``  — ``full`` when CUDA is present, else ``quick``.  The environment
+  variable ``DROPNOTES_PROFILE`` overrides ``auto`` (CI sets ``quick``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import Iterable
+from typing import Any
+
+import numpy as np
+import torch
+
+PROFILES = ("quick", "full", "auto")
+DEVICES = ("auto", "cuda", "mps", "cpu")
+
+
+def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
+    """Return ``value`` if it is one of ``allowed``, else raise ``ValueError`` naming ``name``."""
+    allowed = tuple(allowed)
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    return value
+
+
+def check_probability(name: str, value: Any, *, allow_one: bool = False) -> float:
+    """Return ``value`` as a float in [0, 1) (or [0, 1]), else raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name} must be a number in [0, 1{']' if allow_one else ')'}, got {value!r}")
+    value = float(value)
+    upper_ok = value <= 1.0 if allow_one else value < 1.0
+    if math.isnan(value) or value < 0.0 or not upper_ok:
+        interval = "[0, 1]" if allow_one else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {value!r}")
+    return value
+
+
+def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    """Return ``value`` if it is an integer >= ``minimum``, else raise ``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def resolve_profile(profile: str = "auto") -> str:
+    """Map ``quick`` / ``full`` / ``auto`` to the profile that runs.
+
+    ``auto`` reads ``DROPNOTES_PROFILE`` first, then picks ``full`` when CUDA is present.
+    """
+    check_choice("profile", profile, PROFILES)
+    if profile != "auto":
+        return profile
+    env = os.environ.get("DROPNOTES_PROFILE", "").strip()
+    if env:
+        return check_choice("DROPNOTES_PROFILE", env, ("quick", "full"))
+    return "full" if torch.cuda.is_available() else "quick"
+
+
+def select_device(device: str = "auto") -> torch.device:
+    """Return the requested ``torch.device``; ``auto`` prefers CUDA, then Apple MPS, then CPU."""
+    check_choice("device", device, DEVICES)
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but CUDA is not available; use 'auto' or 'cpu'")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' was requested but MPS is not available; use 'auto' or 'cpu'")
+    return torch.device(device)
+
+
+def device_name(device: torch.device | str) -> str:
+    """A human-readable name of the device, for provenance."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    if device.type == "cpu":
+        import platform
+
+        return f"cpu ({platform.machine()}, {os.cpu_count()} cores)"
+    return device.type
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and every CUDA device); return a CPU generator seeded alike."""
+    seed = check_positive_int("seed", seed, minimum=0)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def set_deterministic(enabled: bool = True) -> None:
+    """Ask torch for deterministic kernels (bit-reproducible reruns on one device, at some speed cost)."""
+    if enabled:
+        # cuBLAS needs this workspace setting for deterministic matmuls.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(enabled, warn_only=False)
+    torch.backends.cudnn.deterministic = enabled
+    torch.backends.cudnn.benchmark = not enabled

@@ -1,0 +1,160 @@
+"""A plain, readable training loop for classification and language modelling.
+
+Data stay where they are (on the GPU when the model is there): batches are index slices of whole
+tensors, shuffled with ``torch.randperm`` on the data's device, so there is no per-batch Python
+data loading. The loop does not synchronise with the device per step: losses are summed on the
+device and read once per epoch. Progress bars (tqdm) show only in an interactive terminal, or when
+``DROPNOTES_PROGRESS=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterable, Iterator
+
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dropnotes.runtime import check_positive_int
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars: ``DROPNOTES_PROGRESS`` if set, else only in a terminal."""
+    env = os.environ.get("DROPNOTES_PROGRESS")
+    if env is not None:
+        return env.strip().lower() in ("1", "true", "yes", "on")
+    return sys.stderr.isatty() and not os.environ.get("CI")
+
+
+def images_to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``uint8`` images to floats in [0, 1]."""
+    return x.to(dtype) / 255.0
+
+
+def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
+                           generator: torch.Generator | None = None) -> Iterator[Batch]:
+    """Mini-batches of ``(x, y)`` by index; the permutation is drawn on the data's device."""
+    n = x.shape[0]
+    if shuffle:  # draw on the generator's device (a CPU generator cannot feed a CUDA randperm)
+        gen_device = generator.device if generator is not None else x.device
+        order = torch.randperm(n, device=gen_device, generator=generator).to(x.device)
+    else:
+        order = torch.arange(n, device=x.device)
+    for start in range(0, n, batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]
+
+
+def lm_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
+    """Contiguous language-model batches: the stream is cut into ``batch_size`` rows (Zaremba et al. 2014)
+    and windows of ``seq_len`` are read left to right, targets shifted by one token."""
+    rows = (tokens.numel() - 1) // batch_size
+    data = tokens[: rows * batch_size + 1]
+    x = data[:-1].view(batch_size, rows)
+    y = data[1:].view(batch_size, rows)
+    for start in range(0, rows, seq_len):
+        yield x[:, start:start + seq_len], y[:, start:start + seq_len]
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy (nats) of (N, T, V) logits against (N, T) targets."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],
+                loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy, *,
+                after_step: Callable[[nn.Module], None] | None = None, amp_dtype: torch.dtype | None = None) -> float:
+    """One pass over ``batches``; returns the mean training loss (one device sync, at the end)."""
+    model.train()
+    device = next(model.parameters()).device
+    total, count = torch.zeros((), device=device), 0
+    for x, y in batches:
+        with autocast(device, amp_dtype):
+            loss = loss_fn(model(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if after_step is not None:
+            after_step(model)
+        total += loss.detach() * y.shape[0]
+        count += y.shape[0]
+    return float(total) / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
+                        amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Mean cross-entropy and error rate (fraction) of ``model`` in eval mode on ``(x, y)``."""
+    was_training = model.training
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    wrong = torch.zeros((), device=x.device, dtype=torch.long)
+    for xb, yb in classification_batches(x, y, batch_size, shuffle=False):
+        with autocast(x.device, amp_dtype):
+            logits = model(xb).float()
+        loss += F.cross_entropy(logits, yb, reduction="sum")
+        wrong += (logits.argmax(-1) != yb).sum()
+    model.train(was_training)
+    n = y.shape[0]
+    return {"loss": float(loss) / n, "error": float(wrong) / n}
+
+
+@torch.no_grad()
+def evaluate_lm(model: nn.Module, tokens: torch.Tensor, batch_size: int, seq_len: int,
+                amp_dtype: torch.dtype | None = None) -> float:
+    """Mean next-token cross-entropy (nats) of ``model`` in eval mode over a token stream."""
+    was_training = model.training
+    model.eval()
+    total, count = torch.zeros((), device=tokens.device), 0
+    for x, y in lm_batches(tokens, batch_size, seq_len):
+        with autocast(tokens.device, amp_dtype):
+            logits = model(x)
+        total += lm_loss(logits, y) * y.numel()
+        count += y.numel()
+    model.train(was_training)
+    return float(total) / max(count, 1)
+
+
+def max_norm_(model: nn.Module, max_norm: float) -> None:
+    """Project each unit's incoming weight vector (rows of every ``nn.Linear``) onto a ball of radius
+    ``max_norm`` (Srivastava et al. 2014, §5.1)."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                m.weight.copy_(torch.renorm(m.weight, p=2, dim=0, maxnorm=max_norm))
+
+
+def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
+                   y_test: torch.Tensor, *, epochs: int, batch_size: int, optimizer: torch.optim.Optimizer,
+                   eval_every: int = 1, max_norm: float | None = None, generator: torch.Generator | None = None,
+                   amp_dtype: torch.dtype | None = None, desc: str = "train") -> pd.DataFrame:
+    """Train for ``epochs``; every ``eval_every`` epochs (and at the end) record train and test loss and
+    error, measured in eval mode. Returns the per-epoch history as a DataFrame."""
+    from tqdm import tqdm
+
+    epochs = check_positive_int("epochs", epochs)
+    eval_every = check_positive_int("eval_every", eval_every)
+    after = (lambda m: max_norm_(m, max_norm)) if max_norm else None
+    rows = []
+    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not show_progress(), leave=False):
+        batches = classification_batches(x_train, y_train, batch_size, generator=generator)
+        train_loss = train_epoch(model, optimizer, batches, after_step=after, amp_dtype=amp_dtype)
+        if epoch % eval_every == 0 or epoch == epochs:
+            tr = evaluate_classifier(model, x_train, y_train, amp_dtype=amp_dtype)
+            te = evaluate_classifier(model, x_test, y_test, amp_dtype=amp_dtype)
+            rows.append({"epoch": epoch, "train_loss_running": train_loss, "train_loss": tr["loss"],
+                         "train_error": tr["error"], "test_loss": te["loss"], "test_error": te["error"]})
+    return pd.DataFrame(rows)

@@ -1,0 +1,76 @@
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from dropnotes import runtime
+
+
+def test_resolve_profile_explicit_and_auto(monkeypatch):
+    assert runtime.resolve_profile("quick") == "quick"
+    assert runtime.resolve_profile("full") == "full"
+    monkeypatch.delenv("DROPNOTES_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert runtime.resolve_profile("auto") == "quick"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert runtime.resolve_profile("auto") == "full"
+
+
+def test_env_overrides_auto_only(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("DROPNOTES_PROFILE", "quick")
+    assert runtime.resolve_profile("auto") == "quick"
+    assert runtime.resolve_profile("full") == "full"  # an explicit profile wins
+    monkeypatch.setenv("DROPNOTES_PROFILE", "fastest")
+    with pytest.raises(ValueError, match="DROPNOTES_PROFILE.*'quick', 'full'"):
+        runtime.resolve_profile("auto")
+
+
+def test_unknown_profile_names_allowed_values():
+    with pytest.raises(ValueError, match=r"profile='fastest'.*'quick', 'full', 'auto'"):
+        runtime.resolve_profile("fastest")
+
+
+def test_select_device():
+    assert runtime.select_device("cpu").type == "cpu"
+    assert runtime.select_device("auto").type in ("cpu", "cuda", "mps")
+    with pytest.raises(ValueError, match="device='tpu'.*'auto', 'cuda', 'mps', 'cpu'"):
+        runtime.select_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            runtime.select_device("cuda")
+
+
+def test_seed_everything_repeats_all_generators():
+    def draw():
+        return random.random(), np.random.rand(), torch.rand(3)
+
+    runtime.seed_everything(7)
+    a = draw()
+    runtime.seed_everything(7)
+    b = draw()
+    assert a[0] == b[0] and a[1] == b[1] and torch.equal(a[2], b[2])
+    with pytest.raises(ValueError, match="seed"):
+        runtime.seed_everything(-1)
+
+
+def test_deterministic_mode_toggles():
+    runtime.set_deterministic(True)
+    try:
+        assert torch.are_deterministic_algorithms_enabled()
+    finally:
+        runtime.set_deterministic(False)
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5, float("nan"), "0.5", None, True])
+def test_check_probability_rejects(bad):
+    with pytest.raises(ValueError, match="^rate "):
+        runtime.check_probability("rate", bad)
+
+
+def test_check_probability_accepts_bounds():
+    assert runtime.check_probability("p", 0) == 0.0
+    assert runtime.check_probability("p", 0.999) == 0.999
+    assert runtime.check_probability("p", 1.0, allow_one=True) == 1.0

@@ -19,7 +19,7 @@ from dropnotes.runtime import check_choice, check_positive_int, check_probabilit
 __all__ = [
     "StochasticModule", "Dropout", "GaussianDropout", "DropConnectLinear", "SpatialDropout",
     "VariationalDropout", "EmbeddingDropout", "WeightDrop", "DropPath", "DropBlock2d",
-    "ConcreteDropout", "SparseVariationalLinear", "drop_path_rates", "STOCHASTIC_TYPES",
+    "ConcreteDropout", "SparseVariationalLinear", "SelfAttention", "drop_path_rates", "STOCHASTIC_TYPES",
 ]
 
 
@@ -254,6 +254,35 @@ class SparseVariationalLinear(StochasticModule):
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.bias is not None}, threshold={self.threshold}")
+
+
+class SelfAttention(StochasticModule):
+    r"""Multi-head self-attention with attention dropout inside the fused kernel.
+
+    The rate goes to :func:`torch.nn.functional.scaled_dot_product_attention` as ``dropout_p`` in
+    training and as 0 in eval (dropout on the softmax probabilities, as in Vaswani et al. 2017).
+    ``x`` is (N, T, D); ``causal=True`` masks future positions.
+    """
+
+    def __init__(self, dim: int, heads: int, attn_p: float = 0.0, causal: bool = False, bias: bool = True) -> None:
+        super().__init__()
+        self.dim, self.heads = check_positive_int("dim", dim), check_positive_int("heads", heads)
+        if dim % heads:
+            raise ValueError(f"dim={dim} must be divisible by heads={heads}")
+        self.attn_p = check_probability("attn_p", attn_p)
+        self.causal = bool(causal)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.proj = nn.Linear(dim, dim, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_p if self.training else 0.0,
+                                           is_causal=self.causal)
+        return self.proj(y.transpose(1, 2).reshape(n, t, d))
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, heads={self.heads}, attn_p={self.attn_p:.3f}, causal={self.causal}"
 
 
 def drop_path_rates(depth: int, max_rate: float, schedule: str = "linear") -> list[float]:

@@ -1,7 +1,8 @@
 """Real datasets, found on disk or fetched from their canonical URL, always checksummed.
 
 Files are looked up, by their path relative to a data root (``mnist/t10k-labels-idx1-ubyte.gz``),
-first under ``$DROPNOTES_DATA`` and then under the user cache directory
+first under ``$DROPNOTES_DATA``, then in a ``shared/data`` folder beside the checkout (the offline
+copy on the project's machines), then under the user cache directory
 (``platformdirs.user_cache_dir("dropnotes")/data``).  Every file is checked against the
 checksum its publisher (or torchvision) gives; a mismatch is an error, never a silent use.
 A missing file is downloaded from its canonical URL into the first writable root, with a
@@ -34,6 +35,8 @@ import torch
 from dropnotes.runtime import check_choice
 
 ENV_VAR = "DROPNOTES_DATA"
+# An offline copy of the datasets beside the checkout (``../shared/data``), as on the project's machines.
+SIBLING_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,13 @@ class DataError(RuntimeError):
 
 
 def data_roots() -> list[Path]:
-    """The folders searched for data files, in order: ``$DROPNOTES_DATA``, then the user cache."""
+    """The folders searched for data files, in order: ``$DROPNOTES_DATA``; ``shared/data`` beside the
+    checkout, if it exists; then the user cache (where downloads go)."""
     roots = []
     if os.environ.get(ENV_VAR):
-        roots.append(Path(os.environ[ENV_VAR]).expanduser())
+        roots.append(Path(os.environ[ENV_VAR]).expanduser().resolve())
+    if SIBLING_DATA.is_dir() and SIBLING_DATA not in roots:
+        roots.append(SIBLING_DATA)
     from platformdirs import user_cache_dir
 
     roots.append(Path(user_cache_dir("dropnotes")) / "data")

@@ -14,12 +14,15 @@ def private_roots(tmp_path, monkeypatch):
     env.mkdir()
     monkeypatch.setenv(data.ENV_VAR, str(env))
     monkeypatch.setattr("platformdirs.user_cache_dir", lambda name: str(cache / name))
+    monkeypatch.setattr(data, "SIBLING_DATA", tmp_path / "no-such-folder")
     return env, cache
 
 
-def test_roots_order(private_roots):
+def test_roots_order(private_roots, tmp_path, monkeypatch):
     env, cache = private_roots
     assert data.data_roots() == [env, cache / "dropnotes" / "data"]
+    monkeypatch.setattr(data, "SIBLING_DATA", tmp_path)  # an offline copy beside the checkout
+    assert data.data_roots() == [env, tmp_path, cache / "dropnotes" / "data"]
 
 
 def test_missing_file_offline_names_file_url_and_variable(private_roots, monkeypatch):

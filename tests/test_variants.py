@@ -182,16 +182,24 @@ def test_gaussian_dropout_matches_bernoulli_moments():
 # --------------------------------------------------------------------------- DropConnect
 
 
-def test_dropconnect_masks_weights_once_per_call():
+def check_dropconnect(fn, p=P):
+    """Weights (not units) dropped at rate p, kept ones scaled 1/(1-p), one mask shared by the batch."""
     torch.manual_seed(0)
     w, b = torch.rand(300, 400) + 0.5, torch.randn(300)
     x = torch.eye(400).repeat(2, 1)  # each row reads out one column of the masked weight matrix
-    y = DF.dropconnect(x, w, b, P) - b
+    y = fn(x, w, b, p) - b
     masked = y[:400].T  # (out, in): the effective weight
     assert torch.equal(y[:400], y[400:]), "one weight mask per call, shared by the batch"
-    assert_fraction((masked == 0).float().mean().item(), P, masked.numel(), "dropped weights")
+    assert_fraction((masked == 0).float().mean().item(), p, masked.numel(), "dropped weights")
     kept = masked != 0
-    assert torch.allclose(masked[kept], w[kept] / (1 - P))
+    assert torch.allclose(masked[kept], w[kept] / (1 - p))
+
+
+def test_dropconnect_masks_weights_once_per_call():
+    check_dropconnect(DF.dropconnect)
+    with pytest.raises(AssertionError):  # output dropout is not DropConnect
+        check_dropconnect(lambda x, w, b, p: mutant_per_element(F.linear(x, w), p) + b)
+    x, w, b = torch.randn(3, 4), torch.randn(5, 4), torch.randn(5)
     assert torch.equal(DF.dropconnect(x, w, b, P, training=False), F.linear(x, w, b))
 
 
@@ -236,19 +244,24 @@ def test_drop_path_one_draw_per_sample():
     check_identity_without_rng(lambda x: DF.drop_path(x, P, training=False), torch.ones(3, 3))
 
 
-def test_embedding_dropout_drops_word_types():
+def check_word_types(fn, p=P, vocab=2000, dim=8):
+    """Every occurrence of a word shares one mask value; dropped types ≈ p; kept rows scaled 1/(1-p)."""
     torch.manual_seed(0)
-    vocab, dim = 2000, 8
     weight = torch.rand(vocab, dim) + 0.5
     ids = torch.arange(vocab).repeat(3).view(6, -1)  # every word occurs three times
-    out = DF.embedding_dropout(ids, weight, P)
-    flat_ids, flat = ids.flatten(), out.view(-1, dim)
-    ratio = flat / weight[flat_ids]
+    flat_ids = ids.flatten()
+    ratio = fn(ids, weight, p).view(-1, dim) / weight[flat_ids]
     per_word = [ratio[flat_ids == w] for w in range(0, vocab, 97)]
     assert all(torch.equal(r, r[:1].expand_as(r)) for r in per_word), "all occurrences of a word share the mask"
-    dropped_types = (ratio[:vocab, 0] == 0).float().mean().item()
-    assert_fraction(dropped_types, P, vocab, "dropped word types")
-    assert torch.allclose(ratio[ratio != 0], torch.full_like(ratio[ratio != 0], 1 / (1 - P)))
+    assert_fraction((ratio[:vocab, 0] == 0).float().mean().item(), p, vocab, "dropped word types")
+    assert torch.allclose(ratio[ratio != 0], torch.full_like(ratio[ratio != 0], 1 / (1 - p)))
+
+
+def test_embedding_dropout_drops_word_types():
+    check_word_types(DF.embedding_dropout)
+    with pytest.raises(AssertionError):  # dropping occurrences instead of types
+        check_word_types(lambda ids, w, p: mutant_per_element(F.embedding(ids, w), p))
+    ids, weight = torch.arange(10).view(2, 5), torch.randn(10, 3)
     assert torch.equal(DF.embedding_dropout(ids, weight, P, training=False), weight[ids])
 
 

@@ -2,4 +2,5 @@
 
 CHAPTERS = {
     "mechanics": "chapters/01_mechanics.ipynb",
+    "ensembles": "chapters/02_ensembles.ipynb",
 }

@@ -17,6 +17,7 @@ import torch
 
 from dropnotes import data, functional as DF, results, train
 from dropnotes.models import MLP
+from dropnotes.stats import compare_errors
 from dropnotes.runtime import (check_choice, check_positive_int, check_probability, resolve_profile,
                                seed_everything, select_device)
 
@@ -184,27 +185,13 @@ def summarize(finals: pd.DataFrame, n_test: int = 10_000) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _diff_se(a: pd.Series, b: pd.Series) -> float:
-    """Standard error of a difference of two mean errors (%): the larger of the seed-based and the
-    binomial (test-set) estimates, so that a single seed is not over-trusted."""
-    seed_var = sum((r["seed sd %"] ** 2 / r["seeds"]) if r["seeds"] > 1 and not np.isnan(r["seed sd %"]) else 0.0
-                   for r in (a, b))
-    binom_var = sum(r["binomial se %"] ** 2 / r["seeds"] for r in (a, b))
-    return math.sqrt(max(seed_var, binom_var))
-
-
-def verdicts(summary: pd.DataFrame, profile: str) -> pd.DataFrame:
+def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame) -> pd.DataFrame:
     """The chapter's closing table, computed from the measured numbers with the rules stated in the chapter."""
     base = summary[summary.p == 0.0].iloc[0]
     best = summary[summary.p > 0].sort_values("test error %").iloc[0]
-    diff = base["test error %"] - best["test error %"]
-    se = _diff_se(base, best)
-    if diff > 2 * se:
-        v1 = "reproduced (direction)"
-    elif diff < -2 * se:
-        v1 = "not reproduced (dropout worse)"
-    else:
-        v1 = "inconclusive (within 2 SE)"
+    diff, se, v1 = compare_errors(finals[finals.p == 0.0].test_error.tolist(),
+                                  finals[finals.p == best.p].test_error.tolist(), n_test=10_000)
+    diff, se = 100 * diff, 100 * se
     rows = [{
         "claim": "dropout lowers the test error of a ReLU MLP on MNIST",
         "source": "Srivastava et al. 2014, Table 2",
@@ -239,7 +226,7 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
     start = time.perf_counter()
     curves, finals = run_mnist_sweep(cfg)
     summary = summarize(finals)
-    table = verdicts(summary, cfg.profile)
+    table = verdicts(summary, cfg.profile, finals)
     wall = time.perf_counter() - start
     seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
     record = {"curves": curves, "finals": finals, "summary": summary, "verdicts": table, "wall_time_s": wall}

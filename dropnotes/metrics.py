@@ -43,11 +43,11 @@ def auroc(scores_in: torch.Tensor, scores_out: torch.Tensor) -> float:
     scores = torch.cat([scores_in, scores_out]).double()
     order = scores.argsort()
     ranks = torch.empty_like(scores)
-    ranks[order] = torch.arange(1, len(scores) + 1, dtype=scores.dtype)
+    ranks[order] = torch.arange(1, len(scores) + 1, dtype=scores.dtype, device=scores.device)
     # average the ranks of ties
     uniq, inverse = torch.unique(scores, return_inverse=True)
-    rank_sum = torch.zeros(len(uniq), dtype=scores.dtype).index_add_(0, inverse, ranks)
-    rank_cnt = torch.zeros(len(uniq), dtype=scores.dtype).index_add_(0, inverse, torch.ones_like(ranks))
+    rank_sum = torch.zeros(len(uniq), dtype=scores.dtype, device=scores.device).index_add_(0, inverse, ranks)
+    rank_cnt = torch.zeros_like(rank_sum).index_add_(0, inverse, torch.ones_like(ranks))
     ranks = (rank_sum / rank_cnt)[inverse]
     n_in, n_out = len(scores_in), len(scores_out)
     r_out = ranks[n_in:].sum()

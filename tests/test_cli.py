@@ -1,0 +1,77 @@
+import subprocess
+import sys
+
+import nbformat
+import pytest
+
+from dropnotes import cli
+
+
+@pytest.fixture
+def tiny_chapter(tmp_path, monkeypatch):
+    """A two-cell chapter that doubles ``x`` or fails on request, registered as ``tiny``."""
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('x = 1  # a number\nfail = False  # raise in the next cell\nname = "a"')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell('assert not fail, "asked to fail"\nprint(x * 2, name)')]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path / "tiny.ipynb"
+    nbformat.write(nb, path)
+    monkeypatch.setattr(cli, "CHAPTERS", {"tiny": str(path)})
+    return tmp_path / "runs"
+
+
+def test_list_shows_every_chapter_with_parameters(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in cli.CHAPTERS:
+        assert name in out
+    assert "profile" in out and "'auto'" in out and "rates" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics, ensembles"),
+    (["run", "mechanics", "-p", "dropout", "0.3"], "unknown parameter 'dropout'; allowed: profile, seed"),
+    (["run", "mechanics", "-p", "seed", "abc"], "parameter seed expects int, got 'abc'"),
+    (["run", "mechanics", "-p", "p", "true"], "parameter p expects float"),
+    (["run", "mechanics", "-p", "profile", "fastest"], "profile='fastest' is not allowed"),
+    (["run"], "name one chapter or pass --all"),
+])
+def test_bad_requests_are_refused_before_any_kernel(tmp_path, capsys, argv, message):
+    assert cli.main(argv + ["--runs-dir", str(tmp_path / "runs")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_values_are_typed_like_the_defaults():
+    assert cli.coerce("c", "seed", "3", 0) == 3
+    assert cli.coerce("c", "p", "1", 0.5) == 1.0 and isinstance(cli.coerce("c", "p", "1", 0.5), float)
+    assert cli.coerce("c", "profile", "3e2", "auto") == "3e2"  # strings stay strings (papermill's -p would not)
+    assert cli.coerce("c", "rates", "0,0.5", [0.0]) == [0.0, 0.5]
+    assert cli.coerce("c", "rates", "[0, 0.5]", [0.0]) == [0, 0.5]
+    assert cli.coerce("c", "epochs", "12", None) == 12 and cli.coerce("c", "epochs", "None", None) is None
+    with pytest.raises(cli.UsageError, match="expects int"):
+        cli.coerce("c", "seed", "1.5", 0)
+
+
+def test_run_writes_the_executed_notebook(tiny_chapter, tmp_path):
+    yaml_file = tmp_path / "p.yaml"
+    yaml_file.write_text("x: 5\nname: b\n")
+    assert cli.main(["run", "tiny", "-f", str(yaml_file), "-p", "x", "21", "--runs-dir", str(tiny_chapter)]) == 0
+    (out,) = (tiny_chapter / "tiny").glob("*.ipynb")
+    nb = nbformat.read(out, as_version=4)
+    assert nb.metadata.papermill.parameters == {"x": 21, "name": "b"}  # -p overrides -f
+    assert "42 b" in nb.cells[-1].outputs[0].text
+
+
+def test_failed_run_keeps_the_partial_notebook_and_exits_nonzero(tiny_chapter, capsys):
+    assert cli.main(["run", "tiny", "-p", "fail", "True", "--runs-dir", str(tiny_chapter)]) == 1
+    assert "asked to fail" in capsys.readouterr().err
+    (out,) = (tiny_chapter / "tiny").glob("*.ipynb")
+    assert any(o.get("output_type") == "error" for c in nbformat.read(out, as_version=4).cells
+               for o in c.get("outputs", []))
+
+
+def test_module_entry_point():
+    proc = subprocess.run([sys.executable, "-m", "dropnotes", "list"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "mechanics" in proc.stdout

@@ -188,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"dropnotes: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into e.g. `head`, which closed early
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("dropnotes: interrupted; stored results are written atomically, nothing half-written is left",
               file=sys.stderr)

@@ -30,7 +30,7 @@ def reliability(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> dict[st
 
 
 def expected_calibration_error(probs: torch.Tensor, y: torch.Tensor, bins: int = 15) -> float:
-    """ECE (Naeini et al. 2015; Guo et al. 2017): bin-weighted mean |accuracy - confidence|."""
+    """ECE (Naeini et al. 2015; Guo et al. 2017): the bin-weighted mean of ``abs(accuracy - confidence)``."""
     r = reliability(probs, y, bins)
     return float((r["count"] / r["count"].sum() * (r["accuracy"] - r["confidence"]).abs()).sum())
 

@@ -4,6 +4,7 @@
     dropnotes run ensembles -p members 3 -p seed 1 --profile full
     dropnotes run --all --profile quick
     dropnotes run mechanics -f params.yaml
+    dropnotes sweep ensembles -p p_hidden 0.1,0.3,0.5 -p seed 1,2,3 --profile quick
 
 Chapter and parameter names and value types are checked against each notebook's ``parameters``
 cell (read with ``papermill.inspect_notebook``) before any kernel starts. A run writes
@@ -165,6 +166,42 @@ def cmd_run(args) -> int:
     return 0
 
 
+def sweep_values(chapter: str, pairs: list[tuple[str, str]], profile: str | None) -> dict[str, list[Any]]:
+    """Grid values per parameter: alternatives separated by ``,`` (by ``;`` for list-valued parameters)."""
+    params = chapter_parameters(chapter)
+    values: dict[str, list[Any]] = {}
+    for name, raw in pairs:
+        if name not in params:
+            raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(params)}")
+        default = params[name]["default"]
+        sep = ";" if isinstance(default, list) else ","
+        values[name] = [coerce(chapter, name, v.strip(), default) for v in raw.split(sep) if v.strip()]
+    if profile is not None:
+        values["profile"] = [profile]
+    for v in values.get("profile", []):
+        if v not in PROFILES:
+            raise UsageError(f"profile={v!r} is not allowed; choose one of {', '.join(PROFILES)}")
+    return values
+
+
+def cmd_sweep(args) -> int:
+    from dropnotes.sweep import run_sweep
+
+    path = chapter_path(args.chapter)
+    values = sweep_values(args.chapter, _pairs(args.param), args.profile)
+    if not values:
+        raise UsageError("give at least one -p NAME V1,V2,... to sweep over")
+    sweep_dir = Path(args.sweep_dir or Path(args.runs_dir) / args.chapter / "sweep")
+    slurm = {"partition": args.slurm_partition, "timeout_min": args.timeout_min}
+    table = run_sweep(args.chapter, path, values, sweep_dir, engine=args.engine, workers=args.workers, slurm=slurm)
+    print(table.drop(columns=["notebook"]).to_string(index=False))
+    print(f"{len(table)} runs; table: {sweep_dir / 'runs.csv'}")
+    failed = table[table.status == "failed"]
+    for _, row in failed.iterrows():
+        print(f"failed {row.run_id}: {row.error} (partial notebook: {row.notebook})", file=sys.stderr)
+    return 1 if len(failed) else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropnotes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -178,6 +215,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=[p for p in PROFILES], help="shorthand for -p profile NAME")
     run.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"), help="where executed notebooks go")
     run.set_defaults(func=cmd_run)
+    from dropnotes.sweep import ENGINES
+
+    sw = sub.add_parser("sweep", help="run a grid of parameters (resumable), write runs.csv")
+    sw.add_argument("chapter", help=f"one of: {', '.join(CHAPTERS)}")
+    sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "V1,V2"),
+                    help="values to sweep, separated by commas (semicolons for list-valued parameters)")
+    sw.add_argument("--profile", choices=list(PROFILES), help="the profile of every run")
+    sw.add_argument("--engine", choices=ENGINES, default="local",
+                    help="local process pool (one worker per GPU), slurm, or submitit's local/debug executors")
+    sw.add_argument("--workers", type=int, help="local pool size (default: one per visible GPU, else 1)")
+    sw.add_argument("--sweep-dir", help="default: runs/<chapter>/sweep")
+    sw.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"))
+    sw.add_argument("--slurm-partition", help="Slurm partition (engine slurm)")
+    sw.add_argument("--timeout-min", type=int, default=60, help="per-run time limit for submitit engines")
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -9,7 +9,9 @@ import json
 import os
 import shutil
 import subprocess
+import re
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -43,7 +45,8 @@ def execute(relpath: str) -> Path:
     """Execute one chapter with the quick parameters (once per test session)."""
     out = EXECUTED / relpath
     out.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(ROOT / relpath), str(out), parameters=QUICK, kernel_name="python3",
+    params = QUICK if relpath.startswith("chapters/") else {}  # the scorecard has no parameters
+    pm.execute_notebook(str(ROOT / relpath), str(out), parameters=params, kernel_name="python3",
                         cwd=str((ROOT / relpath).parent), progress_bar=False, log_output=False)
     return out
 
@@ -95,6 +98,15 @@ def test_bad_parameter_fails_at_the_first_cell(tmp_path, chapter, params, messag
     assert err.value.exec_count == 3  # parameters, injected parameters, then the first cell of the chapter
 
 
+def toc_notebooks_in_execution_order() -> list[str]:
+    """Chapters first, then pages that read their results (the scorecard)."""
+    nbs = [f + ".ipynb" for f in toc_files() if (ROOT / (f + ".ipynb")).is_file()]
+    return sorted(nbs, key=lambda f: not f.startswith("chapters/"))
+
+
+BOOK = ROOT / "_build" / "book-quick"
+
+
 def test_book_builds_from_the_executed_chapters(tmp_path):
     """Render the book (execution off) from the notebooks executed above; warnings fail the build."""
     stage = tmp_path / "book"
@@ -104,11 +116,11 @@ def test_book_builds_from_the_executed_chapters(tmp_path):
     config = yaml.safe_load((ROOT / "_config.yml").read_text())
     config["execute"]["execute_notebooks"] = "off"
     (stage / "_config.yml").write_text(yaml.safe_dump(config))
+    for rel in toc_notebooks_in_execution_order():
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(execute(rel), stage / rel)
     for f in toc_files():
-        if f.startswith("chapters/"):
-            (stage / "chapters").mkdir(exist_ok=True)
-            shutil.copy(execute(f + ".ipynb"), stage / (f + ".ipynb"))
-        else:
+        if (ROOT / (f + ".md")).is_file():
             shutil.copy(ROOT / (f + ".md"), stage / (f + ".md"))
     jb = Path(sys.executable).with_name("jupyter-book")
     proc = subprocess.run([str(jb), "build", str(stage), "-W", "--keep-going"], capture_output=True, text=True)
@@ -120,5 +132,43 @@ def test_book_builds_from_the_executed_chapters(tmp_path):
         assert "reproduced" in page or "inconclusive" in page, f"{relpath}: no verdict table rendered"
     assert len(list((html / "_images").glob("*.png"))) >= 1 + 4, "every chapter's figures are rendered"
     assert (html / "references.html").is_file() and (html / "api.html").is_file()
-    shutil.rmtree(ROOT / "_build" / "book-quick", ignore_errors=True)
-    shutil.copytree(html, ROOT / "_build" / "book-quick")  # keep the rendered quick book for inspection
+    scorecard = (html / "scorecard.html").read_text()
+    for chapter in CHAPTERS:
+        assert f"<em>{chapter}</em>" in scorecard, chapter
+    assert "Srivastava" in scorecard and "{cite}" not in scorecard, "sources are rendered as citations"
+    shutil.rmtree(BOOK, ignore_errors=True)
+    shutil.copytree(html, BOOK)  # kept for the browser test and for inspection
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs it)")
+def test_rendered_pages_in_a_real_browser():
+    """Open every chapter page and the scorecard headless: the page renders, its figures exist and
+    load, and no error output is shown. Screenshots land in _build/screenshots."""
+    if not (BOOK / "index.html").is_file():
+        pytest.skip("the book was not built in this session")
+    shots = ROOT / "_build" / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    pages = [rel.replace(".ipynb", ".html") for rel in toc_notebooks_in_execution_order()]
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars"]
+    for rel in pages:
+        url = (BOOK / rel).as_uri()
+        with tempfile.TemporaryDirectory() as profile:
+            dom = subprocess.run([_chromium(), *flags, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
+                                  "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
+        assert "<article" in dom and "</html>" in dom, f"{rel} did not render"
+        assert "Traceback (most recent call last)" not in dom and 'class="output error"' not in dom, rel
+        if rel.startswith("chapters/"):
+            srcs = re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)
+            assert srcs, f"{rel}: no figures"
+            for src in srcs:
+                assert (BOOK / rel).parent.joinpath(src).resolve().is_file(), f"{rel}: missing figure {src}"
+        png = shots / (rel.replace("/", "_").replace(".html", ".png"))
+        with tempfile.TemporaryDirectory() as profile:
+            subprocess.run([_chromium(), *flags, f"--user-data-dir={profile}", "--window-size=1280,2400",
+                            f"--screenshot={png}", url], capture_output=True, timeout=120)
+        assert png.is_file() and png.stat().st_size > 20_000, f"{rel}: empty screenshot"

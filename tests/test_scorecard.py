@@ -1,0 +1,28 @@
+import pandas as pd
+
+from dropnotes import results, scorecard
+
+
+def _store(profile, ours, verdict, device="cpu"):
+    table = pd.DataFrame([{"claim": "c1", "source": "Srivastava et al. 2014, Table 2", "paper": "1.0",
+                           "ours": ours, "verdict": verdict}])
+    if profile == "quick":
+        table = pd.concat([table, pd.DataFrame([{"claim": "c2", "source": "elsewhere", "paper": "2.0",
+                                                 "ours": "q2", "verdict": "partly"}])])
+    results.save_result("demo", profile, params={}, metrics={}, provenance=results.provenance(device, [0], 1.0, "mnist"),
+                        tables={"verdicts": table})
+
+
+def test_full_verdict_wins_and_quick_is_labelled(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
+    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb", "absent": "chapters/x.ipynb"})
+    _store("quick", "q1", "not reproduced")
+    _store("full", "f1", "reproduced")
+    table = scorecard.collect().set_index("claim")
+    assert table.loc["*demo*: c1", "verdict"] == "reproduced"
+    assert table.loc["*demo*: c1", "ours (quick)"] == "q1" and table.loc["*demo*: c1", "ours (full)"].startswith("f1 [cpu")
+    assert table.loc["*demo*: c2", "verdict"] == "partly (quick)" and table.loc["*demo*: c2", "ours (full)"] == "not run yet"
+    md = scorecard.to_markdown(table.reset_index())
+    assert "{cite}`srivastava2014dropout`" in md and "elsewhere |" in md
+    assert scorecard.counts(table.reset_index()).to_dict() == {"reproduced": 1, "partly": 1}

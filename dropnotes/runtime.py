@@ -64,12 +64,28 @@ def resolve_profile(profile: str = "auto") -> str:
     return "full" if torch.cuda.is_available() else "quick"
 
 
+def init_distributed() -> tuple[int, int]:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); return (rank, world size).
+
+    NCCL on CUDA, gloo on CPU. A plain ``python`` run returns (0, 1) and starts nothing.
+    """
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
 def select_device(device: str = "auto") -> torch.device:
-    """Return the requested ``torch.device``; ``auto`` prefers CUDA, then Apple MPS, then CPU."""
+    """Return the requested ``torch.device``; ``auto`` prefers CUDA (this process's GPU under
+    ``torchrun``), then Apple MPS, then CPU."""
     check_choice("device", device, DEVICES)
     if device == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")

@@ -5,6 +5,11 @@ tensors, shuffled with ``torch.randperm`` on the data's device, so there is no p
 data loading. The loop does not synchronise with the device per step: losses are summed on the
 device and read once per epoch. Progress bars (tqdm) show only in an interactive terminal, or when
 ``DROPNOTES_PROGRESS=1``.
+
+Under ``torchrun`` the same code trains data-parallel: once the process group is initialised
+(:func:`dropnotes.runtime.init_distributed`), :func:`fit_classifier` wraps the model in
+``DistributedDataParallel`` and every rank takes its slice of each (identically shuffled) batch,
+so the gradient is that of the whole batch, as in a single process.
 """
 
 from __future__ import annotations
@@ -37,17 +42,27 @@ def images_to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torc
     return x.to(dtype) / 255.0
 
 
+def world() -> tuple[int, int]:
+    """(rank, world size) of the current process group, or (0, 1) outside one."""
+    import torch.distributed as dist
+
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+
 def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *, shuffle: bool = True,
-                           generator: torch.Generator | None = None) -> Iterator[Batch]:
-    """Mini-batches of ``(x, y)`` by index; the permutation is drawn on the data's device."""
+                           generator: torch.Generator | None = None,
+                           shard: tuple[int, int] = (0, 1)) -> Iterator[Batch]:
+    """Mini-batches of ``(x, y)`` by index; the permutation is drawn on the data's device. With
+    ``shard=(rank, world)`` each batch is cut into ``world`` interleaved parts and part ``rank`` is yielded."""
     n = x.shape[0]
     if shuffle:  # draw on the generator's device (a CPU generator cannot feed a CUDA randperm)
         gen_device = generator.device if generator is not None else x.device
         order = torch.randperm(n, device=gen_device, generator=generator).to(x.device)
     else:
         order = torch.arange(n, device=x.device)
+    rank, size = shard
     for start in range(0, n, batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start:start + batch_size][rank::size]
         yield x[idx], y[idx]
 
 
@@ -91,6 +106,12 @@ def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Ite
             after_step(model)
         total += loss.detach() * y.shape[0]
         count += y.shape[0]
+    if world()[1] > 1:  # the mean over every rank's examples
+        import torch.distributed as dist
+
+        stats = torch.stack([total, torch.tensor(float(count), device=device)])
+        dist.all_reduce(stats)
+        total, count = stats[0], int(stats[1])
     return float(total) / max(count, 1)
 
 
@@ -148,10 +169,16 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     epochs = check_positive_int("epochs", epochs)
     eval_every = check_positive_int("eval_every", eval_every)
     after = (lambda m: max_norm_(m, max_norm)) if max_norm else None
+    rank, size = world()
+    net = model
+    if size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model)
     rows = []
-    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=not show_progress(), leave=False):
-        batches = classification_batches(x_train, y_train, batch_size, generator=generator)
-        train_loss = train_epoch(model, optimizer, batches, after_step=after, amp_dtype=amp_dtype)
+    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=rank != 0 or not show_progress(), leave=False):
+        batches = classification_batches(x_train, y_train, batch_size, generator=generator, shard=(rank, size))
+        train_loss = train_epoch(net, optimizer, batches, after_step=after, amp_dtype=amp_dtype)
         if epoch % eval_every == 0 or epoch == epochs:
             tr = evaluate_classifier(model, x_train, y_train, amp_dtype=amp_dtype)
             te = evaluate_classifier(model, x_test, y_test, amp_dtype=amp_dtype)

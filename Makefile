@@ -42,13 +42,16 @@ test: $(BIN)/.installed
 test-package: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not notebooks"
 
-# The book. jupyter-cache keys notebooks on their code cells only, so the cache is cleared when the
-# dropnotes package's source changes.
+# The book. Neither jupyter-cache (keyed on code cells) nor Sphinx (which re-reads only changed
+# pages) sees edits to the dropnotes package or newly stored results, so when either changes the
+# execution cache and the doctrees are cleared and every page is executed again.
 book: $(BIN)/.installed
 	@mkdir -p _build
-	@src=$$(cat $$(find dropnotes -name '*.py' | sort) | sha256sum | cut -c1-16); \
+	@src=$$(cat $$(find dropnotes -name '*.py' | sort) $$(find results -name '*.json' ! -name 'quick.json' | sort) \
+	  | sha256sum | cut -c1-16); \
 	if [ "$$src" != "$$(cat _build/.dropnotes-src 2>/dev/null)" ]; then \
-	  echo "dropnotes changed: clearing the execution cache"; rm -rf _build/.jupyter_cache; fi; \
+	  echo "dropnotes or stored results changed: executing every page again"; \
+	  rm -rf _build/.jupyter_cache _build/.doctrees; fi; \
 	$(BIN)/jupyter-book build . -W --keep-going && echo "$$src" > _build/.dropnotes-src
 	@echo "book: $(CURDIR)/_build/html/index.html"
 

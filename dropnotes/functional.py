@@ -21,7 +21,7 @@ from dropnotes.runtime import check_positive_int, check_probability
 
 __all__ = [
     "dropout", "gaussian_dropout", "dropconnect", "spatial_dropout", "variational_dropout",
-    "embedding_dropout", "drop_path", "drop_block", "concrete_dropout",
+    "embedding_dropout", "drop_path", "drop_path_skip", "drop_block", "concrete_dropout",
 ]
 
 
@@ -126,6 +126,25 @@ def drop_path(x: torch.Tensor, p: float, training: bool = True, scale_by_keep: b
     if not training or p == 0.0:
         return x
     return x * _keep_mask((x.shape[0],) + (1,) * (x.dim() - 1), 1.0 - p, x, scale=scale_by_keep)
+
+
+def drop_path_skip(x: torch.Tensor, branch, p: float, training: bool = True) -> torch.Tensor:
+    r"""The residual step :math:`x + \mathrm{drop\_path}(f(x))`, computing :math:`f` only for kept samples.
+
+    Draws the same per-sample mask as :func:`drop_path` (same shape of random draws, so the same
+    seed gives the same result), runs ``branch`` on the kept samples alone, and adds its output,
+    scaled by :math:`1/(1-p)`, back into their rows. This saves the dropped fraction of the
+    branch's compute, as the original stochastic-depth implementation did by skipping blocks
+    (Huang et al. 2016). ``branch`` must treat samples independently (no batch statistics).
+    """
+    p = check_probability("p", p)
+    if not training or p == 0.0:
+        return x + branch(x)
+    keep = _keep_mask((x.shape[0],) + (1,) * (x.dim() - 1), 1.0 - p, x, scale=False).flatten()
+    idx = keep.nonzero().squeeze(1)
+    if idx.numel() == 0:
+        return x
+    return x.index_add(0, idx, branch(x.index_select(0, idx)) / (1.0 - p))
 
 
 def drop_block(x: torch.Tensor, p: float, block_size: int, training: bool = True) -> torch.Tensor:

@@ -274,7 +274,9 @@ def load_cifar10() -> ImageSplits:
 def load_cifar10_jpg() -> ImageSplits:
     """The JPEG re-encoding of CIFAR-10 (lossy; **not** the canonical set — results must say so).
 
-    Decoded once and cached as ``.npz`` beside the user cache, keyed by the archive's checksum.
+    Images are in file-name order, which is **sorted by class** (unlike the canonical archive): draw
+    random subsets, never a prefix. Decoded once and cached as ``.npz`` in the user cache, keyed by
+    the archive's checksum.
     """
     from PIL import Image
 

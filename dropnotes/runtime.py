@@ -79,6 +79,17 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def profile_config(profile: str, defaults: dict[str, dict], **overrides: int | None) -> tuple[str, dict]:
+    """Resolve ``profile`` and return it with a copy of its defaults, where every override that is not
+    None replaces the default after being checked as a positive integer (a chapter's size knobs)."""
+    resolved = resolve_profile(profile)
+    config = dict(defaults[resolved])
+    for name, value in overrides.items():
+        if value is not None:
+            config[name] = check_positive_int(name, value)
+    return resolved, config
+
+
 def select_device(device: str = "auto") -> torch.device:
     """Return the requested ``torch.device``; ``auto`` prefers CUDA (this process's GPU under
     ``torchrun``), then Apple MPS, then CPU."""

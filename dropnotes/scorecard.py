@@ -17,6 +17,8 @@ CITATIONS = {
     "Srivastava et al. 2014": "srivastava2014dropout",
     "Gal & Ghahramani 2016": "gal2016dropout",
     "uncertainty-baselines": "nado2021uncertainty",
+    "Touvron et al. 2021": "touvron2021training",
+    "Huang et al. 2016": "huang2016deep",
 }
 
 

@@ -161,9 +161,12 @@ def max_norm_(model: nn.Module, max_norm: float) -> None:
 def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
                    y_test: torch.Tensor, *, epochs: int, batch_size: int, optimizer: torch.optim.Optimizer,
                    eval_every: int = 1, max_norm: float | None = None, generator: torch.Generator | None = None,
-                   amp_dtype: torch.dtype | None = None, desc: str = "train") -> pd.DataFrame:
+                   amp_dtype: torch.dtype | None = None, desc: str = "train",
+                   transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler | None = None) -> pd.DataFrame:
     """Train for ``epochs``; every ``eval_every`` epochs (and at the end) record train and test loss and
-    error, measured in eval mode. Returns the per-epoch history as a DataFrame."""
+    error, measured in eval mode. ``transform`` (data augmentation) is applied to each training batch;
+    ``scheduler`` is stepped once per epoch. Returns the per-epoch history as a DataFrame."""
     from tqdm import tqdm
 
     epochs = check_positive_int("epochs", epochs)
@@ -178,7 +181,11 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     rows = []
     for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=rank != 0 or not show_progress(), leave=False):
         batches = classification_batches(x_train, y_train, batch_size, generator=generator, shard=(rank, size))
+        if transform is not None:
+            batches = ((transform(xb), yb) for xb, yb in batches)
         train_loss = train_epoch(net, optimizer, batches, after_step=after, amp_dtype=amp_dtype)
+        if scheduler is not None:
+            scheduler.step()
         if epoch % eval_every == 0 or epoch == epochs:
             tr = evaluate_classifier(model, x_train, y_train, amp_dtype=amp_dtype)
             te = evaluate_classifier(model, x_test, y_test, amp_dtype=amp_dtype)

@@ -119,3 +119,9 @@ def test_cifar10_jpg_is_its_own_name(have_data):
     assert c.name == "cifar10-jpg"
     assert c.x_train.shape == (50000, 3, 32, 32) and c.x_test.shape == (10000, 3, 32, 32)
     assert torch.bincount(c.y_test).tolist() == [1000] * 10
+
+
+def test_cifar10_jpg_is_class_sorted_so_prefixes_are_one_class(have_data):
+    """Documented trap: a prefix of the JPEG copy's test split is a single class."""
+    c = data.load_images("cifar10-jpg")
+    assert torch.unique(c.y_test[:1000]).tolist() == [0]

@@ -74,3 +74,13 @@ def test_check_probability_accepts_bounds():
     assert runtime.check_probability("p", 0) == 0.0
     assert runtime.check_probability("p", 0.999) == 0.999
     assert runtime.check_probability("p", 1.0, allow_one=True) == 1.0
+
+
+def test_profile_config_overrides_and_checks():
+    table = {"quick": {"epochs": 3, "lr": 0.1}, "full": {"epochs": 100, "lr": 0.1}}
+    assert runtime.profile_config("quick", table) == ("quick", {"epochs": 3, "lr": 0.1})
+    resolved, cfg = runtime.profile_config("full", table, epochs=7, n_seeds=None)
+    assert resolved == "full" and cfg == {"epochs": 7, "lr": 0.1}
+    assert table["full"]["epochs"] == 100  # the defaults are not modified
+    with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
+        runtime.profile_config("quick", table, epochs=0)

@@ -3,4 +3,5 @@
 CHAPTERS = {
     "mechanics": "chapters/01_mechanics.ipynb",
     "ensembles": "chapters/02_ensembles.ipynb",
+    "droppath": "chapters/04_droppath_vit.ipynb",
 }

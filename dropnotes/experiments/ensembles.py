@@ -22,7 +22,7 @@ from dropnotes.ensemble import VmapEnsemble, fit_ensemble, step_time_loop_vs_vma
 from dropnotes.layers import Dropout
 from dropnotes.mc import classifier_summary, mc_predict, regression_summary
 from dropnotes.models import MLP
-from dropnotes.runtime import (check_positive_int, check_probability, resolve_profile, seed_everything,
+from dropnotes.runtime import (check_positive_int, check_probability, profile_config, seed_everything,
                                select_device)
 from dropnotes.stats import compare_errors, fmt_mean_sd, mean_se
 
@@ -77,11 +77,8 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_hidd
               train_size: int | None = None, epochs: int | None = None,
               lr_dropout: float | None = None) -> EnsemblesConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved = resolve_profile(profile)
-    defaults = dict(PROFILE_DEFAULTS[resolved])
-    for name, value in {"members": members, "n_seeds": n_seeds, "train_size": train_size, "epochs": epochs}.items():
-        if value is not None:
-            defaults[name] = check_positive_int(name, value)
+    resolved, defaults = profile_config(profile, PROFILE_DEFAULTS, members=members, n_seeds=n_seeds,
+                                        train_size=train_size, epochs=epochs)
     if lr_dropout is not None:
         if isinstance(lr_dropout, bool) or not isinstance(lr_dropout, (int, float)) or not lr_dropout > 0:
             raise ValueError(f"lr_dropout must be a positive number, got {lr_dropout!r}")

@@ -18,7 +18,7 @@ import torch
 from dropnotes import data, functional as DF, results, train
 from dropnotes.models import MLP
 from dropnotes.stats import compare_errors
-from dropnotes.runtime import (check_choice, check_positive_int, check_probability, resolve_profile,
+from dropnotes.runtime import (check_choice, check_positive_int, check_probability, profile_config,
                                seed_everything, select_device)
 
 CHAPTER = "mechanics"
@@ -80,13 +80,9 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: flo
               rates=(0.0, 0.2, 0.5), input_p: float = 0.2, train_size: int | None = None,
               epochs: int | None = None, n_seeds: int | None = None, dataset: str = "mnist") -> MechanicsConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved = resolve_profile(profile)
+    resolved, defaults = profile_config(profile, PROFILE_DEFAULTS, train_size=train_size, epochs=epochs,
+                                        n_seeds=n_seeds)
     dev = select_device(device)
-    defaults = dict(PROFILE_DEFAULTS[resolved])
-    overrides = {"train_size": train_size, "epochs": epochs, "n_seeds": n_seeds}
-    for name, value in overrides.items():
-        if value is not None:
-            defaults[name] = check_positive_int(name, value)
     if defaults["train_size"] > 60000:
         raise ValueError(f"train_size must be <= 60000 (MNIST's training set), got {defaults['train_size']}")
     return MechanicsConfig(profile=resolved, device=str(dev), seed=check_positive_int("seed", seed, minimum=0),

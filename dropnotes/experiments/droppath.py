@@ -1,0 +1,273 @@
+"""Chapter 4, "DropPath in Vision Transformers": the drop-path rate, its depth-wise schedule, depth, and cost.
+
+A small ViT (:class:`dropnotes.models.ViT`) is trained from scratch on a subset of CIFAR-10 with
+AdamW, a cosine schedule and light augmentation (random crop and flip, on the data's device).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from dropnotes import data, results, train
+from dropnotes.models import ViT
+from dropnotes.runtime import check_choice, check_positive_int, profile_config, seed_everything, select_device
+from dropnotes.stats import compare_errors, fmt_mean_sd
+
+CHAPTER = "droppath"
+
+# Published values, each from its authors' own code or README (see the chapter).
+HUANG_CIFAR10 = (6.41, 5.25)  # 110-layer ResNet, CIFAR-10+ test error %, constant depth -> stochastic depth
+HUANG_EPOCH_S = (75, 60)  # seconds per epoch, constant depth -> stochastic depth (skipping blocks)
+DEIT_DEFAULT_RATE = 0.1  # DeiT's --drop-path default (facebookresearch/deit main.py)
+LIU_VIT_T = (73.9, 72.6)  # ImageNet top-1 %, ViT-T: no dropout -> standard stochastic depth (Liu et al. 2023)
+
+
+@dataclass(frozen=True)
+class DropPathConfig:
+    profile: str
+    device: str
+    seed: int
+    n_seeds: int
+    dataset: str
+    train_size: int
+    test_size: int
+    dim: int
+    heads: int
+    depth: int
+    shallow_depth: int
+    rates: tuple[float, ...]
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    amp: bool
+
+
+PROFILE_DEFAULTS = {
+    # CPU: a mechanics check; one seed, so most verdicts can only be "inconclusive" here.
+    "quick": dict(train_size=1000, test_size=1000, dim=32, heads=2, depth=4, shallow_depth=2,
+                  rates=(0.0, 0.05, 0.1, 0.2, 0.3), epochs=10, batch_size=100, lr=3e-3, weight_decay=0.05,
+                  n_seeds=1, amp=False),
+    # One GPU: a 10,000-image subset (overfitting regime), depth 12 vs 6, 3 seeds, bf16.
+    "full": dict(train_size=10000, test_size=10000, dim=192, heads=3, depth=12, shallow_depth=6,
+                 rates=(0.0, 0.05, 0.1, 0.2, 0.3), epochs=100, batch_size=256, lr=1e-3, weight_decay=0.05,
+                 n_seeds=3, amp=True),
+}
+
+
+def configure(profile: str = "auto", device: str = "auto", seed: int = 0, dataset: str = "cifar10-jpg",
+              n_seeds: int | None = None, epochs: int | None = None, train_size: int | None = None,
+              depth: int | None = None) -> DropPathConfig:
+    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
+    resolved, d = profile_config(profile, PROFILE_DEFAULTS, n_seeds=n_seeds, epochs=epochs, train_size=train_size,
+                                 depth=depth)
+    if d["train_size"] > 50000:
+        raise ValueError(f"train_size must be <= 50000 (CIFAR-10's training set), got {d['train_size']}")
+    if d["depth"] <= d["shallow_depth"]:
+        raise ValueError(f"depth must be > {d['shallow_depth']} (the shallow comparison), got {d['depth']}")
+    return DropPathConfig(profile=resolved, device=str(select_device(device)),
+                          seed=check_positive_int("seed", seed, minimum=0),
+                          dataset=check_choice("dataset", dataset, ("cifar10-jpg", "cifar10")), **d)
+
+
+MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+
+
+def _prepare(cfg: DropPathConfig) -> dict[str, torch.Tensor]:
+    splits = data.load_images(cfg.dataset)
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(splits.x_train.shape[0], generator=g)[: cfg.train_size]
+    # A random test subset: the JPEG copy's test split is sorted by class, so a prefix would be one class.
+    tidx = torch.randperm(splits.x_test.shape[0], generator=g)[: cfg.test_size]
+    dev = torch.device(cfg.device)
+    norm = lambda x: ((train.images_to_float(x) - MEAN) / STD).to(dev)  # noqa: E731
+    return {"x_train": norm(splits.x_train[idx]), "y_train": splits.y_train[idx].to(dev),
+            "x_test": norm(splits.x_test[tidx]), "y_test": splits.y_test[tidx].to(dev)}
+
+
+def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip and random crop after zero padding, per image, on x's device."""
+    n, _, h, w = x.shape
+    flip = torch.rand(n, device=x.device) < 0.5
+    x = torch.where(flip.view(n, 1, 1, 1), x.flip(3), x)
+    dy, dx = torch.randint(0, 2 * pad + 1, (2, n), device=x.device)
+    return _crop(F.pad(x, (pad, pad, pad, pad)), dy, dx, h, w)
+
+
+def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    n, c = padded.shape[:2]
+    rows = (dy.view(n, 1) + torch.arange(h, device=padded.device)).view(n, 1, h, 1)
+    cols = (dx.view(n, 1) + torch.arange(w, device=padded.device)).view(n, 1, 1, w)
+    batch = torch.arange(n, device=padded.device).view(n, 1, 1, 1)
+    chan = torch.arange(c, device=padded.device).view(1, c, 1, 1)
+    return padded[batch, chan, rows, cols]
+
+
+def train_one(cfg: DropPathConfig, d: dict, *, depth: int, rate: float, schedule: str, seed: int) -> dict:
+    """Train one ViT; return its final train/test error and wall time."""
+    gen = seed_everything(seed)
+    dev = torch.device(cfg.device)
+    model = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=rate, schedule=schedule).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            fused=dev.type == "cuda")
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    start = time.perf_counter()
+    hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
+                                batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, generator=gen,
+                                amp_dtype=torch.bfloat16 if cfg.amp else None, transform=augment,
+                                scheduler=sched, desc=f"depth={depth} rate={rate} {schedule} seed={seed}")
+    last = hist.iloc[-1]
+    return {"depth": depth, "rate": rate, "schedule": schedule, "seed": seed, "train_error": last.train_error,
+            "test_error": last.test_error, "seconds": time.perf_counter() - start}
+
+
+@torch.no_grad()
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.DataFrame:
+    """Median seconds per training step of the deep ViT: no DropPath, masked DropPath (timm's form),
+    and DropPath that skips the dropped samples' branches; linear schedule up to ``rate``."""
+    dev = torch.device(cfg.device)
+    x = torch.randn(cfg.batch_size, 3, 32, 32, device=dev)
+    y = torch.randint(0, 10, (cfg.batch_size,), device=dev)
+    rows = []
+    for name, kw in (("no DropPath", dict(drop_path_rate=0.0)), ("masked", dict(drop_path_rate=rate)),
+                     ("skip dropped", dict(drop_path_rate=rate, skip_dropped=True))):
+        torch.manual_seed(cfg.seed)
+        model = ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, **kw).to(dev)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        times = []
+        for i in range(steps + 3):
+            _sync(dev)
+            t = time.perf_counter()
+            with train.autocast(dev, torch.bfloat16 if cfg.amp else None):
+                loss = F.cross_entropy(model(x).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            _sync(dev)
+            if i >= 3:  # warm-up steps excluded
+                times.append(time.perf_counter() - t)
+        rows.append({"variant": name, "ms per step": 1000 * float(pd.Series(times).median())})
+    out = pd.DataFrame(rows)
+    out["relative to masked"] = out["ms per step"] / out.loc[out.variant == "masked", "ms per step"].iloc[0]
+    out.attrs["mean_rate"] = rate / 2  # the linear schedule's mean over blocks
+    return out
+
+
+def run(cfg: DropPathConfig, save: bool = True) -> dict:
+    start = time.perf_counter()
+    d = _prepare(cfg)
+    seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
+    nonzero = [r for r in cfg.rates if r > 0]
+    mid = nonzero[len(nonzero) // 2] if nonzero else 0.1  # a middle rate of the sweep
+    runs = []
+    for seed in seeds:
+        for rate in cfg.rates:  # 1. the rate sweep, linear schedule, deep net
+            runs.append(train_one(cfg, d, depth=cfg.depth, rate=rate, schedule="linear", seed=seed))
+        # 2. uniform at the same expected depth as the linear schedule to `mid` (already trained above)
+        runs.append(train_one(cfg, d, depth=cfg.depth, rate=mid / 2, schedule="uniform", seed=seed))
+        for rate in (0.0, mid):  # 3. the shallow net
+            runs.append(train_one(cfg, d, depth=cfg.shallow_depth, rate=rate, schedule="linear", seed=seed))
+    table = pd.DataFrame(runs).drop_duplicates(subset=["depth", "rate", "schedule", "seed"])
+    speed = step_times(cfg)
+    rec = {"runs": table, "speed": speed, "mid": mid}
+    rec["sweep"] = summarize(table[(table.depth == cfg.depth) & (table.schedule == "linear")], ["rate"])
+    rec["verdicts"] = verdicts(rec, cfg)
+    rec["wall_time_s"] = time.perf_counter() - start
+    if save:
+        prov = results.provenance(cfg.device, seeds, rec["wall_time_s"], cfg.dataset)
+        rec["path"] = results.save_result(
+            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+            metrics={"skip_speedup": float(1 / speed.loc[speed.variant == "skip dropped", "relative to masked"].iloc[0])},
+            tables={"runs": table, "sweep": rec["sweep"], "speed": speed, "verdicts": rec["verdicts"]})
+    return rec
+
+
+def summarize(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    g = runs.groupby(by)
+    return pd.DataFrame({"test accuracy %": g.test_error.apply(lambda e: fmt_mean_sd(1 - e, 100)),
+                         "train accuracy %": g.train_error.apply(lambda e: fmt_mean_sd(1 - e, 100)),
+                         "gap (train - test) pt": g.apply(lambda r: 100 * (r.test_error - r.train_error).mean(),
+                                                          include_groups=False).round(2),
+                         "seeds": g.size()}).reset_index()
+
+
+def _errors(runs: pd.DataFrame, **where) -> list[float]:
+    sel = runs
+    for k, v in where.items():
+        sel = sel[(sel[k] - v).abs() < 1e-9] if isinstance(v, float) else sel[sel[k] == v]
+    return sel.sort_values("seed").test_error.tolist()
+
+
+def verdicts(rec: dict, cfg: DropPathConfig) -> pd.DataFrame:
+    """The closing table, from the measurements, with the rules stated in the chapter."""
+    runs, n, mid = rec["runs"], cfg.test_size, rec["mid"]
+    deep = runs[(runs.depth == cfg.depth) & (runs.schedule == "linear")]
+    means = deep.groupby("rate").test_error.mean()
+    best = float(means[means.index > 0].idxmin())
+    diff, se, v = compare_errors(_errors(deep, rate=0.0), _errors(deep, rate=best), n)
+    acc = lambda e: 100 * (1 - e)  # noqa: E731
+    rows = [{"claim": f"stochastic depth helps a ViT trained from scratch on limited data (depth {cfg.depth})",
+             "source": "Touvron et al. 2021 (DeiT); Huang et al. 2016",
+             "paper": f"DeiT default rate {DEIT_DEFAULT_RATE}; ResNet-110 CIFAR-10 error {HUANG_CIFAR10[0]} -> {HUANG_CIFAR10[1]} %",
+             "ours": (f"accuracy {acc(means[0.0]):.1f} % at rate 0, {acc(means[best]):.1f} % at the best rate {best:g} "
+                      f"({100 * diff:+.2f} ± {100 * se:.2f} pt)"),
+             "verdict": v}]
+    lin, uni = _errors(runs[runs.depth == cfg.depth], rate=mid, schedule="linear"), _errors(
+        runs[runs.depth == cfg.depth], rate=mid / 2, schedule="uniform")
+    diff, se, v = compare_errors(uni, lin, n)
+    rows.append({"claim": "linear decay beats uniform rates at the same expected depth",
+                 "source": "Huang et al. 2016 (Fig. 8)", "paper": "linear better",
+                 "ours": f"linear to {mid:.2f}: {acc(sum(lin) / len(lin)):.1f} %, uniform {mid / 2:.2f}: "
+                         f"{acc(sum(uni) / len(uni)):.1f} % ({100 * diff:+.2f} ± {100 * se:.2f} pt)",
+                 "verdict": v})
+    shallow = runs[runs.depth == cfg.shallow_depth]
+    d_deep, se_deep, _ = compare_errors(_errors(deep, rate=0.0), _errors(deep, rate=mid), n)
+    d_shal, se_shal, _ = compare_errors(_errors(shallow, rate=0.0), _errors(shallow, rate=mid), n)
+    gap, gap_se = d_deep - d_shal, (se_deep ** 2 + se_shal ** 2) ** 0.5
+    rows.append({"claim": "the benefit of stochastic depth grows with depth",
+                 "source": "Huang et al. 2016; Liu et al. 2023",
+                 "paper": f"helps deep nets; hurts a small ViT-T ({LIU_VIT_T[0]} -> {LIU_VIT_T[1]} % ImageNet)",
+                 "ours": (f"gain from rate {mid:.2f}: depth {cfg.depth} {100 * d_deep:+.2f} pt, depth "
+                          f"{cfg.shallow_depth} {100 * d_shal:+.2f} pt (difference {100 * gap:+.2f} ± {100 * gap_se:.2f})"),
+                 "verdict": "reproduced (direction)" if gap > 2 * gap_se else
+                 "not reproduced (the opposite)" if gap < -2 * gap_se else "inconclusive (within 2 SE)"})
+    sp = rec["speed"].set_index("variant")
+    f = rec["speed"].attrs.get("mean_rate", 0.25)
+    ratio = sp.loc["skip dropped", "relative to masked"]
+    rows.append({"claim": "skipping dropped branches saves time in proportion to the dropped fraction",
+                 "source": "Huang et al. 2016 (official code)",
+                 "paper": f"{HUANG_EPOCH_S[0]} -> {HUANG_EPOCH_S[1]} s/epoch",
+                 "ours": (f"masked {sp.loc['masked', 'ms per step']:.0f} ms, skip {sp.loc['skip dropped', 'ms per step']:.0f} ms "
+                          f"per step ({ratio:.2f}x; mean drop rate {f:.2f}); no DropPath {sp.loc['no DropPath', 'ms per step']:.0f} ms"),
+                 "verdict": "reproduced" if ratio <= 1 - 0.8 * f else "not reproduced"})
+    return pd.DataFrame(rows)
+
+
+def plot_sweep(runs: pd.DataFrame, depth: int):
+    import matplotlib.pyplot as plt
+
+    deep = runs[(runs.depth == depth) & (runs.schedule == "linear")]
+    g = deep.groupby("rate")
+    fig, ax = plt.subplots(figsize=(5.4, 3.4))
+    ax.errorbar(g.test_error.mean().index, 100 * (1 - g.test_error.mean()), yerr=100 * g.test_error.std().fillna(0),
+                marker="o", capsize=3, label="test")
+    ax.plot(g.train_error.mean().index, 100 * (1 - g.train_error.mean()), marker="s", ls="--", label="train (eval mode)")
+    ax.set(xlabel="drop-path rate of the last block (linear schedule)", ylabel="accuracy (%)")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    return fig
+
+
+def stored_full() -> dict | None:
+    return results.load_result(CHAPTER, "full")

@@ -39,7 +39,8 @@ def compare_errors(base: Sequence[float], new: Sequence[float], n_test: int) -> 
 
 
 def fmt_mean_sd(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:
-    """``mean ± sd (n=k)`` of ``values * scale``."""
+    """``mean ± sd (n=k)`` of ``values * scale`` (just ``mean (n=1)`` for a single value)."""
     v = np.asarray(values, dtype=float) * scale
-    sd = v.std(ddof=1) if len(v) > 1 else float("nan")
-    return f"{v.mean():.{digits}f} ± {sd:.{digits}f} (n={len(v)})"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f} (n=1)"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} (n={len(v)})"

@@ -332,6 +332,16 @@ class TokenSplits:
     def vocab_size(self) -> int:
         return len(self.vocab)
 
+    def capped(self, size: int, unk: str = "<unk>") -> "TokenSplits":
+        """Keep the ``size`` most frequent types (ids are in frequency order) and map every other
+        word to ``unk``, which must be among them: a cheaper softmax for CPU runs."""
+        if unk not in self.vocab[:size]:
+            raise ValueError(f"size={size} must keep {unk!r} among the most frequent types")
+        u = self.vocab.index(unk)
+        cap = lambda t: torch.where(t < size, t, torch.full_like(t, u))  # noqa: E731
+        return TokenSplits(self.name, cap(self.train), cap(self.valid), cap(self.test), self.vocab[:size],
+                           {**self.provenance, "vocab_cap": size})
+
 
 def load_ptb() -> TokenSplits:
     """Penn Treebank, Mikolov's split: each line's words followed by ``<eos>``; 10,000 types.

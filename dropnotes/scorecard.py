@@ -14,6 +14,10 @@ from dropnotes.results import load_result
 
 # Sources named in the chapters' verdict tables -> bibliography keys (references.bib).
 CITATIONS = {
+    "Gal & Ghahramani 2016, RNNs": "gal2016theoretically",  # before the shorter prefix below
+    "Zaremba et al. 2014": "zaremba2014recurrent",
+    "Merity et al. 2018": "merity2018regularizing",
+    "Molchanov et al. 2017": "molchanov2017variational",
     "Srivastava et al. 2014": "srivastava2014dropout",
     "Gal & Ghahramani 2016": "gal2016dropout",
     "uncertainty-baselines": "nado2021uncertainty",

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["binomial_se", "mean_se", "compare_errors", "fmt_mean_sd"]
+__all__ = ["binomial_se", "mean_se", "compare_errors", "compare_paired", "block_se", "fmt_mean_sd"]
 
 
 def binomial_se(error: float, n: int) -> float:
@@ -18,24 +18,47 @@ def binomial_se(error: float, n: int) -> float:
 def mean_se(errors: Sequence[float], n_test: int) -> tuple[float, float]:
     """Mean of per-seed error rates and its standard error: the larger of the seed-based estimate
     (sd / sqrt(seeds)) and the binomial test-set estimate, so one seed is never over-trusted."""
-    e = np.asarray(errors, dtype=float)
-    mean = float(e.mean())
-    seed_se = float(e.std(ddof=1) / math.sqrt(len(e))) if len(e) > 1 else 0.0
-    return mean, max(seed_se, binomial_se(mean, n_test) / math.sqrt(len(e)))
+    mean = float(np.mean(errors))
+    return _mean_se(errors, binomial_se(mean, n_test))
+
+
+def _mean_se(values: Sequence[float], measurement_se: float) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    seed_se = float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else 0.0
+    return float(v.mean()), max(seed_se, measurement_se / math.sqrt(len(v)))
+
+
+def _verdict(diff: float, se: float) -> str:
+    if diff > 2 * se:
+        return "reproduced (direction)"
+    if diff < -2 * se:
+        return "not reproduced (the opposite)"
+    return "inconclusive (within 2 SE)"
 
 
 def compare_errors(base: Sequence[float], new: Sequence[float], n_test: int) -> tuple[float, float, str]:
     """Is ``new`` lower than ``base``? Returns (base - new, its standard error, verdict) with the rule:
     *reproduced (direction)* if the difference exceeds 2 SE, *not reproduced* if it is below -2 SE,
     else *inconclusive*. Errors are fractions; the difference and SE are returned as fractions too."""
-    mb, sb = mean_se(base, n_test)
-    mn, sn = mean_se(new, n_test)
+    (mb, sb), (mn, sn) = mean_se(base, n_test), mean_se(new, n_test)
     diff, se = mb - mn, math.hypot(sb, sn)
-    if diff > 2 * se:
-        return diff, se, "reproduced (direction)"
-    if diff < -2 * se:
-        return diff, se, "not reproduced (the opposite)"
-    return diff, se, "inconclusive (within 2 SE)"
+    return diff, se, _verdict(diff, se)
+
+
+def compare_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]]) -> tuple[float, float, str]:
+    """Is ``new`` lower than ``base`` on the same test blocks? One sequence of per-block losses per seed
+    (e.g. per-window LM losses, the same windows for both). Returns (mean of base - new, its standard
+    error, verdict) with :func:`compare_errors`' rule; the SE is the larger of the seed-based and the
+    paired per-block estimate, so one seed is never over-trusted."""
+    diffs = [np.asarray(b, dtype=float) - np.asarray(n, dtype=float) for b, n in zip(base, new, strict=True)]
+    mean, se = _mean_se([d.mean() for d in diffs], float(np.mean([block_se(d) for d in diffs])))
+    return mean, se, _verdict(mean, se)
+
+
+def block_se(values: Sequence[float]) -> float:
+    """Standard error of the mean of roughly independent block means (e.g. per-window LM losses)."""
+    v = np.asarray(values, dtype=float)
+    return float(v.std(ddof=1) / math.sqrt(len(v))) if len(v) > 1 else float("nan")
 
 
 def fmt_mean_sd(values: Sequence[float], scale: float = 1.0, digits: int = 2) -> str:

@@ -15,6 +15,7 @@ so the gradient is that of the whole batch, as in a single process.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
@@ -133,20 +134,78 @@ def evaluate_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batc
     return {"loss": float(loss) / n, "error": float(wrong) / n}
 
 
-@torch.no_grad()
-def evaluate_lm(model: nn.Module, tokens: torch.Tensor, batch_size: int, seq_len: int,
-                amp_dtype: torch.dtype | None = None) -> float:
-    """Mean next-token cross-entropy (nats) of ``model`` in eval mode over a token stream."""
-    was_training = model.training
-    model.eval()
-    total, count = torch.zeros((), device=tokens.device), 0
-    for x, y in lm_batches(tokens, batch_size, seq_len):
+def _logits_and_state(out):
+    """A language model returns logits, or (logits, state) when it carries a state across windows."""
+    return out if isinstance(out, tuple) else (out, None)
+
+
+def _detach(state):
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return state.detach()
+    return type(state)(_detach(s) for s in state)
+
+
+def train_lm_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch.Tensor, batch_size: int,
+                   seq_len: int, *, clip: float | None = None, amp_dtype: torch.dtype | None = None,
+                   max_steps: int | None = None) -> float:
+    """One pass of truncated BPTT over a token stream (:func:`lm_batches`); a recurrent model's state
+    (returned as ``(logits, state)``) is carried across windows and detached. Gradients are clipped to
+    norm ``clip`` when given. Returns the mean training loss in nats."""
+    model.train()
+    total, count, state = torch.zeros((), device=tokens.device), 0, None
+    for step, (x, y) in enumerate(lm_batches(tokens, batch_size, seq_len)):
+        if max_steps is not None and step >= max_steps:
+            break
         with autocast(tokens.device, amp_dtype):
-            logits = model(x)
-        total += lm_loss(logits, y) * y.numel()
+            logits, state = _logits_and_state(model(x) if state is None else model(x, state))
+            loss = lm_loss(logits, y)
+        state = _detach(state)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if clip is not None:
+            nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        total += loss.detach() * y.numel()
         count += y.numel()
-    model.train(was_training)
     return float(total) / max(count, 1)
+
+
+@torch.no_grad()
+def lm_window_losses(model: nn.Module, tokens: torch.Tensor, batch_size: int, seq_len: int, *, mc_samples: int = 0,
+                     amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-window mean next-token cross-entropy (nats) over a token stream, and each window's token count.
+
+    A recurrent model's state (returned as ``(logits, state)``) is carried across windows. With
+    ``mc_samples = 0`` the model runs in eval mode (weight scaling). With ``mc_samples = k`` it runs
+    in training mode, as MC dropout (Gal & Ghahramani 2016): ``k`` stochastic passes over the stream,
+    each carrying its own state, with the *probabilities* of each target averaged before the log.
+    Training mode suits models without batch norm, such as the LSTM LM. The mode is restored.
+    """
+    samples = check_positive_int("mc_samples", mc_samples, minimum=0)
+    was_training = model.training
+    model.train(samples > 0)
+    losses, counts, states = [], [], [None] * max(samples, 1)
+    for x, y in lm_batches(tokens, batch_size, seq_len):
+        logp = []
+        for k in range(len(states)):
+            with autocast(tokens.device, amp_dtype):
+                logits, states[k] = _logits_and_state(model(x) if states[k] is None else model(x, states[k]))
+            logp.append(torch.log_softmax(logits.float(), -1).gather(-1, y.unsqueeze(-1)).squeeze(-1))
+        mean_logp = torch.logsumexp(torch.stack(logp), 0) - math.log(len(logp))
+        losses.append(-mean_logp.mean())
+        counts.append(y.numel())
+    model.train(was_training)
+    return torch.stack(losses).double().cpu(), torch.tensor(counts, dtype=torch.float64)
+
+
+def evaluate_lm(model: nn.Module, tokens: torch.Tensor, batch_size: int, seq_len: int, *, mc_samples: int = 0,
+                amp_dtype: torch.dtype | None = None) -> float:
+    """Mean next-token cross-entropy (nats) over a token stream: eval mode, or MC dropout with
+    ``mc_samples`` passes (see :func:`lm_window_losses`)."""
+    losses, counts = lm_window_losses(model, tokens, batch_size, seq_len, mc_samples=mc_samples, amp_dtype=amp_dtype)
+    return float((losses * counts).sum() / counts.sum())
 
 
 def max_norm_(model: nn.Module, max_norm: float) -> None:

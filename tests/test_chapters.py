@@ -88,6 +88,7 @@ def test_chapter_executes_and_stores_its_result(relpath):
     ("01_mechanics", {"profile": "fastest"}, "profile='fastest' is not allowed; choose one of 'quick', 'full', 'auto'"),
     ("01_mechanics", {"profile": "quick", "p": 1.5}, "p must be in [0, 1), got 1.5"),
     ("02_ensembles", {"profile": "quick", "members": 1}, "members must be >= 2 for an ensemble, got 1"),
+    ("03_variational", {"profile": "quick", "p_rec": -0.1}, "p_rec must be in [0, 1), got -0.1"),
     ("04_droppath_vit", {"profile": "quick", "dataset": "imagenet"}, "dataset='imagenet' is not allowed"),
 ])
 def test_bad_parameter_fails_at_the_first_cell(tmp_path, chapter, params, message):

@@ -3,5 +3,6 @@
 CHAPTERS = {
     "mechanics": "chapters/01_mechanics.ipynb",
     "ensembles": "chapters/02_ensembles.ipynb",
+    "variational": "chapters/03_variational.ipynb",
     "droppath": "chapters/04_droppath_vit.ipynb",
 }

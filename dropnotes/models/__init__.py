@@ -1,6 +1,7 @@
 """Models used by the chapters, each readable in one screen."""
 
-from dropnotes.models.mlp import MLP
+from dropnotes.models.lstm_lm import LSTMLM
+from dropnotes.models.mlp import MLP, SparseMLP
 from dropnotes.models.vit import ViT
 
-__all__ = ["MLP", "ViT"]
+__all__ = ["LSTMLM", "MLP", "SparseMLP", "ViT"]

@@ -1,0 +1,323 @@
+"""Chapter 3, "Variational dropout": dropout in recurrent networks on Penn Treebank, and learned rates.
+
+Part 1 trains the word-level LSTM language model (:class:`dropnotes.models.LSTMLM`) with each
+dropout scheme, keeps the epoch of lowest validation perplexity (early stopping), and reports its
+test perplexity with weight scaling and, for the variational model, with MC averaging. Part 2
+trains a LeNet-300-100 of sparse variational layers (:class:`dropnotes.models.SparseMLP`) on MNIST.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from dropnotes import data, results, train
+from dropnotes.models import LSTMLM, SparseMLP
+from dropnotes.models.lstm_lm import SCHEMES
+from dropnotes.runtime import (check_positive_int, check_probability, profile_config, seed_everything,
+                               select_device)
+from dropnotes.stats import block_se, compare_paired
+
+CHAPTER = "variational"
+
+# Gal & Ghahramani (2016), Table 1, PTB test perplexity, medium LSTM (2 x 650).
+PAPER_ZAREMBA_MEDIUM = 82.7  # naive dropout (Zaremba et al. 2014)
+PAPER_VARIATIONAL_MEDIUM = 79.7  # variational, tied weights, weight scaling
+PAPER_VARIATIONAL_MEDIUM_MC = 79.0  # the same model, MC averaging (1,000 passes)
+PAPER_ZAREMBA_SMALL_NOREG = 114.5  # Zaremba et al. (2014), small (2 x 200), no regularisation, test
+PAPER_ZAREMBA_WPS = 5500  # words per second, Zaremba medium, as reported by Gal & Ghahramani
+PAPER_AWD = (61.2, 58.8)  # AWD-LSTM val / test, salesforce/awd-lstm-lm README (500 epochs, full recipe)
+# Molchanov et al. (2017), Table 1 (bayesgroup README): LeNet-300-100 SparseVD.
+PAPER_SVD_ERROR, PAPER_SVD_COMPRESSION = 1.92, 68
+
+
+@dataclass(frozen=True)
+class VariationalConfig:
+    profile: str
+    device: str
+    seed: int
+    n_seeds: int
+    dataset: str
+    vocab_cap: int  # 0: the full 10,000-word vocabulary
+    train_tokens: int  # 0: all of ptb.train
+    eval_tokens: int  # 0: the whole validation and test streams
+    dim: int
+    layers: int
+    batch_size: int
+    seq_len: int
+    epochs: int
+    optimizer: str
+    lr: float
+    lr_decay: float  # SGD: divide the rate by this every epoch after `decay_after`
+    decay_after: int
+    clip: float
+    p_io: float
+    p_rec: float
+    p_emb: float
+    mc_samples: int
+    svd_train_size: int
+    svd_epochs: int
+    svd_kl_ramp: int  # epochs over which the KL weight grows linearly to 1
+    amp: bool
+
+
+PROFILE_DEFAULTS = {
+    # CPU, about three minutes: a 1-layer LSTM on the first 40,000 training words with the 1,999 most
+    # frequent words (+ <unk>), Adam, so that the unregularised net overfits within 6 epochs; 2 seeds,
+    # because the differences between the dropout schemes are about the size of the seed-to-seed spread.
+    "quick": dict(vocab_cap=2000, train_tokens=40000, eval_tokens=10000, dim=200, layers=1, batch_size=32,
+                  seq_len=35, epochs=6, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
+                  p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=10, n_seeds=2,
+                  svd_train_size=60000, svd_epochs=2, svd_kl_ramp=1, amp=False),
+    # One GPU, about 20 minutes: the medium model (2 x 650, BPTT 35, batch 20, SGD lr 1, clip 5) on all of
+    # PTB, for 8 of Zaremba's 39 epochs, the decay starting after epoch 4 instead of 6.
+    "full": dict(vocab_cap=0, train_tokens=0, eval_tokens=0, dim=650, layers=2, batch_size=20, seq_len=35,
+                 epochs=8, optimizer="sgd", lr=1.0, lr_decay=1.2, decay_after=4, clip=5.0,
+                 p_io=0.5, p_rec=0.2, p_emb=0.1, mc_samples=100, n_seeds=1,
+                 svd_train_size=60000, svd_epochs=100, svd_kl_ramp=50, amp=False),
+}
+
+
+def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_io: float | None = None,
+              p_rec: float | None = None, p_emb: float | None = None, n_seeds: int | None = None,
+              epochs: int | None = None, train_tokens: int | None = None, mc_samples: int | None = None,
+              svd_epochs: int | None = None) -> VariationalConfig:
+    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
+    resolved, d = profile_config(profile, PROFILE_DEFAULTS, n_seeds=n_seeds, epochs=epochs, train_tokens=train_tokens,
+                                 mc_samples=mc_samples, svd_epochs=svd_epochs)
+    for name, value in (("p_io", p_io), ("p_rec", p_rec), ("p_emb", p_emb)):
+        if value is not None:
+            d[name] = check_probability(name, value)
+    return VariationalConfig(profile=resolved, device=str(select_device(device)),
+                             seed=check_positive_int("seed", seed, minimum=0), dataset="ptb", **d)
+
+
+def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
+    splits = data.load_ptb()
+    if cfg.vocab_cap:
+        splits = splits.capped(cfg.vocab_cap)
+    cut = lambda t, n: t[:n] if n else t  # noqa: E731
+    dev = torch.device(cfg.device)
+    streams = {"train": cut(splits.train, cfg.train_tokens), "valid": cut(splits.valid, cfg.eval_tokens),
+               "test": cut(splits.test, cfg.eval_tokens)}
+    return {k: v.to(dev) for k, v in streams.items()}, splits.vocab_size
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_lm(cfg: VariationalConfig, d: dict, vocab: int, scheme: str, seed: int) -> dict:
+    """Train one LSTM LM; return its curve, the best-validation model and its test perplexity."""
+    seed_everything(seed)
+    dev = torch.device(cfg.device)
+    model = LSTMLM(vocab, cfg.dim, cfg.layers, scheme, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb).to(dev)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=dev.type == "cuda")
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+    amp = torch.bfloat16 if cfg.amp else None
+    curve, best, train_s = [], (math.inf, None, 0), 0.0
+    for epoch in range(1, cfg.epochs + 1):
+        if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr / cfg.lr_decay ** (epoch - cfg.decay_after)
+        _sync(dev)
+        t = time.perf_counter()
+        loss = train.train_lm_epoch(model, opt, d["train"], cfg.batch_size, cfg.seq_len, clip=cfg.clip, amp_dtype=amp)
+        _sync(dev)
+        train_s += time.perf_counter() - t
+        val = train.evaluate_lm(model, d["valid"], cfg.batch_size, cfg.seq_len, amp_dtype=amp)
+        curve.append({"scheme": scheme, "seed": seed, "epoch": epoch, "train_ppl": math.exp(loss),
+                      "valid_ppl": math.exp(val)})
+        if val < best[0]:
+            best = (val, copy.deepcopy(model.state_dict()), epoch)
+    model.load_state_dict(best[1])
+    losses, counts = train.lm_window_losses(model, d["test"], cfg.batch_size, cfg.seq_len, amp_dtype=amp)
+    test = float((losses * counts).sum() / counts.sum())
+    words = (d["train"].numel() - 1) // (cfg.batch_size * cfg.seq_len) * cfg.batch_size * cfg.seq_len * cfg.epochs
+    return {"model": model, "curve": curve, "windows": losses,
+            "row": {"scheme": scheme, "seed": seed, "best_epoch": best[2], "valid_ppl": math.exp(best[0]),
+                    "test_ppl": math.exp(test), "test_loss": test, "test_loss_se": block_se(losses.tolist()),
+                    "train_s": train_s, "words_per_s": words / train_s}}
+
+
+def mc_versus_scaling(cfg: VariationalConfig, model: LSTMLM, d: dict, ws_windows: torch.Tensor) -> dict:
+    """Test perplexity of one model with weight scaling and with MC averaging (paired, per window)."""
+    mc, _ = train.lm_window_losses(model, d["test"], cfg.batch_size, cfg.seq_len, mc_samples=cfg.mc_samples)
+    return {"ws_ppl": math.exp(float(ws_windows.mean())), "mc_ppl": math.exp(float(mc.mean())),
+            "samples": cfg.mc_samples, "ws_windows": ws_windows.tolist(), "mc_windows": mc.tolist()}
+
+
+def train_sparse_vd(cfg: VariationalConfig, seed: int) -> dict:
+    """LeNet-300-100 with sparse variational dropout on MNIST (Molchanov et al. 2017): Adam 1e-3,
+    batch 100, the KL weight ramped linearly from 0 to 1 over ``svd_kl_ramp`` epochs."""
+    gen = seed_everything(seed)
+    dev = torch.device(cfg.device)
+    s = data.load_images("mnist")
+    x, y = train.images_to_float(s.x_train[: cfg.svd_train_size]).to(dev), s.y_train[: cfg.svd_train_size].to(dev)
+    xt, yt = train.images_to_float(s.x_test).to(dev), s.y_test.to(dev)
+    model = SparseMLP().to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    n, steps_per_epoch = x.shape[0], math.ceil(x.shape[0] / 100)
+    ramp_steps, step, curve = max(cfg.svd_kl_ramp * steps_per_epoch, 1), 0, []
+    start = time.perf_counter()
+    for epoch in range(1, cfg.svd_epochs + 1):
+        for xb, yb in train.classification_batches(x, y, 100, generator=gen):
+            step += 1
+            loss = F.cross_entropy(model(xb), yb) + min(1.0, step / ramp_steps) * model.kl() / n
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        ev = train.evaluate_classifier(model, xt, yt)
+        curve.append({"epoch": epoch, "test_error": ev["error"], "compression": model.compression(),
+                      **{f"sparsity_fc{k + 1}": v for k, v in enumerate(model.sparsity())}})
+    return {"model": model, "curve": pd.DataFrame(curve), "seconds": time.perf_counter() - start}
+
+
+def run(cfg: VariationalConfig, save: bool = True) -> dict:
+    start = time.perf_counter()
+    d, vocab = _lm_data(cfg)
+    seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
+    rows, curves, mc, windows = [], [], [], {}
+    for seed in seeds:
+        for scheme in SCHEMES:
+            out = train_lm(cfg, d, vocab, scheme, seed)
+            rows.append(out["row"])
+            curves += out["curve"]
+            windows[scheme, seed] = out["windows"].tolist()
+            if scheme == "variational":
+                mc.append({"seed": seed, **mc_versus_scaling(cfg, out["model"], d, out["windows"])})
+    svd = train_sparse_vd(cfg, cfg.seed)
+    mc_windows = {"ws": [m.pop("ws_windows") for m in mc], "mc": [m.pop("mc_windows") for m in mc]}
+    rec = {"runs": pd.DataFrame(rows), "curves": pd.DataFrame(curves), "mc": pd.DataFrame(mc),
+           "windows": windows, "mc_windows": mc_windows,
+           "svd": svd["curve"], "svd_model": svd["model"], "svd_seconds": svd["seconds"], "vocab": vocab,
+           "tokens": {k: int(v.numel()) for k, v in d.items()}}
+    rec["summary"] = summarize(rec["runs"])
+    rec["verdicts"] = verdicts(rec, cfg)
+    rec["wall_time_s"] = time.perf_counter() - start
+    if save:
+        prov = results.provenance(cfg.device, seeds, rec["wall_time_s"], cfg.dataset, vocab=vocab,
+                                  tokens=rec["tokens"])
+        last = rec["svd"].iloc[-1]
+        rec["path"] = results.save_result(
+            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+            metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
+                     "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
+            tables={k: rec[k] for k in ("runs", "curves", "mc", "svd", "summary", "verdicts")})
+    return rec
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    g = runs.groupby("scheme", sort=False)
+    return pd.DataFrame({"valid ppl": g.valid_ppl.mean(), "test ppl": g.test_ppl.mean(),
+                         "test ppl sd": g.test_ppl.std(), "best epoch": g.best_epoch.mean(),
+                         "words/s (training)": g.words_per_s.mean(), "seeds": g.size()}).round(2).reset_index()
+
+
+def _ppl(losses: list[float]) -> float:
+    return math.exp(sum(losses) / len(losses))
+
+
+def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
+    """The closing table, from the measurements, with the rules stated in the chapter. Differences are
+    in test cross-entropy (nats), paired over the same test windows; the SE is the larger of the seed-based
+    and the per-window estimate."""
+    runs, windows = rec["runs"], rec["windows"]
+
+    def cmp(base: str, new: str) -> tuple[str, str]:
+        seeds = sorted(runs.seed.unique())
+        diff, se, v = compare_paired([windows[base, s] for s in seeds], [windows[new, s] for s in seeds])
+        b, n = (runs[runs.scheme == k].test_loss.tolist() for k in (base, new))
+        return (f"{base} {_ppl(b):.1f}, {new} {_ppl(n):.1f} ({100 * (1 - _ppl(n) / _ppl(b)):+.1f} % ppl; "
+                f"{diff:+.3f} ± {se:.3f} nats)"), v
+
+    rows = []
+    ours, v = cmp("none", "naive")
+    rows.append({"claim": "naive dropout on the non-recurrent connections lowers test perplexity",
+                 "source": "Zaremba et al. 2014", "paper": f"small, none: {PAPER_ZAREMBA_SMALL_NOREG}; medium, dropout: "
+                 f"{PAPER_ZAREMBA_MEDIUM}", "ours": ours, "verdict": v})
+    ours, v = cmp("naive", "variational")
+    rows.append({"claim": "variational dropout (tied masks in time, on h too) beats naive dropout",
+                 "source": "Gal & Ghahramani 2016, RNNs (Table 1)",
+                 "paper": f"medium: {PAPER_ZAREMBA_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM} "
+                          f"({100 * (1 - PAPER_VARIATIONAL_MEDIUM / PAPER_ZAREMBA_MEDIUM):.1f} %)",
+                 "ours": ours, "verdict": v})
+    ours, v = cmp("naive-recurrent", "naive")
+    rows.append({"claim": "a fresh mask at every step on the recurrent connections hurts",
+                 "source": "Gal & Ghahramani 2016, RNNs (motivation); Zaremba et al. 2014", "paper": "worse than naive (argued)",
+                 "ours": ours, "verdict": v})
+    ours, v = cmp("variational", "weight-drop")
+    s = rec["summary"].set_index("scheme")["words/s (training)"]
+    speed = s["weight-drop"] / s["variational"]
+    fast = speed > 1.0 and "opposite" not in v
+    rows.append({"claim": "weight-drop on W_hh (fused kernel) matches variational dropout, faster",
+                 "source": "Merity et al. 2018 (AWD-LSTM)",
+                 "paper": f"AWD-LSTM val/test {PAPER_AWD[0]} / {PAPER_AWD[1]} (full recipe)",
+                 "ours": f"{ours}; {speed:.2f}x the words/s of the time loop",
+                 "verdict": "reproduced" if fast else "not reproduced"})
+    mc = rec["mc"]
+    if len(mc):
+        diff, se, v = compare_paired(list(rec["mc_windows"]["ws"]), list(rec["mc_windows"]["mc"]))
+        rows.append({"claim": "MC averaging lowers test perplexity slightly",
+                     "source": "Gal & Ghahramani 2016, RNNs (Table 1)",
+                     "paper": f"medium tied: {PAPER_VARIATIONAL_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM_MC} (1,000 passes)",
+                     "ours": (f"weight scaling {mc.ws_ppl.mean():.1f}, MC-{cfg.mc_samples} {mc.mc_ppl.mean():.1f} "
+                              f"({diff:+.4f} ± {se:.4f} nats)"), "verdict": v})
+    last = rec["svd"].iloc[-1]
+    err, comp, fc1 = 100 * last.test_error, last.compression, last.sparsity_fc1
+    if cfg.profile == "quick":
+        rule, ok = "fc1 sparsity >= 0.8 and error <= 3 %", fc1 >= 0.8 and err <= 3.0
+    else:
+        rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
+    rows.append({"claim": "sparse VD prunes most of LeNet-300-100 at a small cost in error",
+                 "source": "Molchanov et al. 2017 (Table 1)",
+                 "paper": f"error {PAPER_SVD_ERROR} %, {PAPER_SVD_COMPRESSION}x fewer weights (200 epochs)",
+                 "ours": (f"error {err:.2f} %, sparsity {last.sparsity_fc1:.3f} / {last.sparsity_fc2:.3f} / "
+                          f"{last.sparsity_fc3:.3f}, {comp:.1f}x ({comp / PAPER_SVD_COMPRESSION:.2f} of the paper's) "
+                          f"after {int(last.epoch)} epochs; rule: {rule}"),
+                 "verdict": "reproduced" if ok else "not reproduced"})
+    return pd.DataFrame(rows)
+
+
+def plot_curves(curves: pd.DataFrame):
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharex=True)
+    for scheme, g in curves.groupby("scheme", sort=False):
+        m = g.groupby("epoch")[["train_ppl", "valid_ppl"]].mean()
+        line, = axes[1].plot(m.index, m.valid_ppl, marker="o", ms=3, label=scheme)
+        axes[0].plot(m.index, m.train_ppl, marker="o", ms=3, color=line.get_color(), label=scheme)
+    axes[0].set(xlabel="epoch", ylabel="perplexity", title="training (with dropout on)", yscale="log")
+    axes[1].set(xlabel="epoch", title="validation", yscale="log")
+    axes[1].legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_sparsity(model: SparseMLP):
+    """Histogram of log α per layer, with the pruning threshold."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.4, 3.2))
+    for k, layer in enumerate(model.layers):
+        ax.hist(layer.log_alpha.detach().cpu().flatten().numpy(), bins=80, histtype="step", density=True,
+                label=f"fc{k + 1} ({layer.weight.numel():,} weights)")
+    ax.axvline(model.layers[0].threshold, color="k", ls="--", lw=1)
+    ax.set(xlabel="log α", ylabel="density")
+    ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def stored_full() -> dict | None:
+    return results.load_result(CHAPTER, "full")
+

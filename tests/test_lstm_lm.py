@@ -1,0 +1,128 @@
+"""The LSTM language model's dropout schemes (chapter 3), the LM evaluation and sparse VD."""
+
+import math
+
+import pytest
+import torch
+
+from dropnotes import data, train
+from dropnotes.models import LSTMLM, SparseMLP
+from dropnotes.models.lstm_lm import SCHEMES, lstm_loop
+from dropnotes.stats import compare_paired
+
+
+def test_time_loop_equals_nn_lstm_without_masks():
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, batch_first=True)
+    x, h0, c0 = torch.randn(3, 9, 6), torch.randn(3, 5), torch.randn(3, 5)
+    ref, (h, c) = lstm(x, (h0[None], c0[None]))
+    out, (h2, c2) = lstm_loop(x, lstm, (h0, c0), None)
+    assert torch.allclose(ref, out, atol=1e-6) and torch.allclose(h[0], h2, atol=1e-6) and torch.allclose(c[0], c2, atol=1e-6)
+
+
+def test_locked_recurrent_mask_equals_dropping_columns_of_w_hh():
+    """For one sequence, multiplying h_{t-1} by the same mask at every step is exactly nn.LSTM with the
+    matching columns of W_hh zeroed (and scaled): the mask is not redrawn per step."""
+    torch.manual_seed(1)
+    lstm = torch.nn.LSTM(4, 6, batch_first=True)
+    x = torch.randn(1, 12, 4)
+    mask = torch.tensor([2.0, 0.0, 2.0, 2.0, 0.0, 2.0])
+    out, _ = lstm_loop(x, lstm, None, mask.view(1, 1, 6))
+    dropped = torch.nn.LSTM(4, 6, batch_first=True)
+    dropped.load_state_dict(lstm.state_dict())
+    with torch.no_grad():
+        dropped.weight_hh_l0.mul_(mask)
+    assert torch.allclose(out, dropped(x)[0], atol=1e-6)
+    # A mask redrawn per step (the naive-recurrent scheme) is not equivalent to any fixed column mask.
+    per_step = torch.bernoulli(torch.full((1, 12, 6), 0.5)) * 2
+    assert not torch.allclose(lstm_loop(x, lstm, None, per_step)[0], out, atol=1e-4)
+
+
+def _masks_seen(model: LSTMLM, x: torch.Tensor) -> torch.Tensor | None:
+    torch.manual_seed(0)
+    return model._h_mask(model.embed(x))
+
+
+def test_schemes_put_noise_where_they_say():
+    torch.manual_seed(0)
+    x = torch.randint(0, 50, (4, 7))
+    kw = dict(vocab_size=50, dim=16, layers=2, p_io=0.5, p_rec=0.5, p_emb=0.3)
+    m = {s: LSTMLM(scheme=s, **kw) for s in SCHEMES}
+    assert (m["none"].p_io, m["none"].p_rec, m["none"].p_emb) == (0, 0, 0)
+    assert (m["naive"].p_rec, m["naive"].p_emb) == (0, 0)
+    assert _masks_seen(m["naive"], x) is None and _masks_seen(m["weight-drop"], x) is None
+    assert _masks_seen(m["naive-recurrent"], x).shape == (4, 7, 16)  # a mask per step
+    assert _masks_seen(m["variational"], x).shape == (4, 1, 16)  # one per sequence
+    wd = m["weight-drop"]
+    assert wd.rnns[0].p == 0.5 and wd.rnns[0].weights == ("weight_hh_l0",)
+    for model in m.values():
+        logits, state = model(x)
+        assert logits.shape == (4, 7, 50) and len(state) == 2 and state[0][0].shape == (4, 16)
+        model.eval()
+        a, _ = model(x)
+        assert torch.equal(a, model(x)[0]), "eval is deterministic"
+    with pytest.raises(ValueError, match="scheme"):
+        LSTMLM(50, scheme="locked")
+    with pytest.raises(ValueError, match="p_rec"):
+        LSTMLM(50, scheme="variational", p_rec=1.0)
+
+
+def test_state_is_carried_between_windows():
+    torch.manual_seed(0)
+    model = LSTMLM(30, 8, 1).eval()
+    x = torch.randint(0, 30, (2, 10))
+    whole, _ = model(x)
+    first, state = model(x[:, :6])
+    second, _ = model(x[:, 6:], state)
+    assert torch.allclose(torch.cat([first, second], 1), whole, atol=1e-5)
+
+
+def test_mc_evaluation_without_dropout_equals_eval_and_averages_probabilities():
+    torch.manual_seed(0)
+    tokens = torch.randint(0, 20, (700,))
+    plain = LSTMLM(20, 8, 1, "none")
+    ws = train.evaluate_lm(plain, tokens, 4, 10)
+    assert train.evaluate_lm(plain, tokens, 4, 10, mc_samples=3) == pytest.approx(ws, abs=1e-6)
+    assert plain.training, "mode restored"
+    noisy = LSTMLM(20, 8, 1, "variational", p_io=0.5, p_rec=0.5, p_emb=0.2)
+    torch.manual_seed(1)
+    single = [train.evaluate_lm(noisy, tokens, 4, 10, mc_samples=1) for _ in range(4)]
+    torch.manual_seed(1)
+    mc4 = train.evaluate_lm(noisy, tokens, 4, 10, mc_samples=4)
+    # Jensen: the log of averaged probabilities is at least the average log-probability.
+    assert mc4 < sum(single) / len(single)
+    losses, counts = train.lm_window_losses(plain, tokens, 4, 10)
+    assert len(losses) == math.ceil(((700 - 1) // 4) / 10) and counts.sum() == 4 * ((700 - 1) // 4)
+
+
+def test_capped_vocabulary_keeps_frequent_words():
+    splits = data.TokenSplits("t", torch.tensor([0, 1, 2, 3, 4]), torch.tensor([4, 3]), torch.tensor([2]),
+                              ["the", "<unk>", "a", "b", "c"])
+    c = splits.capped(3)
+    assert c.train.tolist() == [0, 1, 2, 1, 1] and c.valid.tolist() == [1, 1] and c.vocab_size == 3
+    with pytest.raises(ValueError, match="size"):
+        splits.capped(1)
+
+
+def test_compare_paired_uses_the_same_windows():
+    rng = torch.Generator().manual_seed(0)
+    b = torch.randn(200, generator=rng) + 5
+    better = b - 0.05 + 0.01 * torch.randn(200, generator=rng)
+    diff, se, verdict = compare_paired([b.tolist()], [better.tolist()])
+    assert verdict == "reproduced (direction)" and diff == pytest.approx(0.05, abs=0.005)
+    diff, se, verdict = compare_paired([b.tolist(), b.tolist()], [(b + 0.05).tolist(), (b - 0.06).tolist()])
+    assert verdict == "inconclusive (within 2 SE)", "a seed-to-seed spread larger than the mean is not trusted"
+
+
+def test_sparse_mlp_compression_and_kl():
+    torch.manual_seed(0)
+    net = SparseMLP(20, (10,), 3)
+    assert net(torch.randn(5, 20)).shape == (5, 3) and net.kl().ndim == 0
+    with torch.no_grad():
+        for layer in net.layers:
+            layer.weight.fill_(0.5)  # log α = -10 - log 0.25 < 3: nothing pruned
+    assert net.compression() == pytest.approx(1.0) and net.sparsity() == [0.0, 0.0]
+    with torch.no_grad():
+        net.layers[0].log_sigma2.fill_(10.0)  # log α = 10 > 3: the first layer is pruned
+    assert net.sparsity()[0] == 1.0 and net.compression() == pytest.approx(230 / 30)
+    assert torch.equal(net.eval()(torch.randn(2, 20)), net(torch.zeros(2, 20)))

@@ -19,7 +19,8 @@ from dropnotes.runtime import check_choice, check_positive_int, check_probabilit
 __all__ = [
     "StochasticModule", "Dropout", "GaussianDropout", "DropConnectLinear", "SpatialDropout",
     "VariationalDropout", "EmbeddingDropout", "WeightDrop", "DropPath", "DropBlock2d",
-    "ConcreteDropout", "SparseVariationalLinear", "SelfAttention", "drop_path_rates", "STOCHASTIC_TYPES",
+    "ConcreteDropout", "SparseVariationalLinear", "SelfAttention", "LoRALinear", "add_lora", "drop_path_rates",
+    "STOCHASTIC_TYPES",
 ]
 
 
@@ -283,6 +284,63 @@ class SelfAttention(StochasticModule):
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, heads={self.heads}, attn_p={self.attn_p:.3f}, causal={self.causal}"
+
+
+class LoRALinear(StochasticModule):
+    r"""A frozen ``nn.Linear`` plus a trainable low-rank update (Hu et al. 2022), with LoRA dropout.
+
+    :math:`y = W_0 x + b + \frac{\alpha}{r} B A\,\mathrm{dropout}_p(x)`, with :math:`A` (r × in)
+    Kaiming-initialised and :math:`B` (out × r) zero, so the wrapped layer starts unchanged. The
+    dropout acts on the adapter's input only (``lora_dropout`` in common fine-tuning configs).
+    :meth:`merged` returns the plain ``nn.Linear`` with :math:`W_0 + \frac{\alpha}{r} BA`.
+    """
+
+    def __init__(self, base: nn.Linear, r: int = 4, alpha: float = 8.0, p: float = 0.0) -> None:
+        super().__init__()
+        if not isinstance(base, nn.Linear):
+            raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}")
+        self.base = base
+        for prm in base.parameters():
+            prm.requires_grad_(False)
+        self.r = check_positive_int("r", r)
+        self.scale = float(alpha) / self.r
+        self.p = check_probability("p", p)
+        self.lora_a = nn.Parameter(torch.empty(self.r, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, self.r))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = F.linear(F.linear(DF.dropout(x, self.p, self.training), self.lora_a), self.lora_b)
+        return self.base(x) + self.scale * update
+
+    @torch.no_grad()
+    def merged(self) -> nn.Linear:
+        out = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        out.weight.copy_(self.base.weight + self.scale * self.lora_b @ self.lora_a)
+        if self.base.bias is not None:
+            out.bias.copy_(self.base.bias)
+        return out.to(self.base.weight.device)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.base.in_features}, out_features={self.base.out_features}, r={self.r}, "
+                f"scale={self.scale:g}, p={self.p:.3f}")
+
+
+def add_lora(model: nn.Module, targets: tuple[str, ...] = ("qkv",), r: int = 4, alpha: float = 8.0,
+             p: float = 0.0) -> nn.Module:
+    """Freeze every parameter of ``model`` and replace each ``nn.Linear`` whose attribute name is in
+    ``targets`` by a :class:`LoRALinear` around it (in place); returns the model."""
+    for prm in model.parameters():
+        prm.requires_grad_(False)
+    found = []
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if name in targets and isinstance(child, nn.Linear):
+                setattr(module, name, LoRALinear(child, r=r, alpha=alpha, p=p))
+                found.append(name)
+    if not found:
+        raise ValueError(f"targets={targets} matched no nn.Linear in the model")
+    return model
 
 
 def drop_path_rates(depth: int, max_rate: float, schedule: str = "linear") -> list[float]:

@@ -35,6 +35,28 @@ def results_root() -> Path:
     return Path(env).expanduser() if env else REPO_RESULTS
 
 
+def checkpoint_dir() -> Path:
+    """Where model checkpoints are cached: ``$DROPNOTES_CHECKPOINTS``, else ``<repo>/runs/checkpoints``
+    (not committed)."""
+    env = os.environ.get("DROPNOTES_CHECKPOINTS")
+    return Path(env).expanduser() if env else REPO_ROOT / "runs" / "checkpoints"
+
+
+def save_checkpoint(obj: Any, path: Path) -> Path:
+    """``torch.save`` atomically (a temporary file in the same folder, then ``os.replace``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".pt")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
 def git_commit() -> str:
     """The repository's commit (with ``-dirty`` when the tree has changes), or ``unknown``."""
     try:

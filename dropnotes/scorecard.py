@@ -18,6 +18,8 @@ CITATIONS = {
     "Zaremba et al. 2014": "zaremba2014recurrent",
     "Merity et al. 2018": "merity2018regularizing",
     "Molchanov et al. 2017": "molchanov2017variational",
+    "Liu et al. 2025": "liu2025drop",
+    "Xue et al. 2023": "xue2023repeat",
     "Srivastava et al. 2014": "srivastava2014dropout",
     "Gal & Ghahramani 2016": "gal2016dropout",
     "uncertainty-baselines": "nado2021uncertainty",

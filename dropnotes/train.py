@@ -78,6 +78,29 @@ def lm_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[
         yield x[:, start:start + seq_len], y[:, start:start + seq_len]
 
 
+def window_batches(tokens: torch.Tensor, batch_size: int, block_size: int, steps: int,
+                   generator: torch.Generator | None = None) -> Iterator[Batch]:
+    """``steps`` batches of non-overlapping windows (inputs and targets shifted by one) in random order.
+
+    Each window of the stream is used once before any is repeated, so ``steps * batch_size`` windows
+    up to the number available is exactly one epoch (single-epoch pretraining); beyond it, the
+    windows are reshuffled and repeated (multi-epoch training on a small set).
+    """
+    n = (tokens.numel() - 1) // block_size
+    if n < 1:
+        raise ValueError(f"the token stream ({tokens.numel()} tokens) is shorter than block_size={block_size} + 1")
+    starts = torch.arange(n, device=tokens.device) * block_size
+    offsets = torch.arange(block_size + 1, device=tokens.device)
+    order = torch.empty(0, dtype=torch.long, device=tokens.device)
+    for _ in range(check_positive_int("steps", steps)):
+        while order.numel() < batch_size:
+            perm = torch.randperm(n, generator=generator).to(tokens.device)
+            order = torch.cat([order, perm])
+        idx, order = order[:batch_size], order[batch_size:]
+        w = tokens[starts[idx, None] + offsets]
+        yield w[:, :-1], w[:, 1:]
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of (N, T, V) logits against (N, T) targets."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

@@ -14,6 +14,13 @@ if not os.environ.get("DROPNOTES_DATA") and SHARED_DATA.is_dir():
     os.environ["DROPNOTES_DATA"] = str(SHARED_DATA)
 os.environ.setdefault("DROPNOTES_RESULTS", str(ROOT / "_build" / "test-results"))
 os.environ.setdefault("DROPNOTES_PROFILE", "quick")
+if "DROPNOTES_CHECKPOINTS" not in os.environ:
+    # A fresh checkpoint cache per session, so every test run pretrains (a stale cache would hide bugs).
+    import shutil
+
+    _ckpt = ROOT / "_build" / "test-checkpoints"
+    shutil.rmtree(_ckpt, ignore_errors=True)
+    os.environ["DROPNOTES_CHECKPOINTS"] = str(_ckpt)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -5,4 +5,5 @@ CHAPTERS = {
     "ensembles": "chapters/02_ensembles.ipynb",
     "variational": "chapters/03_variational.ipynb",
     "droppath": "chapters/04_droppath_vit.ipynb",
+    "llm": "chapters/05_llm_pretrain_finetune.ipynb",
 }

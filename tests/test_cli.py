@@ -30,7 +30,7 @@ def test_list_shows_every_chapter_with_parameters(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics, ensembles, variational, droppath, llm"),
+    (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics, ensembles, variational, droppath, llm, interactions, cost"),
     (["run", "mechanics", "-p", "dropout", "0.3"], "unknown parameter 'dropout'; allowed: profile, seed"),
     (["run", "mechanics", "-p", "seed", "abc"], "parameter seed expects int, got 'abc'"),
     (["run", "mechanics", "-p", "p", "true"], "parameter p expects float"),

@@ -6,4 +6,6 @@ CHAPTERS = {
     "variational": "chapters/03_variational.ipynb",
     "droppath": "chapters/04_droppath_vit.ipynb",
     "llm": "chapters/05_llm_pretrain_finetune.ipynb",
+    "interactions": "chapters/06_interactions.ipynb",
+    "cost": "chapters/07_cost.ipynb",
 }

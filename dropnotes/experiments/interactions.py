@@ -292,7 +292,8 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
                  "ours": (f"lr {hi.lr.max():g}: without max-norm {100 * np.mean(free):.2f} %, with max-norm {cfg.max_norm:g} "
                           f"{100 * np.mean(mn):.2f} % ({100 * d:+.2f} ± {100 * se:.2f} pt); dropout at lr {base_lr:g}: "
                           f"{100 * np.mean(drop):.2f} % ({100 * d0:+.2f} ± {100 * se0:.2f} pt for max-norm)"),
-                 "verdict": v})
+                 "verdict": v if min(np.mean(free), np.mean(mn)) < 0.5 else
+                 "not measured (both nets diverged at this learning rate)"})
     g = rec["grid"]
     best_both = g.loc[g.index > 0, g.columns > 0].stack().idxmin()
     best_p = g.loc[g.index > 0, 0.0].idxmin()

@@ -5,6 +5,11 @@
     dropnotes run --all --profile quick
     dropnotes run mechanics -f params.yaml
     dropnotes sweep ensembles -p p_hidden 0.1,0.3,0.5 -p seed 1,2,3 --profile quick
+    dropnotes compute variational --profile full -p epochs 4
+
+``compute`` runs a chapter's experiment without Jupyter (``configure`` + ``run`` of its
+``dropnotes.experiments`` module), for GPU machines that have torch but no notebook stack; it stores
+the result like the notebook does and prints the verdicts.
 
 Chapter and parameter names and value types are checked against each notebook's ``parameters``
 cell (read with ``papermill.inspect_notebook``) before any kernel starts. A run writes
@@ -202,6 +207,47 @@ def cmd_sweep(args) -> int:
     return 1 if len(failed) else 0
 
 
+def compute_parameters(chapter: str, pairs: list[tuple[str, str]], profile: str | None) -> dict[str, Any]:
+    """Check names against the chapter's ``configure`` signature; values are Python literals (else strings)."""
+    import importlib
+    import inspect
+
+    chapter_path(chapter)
+    allowed = inspect.signature(importlib.import_module(f"dropnotes.experiments.{chapter}").configure).parameters
+    params: dict[str, Any] = {}
+    for name, raw in pairs:
+        if name not in allowed:
+            raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(allowed)}")
+        try:
+            params[name] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            params[name] = raw
+    if profile is not None:
+        params["profile"] = profile
+    return params
+
+
+def cmd_compute(args) -> int:
+    import importlib
+    import time
+
+    import pandas as pd
+
+    params = compute_parameters(args.chapter, _pairs(args.param), args.profile)
+    module = importlib.import_module(f"dropnotes.experiments.{args.chapter}")
+    try:
+        cfg = module.configure(**params)
+    except ValueError as err:
+        raise UsageError(f"{args.chapter}: {err}") from None
+    print(f"{args.chapter}: {cfg}", flush=True)
+    start = time.perf_counter()
+    rec = module.run(cfg)
+    with pd.option_context("display.max_colwidth", 200, "display.width", 250):
+        print(rec["verdicts"][["claim", "ours", "verdict"]].to_string(index=False))
+    print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropnotes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -230,6 +276,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--slurm-partition", help="Slurm partition (engine slurm)")
     sw.add_argument("--timeout-min", type=int, default=60, help="per-run time limit for submitit engines")
     sw.set_defaults(func=cmd_sweep)
+    co = sub.add_parser("compute", help="run a chapter's experiment without Jupyter and store its result")
+    co.add_argument("chapter", help=f"one of: {', '.join(CHAPTERS)}")
+    co.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
+                    help="an argument of the chapter's configure(), as a Python literal")
+    co.add_argument("--profile", choices=list(PROFILES), help="shorthand for -p profile NAME")
+    co.set_defaults(func=cmd_compute)
     return parser
 
 

@@ -108,9 +108,13 @@ def data_roots() -> list[Path]:
         roots.append(Path(os.environ[ENV_VAR]).expanduser().resolve())
     if SIBLING_DATA.is_dir() and SIBLING_DATA not in roots:
         roots.append(SIBLING_DATA)
-    from platformdirs import user_cache_dir
-
-    roots.append(Path(user_cache_dir("dropnotes")) / "data")
+    try:
+        from platformdirs import user_cache_dir
+    except ImportError:  # a bare GPU machine with torch only: the XDG default
+        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dropnotes"
+    else:
+        cache = Path(user_cache_dir("dropnotes"))
+    roots.append(cache / "data")
     return roots
 
 

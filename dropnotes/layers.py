@@ -305,8 +305,9 @@ class LoRALinear(StochasticModule):
         self.r = check_positive_int("r", r)
         self.scale = float(alpha) / self.r
         self.p = check_probability("p", p)
-        self.lora_a = nn.Parameter(torch.empty(self.r, base.in_features))
-        self.lora_b = nn.Parameter(torch.zeros(base.out_features, self.r))
+        like = dict(device=base.weight.device, dtype=base.weight.dtype)  # on the wrapped layer's device
+        self.lora_a = nn.Parameter(torch.empty(self.r, base.in_features, **like))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, self.r, **like))
         nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

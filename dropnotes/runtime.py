@@ -92,7 +92,12 @@ def profile_config(profile: str, defaults: dict[str, dict], **overrides: int | N
 
 def select_device(device: str = "auto") -> torch.device:
     """Return the requested ``torch.device``; ``auto`` prefers CUDA (this process's GPU under
-    ``torchrun``), then Apple MPS, then CPU."""
+    ``torchrun``), then Apple MPS, then CPU. A numbered GPU (``cuda:1``) is accepted too."""
+    device = str(device)
+    if device.startswith("cuda:") and device[5:].isdigit():
+        if not torch.cuda.is_available() or int(device[5:]) >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} was requested but that GPU is not available; use 'auto' or 'cpu'")
+        return torch.device(device)
     check_choice("device", device, DEVICES)
     if device == "auto":
         if torch.cuda.is_available():

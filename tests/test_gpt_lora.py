@@ -79,3 +79,13 @@ def test_checkpoints_are_written_atomically(tmp_path):
     path = results.save_checkpoint({"a": torch.ones(2)}, tmp_path / "x" / "c.pt")
     assert torch.equal(torch.load(path)["a"], torch.ones(2))
     assert [p.name for p in path.parent.iterdir()] == ["c.pt"]
+
+
+def test_lora_adapter_follows_the_wrapped_layer():
+    """Wrapping a layer that already sits on its device/dtype (as after model.to(device)) puts the
+    adapter there too; the GPU run of chapter 5 once failed with the adapter left on the CPU."""
+    base = torch.nn.Linear(6, 4).to(torch.float64)
+    lora = LoRALinear(base, r=2, p=0.1)
+    assert lora.lora_a.dtype == lora.lora_b.dtype == torch.float64
+    assert lora.lora_a.device == lora.lora_b.device == base.weight.device
+    lora(torch.randn(3, 6, dtype=torch.float64)).sum().backward()

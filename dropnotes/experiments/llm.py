@@ -70,7 +70,7 @@ PROFILE_DEFAULTS = {
                   finetune_steps=300, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
                   sizes=(2500, 10000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=16384, eval_every=10,
                   amp=False, compile=False),
-    # One GPU: nanoGPT's "baby GPT" (6 x 6 x 384, block 256) pretrained on 3,000 x 64 x 256 bytes (49 M, one
+    # One GPU: nanoGPT's "baby GPT" (6 x 6 x 384, block 256) pretrained on up to 3,000 x 64 x 256 bytes (capped at one
     # pass), bf16, compiled, fused AdamW; fine-tuning on 100 kB of tiny-shakespeare.
     "full": dict(dim=384, layers=6, heads=6, block_size=256, batch_size=64, pretrain_steps=3000, pretrain_lr=1e-3,
                  finetune_steps=1000, finetune_batch=32, finetune_lr=3e-4, finetune_bytes=100000,
@@ -172,6 +172,13 @@ def _key(cfg: LLMConfig, arm: str, prov: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def pretrain_steps(cfg: LLMConfig, corpus: data.TokenSplits) -> int:
+    """``cfg.pretrain_steps``, capped at one pass over the corpus: the claim is about single-epoch
+    pretraining, so no window is ever repeated (the standard-library corpus holds about 30 MB)."""
+    one_pass = ((corpus.train.numel() - 1) // cfg.block_size) // cfg.batch_size
+    return max(1, min(cfg.pretrain_steps, one_pass))
+
+
 def pretrain(cfg: LLMConfig, corpus: data.TokenSplits, arm: str) -> dict:
     """One pretraining arm (``none``, ``dropout`` or ``early``), from the checkpoint cache when present."""
     path = results.checkpoint_dir() / CHAPTER / f"{arm}-{_key(cfg, arm, corpus.provenance)}.pt"
@@ -183,10 +190,11 @@ def pretrain(cfg: LLMConfig, corpus: data.TokenSplits, arm: str) -> dict:
     seed_everything(cfg.seed)
     dev = torch.device(cfg.device)
     model = _model(cfg, 0.0).to(dev)
-    cut = int(cfg.early_fraction * cfg.pretrain_steps)
+    steps = pretrain_steps(cfg, corpus)
+    cut = int(cfg.early_fraction * steps)
     schedule = {"none": lambda s: 0.0, "dropout": lambda s: cfg.p, "early": lambda s: cfg.p if s < cut else 0.0}[arm]
     valid = corpus.valid[: cfg.eval_bytes].to(dev)
-    out = train_run(cfg, model, corpus.train.to(dev), valid, steps=cfg.pretrain_steps, batch=cfg.batch_size,
+    out = train_run(cfg, model, corpus.train.to(dev), valid, steps=steps, batch=cfg.batch_size,
                     lr=cfg.pretrain_lr, p_schedule=schedule, seed=cfg.seed, label=f"pretrain {arm}")
     _set_p(model, 0.0)
     results.save_checkpoint({"state_dict": model.state_dict(), "result": out, "config": asdict(cfg)}, path)
@@ -242,7 +250,7 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
            "curves": pd.DataFrame([c for r in pre.values() for c in r["curve"]] +
                                   [c for r in ft.values() for c in r["curve"]]),
            "finetune": pd.DataFrame([r["row"] for r in ft.values()]), "pre": pre, "ft": ft,
-           "corpus": corpus.provenance, "pretrain_tokens": cfg.pretrain_steps * cfg.batch_size * cfg.block_size,
+           "corpus": corpus.provenance, "pretrain_tokens": pretrain_steps(cfg, corpus) * cfg.batch_size * cfg.block_size,
            "corpus_tokens": int(corpus.train.numel())}
     rec["verdicts"] = verdicts(rec, cfg)
     rec["wall_time_s"] = time.perf_counter() - start

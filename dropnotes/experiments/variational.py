@@ -158,7 +158,8 @@ def mc_versus_scaling(cfg: VariationalConfig, model: LSTMLM, d: dict, ws_windows
 
 def train_sparse_vd(cfg: VariationalConfig, seed: int) -> dict:
     """LeNet-300-100 with sparse variational dropout on MNIST (Molchanov et al. 2017): Adam 1e-3,
-    batch 100, the KL weight ramped linearly from 0 to 1 over ``svd_kl_ramp`` epochs."""
+    batch 100, the KL weight ramped linearly from 0 to 1 over ``svd_kl_ramp`` epochs (at most half of
+    ``svd_epochs``, so that a shortened run still ends at the full KL weight)."""
     gen = seed_everything(seed)
     dev = torch.device(cfg.device)
     s = data.load_images("mnist")
@@ -167,7 +168,7 @@ def train_sparse_vd(cfg: VariationalConfig, seed: int) -> dict:
     model = SparseMLP().to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n, steps_per_epoch = x.shape[0], math.ceil(x.shape[0] / 100)
-    ramp_steps, step, curve = max(cfg.svd_kl_ramp * steps_per_epoch, 1), 0, []
+    ramp_steps, step, curve = max(min(cfg.svd_kl_ramp, cfg.svd_epochs // 2) * steps_per_epoch, 1), 0, []
     start = time.perf_counter()
     for epoch in range(1, cfg.svd_epochs + 1):
         for xb, yb in train.classification_batches(x, y, 100, generator=gen):

@@ -231,12 +231,19 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
                  "source": "PyTorch F.dropout / F.dropout2d; timm drop_path", "paper": "ratio 1.0",
                  "ours": f"{dev}: " + ", ".join(f"{r.variant} {r.ratio:.2f}x" for r in largest.itertuples()),
                  "verdict": "reproduced" if worst.ratio <= 1.1 else f"not reproduced ({worst.variant} {worst.ratio:.2f}x)"})
-    drop = b[(b.variant == "dropout") & (b.elements == b.elements.max())].iloc[0]
+    big = b[b.elements == b.elements.max()].set_index("variant")
+    drop = big.loc["dropout"]
+    ours = (f"{dev}: {drop['GB/s']:.1f} GB/s = {drop['of copy bandwidth']:.2f} of a measured copy "
+            f"({rec['bench_attrs']['copy_GBps']:.1f} GB/s)")
+    best = drop["of copy bandwidth"]
+    if "dropout (torch.compile)" in big.index:  # CUDA: the fused, compiled form
+        fused = big.loc["dropout (torch.compile)"]
+        ours += f"; compiled {fused['GB/s']:.1f} GB/s = {fused['of copy bandwidth']:.2f}"
+        best = max(best, fused["of copy bandwidth"])
     rows.append({"claim": "element-wise dropout is memory-bound on a large tensor",
                  "source": "performance model (4 bytes moved per element per pass)", "paper": "near the copy bandwidth",
-                 "ours": f"{dev}: {drop['GB/s']:.1f} GB/s = {drop['of copy bandwidth']:.2f} of a measured copy "
-                         f"({rec['bench_attrs']['copy_GBps']:.1f} GB/s)",
-                 "verdict": "reproduced" if drop["of copy bandwidth"] >= 0.5 else "not reproduced (compute-bound here)"})
+                 "ours": ours,
+                 "verdict": "reproduced" if best >= 0.5 else "not reproduced (compute-bound here)"})
     return pd.DataFrame(rows)
 
 

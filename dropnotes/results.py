@@ -143,10 +143,25 @@ def load_result(chapter: str, profile: str) -> dict | None:
     return None
 
 
-def describe(record: dict | None) -> str:
-    """One line naming where a stored result came from, for captions."""
+def deviations(record: dict, defaults: dict) -> dict[str, tuple[Any, Any]]:
+    """Parameters of a stored run that differ from the profile's defaults: name -> (used, default)."""
+    params = record.get("params", {})
+    norm = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731  (JSON turns tuples into lists)
+    return {k: (params[k], d) for k, d in defaults.items() if k in params and norm(params[k]) != norm(d)}
+
+
+def describe(record: dict | None, defaults: dict | None = None) -> str:
+    """One line naming where a stored result came from, for captions; with the profile's ``defaults``,
+    also the parameters the stored run changed (e.g. a schedule shortened to fit a GPU budget)."""
     if record is None:
         return "no stored result"
     p = record["provenance"]
-    return (f"{record['profile']} profile on {p['device']}, torch {p['torch']}, commit {p['commit'][:12]}, "
+    line = (f"{record['profile']} profile on {p['device']}, torch {p['torch']}, commit {p['commit'][:12]}, "
             f"seeds {p['seeds']}, {p['wall_time_s']:.0f} s, dataset {p['dataset']}, {p['created'][:10]}")
+    if p.get("code"):
+        line += f" (code: {p['code']})"
+    if defaults is not None:
+        changed = deviations(record, defaults)
+        line += ("; run with " + ", ".join(f"{k}={v!r} (profile default {d!r})" for k, (v, d) in changed.items())
+                 if changed else "; the profile's default parameters")
+    return line

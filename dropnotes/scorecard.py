@@ -2,7 +2,8 @@
 
 Nothing here decides a verdict. Each chapter computes its verdicts from its measured numbers with
 the rule it states, and stores them with the result. The scorecard shows the full-profile verdict
-where a full result is stored, else the quick one, labelled as such.
+where a full result is stored, else the quick one, labelled as such; a full run whose schedule was
+cut from the profile's defaults is labelled "shortened", with what was cut.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dropnotes.experiments import CHAPTERS
-from dropnotes.results import load_result
+from dropnotes.results import deviations, load_result
 
 # Sources named in the chapters' verdict tables -> bibliography keys (references.bib).
 CITATIONS = {
@@ -42,6 +43,22 @@ def _verdict_rows(record: dict | None) -> dict[str, dict]:
     return {row["claim"]: row for row in record["tables"]["verdicts"].to_dict(orient="records")}
 
 
+def _full_defaults(chapter: str) -> dict:
+    """The chapter's full-profile defaults (``PROFILE_DEFAULTS['full']`` of its experiments module)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    except ModuleNotFoundError:
+        return {}
+    return getattr(module, "PROFILE_DEFAULTS", {}).get("full", {})
+
+
+def _shortened(chapter: str, record: dict) -> str:
+    """``epochs 2 of 8, ...``: what a stored full run changed from its profile's defaults, or ''."""
+    return ", ".join(f"{k} {v} of {d}" for k, (v, d) in deviations(record, _full_defaults(chapter)).items())
+
+
 def collect() -> pd.DataFrame:
     """One row per (chapter, claim): source, paper value, our quick and full values, verdict."""
     rows = []
@@ -51,9 +68,9 @@ def collect() -> pd.DataFrame:
         for claim in list(dict.fromkeys([*f, *q])):
             ref = f.get(claim) or q[claim]
             if claim in f:
-                p = full["provenance"]
-                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}]"
-                verdict = f[claim]["verdict"]
+                p, cut = full["provenance"], _shortened(chapter, full)
+                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}{'; shortened: ' + cut if cut else ''}]"
+                verdict = f[claim]["verdict"] + (" (shortened full run)" if cut else "")
             else:
                 full_value, verdict = "not run yet", f"{q[claim]['verdict']} (quick)"
             rows.append({"chapter": chapter, "claim": f"*{chapter}*: {claim}", "source": ref["source"], "paper": ref["paper"],

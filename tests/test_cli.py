@@ -75,3 +75,20 @@ def test_failed_run_keeps_the_partial_notebook_and_exits_nonzero(tiny_chapter, c
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "dropnotes", "list"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "mechanics" in proc.stdout
+
+
+def test_compute_refuses_bad_input_before_running(capsys):
+    """`dropnotes compute` checks names against configure() and its values with configure's own checks."""
+    assert cli.main(["compute", "nonesuch"]) == 2
+    assert "unknown chapter 'nonesuch'" in capsys.readouterr().err
+    assert cli.main(["compute", "cost", "-p", "epochs", "3"]) == 2
+    assert "unknown parameter 'epochs'; allowed: profile, device" in capsys.readouterr().err
+    assert cli.main(["compute", "cost", "-p", "sizes", "1,x"]) == 2
+    assert "sizes must be comma-separated positive integers" in capsys.readouterr().err
+
+
+def test_compute_runs_a_chapter_and_stores_it(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    assert cli.main(["compute", "cost", "--profile", "quick", "-p", "sizes", "4096", "-p", "rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "verdict" in out and (tmp_path / "cost" / "quick.json").is_file()

@@ -3,13 +3,13 @@ import pandas as pd
 from dropnotes import results, scorecard
 
 
-def _store(profile, ours, verdict, device="cpu"):
+def _store(profile, ours, verdict, device="cpu", params=None):
     table = pd.DataFrame([{"claim": "c1", "source": "Srivastava et al. 2014, Table 2", "paper": "1.0",
                            "ours": ours, "verdict": verdict}])
     if profile == "quick":
         table = pd.concat([table, pd.DataFrame([{"claim": "c2", "source": "elsewhere", "paper": "2.0",
                                                  "ours": "q2", "verdict": "partly"}])])
-    results.save_result("demo", profile, params={}, metrics={}, provenance=results.provenance(device, [0], 1.0, "mnist"),
+    results.save_result("demo", profile, params=params or {}, metrics={}, provenance=results.provenance(device, [0], 1.0, "mnist"),
                         tables={"verdicts": table})
 
 
@@ -26,3 +26,18 @@ def test_full_verdict_wins_and_quick_is_labelled(tmp_path, monkeypatch):
     md = scorecard.to_markdown(table.reset_index())
     assert "{cite}`srivastava2014dropout`" in md and "elsewhere |" in md
     assert scorecard.counts(table.reset_index()).to_dict() == {"reproduced": 1, "partly": 1}
+
+
+def test_a_shortened_full_run_is_labelled(tmp_path, monkeypatch):
+    """A full run whose schedule was cut from the profile's defaults says so, with what was cut."""
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
+    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
+    monkeypatch.setattr(scorecard, "_full_defaults", lambda chapter: {"epochs": 8, "sizes": (1, 2)})
+    _store("full", "f1", "reproduced", params={"epochs": 2, "sizes": [1, 2]})
+    row = scorecard.collect().set_index("claim").loc["*demo*: c1"]
+    assert row["verdict"] == "reproduced (shortened full run)"
+    assert row["ours (full)"].endswith("; shortened: epochs 2 of 8]")
+    assert scorecard.counts(scorecard.collect()).to_dict() == {"reproduced": 1}
+    _store("full", "f1", "reproduced", params={"epochs": 8, "sizes": [1, 2]})
+    assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced"

@@ -108,14 +108,18 @@ def data_roots() -> list[Path]:
         roots.append(Path(os.environ[ENV_VAR]).expanduser().resolve())
     if SIBLING_DATA.is_dir() and SIBLING_DATA not in roots:
         roots.append(SIBLING_DATA)
+    roots.append(user_cache() / "data")
+    return roots
+
+
+def user_cache() -> Path:
+    """The user's cache folder for dropnotes (platformdirs'; on a bare machine without it, the XDG
+    default ``$XDG_CACHE_HOME/dropnotes`` or ``~/.cache/dropnotes``)."""
     try:
         from platformdirs import user_cache_dir
-    except ImportError:  # a bare GPU machine with torch only: the XDG default
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dropnotes"
-    else:
-        cache = Path(user_cache_dir("dropnotes"))
-    roots.append(cache / "data")
-    return roots
+    except ImportError:
+        return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dropnotes"
+    return Path(user_cache_dir("dropnotes"))
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -249,9 +253,7 @@ def load_fashion_mnist() -> ImageSplits:
 
 
 def _cache_dir() -> Path:
-    from platformdirs import user_cache_dir
-
-    path = Path(user_cache_dir("dropnotes")) / "decoded"
+    path = user_cache() / "decoded"
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -9,6 +9,7 @@ committed full-profile (GPU) results that the book shows beside a CPU run.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -69,11 +70,22 @@ def git_commit() -> str:
         return "unknown"
 
 
+def source_digest(root: Path | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of the package's ``.py`` files, path and content, in sorted order:
+    names the code that ran even where git metadata is missing or stale (e.g. a tree copied to a GPU machine)."""
+    root = Path(root) if root is not None else Path(dropnotes.__file__).parent
+    h = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
 def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float, dataset: str,
                **extra: Any) -> dict[str, Any]:
     """Everything needed to tell where a number came from."""
     return {
         "commit": git_commit(),
+        "source_sha256": source_digest(),
         "dropnotes": dropnotes.__version__,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -3,7 +3,7 @@
 Nothing here decides a verdict. Each chapter computes its verdicts from its measured numbers with
 the rule it states, and stores them with the result. The scorecard shows the full-profile verdict
 where a full result is stored, else the quick one, labelled as such; a full run whose schedule was
-cut from the profile's defaults is labelled "shortened", with what was cut.
+cut from the profile's defaults is labelled "shortened" (other changes: "changed"), with what changed.
 """
 
 from __future__ import annotations
@@ -54,9 +54,12 @@ def _full_defaults(chapter: str) -> dict:
     return getattr(module, "PROFILE_DEFAULTS", {}).get("full", {})
 
 
-def _shortened(chapter: str, record: dict) -> str:
-    """``epochs 2 of 8, ...``: what a stored full run changed from its profile's defaults, or ''."""
-    return ", ".join(f"{k} {v} of {d}" for k, (v, d) in deviations(record, _full_defaults(chapter)).items())
+def _changes(chapter: str, record: dict) -> tuple[str, str]:
+    """What a stored full run changed from its profile's defaults (``epochs 2 of 8, ...``, or '') and the
+    label for it: "shortened" when every change is a smaller number, else "changed"."""
+    changed = deviations(record, _full_defaults(chapter))
+    cut = all(isinstance(v, (int, float)) and isinstance(d, (int, float)) and v < d for v, d in changed.values())
+    return ", ".join(f"{k} {v} of {d}" for k, (v, d) in changed.items()), "shortened" if cut else "changed"
 
 
 def collect() -> pd.DataFrame:
@@ -68,9 +71,9 @@ def collect() -> pd.DataFrame:
         for claim in list(dict.fromkeys([*f, *q])):
             ref = f.get(claim) or q[claim]
             if claim in f:
-                p, cut = full["provenance"], _shortened(chapter, full)
-                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}{'; shortened: ' + cut if cut else ''}]"
-                verdict = f[claim]["verdict"] + (" (shortened full run)" if cut else "")
+                p, (what, label) = full["provenance"], _changes(chapter, full)
+                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}{f'; {label}: {what}' if what else ''}]"
+                verdict = f[claim]["verdict"] + (f" ({label} full run)" if what else "")
             else:
                 full_value, verdict = "not run yet", f"{q[claim]['verdict']} (quick)"
             rows.append({"chapter": chapter, "claim": f"*{chapter}*: {claim}", "source": ref["source"], "paper": ref["paper"],

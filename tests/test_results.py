@@ -37,3 +37,15 @@ def test_failed_write_keeps_previous_result(tmp_path, monkeypatch):
 def test_profile_is_checked(tmp_path):
     with pytest.raises(ValueError, match="profile='auto'"):
         results.save_result("demo", "auto", params={}, metrics={}, provenance={}, root=tmp_path)
+
+
+def test_source_digest_names_the_code(tmp_path):
+    """The digest in every provenance changes with any edit to the package's source, and only then."""
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    first = results.source_digest(tmp_path)
+    assert first == results.source_digest(tmp_path) and len(first) == 16
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    assert results.source_digest(tmp_path) != first
+    assert results.provenance("cpu", [0], 1.0, "mnist")["source_sha256"] == results.source_digest()

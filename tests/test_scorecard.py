@@ -39,5 +39,7 @@ def test_a_shortened_full_run_is_labelled(tmp_path, monkeypatch):
     assert row["verdict"] == "reproduced (shortened full run)"
     assert row["ours (full)"].endswith("; shortened: epochs 2 of 8]")
     assert scorecard.counts(scorecard.collect()).to_dict() == {"reproduced": 1}
+    _store("full", "f1", "reproduced", params={"epochs": 20, "sizes": [1, 2]})  # longer: not "shortened"
+    assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced (changed full run)"
     _store("full", "f1", "reproduced", params={"epochs": 8, "sizes": [1, 2]})
     assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced"

@@ -24,13 +24,17 @@ import ast
 import datetime as _dt
 import hashlib
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from dropnotes.experiments import CHAPTERS
 from dropnotes.results import REPO_ROOT
-from dropnotes.runtime import PROFILES
+from dropnotes.runtime import PROFILES, show_progress
 
 
 class UsageError(ValueError):
@@ -51,74 +55,105 @@ def chapter_parameters(name: str) -> dict[str, dict[str, Any]]:
     return {k: {"default": ast.literal_eval(v["default"]), "help": v["help"]} for k, v in found.items()}
 
 
-def _type_name(value: Any) -> str:
-    return "any (default None)" if value is None else type(value).__name__
+def chapter_module(name: str):
+    """The chapter's ``dropnotes.experiments`` module, or None for a notebook without one."""
+    import importlib
+
+    chapter_path(name)
+    try:
+        return importlib.import_module(f"dropnotes.experiments.{name}")
+    except ModuleNotFoundError:
+        return None
 
 
-def coerce(chapter: str, name: str, raw: Any, default: Any) -> Any:
-    """Turn a command-line string (or a YAML value) into the type of the parameter's default."""
-    def bad(expected: str) -> UsageError:
-        return UsageError(f"{chapter}: parameter {name} expects {expected}, got {raw!r}")
+def chapter_knobs(name: str):
+    """The chapter's declared knobs (``KNOBS``); for a notebook without a module, knobs typed like the
+    defaults of its parameters cell."""
+    from dropnotes.experiments._base import Knobs, inferred_knob
 
-    if not isinstance(raw, str):  # from YAML: already typed
-        value = raw
-    elif isinstance(default, str):
-        return raw
-    else:
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            if isinstance(default, list):
-                try:
-                    return [float(v) for v in raw.split(",") if v.strip()]
-                except ValueError:
-                    raise bad("a list (e.g. 0,0.2,0.5)") from None
-            if default is None:
-                return raw
-            raise bad(_type_name(default)) from None
-    if default is None:
-        return value
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise bad("a bool (True or False)")
-    if isinstance(default, int) and not isinstance(value, bool) and isinstance(value, int):
-        return value
-    if isinstance(default, float) and not isinstance(value, bool) and isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(default, list):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return [value]
-        if isinstance(value, (list, tuple)):
-            return list(value)
-    if isinstance(default, str) and isinstance(value, str):
-        return value
-    raise bad(_type_name(default))
+    module = chapter_module(name)
+    if module is not None and hasattr(module, "KNOBS"):
+        return module.KNOBS
+    return Knobs(*(inferred_knob(k, v["default"], v["help"]) for k, v in chapter_parameters(name).items()))
+
+
+def _value(chapter: str, knob, raw: Any) -> Any:
+    """A command-line string (parsed) or a YAML value (checked) as the knob's canonical value."""
+    try:
+        return knob.parse(raw) if isinstance(raw, str) else knob.check(raw)
+    except ValueError as err:
+        raise UsageError(f"{chapter}: parameter {err}") from None
+
+
+def coerce(chapter: str, name: str, raw: Any, knobs=None) -> Any:
+    """One parameter's value, typed and checked by its knob."""
+    knobs = knobs if knobs is not None else chapter_knobs(chapter)
+    if name not in knobs:
+        raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(knobs)}")
+    return _value(chapter, knobs[name], raw)
+
+
+def for_papermill(params: dict[str, Any]) -> dict[str, Any]:
+    """Canonical values as papermill injects them (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+
+
+def check_config(chapter: str, params: dict[str, Any]) -> None:
+    """Run the chapter's ``configure`` on ``params`` (all its cross-checks: sizes against the dataset,
+    memory, seeds), before any kernel starts."""
+    module = chapter_module(chapter)
+    if module is None or not hasattr(module, "configure"):
+        return
+    try:
+        module.configure(**params)
+    except ValueError as err:
+        raise UsageError(f"{chapter}: {err}") from None
+
+
+def read_parameters_file(path: str) -> dict[str, Any]:
+    """A YAML mapping of parameter names to values; any problem is one clear ``UsageError``."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise UsageError(f"-f {path}: cannot read the parameters file ({err.strerror or err})") from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"-f {path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise UsageError(f"-f {path}: must hold a mapping of parameter names to values, got {type(loaded).__name__}")
+    return loaded
 
 
 def resolve_parameters(chapter: str, pairs: list[tuple[str, str]], yaml_file: str | None,
                        profile: str | None) -> dict[str, Any]:
     """Validate the requested parameters of a chapter; returns them typed (papermill's -f < -p)."""
-    import yaml
-
-    params = chapter_parameters(chapter)
+    knobs = chapter_knobs(chapter)
     given: dict[str, Any] = {}
     if yaml_file:
-        loaded = yaml.safe_load(Path(yaml_file).read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise UsageError(f"{yaml_file} must hold a mapping of parameter names to values")
-        given.update(loaded)
+        given.update(read_parameters_file(yaml_file))
     given.update(dict(pairs))
     if profile is not None:
         given["profile"] = profile
-    out = {}
-    for name, raw in given.items():
-        if name not in params:
-            raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(params)}")
-        out[name] = coerce(chapter, name, raw, params[name]["default"])
-    if "profile" in out and out["profile"] not in PROFILES:
-        raise UsageError(f"profile={out['profile']!r} is not allowed; choose one of {', '.join(PROFILES)}")
+    out = {name: coerce(chapter, str(name), raw, knobs) for name, raw in given.items()}
+    check_config(chapter, out)
     return out
+
+
+def check_results_folder() -> None:
+    """A writable results folder and a usable ``DROPNOTES_DATA``, before any work starts."""
+    from dropnotes.experiments._base import check_environment
+
+    try:
+        check_environment()
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 def output_path(chapter: str, params: dict[str, Any], runs_dir: Path) -> Path:
@@ -127,24 +162,35 @@ def output_path(chapter: str, params: dict[str, Any], runs_dir: Path) -> Path:
     return runs_dir / chapter / f"{stamp}-{digest}.ipynb"
 
 
+class RunInterrupted(Exception):
+    """Ctrl-C during ``dropnotes run``; carries the partial notebook's path."""
+
+
 def run_chapter(chapter: str, params: dict[str, Any], runs_dir: Path) -> Path:
-    """Execute one chapter with papermill; raises papermill's error on a failing cell."""
-    import papermill as pm
+    """Execute one chapter with papermill; raises papermill's error on a failing cell, and
+    :class:`RunInterrupted` on Ctrl-C (the partial notebook renamed ``*.partial.ipynb``)."""
+    from dropnotes import notebooks
 
     src = chapter_path(chapter)
     out = output_path(chapter, params, runs_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    print(f"{chapter}: {json.dumps(params)} -> {out}", file=sys.stderr)
-    pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
-                        progress_bar=True)
+    print(f"{chapter}: {json.dumps(for_papermill(params))} -> {out}", file=sys.stderr, flush=True)
+    try:
+        notebooks.execute(src, out, params, progress_bar=show_progress())
+    except KeyboardInterrupt:
+        partial = out.with_suffix(".partial.ipynb")
+        if out.is_file():
+            os.replace(out, partial)
+        raise RunInterrupted(str(partial)) from None
     return out
 
 
 def cmd_list(args) -> int:
     for name, rel in CHAPTERS.items():
         print(f"{name}  ({rel})")
-        for pname, p in chapter_parameters(name).items():
-            print(f"    {pname:<12} {_type_name(p['default']):<20} default {p['default']!r:<20} {p['help']}")
+        for k in chapter_knobs(name).values():
+            default = "the profile's" if k.profile_default else repr(for_papermill({"d": k.default})["d"])
+            print(f"    {k.name:<15} {k.type_text():<22} default {default:<16} {k.allowed()}; {k.help}")
     return 0
 
 
@@ -158,11 +204,15 @@ def cmd_run(args) -> int:
     chapters = list(CHAPTERS) if args.all else [args.chapter]
     # Validate everything first: no kernel starts if any request is bad.
     plans = [(c, resolve_parameters(c, _pairs(args.param), args.parameters_file, args.profile)) for c in chapters]
+    check_results_folder()
     import papermill as pm
 
     for chapter, params in plans:
         try:
             out = run_chapter(chapter, params, Path(args.runs_dir))
+        except RunInterrupted as stop:
+            print(f"dropnotes: interrupted; {chapter} stopped, its partial notebook is {stop}", file=sys.stderr)
+            return 130
         except pm.PapermillExecutionError as err:
             print(f"{chapter}: failed at cell {err.exec_count}: {err.ename}: {err.evalue}\n"
                   f"the partial notebook is kept in {Path(args.runs_dir) / chapter}", file=sys.stderr)
@@ -173,33 +223,52 @@ def cmd_run(args) -> int:
 
 def sweep_values(chapter: str, pairs: list[tuple[str, str]], profile: str | None) -> dict[str, list[Any]]:
     """Grid values per parameter: alternatives separated by ``,`` (by ``;`` for list-valued parameters)."""
-    params = chapter_parameters(chapter)
+    knobs = chapter_knobs(chapter)
     values: dict[str, list[Any]] = {}
     for name, raw in pairs:
-        if name not in params:
-            raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(params)}")
-        default = params[name]["default"]
-        sep = ";" if isinstance(default, list) else ","
-        values[name] = [coerce(chapter, name, v.strip(), default) for v in raw.split(sep) if v.strip()]
+        if name not in knobs:
+            raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(knobs)}")
+        sep = ";" if knobs[name].kind in ("floats", "ints") else ","
+        parts = [v.strip() for v in raw.split(sep)]
+        if not raw.strip() or any(not v for v in parts):
+            raise UsageError(f"{chapter}: parameter {name}: empty value in {raw!r}; give values separated by {sep!r}")
+        values[name] = list(dict.fromkeys(coerce(chapter, name, v, knobs) for v in parts))
     if profile is not None:
-        values["profile"] = [profile]
-    for v in values.get("profile", []):
-        if v not in PROFILES:
-            raise UsageError(f"profile={v!r} is not allowed; choose one of {', '.join(PROFILES)}")
+        values["profile"] = [coerce(chapter, "profile", profile, knobs)]
     return values
 
 
 def cmd_sweep(args) -> int:
     from dropnotes.sweep import run_sweep
 
+    from dropnotes.sweep import grid
+
     path = chapter_path(args.chapter)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be an integer >= 1, got {args.workers}")
+    if args.timeout_min is not None and args.timeout_min < 1:
+        raise UsageError(f"--timeout-min must be an integer >= 1, got {args.timeout_min}")
+    if args.engine == "slurm" and shutil.which("sbatch") is None:
+        raise UsageError("--engine slurm needs Slurm, but sbatch is not on PATH; use --engine local")
     values = sweep_values(args.chapter, _pairs(args.param), args.profile)
     if not values:
         raise UsageError("give at least one -p NAME V1,V2,... to sweep over")
+    for point in grid(values):
+        check_config(args.chapter, point)
+    check_results_folder()
     sweep_dir = Path(args.sweep_dir or Path(args.runs_dir) / args.chapter / "sweep")
     slurm = {"partition": args.slurm_partition, "timeout_min": args.timeout_min}
-    table = run_sweep(args.chapter, path, values, sweep_dir, engine=args.engine, workers=args.workers, slurm=slurm)
-    print(table.drop(columns=["notebook"]).to_string(index=False))
+    from dropnotes.sweep import SweepInterrupted
+
+    try:
+        table = run_sweep(args.chapter, path, values, sweep_dir, engine=args.engine, workers=args.workers,
+                          slurm=slurm, knobs=chapter_knobs(args.chapter))
+    except SweepInterrupted as stop:
+        print(f"dropnotes: interrupted; {stop}; stopped runs keep notebook.partial.ipynb; "
+              f"table: {sweep_dir / 'runs.csv'}; rerun the same command to resume", file=sys.stderr)
+        return 130
+    with pd.option_context("display.width", 200, "display.max_columns", 30):
+        print(table.drop(columns=["notebook"]).to_string(index=False))
     print(f"{len(table)} runs; table: {sweep_dir / 'runs.csv'}")
     failed = table[table.status == "failed"]
     for _, row in failed.iterrows():
@@ -208,20 +277,11 @@ def cmd_sweep(args) -> int:
 
 
 def compute_parameters(chapter: str, pairs: list[tuple[str, str]], profile: str | None) -> dict[str, Any]:
-    """Check names against the chapter's ``configure`` signature; values are Python literals (else strings)."""
-    import importlib
-    import inspect
-
-    chapter_path(chapter)
-    allowed = inspect.signature(importlib.import_module(f"dropnotes.experiments.{chapter}").configure).parameters
-    params: dict[str, Any] = {}
-    for name, raw in pairs:
-        if name not in allowed:
-            raise UsageError(f"{chapter}: unknown parameter {name!r}; allowed: {', '.join(allowed)}")
-        try:
-            params[name] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            params[name] = raw
+    """Check names and values against the chapter's declared knobs, then against its ``configure``."""
+    if chapter_module(chapter) is None:
+        raise UsageError(f"{chapter}: no experiment module to compute")
+    knobs = chapter_knobs(chapter)
+    params = {name: coerce(chapter, name, raw, knobs) for name, raw in pairs}
     if profile is not None:
         params["profile"] = profile
     return params
@@ -239,12 +299,13 @@ def cmd_compute(args) -> int:
         cfg = module.configure(**params)
     except ValueError as err:
         raise UsageError(f"{args.chapter}: {err}") from None
-    print(f"{args.chapter}: {cfg}", flush=True)
+    check_results_folder()
+    print(f"{args.chapter}: {cfg}", file=sys.stderr, flush=True)
     start = time.perf_counter()
     rec = module.run(cfg)
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(rec["verdicts"][["claim", "ours", "verdict"]].to_string(index=False))
-    print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}")
+    print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}", flush=True)
     return 0
 
 
@@ -298,8 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except KeyboardInterrupt:
-        print("dropnotes: interrupted; stored results are written atomically, nothing half-written is left",
-              file=sys.stderr)
+        print("dropnotes: interrupted; no result of the stopped work was stored", file=sys.stderr)
         return 130
 
 

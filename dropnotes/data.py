@@ -100,12 +100,40 @@ class DataError(RuntimeError):
     """A dataset file is missing and cannot be fetched, or is corrupt."""
 
 
+def check_data_env() -> Path | None:
+    """``$DROPNOTES_DATA`` as a folder, or None when unset; a set variable that names a missing or empty
+    folder is an error (a typo must not fall back silently to another copy of the data)."""
+    raw = os.environ.get(ENV_VAR)
+    if raw is None or not raw.strip():
+        return None
+    path = Path(raw).expanduser().resolve()
+    if not path.is_dir():
+        raise DataError(f"{ENV_VAR}={raw!r} is not a folder; point it at the data folder or unset it")
+    try:
+        empty = next(path.iterdir(), None) is None
+    except OSError as err:
+        raise DataError(f"{ENV_VAR}={raw!r} cannot be read ({err.strerror or err})") from None
+    if empty:
+        raise DataError(f"{ENV_VAR}={raw!r} is an empty folder; point it at the data folder or unset it")
+    return path
+
+
+# Every data file this process has read, with the root it came from and its verified checksum (provenance).
+_USED: dict[str, dict[str, str]] = {}
+
+
+def used_files() -> dict[str, dict[str, str]]:
+    """The data files read (and verified) by this process so far: relpath -> {root, algorithm: digest}."""
+    return {k: dict(v) for k, v in sorted(_USED.items())}
+
+
 def data_roots() -> list[Path]:
     """The folders searched for data files, in order: ``$DROPNOTES_DATA``; ``shared/data`` beside the
     checkout, if it exists; then the user cache (where downloads go)."""
     roots = []
-    if os.environ.get(ENV_VAR):
-        roots.append(Path(os.environ[ENV_VAR]).expanduser().resolve())
+    env = check_data_env()
+    if env is not None:
+        roots.append(env)
     if SIBLING_DATA.is_dir() and SIBLING_DATA not in roots:
         roots.append(SIBLING_DATA)
     roots.append(user_cache() / "data")
@@ -134,7 +162,10 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
 def verify(path: Path, spec: RemoteFile) -> None:
     """Raise ``DataError`` unless ``path`` matches the checksum of ``spec``."""
     algorithm, expected = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
-    actual = file_digest(path, algorithm)
+    try:
+        actual = file_digest(path, algorithm)
+    except OSError as err:
+        raise DataError(f"{path} cannot be read ({err.strerror or err}); check its permissions") from None
     if actual != expected:
         raise DataError(
             f"{path} is corrupt: its {algorithm} is {actual}, expected {expected}. "
@@ -169,6 +200,11 @@ def _download(spec: RemoteFile, dest: Path) -> None:
             os.remove(tmp)
 
 
+def _record(spec: RemoteFile, root: Path) -> None:
+    algorithm, digest = ("sha256", spec.sha256) if spec.sha256 else ("md5", spec.md5)
+    _USED[spec.relpath] = {"root": str(root), algorithm: digest}
+
+
 def fetch(relpath: str, *, download: bool = True) -> Path:
     """Return the verified local path of a registered data file, downloading it if it is missing."""
     check_choice("relpath", relpath, FILES)
@@ -178,6 +214,7 @@ def fetch(relpath: str, *, download: bool = True) -> Path:
         path = root / relpath
         if path.is_file():
             verify(path, spec)
+            _record(spec, root)
             return path
     where = " or ".join(str(r) for r in roots)
     if not spec.url:
@@ -192,6 +229,7 @@ def fetch(relpath: str, *, download: bool = True) -> Path:
         dest = root / relpath
         try:
             _download(spec, dest)
+            _record(spec, root)
             return dest
         except PermissionError as exc:
             errors.append(f"{root}: {exc}")

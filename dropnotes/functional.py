@@ -17,7 +17,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from dropnotes.runtime import check_positive_int, check_probability
+from dropnotes.runtime import check_flag, check_positive_int, check_probability
 
 __all__ = [
     "dropout", "gaussian_dropout", "dropconnect", "spatial_dropout", "variational_dropout",
@@ -39,7 +39,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inverted: bo
     identity. ``inverted=False`` (the paper's form) does not scale in training; at test time the
     output is multiplied by :math:`1-p` ("weight scaling"). Both give the same expected activation.
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if p == 0.0:
         return x
     if inverted:
@@ -52,7 +52,7 @@ def gaussian_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.
 
     Same mean and variance as inverted Bernoulli dropout with rate ``p`` (Srivastava et al. 2014, §10).
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if not training or p == 0.0:
         return x
     noise = torch.randn_like(x).mul_(math.sqrt(p / (1.0 - p))).add_(1.0)
@@ -66,7 +66,7 @@ def dropconnect(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     :math:`y = x (M \odot W)^\top / (1-p) + b`, with one mask :math:`M` per call (shared by the
     mini-batch); unbiased in training, exactly ``F.linear`` in eval. The bias is not masked.
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if not training or p == 0.0:
         return F.linear(x, weight, bias)
     return F.linear(x, weight * _keep_mask(weight.shape, 1.0 - p, weight), bias)
@@ -78,7 +78,7 @@ def spatial_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.T
     ``x`` has shape (N, C, \*); the mask has shape (N, C, 1, ..., 1) and is shared over all
     spatial positions, scaled by :math:`1/(1-p)`.
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if x.dim() < 2:
         raise ValueError(f"spatial_dropout expects x of shape (N, C, *), got {tuple(x.shape)}")
     if not training or p == 0.0:
@@ -92,7 +92,7 @@ def variational_dropout(x: torch.Tensor, p: float, training: bool = True, batch_
     ``x`` is (N, T, D) when ``batch_first`` else (T, N, D); the mask is (N, 1, D) or (1, N, D):
     one per (sequence, feature), scaled by :math:`1/(1-p)`.
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if x.dim() != 3:
         raise ValueError(f"variational_dropout expects a 3-D sequence batch, got shape {tuple(x.shape)}")
     if not training or p == 0.0:
@@ -108,7 +108,7 @@ def embedding_dropout(input_ids: torch.Tensor, weight: torch.Tensor, p: float, t
     One Bernoulli draw per vocabulary row (per call); kept rows are scaled by :math:`1/(1-p)`.
     Eval returns ``weight[input_ids]``.
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     out = F.embedding(input_ids, weight)
     if not training or p == 0.0:
         return out
@@ -122,7 +122,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool = True, scale_by_keep: b
     Applied to a residual branch :math:`f(x)`: the whole branch of a sample is kept, scaled by
     :math:`1/(1-p)` when ``scale_by_keep``, or zeroed. The mask has shape (N, 1, ..., 1).
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if not training or p == 0.0:
         return x
     return x * _keep_mask((x.shape[0],) + (1,) * (x.dim() - 1), 1.0 - p, x, scale=scale_by_keep)
@@ -137,7 +137,7 @@ def drop_path_skip(x: torch.Tensor, branch, p: float, training: bool = True) -> 
     branch's compute, as the original stochastic-depth implementation did by skipping blocks
     (Huang et al. 2016). ``branch`` must treat samples independently (no batch statistics).
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     if not training or p == 0.0:
         return x + branch(x)
     keep = _keep_mask((x.shape[0],) + (1,) * (x.dim() - 1), 1.0 - p, x, scale=False).flatten()
@@ -156,7 +156,7 @@ def drop_block(x: torch.Tensor, p: float, block_size: int, training: bool = True
     ``count(mask) / count_ones(mask)`` as in the paper's Algorithm 1. Overlapping blocks make the
     dropped fraction somewhat below ``p``. ``block_size`` is clipped to the map size.
     """
-    p = check_probability("p", p)
+    p, training = check_probability("p", p), check_flag("training", training)
     block_size = check_positive_int("block_size", block_size)
     if x.dim() != 4:
         raise ValueError(f"drop_block expects x of shape (N, C, H, W), got {tuple(x.shape)}")

@@ -43,19 +43,52 @@ def checkpoint_dir() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "runs" / "checkpoints"
 
 
-def save_checkpoint(obj: Any, path: Path) -> Path:
-    """``torch.save`` atomically (a temporary file in the same folder, then ``os.replace``)."""
+def atomic_write(path: Path, data: bytes | str, prefix: str | None = None) -> Path:
+    """The package's one atomic writer: ``data`` goes to a temporary file in the same folder (named
+    ``.<name>-*``, never a result), is flushed to disk, then ``os.replace``-d into place, so a kill at any
+    moment leaves either the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".ckpt-", suffix=".pt")
-    os.close(fd)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.stem}-", suffix=path.suffix)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write(path, text)
+
+
+def save_checkpoint(state_dict: dict[str, torch.Tensor], meta: dict, path: Path) -> Path:
+    """Save tensors (``path``, loadable with ``torch.load(weights_only=True)``) and their metadata as JSON
+    beside them (``path`` with ``.json``), each atomically. No pickled Python objects: a file dropped into
+    the cache folder cannot run code when it is loaded."""
+    import io
+
+    path = Path(path)
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    atomic_write(path.with_suffix(".json"), json.dumps(to_jsonable(meta), indent=1, sort_keys=True), prefix=".ckpt-")
+    atomic_write(path, buf.getvalue(), prefix=".ckpt-")
+    return path
+
+
+def load_checkpoint(path: Path, map_location: Any = None) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The tensors and metadata saved by :func:`save_checkpoint`, or None if either file is missing.
+    Tensors are loaded with ``weights_only=True``."""
+    path = Path(path)
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
+        return None
+    state = torch.load(path, map_location=map_location, weights_only=True)
+    return state, json.loads(meta_path.read_text())
 
 
 def git_commit() -> str:
@@ -83,11 +116,17 @@ def source_digest(root: Path | None = None) -> str:
 def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float, dataset: str,
                **extra: Any) -> dict[str, Any]:
     """Everything needed to tell where a number came from."""
+    from dropnotes import data
+
     return {
+        "data_files": data.used_files(),
         "commit": git_commit(),
         "source_sha256": source_digest(),
         "dropnotes": dropnotes.__version__,
         "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "python": platform.python_version(),
         "device": device_name(device),
         "seeds": list(seeds),
@@ -130,19 +169,9 @@ def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, prov
     """Write a result atomically and return its path."""
     check_choice("profile", profile, ("quick", "full"))
     path = (root or results_root()) / chapter / f"{profile}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = to_jsonable({"chapter": chapter, "profile": profile, "params": params, "metrics": metrics,
                           "provenance": provenance, "tables": tables or {}})
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{profile}-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=1, sort_keys=True, allow_nan=False)
-            fh.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
 def load_result(chapter: str, profile: str) -> dict | None:

@@ -31,8 +31,19 @@ def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     return value
 
 
+def _scalar(value: Any) -> Any:
+    """A NumPy scalar or a 0-d tensor as the Python number it holds; anything else unchanged."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.dtype != torch.bool:
+        return value.item()
+    if isinstance(value, np.generic) and not isinstance(value, np.bool_):
+        return value.item()
+    return value
+
+
 def check_probability(name: str, value: Any, *, allow_one: bool = False) -> float:
-    """Return ``value`` as a float in [0, 1) (or [0, 1]), else raise ``ValueError`` naming ``name``."""
+    """Return ``value`` as a float in [0, 1) (or [0, 1]), else raise ``ValueError`` naming ``name``.
+    NumPy scalars and 0-d tensors are accepted as the number they hold."""
+    value = _scalar(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} must be a number in [0, 1{']' if allow_one else ')'}, got {value!r}")
     value = float(value)
@@ -45,15 +56,26 @@ def check_probability(name: str, value: Any, *, allow_one: bool = False) -> floa
 
 def check_positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
     """Return ``value`` if it is an integer >= ``minimum``, else raise ``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    value = _scalar(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
 
-def resolve_profile(profile: str = "auto") -> str:
+def check_flag(name: str, value: Any) -> bool:
+    """Return ``value`` if it is a bool (Python or NumPy), else raise ``ValueError`` naming ``name``:
+    a string such as ``"no"`` is truthy, so it is refused rather than taken as ``True``."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise ValueError(f"{name} must be True or False, got {value!r}")
+
+
+def resolve_profile(profile: str = "auto", device: "torch.device | str | None" = None) -> str:
     """Map ``quick`` / ``full`` / ``auto`` to the profile that runs.
 
-    ``auto`` reads ``DROPNOTES_PROFILE`` first, then picks ``full`` when CUDA is present.
+    ``auto`` reads ``DROPNOTES_PROFILE`` first, then picks ``full`` when the chosen ``device`` is a
+    GPU (when no device is given: when CUDA is present). The device is resolved first, so
+    ``profile="auto", device="cpu"`` on a GPU machine gives ``quick``.
     """
     check_choice("profile", profile, PROFILES)
     if profile != "auto":
@@ -61,7 +83,59 @@ def resolve_profile(profile: str = "auto") -> str:
     env = os.environ.get("DROPNOTES_PROFILE", "").strip()
     if env:
         return check_choice("DROPNOTES_PROFILE", env, ("quick", "full"))
+    if device is not None:
+        return "full" if torch.device(device).type == "cuda" else "quick"
     return "full" if torch.cuda.is_available() else "quick"
+
+
+def progress_mode() -> str:
+    """How long work reports progress: ``bar`` (a tqdm bar, on a terminal), ``lines`` (a line to stderr at
+    most every 30 s, when stderr is not a terminal, e.g. ``dropnotes compute`` in a log) or ``off``.
+
+    ``DROPNOTES_PROGRESS=0`` silences both (the test suite may use it); ``DROPNOTES_PROGRESS=1`` forces
+    them on. Unset, a Jupyter kernel (a book page) stays silent.
+    """
+    import sys
+
+    env = os.environ.get("DROPNOTES_PROGRESS", "").strip().lower()
+    tty = sys.stderr.isatty() and not os.environ.get("CI")
+    if env in ("0", "false", "no", "off"):
+        return "off"
+    if env in ("1", "true", "yes", "on"):
+        return "bar" if tty else "lines"
+    if tty:
+        return "bar"
+    return "off" if "ipykernel" in sys.modules else "lines"
+
+
+def show_progress() -> bool:
+    """Whether to draw progress bars (see :func:`progress_mode`)."""
+    return progress_mode() == "bar"
+
+
+def progress(iterable, desc: str, total: int | None = None, every_s: float = 30.0, unit: str = "epoch"):
+    """Iterate over ``iterable`` reporting progress as :func:`progress_mode` says: a tqdm bar, or a line
+    ``desc: epoch i/n, t s`` to stderr after an item when ``every_s`` seconds have passed, and after the last."""
+    import sys
+    import time
+
+    mode = progress_mode()
+    if mode == "bar":
+        from tqdm import tqdm
+
+        yield from tqdm(iterable, desc=desc, total=total, leave=False)
+        return
+    if total is None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    start = last = time.monotonic()
+    i = 0
+    for i, item in enumerate(iterable, 1):
+        yield item
+        now = time.monotonic()
+        if mode == "lines" and (now - last >= every_s or i == total):
+            print(f"{desc}: {unit} {i}/{total if total is not None else '?'}, {now - start:.0f} s",
+                  file=sys.stderr, flush=True)
+            last = now
 
 
 def init_distributed() -> tuple[int, int]:
@@ -79,10 +153,11 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def profile_config(profile: str, defaults: dict[str, dict], **overrides: int | None) -> tuple[str, dict]:
-    """Resolve ``profile`` and return it with a copy of its defaults, where every override that is not
-    None replaces the default after being checked as a positive integer (a chapter's size knobs)."""
-    resolved = resolve_profile(profile)
+def profile_config(profile: str, defaults: dict[str, dict], device: "torch.device | str | None" = None,
+                   **overrides: int | None) -> tuple[str, dict]:
+    """Resolve ``profile`` (for ``device``) and return it with a copy of its defaults, where every override
+    that is not None replaces the default after being checked as a positive integer (a chapter's size knobs)."""
+    resolved = resolve_profile(profile, device)
     config = dict(defaults[resolved])
     for name, value in overrides.items():
         if value is not None:

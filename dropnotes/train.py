@@ -3,8 +3,9 @@
 Data stay where they are (on the GPU when the model is there): batches are index slices of whole
 tensors, shuffled with ``torch.randperm`` on the data's device, so there is no per-batch Python
 data loading. The loop does not synchronise with the device per step: losses are summed on the
-device and read once per epoch. Progress bars (tqdm) show only in an interactive terminal, or when
-``DROPNOTES_PROGRESS=1``.
+device and read once per epoch. Progress: a tqdm bar on a terminal, a line to stderr at most every 30 s
+elsewhere, nothing inside a notebook kernel or with ``DROPNOTES_PROGRESS=0``
+(:func:`dropnotes.runtime.progress`).
 
 Under ``torchrun`` the same code trains data-parallel: once the process group is initialised
 (:func:`dropnotes.runtime.init_distributed`), :func:`fit_classifier` wraps the model in
@@ -25,17 +26,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import check_positive_int
+from dropnotes.runtime import check_positive_int, progress, show_progress  # noqa: F401  (show_progress: API)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-def show_progress() -> bool:
-    """Whether to draw progress bars: ``DROPNOTES_PROGRESS`` if set, else only in a terminal."""
-    env = os.environ.get("DROPNOTES_PROGRESS")
-    if env is not None:
-        return env.strip().lower() in ("1", "true", "yes", "on")
-    return sys.stderr.isatty() and not os.environ.get("CI")
 
 
 def images_to_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -62,6 +55,7 @@ def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
     else:
         order = torch.arange(n, device=x.device)
     rank, size = shard
+    batch_size = check_positive_int("batch_size", batch_size)
     for start in range(0, n, batch_size):
         idx = order[start:start + batch_size][rank::size]
         yield x[idx], y[idx]
@@ -70,6 +64,7 @@ def classification_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
 def lm_batches(tokens: torch.Tensor, batch_size: int, seq_len: int) -> Iterator[Batch]:
     """Contiguous language-model batches: the stream is cut into ``batch_size`` rows (Zaremba et al. 2014)
     and windows of ``seq_len`` are read left to right, targets shifted by one token."""
+    batch_size, seq_len = check_positive_int("batch_size", batch_size), check_positive_int("seq_len", seq_len)
     rows = (tokens.numel() - 1) // batch_size
     data = tokens[: rows * batch_size + 1]
     x = data[:-1].view(batch_size, rows)
@@ -86,6 +81,7 @@ def window_batches(tokens: torch.Tensor, batch_size: int, block_size: int, steps
     up to the number available is exactly one epoch (single-epoch pretraining); beyond it, the
     windows are reshuffled and repeated (multi-epoch training on a small set).
     """
+    batch_size, block_size = check_positive_int("batch_size", batch_size), check_positive_int("block_size", block_size)
     n = (tokens.numel() - 1) // block_size
     if n < 1:
         raise ValueError(f"the token stream ({tokens.numel()} tokens) is shorter than block_size={block_size} + 1")
@@ -249,10 +245,9 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
     """Train for ``epochs``; every ``eval_every`` epochs (and at the end) record train and test loss and
     error, measured in eval mode. ``transform`` (data augmentation) is applied to each training batch;
     ``scheduler`` is stepped once per epoch. Returns the per-epoch history as a DataFrame."""
-    from tqdm import tqdm
-
     epochs = check_positive_int("epochs", epochs)
     eval_every = check_positive_int("eval_every", eval_every)
+    batch_size = check_positive_int("batch_size", batch_size)
     after = (lambda m: max_norm_(m, max_norm)) if max_norm else None
     rank, size = world()
     net = model
@@ -261,7 +256,8 @@ def fit_classifier(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tenso
 
         net = DistributedDataParallel(model)
     rows = []
-    for epoch in tqdm(range(1, epochs + 1), desc=desc, disable=rank != 0 or not show_progress(), leave=False):
+    epoch_range = range(1, epochs + 1)
+    for epoch in (progress(epoch_range, desc) if rank == 0 else epoch_range):
         batches = classification_batches(x_train, y_train, batch_size, generator=generator, shard=(rank, size))
         if transform is not None:
             batches = ((transform(xb), yb) for xb, yb in batches)

@@ -27,13 +27,14 @@ def test_list_shows_every_chapter_with_parameters(capsys):
     for name in cli.CHAPTERS:
         assert name in out
     assert "profile" in out and "'auto'" in out and "rates" in out
+    assert "any (default None)" not in out and "int or None" in out and "list of float" in out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics, ensembles, variational, droppath, llm, interactions, cost"),
     (["run", "mechanics", "-p", "dropout", "0.3"], "unknown parameter 'dropout'; allowed: profile, seed"),
-    (["run", "mechanics", "-p", "seed", "abc"], "parameter seed expects int, got 'abc'"),
-    (["run", "mechanics", "-p", "p", "true"], "parameter p expects float"),
+    (["run", "mechanics", "-p", "seed", "abc"], "parameter seed must be an integer in [0, 2,147,483,647], got 'abc'"),
+    (["run", "mechanics", "-p", "p", "true"], "parameter p must be a number in [0, 1), got 'true'"),
     (["run", "mechanics", "-p", "profile", "fastest"], "profile='fastest' is not allowed"),
     (["run"], "name one chapter or pass --all"),
 ])
@@ -43,15 +44,15 @@ def test_bad_requests_are_refused_before_any_kernel(tmp_path, capsys, argv, mess
     assert not (tmp_path / "runs").exists()
 
 
-def test_values_are_typed_like_the_defaults():
-    assert cli.coerce("c", "seed", "3", 0) == 3
-    assert cli.coerce("c", "p", "1", 0.5) == 1.0 and isinstance(cli.coerce("c", "p", "1", 0.5), float)
-    assert cli.coerce("c", "profile", "3e2", "auto") == "3e2"  # strings stay strings (papermill's -p would not)
-    assert cli.coerce("c", "rates", "0,0.5", [0.0]) == [0.0, 0.5]
-    assert cli.coerce("c", "rates", "[0, 0.5]", [0.0]) == [0, 0.5]
-    assert cli.coerce("c", "epochs", "12", None) == 12 and cli.coerce("c", "epochs", "None", None) is None
-    with pytest.raises(cli.UsageError, match="expects int"):
-        cli.coerce("c", "seed", "1.5", 0)
+def test_values_are_typed_by_the_declared_knobs():
+    assert cli.coerce("mechanics", "seed", "3") == 3
+    assert cli.coerce("mechanics", "p", "0", None) == 0.0 and isinstance(cli.coerce("mechanics", "p", "0"), float)
+    assert cli.coerce("mechanics", "dataset", "mnist") == "mnist"
+    assert cli.coerce("mechanics", "rates", "0,0.5") == (0.0, 0.5)
+    assert cli.coerce("mechanics", "rates", "[0, 0.5]") == (0.0, 0.5)  # one canonical form, however spelt
+    assert cli.coerce("mechanics", "epochs", "12") == 12 and cli.coerce("mechanics", "epochs", "None") is None
+    with pytest.raises(cli.UsageError, match="seed must be an integer"):
+        cli.coerce("mechanics", "seed", "1.5")
 
 
 def test_run_writes_the_executed_notebook(tiny_chapter, tmp_path):
@@ -82,9 +83,9 @@ def test_compute_refuses_bad_input_before_running(capsys):
     assert cli.main(["compute", "nonesuch"]) == 2
     assert "unknown chapter 'nonesuch'" in capsys.readouterr().err
     assert cli.main(["compute", "cost", "-p", "epochs", "3"]) == 2
-    assert "unknown parameter 'epochs'; allowed: profile, device" in capsys.readouterr().err
+    assert "unknown parameter 'epochs'; allowed: profile, seed, device, sizes, rounds" in capsys.readouterr().err
     assert cli.main(["compute", "cost", "-p", "sizes", "1,x"]) == 2
-    assert "sizes must be comma-separated positive integers" in capsys.readouterr().err
+    assert "sizes must be a list of at least 1 integers in [1, 2,147,483,647]" in capsys.readouterr().err
 
 
 def test_compute_runs_a_chapter_and_stores_it(tmp_path, monkeypatch, capsys):

@@ -12,6 +12,7 @@ def private_roots(tmp_path, monkeypatch):
     """Point the data lookup at two empty folders: $DROPNOTES_DATA and a fake user cache."""
     env, cache = tmp_path / "env", tmp_path / "cache"
     env.mkdir()
+    (env / "README").write_text("an empty data folder is refused: this one holds a file\n")
     monkeypatch.setenv(data.ENV_VAR, str(env))
     monkeypatch.setattr("platformdirs.user_cache_dir", lambda name: str(cache / name))
     monkeypatch.setattr(data, "SIBLING_DATA", tmp_path / "no-such-folder")
@@ -69,7 +70,7 @@ def test_download_is_verified_and_atomic(have_data, private_roots, monkeypatch):
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(b"garbage"))
     with pytest.raises(data.DataError, match="corrupt"):
         data.fetch("mnist/t10k-labels-idx1-ubyte.gz")
-    assert not any(p.is_file() for p in env.rglob("*"))  # no partial file left
+    assert not any(p.is_file() and p.name != "README" for p in env.rglob("*"))  # no partial file left
     monkeypatch.setattr(data.urllib.request, "urlopen", lambda url, timeout: Response(payload))
     path = data.fetch("mnist/t10k-labels-idx1-ubyte.gz")
     assert path == env / "mnist" / "t10k-labels-idx1-ubyte.gz"
@@ -125,3 +126,55 @@ def test_cifar10_jpg_is_class_sorted_so_prefixes_are_one_class(have_data):
     """Documented trap: a prefix of the JPEG copy's test split is a single class."""
     c = data.load_images("cifar10-jpg")
     assert torch.unique(c.y_test[:1000]).tolist() == [0]
+
+
+def test_a_missing_or_empty_data_folder_is_an_error(tmp_path, monkeypatch):
+    """A DROPNOTES_DATA typo must not fall back silently to another copy of the data."""
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "typo"))
+    with pytest.raises(data.DataError, match="DROPNOTES_DATA=.*typo.* is not a folder"):
+        data.data_roots()
+    (tmp_path / "empty").mkdir()
+    monkeypatch.setenv(data.ENV_VAR, str(tmp_path / "empty"))
+    with pytest.raises(data.DataError, match="is an empty folder"):
+        data.fetch("mnist/t10k-labels-idx1-ubyte.gz")
+
+
+def test_unreadable_data_is_a_data_error(private_roots, monkeypatch):
+    env, _ = private_roots
+    path = env / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    path.parent.mkdir()
+    path.write_bytes(b"x")
+    real_open = open
+
+    def refuse(file, *args, **kwargs):  # as for a file without read permission (we run as root here)
+        if str(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", refuse)
+    with pytest.raises(data.DataError, match="cannot be read .*Permission denied"):
+        data.fetch("mnist/t10k-labels-idx1-ubyte.gz")
+
+
+def test_cifar_archive_is_unpickled_only_after_its_checksum_matched(private_roots, monkeypatch):
+    """Unpickling runs code, so a tampered archive must be refused before pickle sees it."""
+    import pickle
+
+    env, _ = private_roots
+    (env / "cifar10").mkdir()
+    (env / "cifar10" / "cifar-10-python.tar.gz").write_bytes(b"tampered")
+    calls = []
+    monkeypatch.setattr(pickle, "load", lambda *a, **k: calls.append(a))
+    with pytest.raises(data.DataError, match="corrupt"):
+        data.load_cifar10()
+    assert calls == []
+
+
+def test_provenance_names_the_data_files_read(have_data):
+    from dropnotes import results
+
+    data.fetch("mnist/t10k-labels-idx1-ubyte.gz")
+    used = results.provenance("cpu", [0], 1.0, "mnist")["data_files"]
+    entry = used["mnist/t10k-labels-idx1-ubyte.gz"]
+    assert entry["sha256"] == data.FILES["mnist/t10k-labels-idx1-ubyte.gz"].sha256
+    assert entry["root"] == str(have_data.resolve())

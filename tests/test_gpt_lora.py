@@ -76,9 +76,28 @@ def test_window_batches_are_one_epoch_before_repeating():
 
 
 def test_checkpoints_are_written_atomically(tmp_path):
-    path = results.save_checkpoint({"a": torch.ones(2)}, tmp_path / "x" / "c.pt")
-    assert torch.equal(torch.load(path)["a"], torch.ones(2))
-    assert [p.name for p in path.parent.iterdir()] == ["c.pt"]
+    path = results.save_checkpoint({"a": torch.ones(2)}, {"result": {"loss": 1.5}}, tmp_path / "x" / "c.pt")
+    state, meta = results.load_checkpoint(path)
+    assert torch.equal(state["a"], torch.ones(2)) and meta == {"result": {"loss": 1.5}}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["c.json", "c.pt"]  # no temporary file left
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    """The cache is loaded with weights_only=True: a pickle that calls a function is not executed."""
+    import pickle
+
+    path = tmp_path / "evil.pt"
+    ran = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(ran), "w"))
+
+    torch.save({"state": Evil()}, path) if False else path.write_bytes(pickle.dumps(Evil()))
+    path.with_suffix(".json").write_text("{}")
+    with pytest.raises(pickle.UnpicklingError):
+        results.load_checkpoint(path)
+    assert not ran.exists()
 
 
 def test_lora_adapter_follows_the_wrapped_layer():

@@ -35,7 +35,7 @@ def test_grid_and_ids():
 def test_sweep_values_split_and_type():
     values = cli.sweep_values("ensembles", [("p_hidden", "0.1,0.3"), ("seed", "1,2,3")], "quick")
     assert values == {"p_hidden": [0.1, 0.3], "seed": [1, 2, 3], "profile": ["quick"]}
-    assert cli.sweep_values("mechanics", [("rates", "0,0.5;0,0.2")], None) == {"rates": [[0.0, 0.5], [0.0, 0.2]]}
+    assert cli.sweep_values("mechanics", [("rates", "0,0.5;0,0.2")], None) == {"rates": [(0.0, 0.5), (0.0, 0.2)]}
     with pytest.raises(cli.UsageError, match="unknown parameter 'dropout'"):
         cli.sweep_values("ensembles", [("dropout", "0.1")], None)
 
@@ -64,5 +64,6 @@ def test_failed_run_is_reported_and_kept(storing_chapter, capsys):
     table = pd.read_csv(storing_chapter / "runs.csv").set_index("x")
     assert table.loc[-1, "status"] == "failed" and "x must be >= 0" in table.loc[-1, "error"]
     assert table.loc[3, "status"] == "done"
-    assert (storing_chapter / sweep.run_id({"x": -1}) / "notebook.ipynb").is_file()
-    assert json.loads((storing_chapter / sweep.run_id({"x": -1}) / "params.json").read_text()) == {"x": -1}
+    rid = sweep.run_id({"x": -1}, cli.chapter_knobs("tiny"))
+    assert (storing_chapter / rid / "notebook.ipynb").is_file()
+    assert json.loads((storing_chapter / rid / "params.json").read_text()) == {"x": -1}

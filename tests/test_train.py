@@ -55,8 +55,18 @@ def test_evaluate_lm_matches_uniform_model():
     assert nll == pytest.approx(torch.log(torch.tensor(7.0)).item(), rel=1e-6)
 
 
-def test_progress_env(monkeypatch):
+def test_progress_env(monkeypatch, capsys):
+    from dropnotes import runtime
+
     monkeypatch.setenv("DROPNOTES_PROGRESS", "1")
-    assert train.show_progress()
+    assert runtime.progress_mode() == "lines"  # pytest's stderr is not a terminal: lines, not a bar
+    assert list(runtime.progress(range(3), "demo", every_s=0.0)) == [0, 1, 2]
+    assert capsys.readouterr().err.splitlines()[-1].startswith("demo: epoch 3/3")
     monkeypatch.setenv("DROPNOTES_PROGRESS", "0")
-    assert not train.show_progress()
+    assert runtime.progress_mode() == "off" and not train.show_progress()
+    assert list(runtime.progress(range(3), "demo", every_s=0.0)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+    monkeypatch.delenv("DROPNOTES_PROGRESS")
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.setitem(__import__("sys").modules, "ipykernel", object())
+    assert runtime.progress_mode() == "off"  # a notebook page stays clean unless asked

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from dropnotes import bench, results, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
 from dropnotes.runtime import check_positive_int, device_name, profile_config, seed_everything, select_device
 
 CHAPTER = "cost"
@@ -55,26 +57,37 @@ PROFILE_DEFAULTS = {
 }
 
 
-def _sizes(value) -> tuple[int, ...]:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        try:
-            value = [int(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"sizes must be comma-separated positive integers, got {value!r}") from None
-    if isinstance(value, int):
-        value = [value]
-    return tuple(check_positive_int("sizes", v) for v in value)
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    Knob("sizes", "ints", None, "tensor sizes in elements, comma-separated (quick: 16384,262144,4194304)",
+         low=1, high=2**31 - 1, profile_default=True),
+    size("rounds", "interleaved timing rounds per training-step variant (quick: 5)", high=1000),
+)
+BENCH_BYTES_PER_ELEMENT = 4 * 8  # fp32: input, output, mask, gradients and the copy reference, with room
 
 
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, sizes=None, rounds: int | None = None) -> CostConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, d = profile_config(profile, PROFILE_DEFAULTS, rounds=rounds)
-    if (s := _sizes(sizes)) is not None:
-        d["sizes"] = s
-    return CostConfig(profile=resolved, device=str(select_device(device)),
-                      seed=check_positive_int("seed", seed, minimum=0), **d)
+    v = KNOBS.check(locals())
+    dev = select_device(v["device"])
+    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, rounds=v["rounds"])
+    if v["sizes"] is not None:
+        d["sizes"] = v["sizes"]
+    need, have = max(d["sizes"]) * BENCH_BYTES_PER_ELEMENT, device_memory(dev)
+    if have and need > have:
+        raise ValueError(f"sizes must be <= {have // BENCH_BYTES_PER_ELEMENT:,} elements on this device "
+                         f"({have / 2**30:.1f} GiB), got {max(d['sizes']):,}")
+    return CostConfig(profile=resolved, device=str(dev), seed=v["seed"], **d)
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Bytes of memory on ``device`` (the GPU's, or the machine's RAM for the CPU), or None if unknown."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 def strip_dropout(model: nn.Module) -> nn.Module:

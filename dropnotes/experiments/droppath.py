@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from dropnotes import data, results, train
 from dropnotes.models import ViT
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
 from dropnotes.runtime import check_choice, check_positive_int, profile_config, seed_everything, select_device
 from dropnotes.stats import compare_errors, fmt_mean_sd
 
@@ -60,19 +61,29 @@ PROFILE_DEFAULTS = {
 }
 
 
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    Knob("dataset", "str", "cifar10-jpg", '"cifar10-jpg" (offline copy, lossy) or "cifar10" (canonical, downloaded)',
+         choices=("cifar10-jpg", "cifar10")),
+    size("n_seeds", "quick: 1; full: 3", high=100),
+    size("epochs", "quick: 10; full: 100", high=10000),
+    size("train_size", "quick: 1,000 images; full: 10,000", high=50000),
+    size("depth", "the deep net (quick: 4; full: 12); the shallow net has depth 2 (quick) or 6 (full)", high=64),
+)
+
+
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, dataset: str = "cifar10-jpg",
               n_seeds: int | None = None, epochs: int | None = None, train_size: int | None = None,
               depth: int | None = None) -> DropPathConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, d = profile_config(profile, PROFILE_DEFAULTS, n_seeds=n_seeds, epochs=epochs, train_size=train_size,
-                                 depth=depth)
-    if d["train_size"] > 50000:
-        raise ValueError(f"train_size must be <= 50000 (CIFAR-10's training set), got {d['train_size']}")
+    v = KNOBS.check(locals())
+    dev = select_device(v["device"])
+    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"], epochs=v["epochs"],
+                                 train_size=v["train_size"], depth=v["depth"])
     if d["depth"] <= d["shallow_depth"]:
         raise ValueError(f"depth must be > {d['shallow_depth']} (the shallow comparison), got {d['depth']}")
-    return DropPathConfig(profile=resolved, device=str(select_device(device)),
-                          seed=check_positive_int("seed", seed, minimum=0),
-                          dataset=check_choice("dataset", dataset, ("cifar10-jpg", "cifar10")), **d)
+    check_seed_block(v["seed"], d["n_seeds"])
+    return DropPathConfig(profile=resolved, device=str(dev), seed=v["seed"], dataset=v["dataset"], **d)
 
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)

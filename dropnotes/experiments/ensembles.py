@@ -22,6 +22,7 @@ from dropnotes.ensemble import VmapEnsemble, fit_ensemble, step_time_loop_vs_vma
 from dropnotes.layers import Dropout
 from dropnotes.mc import classifier_summary, mc_predict, regression_summary
 from dropnotes.models import MLP
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
 from dropnotes.runtime import (check_positive_int, check_probability, profile_config, seed_everything,
                                select_device)
 from dropnotes.stats import compare_errors, fmt_mean_sd, mean_se
@@ -72,25 +73,35 @@ PROFILE_DEFAULTS = {
 }
 
 
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    rate("p_hidden", 0.5, "drop rate of the dropout net's hidden layers"),
+    rate("p_input", 0.2, "drop rate of its input pixels"),
+    size("members", "ensemble size K (quick and full: 5)", low=2, high=100),
+    size("n_seeds", "quick: 2; full: 3", high=100),
+    size("train_size", "quick: 2,000 MNIST images; full: 60,000", high=60000),
+    size("epochs", "quick: 40; full: 100", high=10000),
+    Knob("lr_dropout", "float", None, "learning rate of the dropout net (quick and full: 0.05 and 0.1)",
+         low=0.0, low_open=True, high=10.0, profile_default=True),
+)
+
+
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_hidden: float = 0.5,
               p_input: float = 0.2, members: int | None = None, n_seeds: int | None = None,
               train_size: int | None = None, epochs: int | None = None,
               lr_dropout: float | None = None) -> EnsemblesConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, defaults = profile_config(profile, PROFILE_DEFAULTS, members=members, n_seeds=n_seeds,
-                                        train_size=train_size, epochs=epochs)
-    if lr_dropout is not None:
-        if isinstance(lr_dropout, bool) or not isinstance(lr_dropout, (int, float)) or not lr_dropout > 0:
-            raise ValueError(f"lr_dropout must be a positive number, got {lr_dropout!r}")
-        defaults["lr_dropout"] = float(lr_dropout)
-    if defaults["members"] < 2:
-        raise ValueError(f"members must be >= 2 for an ensemble, got {defaults['members']}")
-    if defaults["train_size"] > 60000:
-        raise ValueError(f"train_size must be <= 60000 (MNIST's training set), got {defaults['train_size']}")
-    return EnsemblesConfig(profile=resolved, device=str(select_device(device)),
-                           seed=check_positive_int("seed", seed, minimum=0),
-                           p_hidden=check_probability("p_hidden", p_hidden),
-                           p_input=check_probability("p_input", p_input), **defaults)
+    v = KNOBS.check(locals())
+    dev = select_device(v["device"])
+    resolved, defaults = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"],
+                                        train_size=v["train_size"], epochs=v["epochs"])
+    if v["members"] is not None:
+        defaults["members"] = v["members"]
+    if v["lr_dropout"] is not None:
+        defaults["lr_dropout"] = v["lr_dropout"]
+    check_seed_block(v["seed"], defaults["n_seeds"])
+    return EnsemblesConfig(profile=resolved, device=str(dev), seed=v["seed"], p_hidden=v["p_hidden"],
+                           p_input=v["p_input"], **defaults)
 
 
 # --------------------------------------------------------------------------- data

@@ -22,6 +22,7 @@ from dropnotes import data, results, train
 from dropnotes import functional as DF
 from dropnotes.layers import DropConnectLinear, Dropout, GaussianDropout
 from dropnotes.models import SmallCNN
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
 from dropnotes.runtime import check_positive_int, check_probability, profile_config, seed_everything, select_device
 from dropnotes.stats import compare_errors
 
@@ -58,15 +59,25 @@ PROFILE_DEFAULTS = {
 }
 
 
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    rate("p", 0.3, "the CNN's dropout rate, > 0 (the MLPs use 0.5, Srivastava et al.'s hidden rate)", low_open=True),
+    size("n_seeds", "quick: 1; full: 3", high=100),
+    size("cnn_epochs", "quick: 15; full: 30", high=10000),
+    size("mlp_epochs", "quick: 40; full: 100", high=10000),
+)
+
+
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: float = 0.3, n_seeds: int | None = None,
               cnn_epochs: int | None = None, mlp_epochs: int | None = None) -> InteractionsConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, d = profile_config(profile, PROFILE_DEFAULTS, n_seeds=n_seeds, cnn_epochs=cnn_epochs,
-                                 mlp_epochs=mlp_epochs)
-    if check_probability("p", p) == 0.0:
-        raise ValueError("p must be > 0: the chapter compares dropout placements, got 0")
-    return InteractionsConfig(profile=resolved, device=str(select_device(device)),
-                              seed=check_positive_int("seed", seed, minimum=0), p=float(p), lr=0.05, max_norm=3.0, **d)
+    v = KNOBS.check(locals())
+    dev = select_device(v["device"])
+    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"],
+                                 cnn_epochs=v["cnn_epochs"], mlp_epochs=v["mlp_epochs"])
+    check_seed_block(v["seed"], d["n_seeds"])
+    return InteractionsConfig(profile=resolved, device=str(dev), seed=v["seed"], p=v["p"], lr=0.05, max_norm=3.0,
+                              **d)
 
 
 # ------------------------------------------------------------------ the variance shift, analytically

@@ -23,6 +23,8 @@ import torch
 from dropnotes import data, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
+from dropnotes.runtime import progress
 from dropnotes.runtime import (check_choice, check_positive_int, check_probability, profile_config, seed_everything,
                                select_device)
 from dropnotes.stats import compare_paired
@@ -80,19 +82,31 @@ PROFILE_DEFAULTS = {
 }
 
 
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    Knob("pretrain_corpus", "str", "python-stdlib", '"python-stdlib" (offline, any machine) or "enwik8" (downloaded)',
+         choices=CORPORA),
+    rate("p", 0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5),
+    size("pretrain_steps", "quick: 400; full: 3,000; never more than one pass over the corpus", high=10**6),
+    size("finetune_steps", "quick: 300; full: 1,000", high=10**6),
+    # tiny-shakespeare's training split holds 1,003,854 bytes; a slice needs at least a few 256-byte windows.
+    size("finetune_bytes", "the main fine-tuning slice (quick: 10,000 bytes; full: 100,000)", low=2048,
+         high=1003854),
+)
+
+
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretrain_corpus: str = "python-stdlib",
               p: float = 0.1, pretrain_steps: int | None = None, finetune_steps: int | None = None,
               finetune_bytes: int | None = None) -> LLMConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, d = profile_config(profile, PROFILE_DEFAULTS, pretrain_steps=pretrain_steps,
-                                 finetune_steps=finetune_steps, finetune_bytes=finetune_bytes)
-    if not 0.0 < check_probability("p", p) < 0.5:
-        raise ValueError(f"p must be in (0, 0.5), the range the claims are about, got {p}")
-    if resolved == "quick" and not torch.cuda.is_available():
+    v = KNOBS.check(locals())
+    dev = select_device(v["device"])
+    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, pretrain_steps=v["pretrain_steps"],
+                                 finetune_steps=v["finetune_steps"], finetune_bytes=v["finetune_bytes"])
+    if resolved == "quick" and dev.type != "cuda":
         d["compile"] = False
-    return LLMConfig(profile=resolved, device=str(select_device(device)),
-                     seed=check_positive_int("seed", seed, minimum=0),
-                     pretrain_corpus=check_choice("pretrain_corpus", pretrain_corpus, CORPORA), p=float(p),
+    p = v["p"]
+    return LLMConfig(profile=resolved, device=str(dev), seed=v["seed"], pretrain_corpus=v["pretrain_corpus"], p=p,
                      early_fraction=0.2, finetune_rates=(0.0, p, 2 * p), lora_rates=(0.0, p), **d)
 
 
@@ -135,7 +149,8 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
     model.train()
     step = last = 0
     t0 = time.perf_counter()
-    for x, y in train.window_batches(stream, batch, cfg.block_size, steps, gen):
+    batches = train.window_batches(stream, batch, cfg.block_size, steps, gen)
+    for x, y in progress(batches, label, total=steps, unit="step"):
         p = p_schedule(step)
         if p != current_p:
             _set_p(model, p)
@@ -189,11 +204,11 @@ def pretrain_steps(cfg: LLMConfig, corpus: data.TokenSplits) -> int:
 def pretrain(cfg: LLMConfig, corpus: data.TokenSplits, arm: str) -> dict:
     """One pretraining arm (``none``, ``dropout`` or ``early``), from the checkpoint cache when present."""
     path = results.checkpoint_dir() / CHAPTER / f"{arm}-{_key(cfg, arm, corpus.provenance)}.pt"
-    if path.is_file():
-        ckpt = torch.load(path, map_location=cfg.device, weights_only=False)
+    if (ckpt := results.load_checkpoint(path, map_location=cfg.device)) is not None:
+        state, meta = ckpt
         model = _model(cfg, 0.0).to(cfg.device)
-        model.load_state_dict(ckpt["state_dict"])
-        return {**ckpt["result"], "model": model, "cached": True, "path": str(path)}
+        model.load_state_dict(state)
+        return {**meta["result"], "model": model, "cached": True, "path": str(path)}
     seed_everything(cfg.seed)
     dev = torch.device(cfg.device)
     model = _model(cfg, 0.0).to(dev)
@@ -204,7 +219,7 @@ def pretrain(cfg: LLMConfig, corpus: data.TokenSplits, arm: str) -> dict:
     out = train_run(cfg, model, corpus.train.to(dev), valid, steps=steps, batch=cfg.batch_size,
                     lr=cfg.pretrain_lr, p_schedule=schedule, seed=cfg.seed, label=f"pretrain {arm}")
     _set_p(model, 0.0)
-    results.save_checkpoint({"state_dict": model.state_dict(), "result": out, "config": asdict(cfg)}, path)
+    results.save_checkpoint(model.state_dict(), {"result": out, "config": asdict(cfg)}, path)
     return {**out, "model": model, "cached": False, "path": str(path)}
 
 

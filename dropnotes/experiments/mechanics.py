@@ -18,8 +18,8 @@ import torch
 from dropnotes import data, functional as DF, results, train
 from dropnotes.models import MLP
 from dropnotes.stats import compare_errors
-from dropnotes.runtime import (check_choice, check_positive_int, check_probability, profile_config,
-                               seed_everything, select_device)
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
+from dropnotes.runtime import profile_config, seed_everything, select_device
 
 CHAPTER = "mechanics"
 
@@ -60,35 +60,33 @@ PROFILE_DEFAULTS = {
 }
 
 
-def _rates(value) -> tuple[float, ...]:
-    if isinstance(value, str):
-        try:
-            value = [float(v) for v in value.split(",") if v.strip()]
-        except ValueError:
-            raise ValueError(f"rates must be numbers in [0, 1) separated by commas, got {value!r}") from None
-    if isinstance(value, (int, float)):
-        value = [value]
-    if not isinstance(value, (list, tuple)) or not value:
-        raise ValueError(f"rates must be a non-empty list of numbers in [0, 1), got {value!r}")
-    rates = tuple(check_probability("rates", v) for v in value)
-    if 0.0 not in rates:
-        raise ValueError(f"rates must include 0.0 (the no-dropout baseline), got {list(rates)}")
-    return rates
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    rate("p", 0.5, "drop rate of the worked examples"),
+    Knob("rates", "floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at least one more",
+         low=0.0, high=1.0, high_open=True, min_len=2),
+    rate("input_p", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
+    size("train_size", "training examples (quick: 2,000; full: 60,000)", high=60000),
+    size("epochs", "quick: 40; full: 200", high=10000),
+    size("n_seeds", "quick and full: 3", high=100),
+    Knob("dataset", "str", "mnist", '"mnist" or "fashion-mnist"', choices=("mnist", "fashion-mnist")),
+)
 
 
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: float = 0.5,
               rates=(0.0, 0.2, 0.5), input_p: float = 0.2, train_size: int | None = None,
               epochs: int | None = None, n_seeds: int | None = None, dataset: str = "mnist") -> MechanicsConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, defaults = profile_config(profile, PROFILE_DEFAULTS, train_size=train_size, epochs=epochs,
-                                        n_seeds=n_seeds)
-    dev = select_device(device)
-    if defaults["train_size"] > 60000:
-        raise ValueError(f"train_size must be <= 60000 (MNIST's training set), got {defaults['train_size']}")
-    return MechanicsConfig(profile=resolved, device=str(dev), seed=check_positive_int("seed", seed, minimum=0),
-                           p=check_probability("p", p), rates=_rates(rates),
-                           input_p=check_probability("input_p", input_p),
-                           dataset=check_choice("dataset", dataset, ("mnist", "fashion-mnist")), **defaults)
+    v = KNOBS.check(locals())
+    if 0.0 not in v["rates"] or max(v["rates"]) == 0.0:
+        raise ValueError(f"rates must include 0.0 (the no-dropout baseline) and at least one rate > 0, "
+                         f"got {list(v['rates'])}")
+    dev = select_device(v["device"])
+    resolved, defaults = profile_config(v["profile"], PROFILE_DEFAULTS, dev, train_size=v["train_size"],
+                                        epochs=v["epochs"], n_seeds=v["n_seeds"])
+    check_seed_block(v["seed"], defaults["n_seeds"])
+    return MechanicsConfig(profile=resolved, device=str(dev), seed=v["seed"], p=v["p"], rates=v["rates"],
+                           input_p=v["input_p"], dataset=v["dataset"], **defaults)
 
 
 # --------------------------------------------------------------------------- the worked examples

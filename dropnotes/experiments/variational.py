@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from dropnotes import data, results, train
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
+from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
+from dropnotes.runtime import progress
 from dropnotes.runtime import (check_positive_int, check_probability, profile_config, seed_everything,
                                select_device)
 from dropnotes.stats import block_se, compare_paired
@@ -84,18 +86,35 @@ PROFILE_DEFAULTS = {
 }
 
 
+KNOBS = Knobs(
+    PROFILE, SEED, DEVICE,
+    rate("p_io", None, "dropout on inputs and outputs (quick 0.4, full 0.5)", profile_default=True),
+    rate("p_rec", None, "dropout on the recurrent state or on W_hh (quick 0.25, full 0.2)", profile_default=True),
+    rate("p_emb", None, "word-type embedding dropout (0.1)", profile_default=True),
+    size("n_seeds", "quick: 2; full: 1", high=100),
+    size("epochs", "quick: 6; full: 8", high=1000),
+    # PTB's training stream has 929,589 words; BPTT needs at least a few windows of 35 x batch words.
+    size("train_tokens", "quick: the first 40,000 training words; full: all of them", low=5000, high=929589),
+    size("mc_samples", "stochastic passes for MC dropout (quick 10, full 100)", high=10000),
+    size("svd_epochs", "sparse VD epochs (quick 2, full 100)", high=1000),
+)
+
+
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_io: float | None = None,
               p_rec: float | None = None, p_emb: float | None = None, n_seeds: int | None = None,
               epochs: int | None = None, train_tokens: int | None = None, mc_samples: int | None = None,
               svd_epochs: int | None = None) -> VariationalConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    resolved, d = profile_config(profile, PROFILE_DEFAULTS, n_seeds=n_seeds, epochs=epochs, train_tokens=train_tokens,
-                                 mc_samples=mc_samples, svd_epochs=svd_epochs)
-    for name, value in (("p_io", p_io), ("p_rec", p_rec), ("p_emb", p_emb)):
-        if value is not None:
-            d[name] = check_probability(name, value)
-    return VariationalConfig(profile=resolved, device=str(select_device(device)),
-                             seed=check_positive_int("seed", seed, minimum=0), dataset="ptb", **d)
+    v = KNOBS.check(locals())
+    dev = select_device(v["device"])
+    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"], epochs=v["epochs"],
+                                 train_tokens=v["train_tokens"], mc_samples=v["mc_samples"],
+                                 svd_epochs=v["svd_epochs"])
+    for name in ("p_io", "p_rec", "p_emb"):
+        if v[name] is not None:
+            d[name] = v[name]
+    check_seed_block(v["seed"], d["n_seeds"])
+    return VariationalConfig(profile=resolved, device=str(dev), seed=v["seed"], dataset="ptb", **d)
 
 
 def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
@@ -125,7 +144,7 @@ def train_lm(cfg: VariationalConfig, d: dict, vocab: int, scheme: str, seed: int
         opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
     amp = torch.bfloat16 if cfg.amp else None
     curve, best, train_s = [], (math.inf, None, 0), 0.0
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in progress(range(1, cfg.epochs + 1), f"{scheme} seed={seed}"):
         if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr / cfg.lr_decay ** (epoch - cfg.decay_after)

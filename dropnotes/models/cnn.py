@@ -27,6 +27,8 @@ class SmallCNN(nn.Module):
         noise_cls = NOISES[check_choice("noise", noise, NOISES)]
         p = check_probability("p", p)
         c1, c2 = (check_positive_int("channels", c) for c in channels)
+        in_channels, classes = check_positive_int("in_channels", in_channels), check_positive_int("classes", classes)
+        image_size = check_positive_int("image_size", image_size, minimum=4)
         drop = lambda on: noise_cls(p) if on and p > 0 else nn.Identity()  # noqa: E731
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),

@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from dropnotes.functional import drop_path_skip
+from dropnotes.runtime import check_positive_int
 from dropnotes.layers import Dropout, DropPath, SelfAttention, drop_path_rates
 
 
@@ -41,6 +42,9 @@ class ViT(nn.Module):
                  depth: int = 12, heads: int = 3, drop_path_rate: float = 0.1, schedule: str = "linear",
                  attn_p: float = 0.0, p: float = 0.0, skip_dropped: bool = False) -> None:
         super().__init__()
+        for name, value in (("image_size", image_size), ("patch", patch), ("channels", channels), ("classes", classes),
+                            ("dim", dim), ("depth", depth), ("heads", heads)):
+            check_positive_int(name, value)
         if image_size % patch:
             raise ValueError(f"image_size={image_size} must be divisible by patch={patch}")
         self.embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)

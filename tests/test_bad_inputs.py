@@ -1,0 +1,253 @@
+"""Every bad input refused before the work starts, with a message that names the parameter.
+
+A battery across the interfaces: the command line (``run``, ``sweep``, ``compute``), ``configure`` (the
+Python API of each chapter, which the notebook's first cell and ``compute`` call), the package's
+functions and modules, and the environment (results and data folders). Each case asserts the exit
+status (2 for the command line) or the exception, and that the message names the parameter. The
+papermill path (a bad value or an unknown parameter stopping the first cell) is in test_chapters.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dropnotes import cli, data, functional as DF, layers, models, train
+from dropnotes.experiments import _base, cost, droppath, ensembles, interactions, llm, mechanics, variational
+
+# (argv, text the one-line error must contain) -- the parameter's name is always in it.
+CLI_CASES = [
+    (["run", "mechanics", "-p", "p", "nan"], "p must be a number in [0, 1), got nan"),
+    (["run", "mechanics", "-p", "p", "1"], "p must be a number in [0, 1), got 1.0"),
+    (["run", "mechanics", "-p", "p", "-0.1"], "p must be a number in [0, 1)"),
+    (["run", "mechanics", "-p", "rates", "0.0"], "rates must be a list of at least 2 numbers"),
+    (["run", "mechanics", "-p", "rates", "0,0"], "rates must include 0.0 (the no-dropout baseline) and at least one rate > 0"),
+    (["run", "mechanics", "-p", "rates", "0.2,0.5"], "rates must include 0.0"),
+    (["run", "mechanics", "-p", "rates", "0,x"], "rates must be a list"),
+    (["run", "mechanics", "-p", "rates", "0,1.5"], "rates must be a list of at least 2 numbers in [0, 1)"),
+    (["run", "mechanics", "-p", "train_size", "0"], "train_size must be an integer in [1, 60,000], got 0"),
+    (["run", "mechanics", "-p", "train_size", "70000"], "train_size must be an integer in [1, 60,000], got 70000"),
+    (["run", "mechanics", "-p", "train_size", "1.5"], "train_size must be an integer"),
+    (["run", "mechanics", "-p", "epochs", "-1"], "epochs must be an integer in [1, 10,000], got -1"),
+    (["run", "mechanics", "-p", "n_seeds", "0"], "n_seeds must be an integer in [1, 100], got 0"),
+    (["run", "mechanics", "-p", "seed", "-1"], "seed must be an integer in [0, 2,147,483,647], got -1"),
+    (["run", "mechanics", "-p", "seed", "99999999999"], "seed must be an integer in [0, 2,147,483,647]"),
+    (["run", "mechanics", "-p", "seed", "2147483647"], "seed must be <= 2147483645 with n_seeds=3"),
+    (["run", "mechanics", "-p", "seed", "True"], "seed must be an integer"),
+    (["run", "mechanics", "-p", "dataset", "cifar"], "dataset='cifar' is not allowed; choose one of 'mnist', 'fashion-mnist'"),
+    (["run", "mechanics", "-p", "device", "gpu"], "device='gpu' is not allowed; choose one of 'auto', 'cuda', 'mps', 'cpu'"),
+    (["run", "mechanics", "-p", "device", "cuda"], "device='cuda' was requested but CUDA is not available"),
+    (["run", "mechanics", "-p", "profile", "3e2"], "profile='3e2' is not allowed"),
+    (["run", "mechanics", "-p", "input_p", "0.99999999999999999"], "input_p must be a number in [0, 1)"),
+    (["run", "ensembles", "-p", "members", "1"], "members must be an integer in [2, 100], got 1"),
+    (["run", "ensembles", "-p", "lr_dropout", "0"], "lr_dropout must be a number in (0, 10], got 0"),
+    (["run", "ensembles", "-p", "lr_dropout", "inf"], "lr_dropout must be a number in (0, 10]"),
+    (["run", "ensembles", "-p", "p_hidden", "half"], "p_hidden must be a number in [0, 1), got 'half'"),
+    (["run", "variational", "-p", "p_rec", "-0.1"], "p_rec must be a number in [0, 1), got -0.1"),
+    (["run", "variational", "-p", "train_tokens", "100"], "train_tokens must be an integer in [5,000, 929,589], got 100"),
+    (["run", "variational", "-p", "mc_samples", "0"], "mc_samples must be an integer in [1, 10,000], got 0"),
+    (["run", "droppath", "-p", "dataset", "imagenet"], "dataset='imagenet' is not allowed"),
+    (["run", "droppath", "-p", "depth", "2"], "depth must be > 2 (the shallow comparison), got 2"),
+    (["run", "droppath", "-p", "train_size", "60000"], "train_size must be an integer in [1, 50,000], got 60000"),
+    (["run", "llm", "-p", "p", "0"], "p must be a number in (0, 0.5), got 0.0"),
+    (["run", "llm", "-p", "p", "0.5"], "p must be a number in (0, 0.5), got 0.5"),
+    (["run", "llm", "-p", "pretrain_corpus", "c4"], "pretrain_corpus='c4' is not allowed"),
+    (["run", "llm", "-p", "finetune_bytes", "10"], "finetune_bytes must be an integer in [2,048, 1,003,854], got 10"),
+    (["run", "interactions", "-p", "p", "0"], "p must be a number in (0, 1), got 0.0"),
+    (["run", "interactions", "-p", "cnn_epochs", "0"], "cnn_epochs must be an integer in [1, 10,000], got 0"),
+    (["run", "cost", "-p", "sizes", "1,x"], "sizes must be a list of at least 1 integers"),
+    (["run", "cost", "-p", "sizes", "0"], "sizes must be a list of at least 1 integers in [1, 2,147,483,647]"),
+    (["run", "cost", "-p", "sizes", "2000000000"], "sizes must be <="),
+    (["run", "cost", "-p", "rounds", "0"], "rounds must be an integer in [1, 1,000], got 0"),
+    (["run", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'; allowed: profile, seed, device, p, rates"),
+    (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics"),
+    (["sweep", "mechanics", "-p", "seed", "1,,2"], "parameter seed: empty value in '1,,2'"),
+    (["sweep", "mechanics", "-p", "seed", ""], "parameter seed: empty value"),
+    (["sweep", "mechanics", "-p", "p", "0.1,2"], "p must be a number in [0, 1), got 2.0"),
+    (["sweep", "mechanics", "-p", "seed", "1,2", "--workers", "0"], "--workers must be an integer >= 1, got 0"),
+    (["sweep", "mechanics", "-p", "seed", "1,2", "--workers", "-3"], "--workers must be an integer >= 1, got -3"),
+    (["sweep", "mechanics", "-p", "seed", "1", "--engine", "slurm"], "--engine slurm needs Slurm, but sbatch is not on PATH"),
+    (["sweep", "mechanics", "-p", "seed", "1", "--timeout-min", "0"], "--timeout-min must be an integer >= 1, got 0"),
+    (["sweep", "mechanics", "-p", "rates", "0,0.5;0.5"], "rates must be a list of at least 2 numbers"),
+    (["sweep", "droppath", "-p", "depth", "4,1"], "depth must be > 2 (the shallow comparison), got 1"),
+    (["compute", "cost", "-p", "rounds", "-2"], "rounds must be an integer in [1, 1,000], got -2"),
+    (["compute", "mechanics", "-p", "rates", "[0.0]"], "rates must be a list of at least 2 numbers"),
+    (["compute", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'"),
+    (["compute", "variational", "-p", "p_io", "nan"], "p_io must be a number in [0, 1), got nan"),
+    (["compute", "llm", "-p", "device", "tpu"], "device='tpu' is not allowed"),
+]
+
+
+@pytest.mark.parametrize("argv, message", CLI_CASES, ids=[" ".join(a)[:60] for a, _ in CLI_CASES])
+def test_command_line_refuses_with_a_named_parameter(tmp_path, capsys, argv, message):
+    extra = ["--runs-dir", str(tmp_path / "runs")] if argv[0] in ("run", "sweep") else []
+    assert cli.main(argv + extra) == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 1 and "Traceback" not in err, "one line, no traceback"
+    assert not (tmp_path / "runs").exists(), "nothing started"
+
+
+def test_parameters_file_errors_are_one_line(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("seed: [1, 2\n")
+    not_a_map = tmp_path / "list.yaml"
+    not_a_map.write_text("- 1\n- 2\n")
+    wrong_value = tmp_path / "value.yaml"
+    wrong_value.write_text("p: 2\n")
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("dropout: 0.5\n")
+    for path, message in ((tmp_path / "missing.yaml", "cannot read the parameters file"),
+                          (bad_yaml, "not valid YAML at line 2"),
+                          (not_a_map, "must hold a mapping of parameter names to values, got list"),
+                          (wrong_value, "p must be a number in [0, 1), got 2"),
+                          (unknown, "unknown parameter 'dropout'")):
+        assert cli.main(["run", "mechanics", "-f", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_an_unwritable_results_folder_is_refused_at_the_start(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(blocker / "results"))
+    for argv in (["run", "mechanics", "--runs-dir", str(tmp_path / "runs")],
+                 ["sweep", "mechanics", "-p", "seed", "1,2", "--runs-dir", str(tmp_path / "runs")],
+                 ["compute", "cost", "--profile", "quick"]):
+        assert cli.main(argv) == 2
+        assert "DROPNOTES_RESULTS=" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="DROPNOTES_RESULTS=.* is not a writable folder"):
+        mechanics.KNOBS.check_namespace({"profile": "quick"})
+
+
+def test_a_bad_data_folder_is_refused_at_the_start(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DROPNOTES_DATA", str(tmp_path / "typo"))
+    assert cli.main(["compute", "cost", "--profile", "quick"]) == 2
+    assert "DROPNOTES_DATA=" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="DROPNOTES_DATA=.* is not a folder"):
+        mechanics.KNOBS.check_namespace({"profile": "quick"})
+
+
+def test_an_unknown_notebook_parameter_is_refused_by_name():
+    ns = {"profile": "quick", "seed": 0, "dropuot": 0.5, "In": [], "_": None, "np": np}
+    with pytest.raises(ValueError, match="unknown parameter 'dropuot'; allowed: profile, seed, device, p, rates"):
+        mechanics.KNOBS.check_namespace(ns)
+    mechanics.KNOBS.check_namespace({"profile": "quick", "seed": 3, "np": np})  # modules and known names pass
+
+
+# configure: the Python API (and the notebook's first cell). Each case: module, kwargs, text.
+CONFIGURE_CASES = [
+    (mechanics, {"rates": [0.0]}, "rates must be a list of at least 2 numbers"),
+    (mechanics, {"rates": "0,0.5,abc"}, "rates must be a list"),
+    (mechanics, {"p": float("nan")}, "p must be a number in [0, 1), got nan"),
+    (mechanics, {"p": "0.5"}, "p must be a number in [0, 1), got '0.5'"),
+    (mechanics, {"train_size": -5}, "train_size must be an integer in [1, 60,000], got -5"),
+    (mechanics, {"epochs": 2.5}, "epochs must be an integer"),
+    (mechanics, {"dataset": "MNIST"}, "dataset='MNIST' is not allowed"),
+    (mechanics, {"profile": "fast"}, "profile='fast' is not allowed; choose one of 'quick', 'full', 'auto'"),
+    (ensembles, {"members": 1}, "members must be an integer in [2, 100], got 1"),
+    (ensembles, {"lr_dropout": -0.1}, "lr_dropout must be a number in (0, 10]"),
+    (variational, {"p_emb": 1.0}, "p_emb must be a number in [0, 1), got 1.0"),
+    (variational, {"epochs": 0}, "epochs must be an integer in [1, 1,000], got 0"),
+    (droppath, {"depth": 1}, "depth must be > 2"),
+    (llm, {"p": 0.7}, "p must be a number in (0, 0.5), got 0.7"),
+    (llm, {"pretrain_steps": 0}, "pretrain_steps must be an integer in [1, 1,000,000], got 0"),
+    (interactions, {"p": -1}, "p must be a number in (0, 1), got -1"),
+    (cost, {"sizes": []}, "sizes must be a list of at least 1 integers"),
+    (cost, {"sizes": 3.5}, "sizes must be a list of at least 1 integers"),
+    (cost, {"rounds": True}, "rounds must be an integer"),
+]
+
+
+@pytest.mark.parametrize("module, kwargs, message", CONFIGURE_CASES,
+                         ids=[f"{m.CHAPTER}-{k}" for m, k, _ in CONFIGURE_CASES])
+def test_configure_refuses_with_a_named_parameter(module, kwargs, message):
+    with pytest.raises(ValueError) as err:
+        module.configure(**{"profile": "quick", **kwargs})
+    assert message in str(err.value)
+
+
+def test_configure_accepts_numpy_and_tensor_values_in_canonical_form():
+    a = mechanics.configure(profile="quick", p=np.float32(0.25), rates=np.array([0, 0.5]), train_size=np.int64(100))
+    b = mechanics.configure(profile="quick", p=torch.tensor(0.25), rates=(0.0, 0.5), train_size=100)
+    assert a == b and a.rates == (0.0, 0.5) and isinstance(a.train_size, int)
+
+
+def test_the_device_is_resolved_before_the_profile(monkeypatch):
+    monkeypatch.delenv("DROPNOTES_PROFILE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine...
+    cfg = cost.configure(profile="auto", device="cpu")  # ...asked to run on its CPU
+    assert cfg.profile == "quick"
+
+
+# The package's functions and modules.
+API_CASES = [
+    (lambda: DF.dropout(torch.ones(3), 0.5, training="no"), "training must be True or False, got 'no'"),
+    (lambda: DF.dropout(torch.ones(3), 0.5, training=1), "training must be True or False, got 1"),
+    (lambda: DF.spatial_dropout(torch.ones(1, 2, 3, 3), 0.5, training="yes"), "training must be True or False"),
+    (lambda: DF.drop_path(torch.ones(2, 3), 1.5), "p must be in [0, 1), got 1.5"),
+    (lambda: DF.dropout(torch.ones(3), "0.5"), "p must be a number in [0, 1), got '0.5'"),
+    (lambda: DF.dropout(torch.ones(3), torch.ones(2)), "p must be a number"),
+    (lambda: layers.Dropout(p=-0.5), "p must be in [0, 1), got -0.5"),
+    (lambda: models.MLP(784, (512, -1), 10), "hidden must be an integer >= 1, got -1"),
+    (lambda: models.MLP(784, (512,), 0), "out_features must be an integer >= 1, got 0"),
+    (lambda: models.ViT(dim=-3), "dim must be an integer >= 1, got -3"),
+    (lambda: models.ViT(depth=0), "depth must be an integer >= 1, got 0"),
+    (lambda: models.SmallCNN(channels=(16, -2)), "channels must be an integer >= 1, got -2"),
+    (lambda: models.GPT(layers=-1), "layers must be an integer >= 1, got -1"),
+    (lambda: models.LSTMLM(100, dim=0), "dim must be an integer >= 1, got 0"),
+    (lambda: train.fit_classifier(models.MLP(4, (3,), 2), torch.ones(8, 4), torch.zeros(8, dtype=torch.long),
+                                  torch.ones(2, 4), torch.zeros(2, dtype=torch.long), epochs=1, batch_size=-1,
+                                  optimizer=None), "batch_size must be an integer >= 1, got -1"),
+    (lambda: list(train.lm_batches(torch.arange(100), 0, 5)), "batch_size must be an integer >= 1, got 0"),
+    (lambda: list(train.window_batches(torch.arange(100), 4, -8, 2)), "block_size must be an integer >= 1, got -8"),
+]
+
+
+@pytest.mark.parametrize("call, message", API_CASES, ids=[m[:50] for _, m in API_CASES])
+def test_python_api_refuses_with_a_named_parameter(call, message):
+    with pytest.raises(ValueError) as err:
+        call()
+    assert message in str(err.value)
+
+
+def test_python_api_accepts_numpy_and_zero_dim_tensor_rates():
+    x = torch.ones(10_000)
+    for p in (np.float64(0.5), np.float32(0.5), torch.tensor(0.5), 0.5):
+        torch.manual_seed(0)
+        y = DF.dropout(x, p)
+        assert set(y.unique().tolist()) == {0.0, 2.0}
+    assert layers.Dropout(np.float64(0.25)).p == 0.25
+
+
+def test_every_knob_type_is_shown_by_list(capsys):
+    assert cli.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "any (default None)" not in out
+    assert "train_size      int or None" in out and "an integer in [1, 60,000]" in out
+
+
+def test_declared_knobs_match_every_notebook_and_configure():
+    """One declaration: each notebook's parameters cell and each configure() signature agree with KNOBS."""
+    import inspect
+
+    from dropnotes.experiments import CHAPTERS
+
+    for chapter in CHAPTERS:
+        module = cli.chapter_module(chapter)
+        declared = module.KNOBS
+        cell = cli.chapter_parameters(chapter)
+        assert list(cell) == list(declared), chapter
+        for name, knob in declared.items():
+            default = cell[name]["default"]
+            assert declared[name].check(default) == _base.Knobs.canonical_default(knob), (chapter, name)
+        sig = inspect.signature(module.configure).parameters
+        assert set(sig) == set(declared), chapter
+        for name, knob in declared.items():
+            assert knob.check(sig[name].default) == _base.Knobs.canonical_default(knob), (chapter, name)
+
+
+def test_data_error_for_an_unknown_file():
+    with pytest.raises(ValueError, match="relpath='nosuch' is not allowed"):
+        data.fetch("nosuch")

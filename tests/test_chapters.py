@@ -19,6 +19,7 @@ import papermill as pm
 import pytest
 import yaml
 
+from dropnotes import notebooks
 from dropnotes.experiments import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,8 +47,7 @@ def execute(relpath: str) -> Path:
     out = EXECUTED / relpath
     out.parent.mkdir(parents=True, exist_ok=True)
     params = QUICK if relpath.startswith("chapters/") else {}  # the scorecard has no parameters
-    pm.execute_notebook(str(ROOT / relpath), str(out), parameters=params, kernel_name="python3",
-                        cwd=str((ROOT / relpath).parent), progress_bar=False, log_output=False)
+    notebooks.execute(ROOT / relpath, out, params)
     return out
 
 
@@ -76,7 +76,7 @@ def test_chapter_executes_and_stores_its_result(relpath):
     assert not errors
     stderr = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                      if o.get("name") == "stderr")
-    assert "Warning" not in stderr, stderr
+    assert "Warning" not in stderr and "WARNING" not in stderr, stderr
     chapter = {v: k for k, v in CHAPTERS.items()}[relpath]
     record = json.loads((Path(os.environ["DROPNOTES_RESULTS"]) / chapter / "quick.json").read_text())
     assert record["profile"] == "quick" and record["provenance"]["dataset"]
@@ -86,19 +86,20 @@ def test_chapter_executes_and_stores_its_result(relpath):
 
 @pytest.mark.parametrize("chapter, params, message", [
     ("01_mechanics", {"profile": "fastest"}, "profile='fastest' is not allowed; choose one of 'quick', 'full', 'auto'"),
-    ("01_mechanics", {"profile": "quick", "p": 1.5}, "p must be in [0, 1), got 1.5"),
-    ("02_ensembles", {"profile": "quick", "members": 1}, "members must be >= 2 for an ensemble, got 1"),
-    ("03_variational", {"profile": "quick", "p_rec": -0.1}, "p_rec must be in [0, 1), got -0.1"),
+    ("01_mechanics", {"profile": "quick", "p": 1.5}, "p must be a number in [0, 1), got 1.5"),
+    ("01_mechanics", {"profile": "quick", "dropout_rate": 0.5}, "unknown parameter 'dropout_rate'; allowed: profile, seed"),
+    ("01_mechanics", {"profile": "quick", "rates": [0.0]}, "rates must be a list of at least 2 numbers"),
+    ("02_ensembles", {"profile": "quick", "members": 1}, "members must be an integer in [2, 100], got 1"),
+    ("03_variational", {"profile": "quick", "p_rec": -0.1}, "p_rec must be a number in [0, 1), got -0.1"),
     ("04_droppath_vit", {"profile": "quick", "dataset": "imagenet"}, "dataset='imagenet' is not allowed"),
     ("05_llm_pretrain_finetune", {"profile": "quick", "pretrain_corpus": "c4"}, "pretrain_corpus='c4' is not allowed"),
-    ("06_interactions", {"profile": "quick", "p": 0.0}, "p must be > 0"),
+    ("06_interactions", {"profile": "quick", "p": 0.0}, "p must be a number in (0, 1), got 0.0"),
     ("07_cost", {"profile": "quick", "sizes": "1,x"}, "sizes must be"),
 ])
 def test_bad_parameter_fails_at_the_first_cell(tmp_path, chapter, params, message):
     src = ROOT / "chapters" / f"{chapter}.ipynb"
     with pytest.raises(pm.PapermillExecutionError) as err:
-        pm.execute_notebook(str(src), str(tmp_path / "out.ipynb"), parameters=params, kernel_name="python3",
-                            cwd=str(src.parent), progress_bar=False)
+        notebooks.execute(src, tmp_path / "out.ipynb", params)
     assert err.value.ename == "ValueError" and message in err.value.evalue
     assert err.value.exec_count == 3  # parameters, injected parameters, then the first cell of the chapter
 

@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
-from dropnotes.runtime import check_positive_int
+from dropnotes.runtime import check_positive_int, progress
 
 
 class VmapEnsemble:
@@ -56,7 +56,8 @@ def fit_ensemble(ens: VmapEnsemble, x: torch.Tensor, y: torch.Tensor, *, epochs:
     opt = torch.optim.SGD(ens.parameters(), lr=lr, momentum=momentum)
     n = x.shape[0]
     gen_device = generator.device if generator is not None else x.device
-    for _ in range(check_positive_int("epochs", epochs)):
+    batch_size = check_positive_int("batch_size", batch_size)
+    for _ in progress(range(check_positive_int("epochs", epochs)), f"ensemble of {ens.k}"):
         orders = torch.stack([torch.randperm(n, generator=generator, device=gen_device)
                               for _ in range(ens.k)]).to(x.device)
         for start in range(0, n, batch_size):

@@ -189,7 +189,7 @@ def train_sparse_vd(cfg: VariationalConfig, seed: int) -> dict:
     n, steps_per_epoch = x.shape[0], math.ceil(x.shape[0] / 100)
     ramp_steps, step, curve = max(min(cfg.svd_kl_ramp, cfg.svd_epochs // 2) * steps_per_epoch, 1), 0, []
     start = time.perf_counter()
-    for epoch in range(1, cfg.svd_epochs + 1):
+    for epoch in progress(range(1, cfg.svd_epochs + 1), f"sparse VD seed={seed}"):
         for xb, yb in train.classification_batches(x, y, 100, generator=gen):
             step += 1
             loss = F.cross_entropy(model(xb), yb) + min(1.0, step / ramp_steps) * model.kl() / n

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dropnotes.runtime import check_choice
+from dropnotes.runtime import atomic_file, check_choice
 
 ENV_VAR = "DROPNOTES_DATA"
 # An offline copy of the datasets beside the checkout (``../shared/data``), as on the project's machines.
@@ -176,28 +176,28 @@ def verify(path: Path, spec: RemoteFile) -> None:
 def _download(spec: RemoteFile, dest: Path) -> None:
     from tqdm import tqdm
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(spec.url, timeout=60) as resp:
+    def fetch_to(out) -> None:
+        with urllib.request.urlopen(spec.url, timeout=60) as resp:
             total = int(resp.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {dest.name}",
                       disable=not sys.stderr.isatty()) as bar:
                 for chunk in iter(lambda: resp.read(1 << 20), b""):
                     out.write(chunk)
                     bar.update(len(chunk))
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(dest) as out:  # verified before it is moved into place
         if spec.unzip_member:
-            with zipfile.ZipFile(tmp) as zf, zf.open(spec.unzip_member) as src:
-                fd2, tmp2 = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
-                with os.fdopen(fd2, "wb") as out:
+            with tempfile.TemporaryFile(dir=dest.parent) as archive:
+                fetch_to(archive)
+                archive.seek(0)
+                with zipfile.ZipFile(archive) as zf, zf.open(spec.unzip_member) as src:
                     for chunk in iter(lambda: src.read(1 << 20), b""):
                         out.write(chunk)
-            os.replace(tmp2, tmp)
-        verify(Path(tmp), spec)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        else:
+            fetch_to(out)
+        out.flush()
+        verify(Path(out.name), spec)
 
 
 def _record(spec: RemoteFile, root: Path) -> None:
@@ -339,11 +339,9 @@ def load_cifar10_jpg() -> ImageSplits:
             img = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"), dtype=np.uint8)
             out.setdefault(f"x_{split}", []).append(img.transpose(2, 0, 1))
             out.setdefault(f"y_{split}", []).append(CIFAR10_CLASSES.index(cls))
-        fd, tmp = tempfile.mkstemp(dir=cached.parent, suffix=".npz")
-        os.close(fd)
-        np.savez(tmp, **{k: np.stack(v) if k.startswith("x") else np.asarray(v, dtype=np.int64)
-                         for k, v in out.items()})
-        os.replace(tmp, cached)
+        with atomic_file(cached) as fh:
+            np.savez(fh, **{k: np.stack(v) if k.startswith("x") else np.asarray(v, dtype=np.int64)
+                            for k, v in out.items()})
     with np.load(cached) as z:
         return ImageSplits("cifar10-jpg", *(torch.from_numpy(z[k]) for k in ("x_train", "y_train", "x_test", "y_test")),
                            classes=CIFAR10_CLASSES)
@@ -466,3 +464,15 @@ TEXT_DATASETS = {"ptb": load_ptb, "tinyshakespeare": load_tinyshakespeare,
 def load_text(name: str) -> TokenSplits:
     """Load a language-modelling corpus by name."""
     return TEXT_DATASETS[check_choice("dataset", name, TEXT_DATASETS)]()
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, size: int, generator: torch.Generator,
+           name: str = "train_size") -> tuple[torch.Tensor, torch.Tensor]:
+    """The package's one subset loader: ``size`` examples drawn at random (without replacement) with
+    ``generator`` (a named stream, :func:`dropnotes.runtime.stream`), in the drawn order. A random draw,
+    never a prefix: some copies (the CIFAR-10 JPEGs) are sorted by class."""
+    n = x.shape[0]
+    if not 1 <= size <= n:
+        raise ValueError(f"{name} must be in [1, {n:,}] (the split's size), got {size}")
+    idx = torch.randperm(n, generator=generator)[:size]
+    return x[idx], y[idx]

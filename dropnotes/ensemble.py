@@ -9,7 +9,6 @@ SGD with momentum acts elementwise, so this is K independent trainings done at o
 from __future__ import annotations
 
 import copy
-import time
 from collections.abc import Callable
 
 import torch
@@ -17,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
-from dropnotes.runtime import check_positive_int, progress
+from dropnotes.runtime import Timer, check_positive_int, progress
 
 
 class VmapEnsemble:
@@ -72,10 +71,6 @@ def fit_ensemble(ens: VmapEnsemble, x: torch.Tensor, y: torch.Tensor, *, epochs:
 def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch.Tensor, y: torch.Tensor,
                            batch_size: int, steps: int = 30) -> dict[str, float]:
     """Seconds per training step of K members: a Python loop over K models versus one vmapped step."""
-    def sync():
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-
     models = [make_model().to(x.device) for _ in range(k)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
     ens = VmapEnsemble(lambda: make_model().to(x.device), k)
@@ -100,11 +95,9 @@ def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch
     for name, step in (("loop", loop_step), ("vmap", vmap_step)):
         for _ in range(3):  # warm-up
             step()
-        sync()
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        out[f"{name}_s_per_step"] = (time.perf_counter() - start) / steps
+        with Timer(x.device) as t:
+            for _ in range(steps):
+                step()
+        out[f"{name}_s_per_step"] = t.seconds / steps
     out["speedup"] = out["loop_s_per_step"] / out["vmap_s_per_step"]
     return out

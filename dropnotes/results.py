@@ -15,7 +15,6 @@ import math
 import os
 import platform
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,7 @@ import pandas as pd
 import torch
 
 import dropnotes
-from dropnotes.runtime import check_choice, device_name
+from dropnotes.runtime import atomic_write, check_choice, device_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_RESULTS = REPO_ROOT / "results"
@@ -43,27 +42,8 @@ def checkpoint_dir() -> Path:
     return Path(env).expanduser() if env else REPO_ROOT / "runs" / "checkpoints"
 
 
-def atomic_write(path: Path, data: bytes | str, prefix: str | None = None) -> Path:
-    """The package's one atomic writer: ``data`` goes to a temporary file in the same folder (named
-    ``.<name>-*``, never a result), is flushed to disk, then ``os.replace``-d into place, so a kill at any
-    moment leaves either the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.stem}-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
-
-
 def atomic_write_text(path: Path, text: str) -> Path:
-    return atomic_write(path, text)
+    return atomic_write(path, text)  # the one atomic writer, dropnotes.runtime.atomic_write
 
 
 def save_checkpoint(state_dict: dict[str, torch.Tensor], meta: dict, path: Path) -> Path:
@@ -75,8 +55,8 @@ def save_checkpoint(state_dict: dict[str, torch.Tensor], meta: dict, path: Path)
     path = Path(path)
     buf = io.BytesIO()
     torch.save(state_dict, buf)
-    atomic_write(path.with_suffix(".json"), json.dumps(to_jsonable(meta), indent=1, sort_keys=True), prefix=".ckpt-")
-    atomic_write(path, buf.getvalue(), prefix=".ckpt-")
+    atomic_write(path.with_suffix(".json"), json.dumps(to_jsonable(meta), indent=1, sort_keys=True))
+    atomic_write(path, buf.getvalue())
     return path
 
 
@@ -165,12 +145,14 @@ def _from_jsonable(obj: Any) -> Any:
 
 
 def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, provenance: dict,
-                tables: dict[str, pd.DataFrame] | None = None, root: Path | None = None) -> Path:
-    """Write a result atomically and return its path."""
+                tables: dict[str, pd.DataFrame] | None = None, root: Path | None = None,
+                defaults: dict | None = None) -> Path:
+    """Write a result atomically and return its path; ``defaults`` are the profile's defaults, stored
+    beside ``params`` so that :func:`describe` can say what the run changed."""
     check_choice("profile", profile, ("quick", "full"))
     path = (root or results_root()) / chapter / f"{profile}.json"
     record = to_jsonable({"chapter": chapter, "profile": profile, "params": params, "metrics": metrics,
-                          "provenance": provenance, "tables": tables or {}})
+                          "provenance": provenance, "tables": tables or {}, "defaults": defaults or {}})
     return atomic_write(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
 
 
@@ -192,10 +174,13 @@ def deviations(record: dict, defaults: dict) -> dict[str, tuple[Any, Any]]:
 
 
 def describe(record: dict | None, defaults: dict | None = None) -> str:
-    """One line naming where a stored result came from, for captions; with the profile's ``defaults``,
-    also the parameters the stored run changed (e.g. a schedule shortened to fit a GPU budget)."""
+    """One line naming where a stored result came from, for captions, and the parameters the stored run
+    changed from its profile's defaults (e.g. a schedule shortened to fit a GPU budget): those stored in
+    the record, or the ``defaults`` given."""
     if record is None:
         return "no stored result"
+    if defaults is None:
+        defaults = record.get("defaults") or None
     p = record["provenance"]
     line = (f"{record['profile']} profile on {p['device']}, torch {p['torch']}, commit {p['commit'][:12]}, "
             f"seeds {p['seeds']}, {p['wall_time_s']:.0f} s, dataset {p['dataset']}, {p['created'][:10]}")

@@ -10,6 +10,7 @@ Every chapter takes a ``profile``:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -216,3 +217,102 @@ def set_deterministic(enabled: bool = True) -> None:
     torch.use_deterministic_algorithms(enabled, warn_only=False)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
+
+
+def synchronize(device: torch.device | str | None = None) -> None:
+    """Wait for the device's queued work (CUDA); a no-op on the CPU. The package's one host sync for timing."""
+    if device is None:
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """The package's one timer: wall seconds of a block, with the device synchronised at both ends so that
+    queued GPU work is counted where it was issued::
+
+        with Timer(device) as t:
+            train_epoch(...)
+        t.seconds
+    """
+
+    def __init__(self, device: torch.device | str | None = "cpu") -> None:
+        self.device = device
+        self.seconds = 0.0
+
+    def __enter__(self) -> "Timer":
+        import time
+
+        synchronize(self.device)
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        synchronize(self.device)
+        self.seconds = time.perf_counter() - self._start
+
+    def start(self) -> "Timer":
+        """Start timing without a ``with`` block (read it with :meth:`elapsed`)."""
+        return self.__enter__()
+
+    def elapsed(self) -> float:
+        """Seconds since the block started (device synchronised), while it is still running."""
+        import time
+
+        synchronize(self.device)
+        return time.perf_counter() - self._start
+
+
+def stream(seed: int, name: str, device: torch.device | str = "cpu") -> torch.Generator:
+    """A random generator for one named purpose (``"subset"``, ``"order"``, ``"masks"``, ...) of one seed.
+
+    Its state is a hash of ``(seed, name)``, so streams of different purposes or seeds never overlap the
+    way ``seed + 10_000``-style offsets can, and drawing more from one stream never shifts another."""
+    return torch.Generator(device).manual_seed(stream_seed(seed, name))
+
+
+def stream_seed(seed: int, name: str) -> int:
+    """The integer state of the named stream ``(seed, name)`` (see :func:`stream`), e.g. for
+    ``torch.manual_seed`` before code that draws from the global generator."""
+    import hashlib
+
+    seed = check_positive_int("seed", seed, minimum=0)
+    digest = hashlib.sha256(f"dropnotes:{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+@contextlib.contextmanager
+def atomic_file(path, mode: str = "wb"):
+    """The package's one atomic writer: yield a temporary file beside ``path`` (named ``.<stem>-*``, never
+    taken for a result); on success it is flushed to disk and ``os.replace``-d into place, so a kill at
+    any moment leaves either the old file or the new one; on an error it is removed."""
+    import tempfile
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix)
+    os.close(fd)
+    try:
+        with open(tmp, mode) as fh:  # opened by name, so fh.name is the temporary path
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write(path, data: bytes | str):
+    """Write ``data`` to ``path`` through :func:`atomic_file`; returns the path."""
+    from pathlib import Path
+
+    with atomic_file(path, "wb") as fh:
+        fh.write(data.encode() if isinstance(data, str) else data)
+    return Path(path)

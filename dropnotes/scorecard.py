@@ -43,21 +43,10 @@ def _verdict_rows(record: dict | None) -> dict[str, dict]:
     return {row["claim"]: row for row in record["tables"]["verdicts"].to_dict(orient="records")}
 
 
-def _full_defaults(chapter: str) -> dict:
-    """The chapter's full-profile defaults (``PROFILE_DEFAULTS['full']`` of its experiments module)."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-    except ModuleNotFoundError:
-        return {}
-    return getattr(module, "PROFILE_DEFAULTS", {}).get("full", {})
-
-
 def _changes(chapter: str, record: dict) -> tuple[str, str]:
     """What a stored full run changed from its profile's defaults (``epochs 2 of 8, ...``, or '') and the
     label for it: "shortened" when every change is a smaller number, else "changed"."""
-    changed = deviations(record, _full_defaults(chapter))
+    changed = deviations(record, record.get("defaults") or {})  # the profile's defaults, stored with the run
     cut = all(isinstance(v, (int, float)) and isinstance(d, (int, float)) and v < d for v, d in changed.values())
     return ", ".join(f"{k} {v} of {d}" for k, (v, d) in changed.items()), "shortened" if cut else "changed"
 

@@ -33,7 +33,7 @@ CLI_CASES = [
     (["run", "mechanics", "-p", "n_seeds", "0"], "n_seeds must be an integer in [1, 100], got 0"),
     (["run", "mechanics", "-p", "seed", "-1"], "seed must be an integer in [0, 2,147,483,647], got -1"),
     (["run", "mechanics", "-p", "seed", "99999999999"], "seed must be an integer in [0, 2,147,483,647]"),
-    (["run", "mechanics", "-p", "seed", "2147483647"], "seed must be <= 2147483645 with n_seeds=3"),
+    (["run", "mechanics", "-p", "seed", "2147483647"], "seed must be <= 715827881 with n_seeds=3"),
     (["run", "mechanics", "-p", "seed", "True"], "seed must be an integer"),
     (["run", "mechanics", "-p", "dataset", "cifar"], "dataset='cifar' is not allowed; choose one of 'mnist', 'fashion-mnist'"),
     (["run", "mechanics", "-p", "device", "gpu"], "device='gpu' is not allowed; choose one of 'auto', 'cuda', 'mps', 'cpu'"),

@@ -84,3 +84,42 @@ def test_profile_config_overrides_and_checks():
     assert table["full"]["epochs"] == 100  # the defaults are not modified
     with pytest.raises(ValueError, match="epochs must be an integer >= 1, got 0"):
         runtime.profile_config("quick", table, epochs=0)
+
+
+def test_named_streams_are_independent_and_reproducible():
+    a = torch.rand(5, generator=runtime.stream(3, "subset"))
+    assert torch.equal(a, torch.rand(5, generator=runtime.stream(3, "subset")))
+    assert not torch.equal(a, torch.rand(5, generator=runtime.stream(3, "masks")))
+    assert not torch.equal(a, torch.rand(5, generator=runtime.stream(4, "subset")))
+    # No offset arithmetic: stream (s, name) is not stream (s + k, name) for any small k.
+    assert runtime.stream_seed(0, "masks") not in {runtime.stream_seed(k, "subset") for k in range(10_001)}
+
+
+def test_seed_blocks_are_disjoint_across_a_sweep():
+    from dropnotes.experiments import interactions, mechanics
+
+    blocks = [mechanics.configure(profile="quick", seed=s, n_seeds=2).seeds for s in (1, 2, 3)]
+    assert blocks == [[2, 3], [4, 5], [6, 7]]
+    assert mechanics.configure(profile="quick", n_seeds=3).seeds == [0, 1, 2]  # seed 0 is always 0..n-1
+    assert interactions.configure(profile="quick", seed=5).seeds == [5]  # one seed: the seed itself
+
+
+def test_one_timer_synchronises_and_measures():
+    import time
+
+    with runtime.Timer("cpu") as t:
+        time.sleep(0.05)
+    assert 0.04 < t.seconds < 1.0
+    started = runtime.Timer("cpu").start()
+    time.sleep(0.02)
+    assert started.elapsed() >= 0.015
+
+
+def test_atomic_write_leaves_old_or_new(tmp_path):
+    path = tmp_path / "r.json"
+    runtime.atomic_write(path, "old")
+    with pytest.raises(RuntimeError):
+        with runtime.atomic_file(path, "w") as fh:
+            fh.write("half")
+            raise RuntimeError("killed")
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]

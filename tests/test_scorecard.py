@@ -3,14 +3,14 @@ import pandas as pd
 from dropnotes import results, scorecard
 
 
-def _store(profile, ours, verdict, device="cpu", params=None):
+def _store(profile, ours, verdict, device="cpu", params=None, defaults=None):
     table = pd.DataFrame([{"claim": "c1", "source": "Srivastava et al. 2014, Table 2", "paper": "1.0",
                            "ours": ours, "verdict": verdict}])
     if profile == "quick":
         table = pd.concat([table, pd.DataFrame([{"claim": "c2", "source": "elsewhere", "paper": "2.0",
                                                  "ours": "q2", "verdict": "partly"}])])
     results.save_result("demo", profile, params=params or {}, metrics={}, provenance=results.provenance(device, [0], 1.0, "mnist"),
-                        tables={"verdicts": table})
+                        tables={"verdicts": table}, defaults=defaults)
 
 
 def test_full_verdict_wins_and_quick_is_labelled(tmp_path, monkeypatch):
@@ -33,13 +33,13 @@ def test_a_shortened_full_run_is_labelled(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
     monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
-    monkeypatch.setattr(scorecard, "_full_defaults", lambda chapter: {"epochs": 8, "sizes": (1, 2)})
-    _store("full", "f1", "reproduced", params={"epochs": 2, "sizes": [1, 2]})
+    full = {"epochs": 8, "sizes": (1, 2)}  # the profile's defaults, stored with the run
+    _store("full", "f1", "reproduced", params={"epochs": 2, "sizes": [1, 2]}, defaults=full)
     row = scorecard.collect().set_index("claim").loc["*demo*: c1"]
     assert row["verdict"] == "reproduced (shortened full run)"
     assert row["ours (full)"].endswith("; shortened: epochs 2 of 8]")
     assert scorecard.counts(scorecard.collect()).to_dict() == {"reproduced": 1}
-    _store("full", "f1", "reproduced", params={"epochs": 20, "sizes": [1, 2]})  # longer: not "shortened"
+    _store("full", "f1", "reproduced", params={"epochs": 20, "sizes": [1, 2]}, defaults=full)  # longer: not "shortened"
     assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced (changed full run)"
-    _store("full", "f1", "reproduced", params={"epochs": 8, "sizes": [1, 2]})
+    _store("full", "f1", "reproduced", params={"epochs": 8, "sizes": [1, 2]}, defaults=full)
     assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced"

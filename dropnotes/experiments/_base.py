@@ -317,23 +317,68 @@ class DeviceKnob(Knob):
 PROFILE = Knob("profile", "str", "auto", '"quick" (2-core CPU), "full" (one GPU, paper scale), "auto" '
                "(full when the chosen device is a GPU)", choices=PROFILES)
 DEVICE = DeviceKnob("device", "str", "auto", '"auto", "cuda", "cuda:N", "mps" or "cpu"')
-SEED = Knob("seed", "int", 0, "first seed; seeds seed, seed+1, ... are used", low=0, high=SEED_MAX)
+SEED = Knob("seed", "int", 0, "seed block: seeds seed*n_seeds ... seed*n_seeds + n_seeds - 1 are used", low=0, high=SEED_MAX)
 
 
-def rate(name: str, default: float | None, help: str = "", *, low_open: bool = False, high: float = 1.0,
+def rate_knob(name: str, default: float | None, help: str = "", *, low_open: bool = False, high: float = 1.0,
          profile_default: bool = False) -> Knob:
     """A drop rate in [0, 1) (or (0, high))."""
     return Knob(name, "float", default, help, low=0.0, high=high, low_open=low_open, high_open=True,
                 profile_default=profile_default)
 
 
-def size(name: str, help: str = "", *, low: int = 1, high: int | None = None) -> Knob:
+def size_knob(name: str, help: str = "", *, low: int = 1, high: int | None = None) -> Knob:
     """A positive integer whose default is the profile's."""
     return Knob(name, "int", None, help, low=low, high=high, profile_default=True)
 
 
+# ------------------------------------------------------------------------------ the chapter contract
+
+
+@dataclass(frozen=True)
+class ChapterConfig:
+    """What every chapter's frozen config starts with. A chapter subclasses it with its own fields."""
+
+    profile: str
+    device: str
+    seed: int
+
+    @property
+    def torch_device(self) -> torch.device:
+        return torch.device(self.device)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds of this run: block ``seed`` of ``n_seeds`` consecutive seeds, ``seed * n_seeds`` to
+        ``seed * n_seeds + n_seeds - 1``, so that ``dropnotes sweep -p seed 1,2,3`` runs disjoint blocks
+        ({3,4,5}, {6,7,8}, ... with 3 seeds) and seed 0 is always {0, ..., n_seeds - 1}."""
+        n = int(getattr(self, "n_seeds", 1))
+        return [self.seed * n + k for k in range(n)]
+
+
 def check_seed_block(seed: int, n_seeds: int) -> None:
-    """Seeds ``seed .. seed + n_seeds - 1`` must all lie in the generators' range."""
-    if seed + n_seeds - 1 > SEED_MAX:
-        raise ValueError(f"seed must be <= {SEED_MAX - n_seeds + 1} with n_seeds={n_seeds} "
-                         f"(the last seed must be <= {SEED_MAX}), got {seed}")
+    """The seeds of block ``seed`` (see :attr:`ChapterConfig.seeds`) must all lie in the generators' range."""
+    if seed * n_seeds + n_seeds - 1 > SEED_MAX:
+        raise ValueError(f"seed must be <= {(SEED_MAX + 1) // n_seeds - 1} with n_seeds={n_seeds} "
+                         f"(its block of seeds must end at or below {SEED_MAX}), got {seed}")
+
+
+def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, dataset: str, metrics: dict,
+           tables: dict, seeds: list[int] | None = None, **provenance_extra: Any) -> Path:
+    """Store a chapter's result with its provenance, the profile's defaults beside the parameters
+    (so that readers of the record need not import the chapter to tell what a run changed)."""
+    from dataclasses import asdict
+
+    from dropnotes import results
+
+    prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
+                              **provenance_extra)
+    return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
+                               tables=tables, defaults=defaults.get(cfg.profile, {}))
+
+
+def stored_full(chapter: str) -> dict | None:
+    """The committed full-profile result of ``chapter``, if one exists."""
+    from dropnotes import results
+
+    return results.load_result(chapter, "full")

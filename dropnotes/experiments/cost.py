@@ -10,9 +10,8 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -20,21 +19,20 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes import bench, results, train
+from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
-from dropnotes.runtime import check_positive_int, device_name, profile_config, seed_everything, select_device
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer
+from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
 
 CHAPTER = "cost"
 SEED_CLAIM = 0.02  # "dropout adds about 1-2 % to an epoch": the upper end is the threshold
 
 
 @dataclass(frozen=True)
-class CostConfig:
-    profile: str
-    device: str
-    seed: int
+class CostConfig(ChapterConfig):
     sizes: tuple[int, ...]
     min_run_time: float
     rounds: int
@@ -61,7 +59,7 @@ KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
     Knob("sizes", "ints", None, "tensor sizes in elements, comma-separated (quick: 16384,262144,4194304)",
          low=1, high=2**31 - 1, profile_default=True),
-    size("rounds", "interleaved timing rounds per training-step variant (quick: 5)", high=1000),
+    size_knob("rounds", "interleaved timing rounds per training-step variant (quick: 5)", high=1000),
 )
 BENCH_BYTES_PER_ELEMENT = 4 * 8  # fp32: input, output, mask, gradients and the copy reference, with room
 
@@ -158,14 +156,10 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
                 step(*v)
         for _ in range(cfg.rounds):  # interleaved rounds
             for label, v in variants.items():
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                t = time.perf_counter()
-                for _ in range(cfg.steps_per_round):
-                    step(*v)
-                if dev.type == "cuda":
-                    torch.cuda.synchronize()
-                times[label].append(1000 * (time.perf_counter() - t) / cfg.steps_per_round)
+                with Timer(dev) as t:
+                    for _ in range(cfg.steps_per_round):
+                        step(*v)
+                times[label].append(1000 * t.seconds / cfg.steps_per_round)
         base = np.median(times["removed"])
         for label, ts in times.items():
             rows.append({"model": name, "variant": label, "ms per step": float(np.median(ts)),
@@ -205,16 +199,15 @@ def attention_costs(cfg: CostConfig) -> pd.DataFrame:
 
 
 def run(cfg: CostConfig, save: bool = True) -> dict:
-    start = time.perf_counter()
+    wall = Timer(cfg.torch_device).start()
     table = bench.run_bench(cfg.device, cfg.sizes, cfg.min_run_time)
     rec = {"bench": table, "bench_attrs": dict(table.attrs), "steps": step_costs(cfg), "attention": attention_costs(cfg),
            "device_name": device_name(cfg.device)}
     rec["verdicts"] = verdicts(rec, cfg)
-    rec["wall_time_s"] = time.perf_counter() - start
+    rec["wall_time_s"] = wall.elapsed()
     if save:
-        prov = results.provenance(cfg.device, [cfg.seed], rec["wall_time_s"], "synthetic tensors",
-                                  copy_GBps=table.attrs["copy_GBps"], peak_GBps=table.attrs["peak_GBps"])
-        rec["path"] = results.save_result(CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        rec["path"] = finish(CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset="synthetic tensors",
+                                          copy_GBps=table.attrs["copy_GBps"], peak_GBps=table.attrs["peak_GBps"],
                                           metrics={"copy_GBps": table.attrs["copy_GBps"]},
                                           tables={k: rec[k] for k in ("bench", "steps", "attention", "verdicts")})
     return rec
@@ -275,4 +268,4 @@ def plot_bench(table: pd.DataFrame):
 
 
 def stored_full() -> dict | None:
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)

@@ -6,17 +6,19 @@ AdamW, a cosine schedule and light augmentation (random crop and flip, on the da
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes import data, results, train
+from dropnotes import data, train
 from dropnotes.models import ViT
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
-from dropnotes.runtime import check_choice, check_positive_int, profile_config, seed_everything, select_device
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
+                                        size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer, stream
+from dropnotes.runtime import profile_config, seed_everything, select_device
 from dropnotes.stats import compare_errors, fmt_mean_sd
 
 CHAPTER = "droppath"
@@ -29,10 +31,7 @@ LIU_VIT_T = (73.9, 72.6)  # ImageNet top-1 %, ViT-T: no dropout -> standard stoc
 
 
 @dataclass(frozen=True)
-class DropPathConfig:
-    profile: str
-    device: str
-    seed: int
+class DropPathConfig(ChapterConfig):
     n_seeds: int
     dataset: str
     train_size: int
@@ -65,10 +64,10 @@ KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
     Knob("dataset", "str", "cifar10-jpg", '"cifar10-jpg" (offline copy, lossy) or "cifar10" (canonical, downloaded)',
          choices=("cifar10-jpg", "cifar10")),
-    size("n_seeds", "quick: 1; full: 3", high=100),
-    size("epochs", "quick: 10; full: 100", high=10000),
-    size("train_size", "quick: 1,000 images; full: 10,000", high=50000),
-    size("depth", "the deep net (quick: 4; full: 12); the shallow net has depth 2 (quick) or 6 (full)", high=64),
+    size_knob("n_seeds", "quick: 1; full: 3", high=100),
+    size_knob("epochs", "quick: 10; full: 100", high=10000),
+    size_knob("train_size", "quick: 1,000 images; full: 10,000", high=50000),
+    size_knob("depth", "the deep net (quick: 4; full: 12); the shallow net has depth 2 (quick) or 6 (full)", high=64),
 )
 
 
@@ -92,14 +91,12 @@ STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
 def _prepare(cfg: DropPathConfig) -> dict[str, torch.Tensor]:
     splits = data.load_images(cfg.dataset)
-    g = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(splits.x_train.shape[0], generator=g)[: cfg.train_size]
+    x, y = data.subset(splits.x_train, splits.y_train, cfg.train_size, stream(cfg.seed, "subset"))
     # A random test subset: the JPEG copy's test split is sorted by class, so a prefix would be one class.
-    tidx = torch.randperm(splits.x_test.shape[0], generator=g)[: cfg.test_size]
-    dev = torch.device(cfg.device)
+    xt, yt = data.subset(splits.x_test, splits.y_test, cfg.test_size, stream(cfg.seed, "test-subset"), "test_size")
+    dev = cfg.torch_device
     norm = lambda x: ((train.images_to_float(x) - MEAN) / STD).to(dev)  # noqa: E731
-    return {"x_train": norm(splits.x_train[idx]), "y_train": splits.y_train[idx].to(dev),
-            "x_test": norm(splits.x_test[tidx]), "y_test": splits.y_test[tidx].to(dev)}
+    return {"x_train": norm(x), "y_train": y.to(dev), "x_test": norm(xt), "y_test": yt.to(dev)}
 
 
 def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -128,20 +125,14 @@ def train_one(cfg: DropPathConfig, d: dict, *, depth: int, rate: float, schedule
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             fused=dev.type == "cuda")
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
-    start = time.perf_counter()
-    hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
-                                batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, generator=gen,
-                                amp_dtype=torch.bfloat16 if cfg.amp else None, transform=augment,
-                                scheduler=sched, desc=f"depth={depth} rate={rate} {schedule} seed={seed}")
+    with Timer(dev) as timer:
+        hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
+                                    batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, generator=gen,
+                                    amp_dtype=torch.bfloat16 if cfg.amp else None, transform=augment,
+                                    scheduler=sched, desc=f"depth={depth} rate={rate} {schedule} seed={seed}")
     last = hist.iloc[-1]
     return {"depth": depth, "rate": rate, "schedule": schedule, "seed": seed, "train_error": last.train_error,
-            "test_error": last.test_error, "seconds": time.perf_counter() - start}
-
-
-@torch.no_grad()
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+            "test_error": last.test_error, "seconds": timer.seconds}
 
 
 def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.DataFrame:
@@ -158,16 +149,14 @@ def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.Da
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         times = []
         for i in range(steps + 3):
-            _sync(dev)
-            t = time.perf_counter()
-            with train.autocast(dev, torch.bfloat16 if cfg.amp else None):
-                loss = F.cross_entropy(model(x).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _sync(dev)
+            with Timer(dev) as t:
+                with train.autocast(dev, torch.bfloat16 if cfg.amp else None):
+                    loss = F.cross_entropy(model(x).float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
             if i >= 3:  # warm-up steps excluded
-                times.append(time.perf_counter() - t)
+                times.append(t.seconds)
         rows.append({"variant": name, "ms per step": 1000 * float(pd.Series(times).median())})
     out = pd.DataFrame(rows)
     out["relative to masked"] = out["ms per step"] / out.loc[out.variant == "masked", "ms per step"].iloc[0]
@@ -176,9 +165,9 @@ def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.Da
 
 
 def run(cfg: DropPathConfig, save: bool = True) -> dict:
-    start = time.perf_counter()
+    wall = Timer(cfg.torch_device).start()
     d = _prepare(cfg)
-    seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
+    seeds = cfg.seeds
     nonzero = [r for r in cfg.rates if r > 0]
     mid = nonzero[len(nonzero) // 2] if nonzero else 0.1  # a middle rate of the sweep
     runs = []
@@ -194,11 +183,10 @@ def run(cfg: DropPathConfig, save: bool = True) -> dict:
     rec = {"runs": table, "speed": speed, "mid": mid}
     rec["sweep"] = summarize(table[(table.depth == cfg.depth) & (table.schedule == "linear")], ["rate"])
     rec["verdicts"] = verdicts(rec, cfg)
-    rec["wall_time_s"] = time.perf_counter() - start
+    rec["wall_time_s"] = wall.elapsed()
     if save:
-        prov = results.provenance(cfg.device, seeds, rec["wall_time_s"], cfg.dataset)
-        rec["path"] = results.save_result(
-            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        rec["path"] = finish(
+            CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset,
             metrics={"skip_speedup": float(1 / speed.loc[speed.variant == "skip dropped", "relative to masked"].iloc[0])},
             tables={"runs": table, "sweep": rec["sweep"], "speed": speed, "verdicts": rec["verdicts"]})
     return rec
@@ -281,4 +269,4 @@ def plot_sweep(runs: pd.DataFrame, depth: int):
 
 
 def stored_full() -> dict | None:
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)

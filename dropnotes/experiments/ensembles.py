@@ -8,8 +8,7 @@ baseline and the explicit ensemble) and one dropout MLP with max-norm. Everythin
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -17,15 +16,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes import data, metrics, results, train
+from dropnotes import data, metrics, train
 from dropnotes.ensemble import VmapEnsemble, fit_ensemble, step_time_loop_vs_vmap
 from dropnotes.layers import Dropout
 from dropnotes.mc import classifier_summary, mc_predict, regression_summary
 from dropnotes.models import MLP
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
-from dropnotes.runtime import (check_positive_int, check_probability, profile_config, seed_everything,
-                               select_device)
-from dropnotes.stats import compare_errors, fmt_mean_sd, mean_se
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
+                                        rate_knob, size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer, stream, stream_seed
+from dropnotes.runtime import (profile_config, seed_everything, select_device)
+from dropnotes.stats import compare_errors, fmt_mean_sd
 
 CHAPTER = "ensembles"
 
@@ -36,10 +37,7 @@ PAPER_UB_ECE = {"ensemble": 0.010, "mc": 0.019, "single": 0.0231}
 
 
 @dataclass(frozen=True)
-class EnsemblesConfig:
-    profile: str
-    device: str
-    seed: int
+class EnsemblesConfig(ChapterConfig):
     n_seeds: int
     train_size: int
     hidden: tuple[int, ...]
@@ -75,12 +73,12 @@ PROFILE_DEFAULTS = {
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    rate("p_hidden", 0.5, "drop rate of the dropout net's hidden layers"),
-    rate("p_input", 0.2, "drop rate of its input pixels"),
-    size("members", "ensemble size K (quick and full: 5)", low=2, high=100),
-    size("n_seeds", "quick: 2; full: 3", high=100),
-    size("train_size", "quick: 2,000 MNIST images; full: 60,000", high=60000),
-    size("epochs", "quick: 40; full: 100", high=10000),
+    rate_knob("p_hidden", 0.5, "drop rate of the dropout net's hidden layers"),
+    rate_knob("p_input", 0.2, "drop rate of its input pixels"),
+    size_knob("members", "ensemble size K (quick and full: 5)", low=2, high=100),
+    size_knob("n_seeds", "quick: 2; full: 3", high=100),
+    size_knob("train_size", "quick: 2,000 MNIST images; full: 60,000", high=60000),
+    size_knob("epochs", "quick: 40; full: 100", high=10000),
     Knob("lr_dropout", "float", None, "learning rate of the dropout net (quick and full: 0.05 and 0.1)",
          low=0.0, low_open=True, high=10.0, profile_default=True),
 )
@@ -118,11 +116,10 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def _prepare(cfg: EnsemblesConfig, device: torch.device) -> dict[str, torch.Tensor]:
     mnist, fashion = data.load_images(cfg.dataset), data.load_images(cfg.ood_dataset)
-    g = torch.Generator().manual_seed(cfg.seed)
-    idx = torch.randperm(mnist.x_train.shape[0], generator=g)[: cfg.train_size]
+    x, y = data.subset(mnist.x_train, mnist.y_train, cfg.train_size, stream(cfg.seed, "subset"))
     f = lambda t: train.images_to_float(t).to(device)  # noqa: E731
     x_test = f(mnist.x_test)
-    return {"x_train": f(mnist.x_train[idx]), "y_train": mnist.y_train[idx].to(device),
+    return {"x_train": f(x), "y_train": y.to(device),
             "x_test": x_test, "y_test": mnist.y_test.to(device),
             "ood_fashion": f(fashion.x_test[: cfg.ood_size]), "ood_inverted": 1.0 - x_test[: cfg.ood_size]}
 
@@ -139,17 +136,16 @@ def train_seed(cfg: EnsemblesConfig, d: dict, seed: int) -> tuple[VmapEnsemble, 
     device = torch.device(cfg.device)
     gen = seed_everything(seed)
     ens = VmapEnsemble(lambda: _plain(cfg).to(device), cfg.members)
-    t0 = time.perf_counter()
-    fit_ensemble(ens, d["x_train"], d["y_train"], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                 momentum=cfg.momentum, generator=gen)
-    t1 = time.perf_counter()
+    with Timer(device) as t_ens:
+        fit_ensemble(ens, d["x_train"], d["y_train"], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                     momentum=cfg.momentum, generator=gen)
     net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_dropout, momentum=cfg.momentum)
-    train.fit_classifier(net, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
-                         batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, max_norm=cfg.max_norm,
-                         generator=gen, desc=f"dropout seed={seed}")
-    t2 = time.perf_counter()
-    return ens, net, {"ensemble_train_s": t1 - t0, "dropout_train_s": t2 - t1}
+    with Timer(device) as t_net:
+        train.fit_classifier(net, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
+                             batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, max_norm=cfg.max_norm,
+                             generator=gen, desc=f"dropout seed={seed}")
+    return ens, net, {"ensemble_train_s": t_ens.seconds, "dropout_train_s": t_net.seconds}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -178,7 +174,7 @@ def _scores(probs_samples: torch.Tensor) -> dict[str, torch.Tensor]:
 def evaluate_seed(cfg: EnsemblesConfig, d: dict, ens: VmapEnsemble, net: nn.Module, seed: int) -> dict:
     """Every measurement of one seed."""
     x, y = d["x_test"], d["y_test"]
-    torch.manual_seed(seed + 10_000)
+    torch.manual_seed(stream_seed(seed, "mc-masks"))  # the evaluation's masks: their own stream
     members = _probs_members(ens, x)
     ws = _probs_eval(net, x)
     mc = mc_predict(net, x, cfg.mc_samples).softmax(-1)
@@ -275,12 +271,11 @@ def regression_gap(seed: int, device: str, steps: int = 3000, p: float = 0.1, sa
 
 
 def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
-    start = time.perf_counter()
-    device = torch.device(cfg.device)
+    wall = Timer(cfg.torch_device).start()
+    device = cfg.torch_device
     d = _prepare(cfg, device)
     quality, sweep, ood, timings = [], [], [], []
-    for k in range(cfg.n_seeds):
-        seed = cfg.seed + k
+    for k, seed in enumerate(cfg.seeds):
         ens, net, t = train_seed(cfg, d, seed)
         out = evaluate_seed(cfg, d, ens, net, seed)
         quality.append(out["quality"]), sweep.append(out["sweep"]), ood.append(out["ood"])
@@ -296,13 +291,12 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
     rec["mc_curve"] = summarize_sweep(rec["sweep"])
     rec["ood_summary"] = summarize_ood(rec["ood"])
     rec["verdicts"] = verdicts(rec, cfg)
-    rec["wall_time_s"] = time.perf_counter() - start
+    rec["wall_time_s"] = wall.elapsed()
     if save:
-        seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
-        prov = results.provenance(cfg.device, seeds, rec["wall_time_s"], cfg.dataset, ood_dataset=cfg.ood_dataset)
         rot_table = rot.drop(columns=["logits", "probs"])
-        rec["path"] = results.save_result(
-            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        rec["path"] = finish(
+            CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset,
+            ood_dataset=cfg.ood_dataset,
             metrics={"vmap_speedup": speed["speedup"], "regression_std": reg["std_by_region"]},
             tables={"summary": rec["summary"], "mc_curve": rec["mc_curve"], "ood_summary": rec["ood_summary"],
                     "rotation": rot_table, "verdicts": rec["verdicts"], "quality": rec["quality"]})
@@ -465,4 +459,4 @@ def plot_regression(reg: dict):
 
 
 def stored_full() -> dict | None:
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)

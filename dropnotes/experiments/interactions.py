@@ -10,20 +10,22 @@ hidden units or weights, max-norm, and a dropout x weight-decay grid.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
 
-from dropnotes import data, results, train
+from dropnotes import data, train
 from dropnotes import functional as DF
 from dropnotes.layers import DropConnectLinear, Dropout, GaussianDropout
 from dropnotes.models import SmallCNN
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
-from dropnotes.runtime import check_positive_int, check_probability, profile_config, seed_everything, select_device
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
+                                        size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer, stream, stream_seed
+from dropnotes.runtime import profile_config, seed_everything, select_device
 from dropnotes.stats import compare_errors
 
 CHAPTER = "interactions"
@@ -31,10 +33,7 @@ LI_DENSENET = (77.42, 68.55)  # Li et al. 2019, Fig. 1: DenseNet CIFAR-100 test 
 
 
 @dataclass(frozen=True)
-class InteractionsConfig:
-    profile: str
-    device: str
-    seed: int
+class InteractionsConfig(ChapterConfig):
     n_seeds: int
     p: float
     cnn_train_size: int
@@ -61,10 +60,10 @@ PROFILE_DEFAULTS = {
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    rate("p", 0.3, "the CNN's dropout rate, > 0 (the MLPs use 0.5, Srivastava et al.'s hidden rate)", low_open=True),
-    size("n_seeds", "quick: 1; full: 3", high=100),
-    size("cnn_epochs", "quick: 15; full: 30", high=10000),
-    size("mlp_epochs", "quick: 40; full: 100", high=10000),
+    rate_knob("p", 0.3, "the CNN's dropout rate, > 0 (the MLPs use 0.5, Srivastava et al.'s hidden rate)", low_open=True),
+    size_knob("n_seeds", "quick: 1; full: 3", high=100),
+    size_knob("cnn_epochs", "quick: 15; full: 30", high=10000),
+    size_knob("mlp_epochs", "quick: 40; full: 100", high=10000),
 )
 
 
@@ -85,9 +84,8 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: flo
 def variance_shift_check(c: float = 0.5, v: float = 1.0, p: float = 0.3, n: int = 2_000_000, seed: int = 0) -> dict:
     """A unit x ~ N(c, v) through inverted dropout (keep q = 1-p): the train-mode variance is
     (c² + v)/q - c²; eval-mode variance is v. Returns the analytic and the measured values."""
-    g = torch.Generator().manual_seed(seed)
-    x = c + math.sqrt(v) * torch.randn(n, generator=g, dtype=torch.float64)
-    torch.manual_seed(seed + 1)  # not seed: the same stream as x's would correlate the mask with x
+    x = c + math.sqrt(v) * torch.randn(n, generator=stream(seed, "inputs"), dtype=torch.float64)
+    torch.manual_seed(stream_seed(seed, "masks"))  # its own stream: x's would correlate the mask with x
     y = DF.dropout(x, p, training=True)
     q = 1 - p
     predicted = (c * c + v) / q - c * c
@@ -100,11 +98,10 @@ def variance_shift_check(c: float = 0.5, v: float = 1.0, p: float = 0.3, n: int 
 
 def _subset(name: str, size: int, seed: int, device: str, standardize: bool = True) -> dict[str, torch.Tensor]:
     s = data.load_images(name)
-    g = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(s.x_train.shape[0], generator=g)[:size]
-    x, xt = train.images_to_float(s.x_train[idx]), train.images_to_float(s.x_test)
+    x, y = data.subset(s.x_train, s.y_train, size, stream(seed, f"subset-{name}"))
+    x, xt = train.images_to_float(x), train.images_to_float(s.x_test)
     mean, std = (float(x.mean()), float(x.std())) if standardize else (0.0, 1.0)
-    return {"x_train": ((x - mean) / std).to(device), "y_train": s.y_train[idx].to(device),
+    return {"x_train": ((x - mean) / std).to(device), "y_train": y.to(device),
             "x_test": ((xt - mean) / std).to(device), "y_test": s.y_test.to(device)}
 
 
@@ -145,15 +142,15 @@ def train_cnn(cfg: InteractionsConfig, d: dict, placement: str, noise: str, seed
     gen = seed_everything(seed)
     model = SmallCNN(placement=placement, p=cfg.p, noise=noise).to(cfg.device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9)
-    t = time.perf_counter()
-    hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.cnn_epochs,
-                                batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.cnn_epochs, generator=gen,
-                                desc=f"cnn {placement} {noise}")
+    with Timer(cfg.torch_device) as timer:
+        hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"],
+                                    epochs=cfg.cnn_epochs, batch_size=cfg.batch_size, optimizer=opt,
+                                    eval_every=cfg.cnn_epochs, generator=gen, desc=f"cnn {placement} {noise}")
     last = hist.iloc[-1]
     shift = bn_shift(model, d["x_test"])
     return model, {"arm": f"{placement} ({noise})" if placement != "none" else "none", "placement": placement,
                    "noise": noise, "seed": seed, "train_error": last.train_error, "test_error": last.test_error,
-                   "bn1 shift": shift[0], "bn2 shift": shift[1], "seconds": time.perf_counter() - t}
+                   "bn1 shift": shift[0], "bn2 shift": shift[1], "seconds": timer.seconds}
 
 
 # ------------------------------------------------------------------ part B: fully connected nets
@@ -174,11 +171,12 @@ def train_mlp(cfg: InteractionsConfig, d: dict, kind: str, p: float, seed: int, 
     gen = seed_everything(seed)
     model = mlp(kind, cfg.mlp_hidden, p).to(cfg.device)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr * lr_scale, momentum=0.9, weight_decay=weight_decay)
-    t = time.perf_counter()
-    hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.mlp_epochs,
-                                batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.mlp_epochs, generator=gen,
-                                max_norm=max_norm, desc=f"mlp {kind} p={p} wd={weight_decay}")
-    seconds = time.perf_counter() - t
+    with Timer(cfg.torch_device) as timer:
+        hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"],
+                                    epochs=cfg.mlp_epochs, batch_size=cfg.batch_size, optimizer=opt,
+                                    eval_every=cfg.mlp_epochs, generator=gen, max_norm=max_norm,
+                                    desc=f"mlp {kind} p={p} wd={weight_decay}")
+    seconds = timer.seconds
     last = hist.iloc[-1]
     steps = cfg.mlp_epochs * math.ceil(d["x_train"].shape[0] / cfg.batch_size)
     return {"kind": kind, "p": p, "weight_decay": weight_decay, "max_norm": max_norm or 0.0, "lr": cfg.lr * lr_scale,
@@ -188,8 +186,8 @@ def train_mlp(cfg: InteractionsConfig, d: dict, kind: str, p: float, seed: int, 
 
 
 def run(cfg: InteractionsConfig, save: bool = True) -> dict:
-    start = time.perf_counter()
-    seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
+    wall = Timer(cfg.torch_device).start()
+    seeds = cfg.seeds
     cnn_data = _subset("fashion-mnist", cfg.cnn_train_size, cfg.seed, cfg.device)
     cnn_rows, reest = [], []
     for seed in seeds:
@@ -217,10 +215,10 @@ def run(cfg: InteractionsConfig, save: bool = True) -> dict:
            "cnn": pd.DataFrame(cnn_rows), "reestimated": pd.DataFrame(reest), "mlp": pd.DataFrame(mlp_rows)}
     rec["grid"] = grid(rec["mlp"])
     rec["verdicts"] = verdicts(rec, cfg)
-    rec["wall_time_s"] = time.perf_counter() - start
+    rec["wall_time_s"] = wall.elapsed()
     if save:
-        prov = results.provenance(cfg.device, seeds, rec["wall_time_s"], "fashion-mnist (CNN), mnist (MLP)")
-        rec["path"] = results.save_result(CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        rec["path"] = finish(CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"],
+                                          dataset="fashion-mnist (CNN), mnist (MLP)",
                                           metrics={"bn2_shift_before_bn": float(
                                               rec["cnn"].loc[rec["cnn"].arm == "before-bn (pixel)", "bn2 shift"].mean())},
                                           tables={k: rec[k] for k in ("shift_check", "cnn", "reestimated", "mlp",
@@ -338,5 +336,5 @@ def plot_grid(g: pd.DataFrame):
 
 
 def stored_full() -> dict | None:
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)
 

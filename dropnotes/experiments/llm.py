@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -23,10 +22,12 @@ import torch
 from dropnotes import data, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, rate_knob,
+                                        size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer
 from dropnotes.runtime import progress
-from dropnotes.runtime import (check_choice, check_positive_int, check_probability, profile_config, seed_everything,
-                               select_device)
+from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import compare_paired
 
 CHAPTER = "llm"
@@ -37,10 +38,7 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 
 @dataclass(frozen=True)
-class LLMConfig:
-    profile: str
-    device: str
-    seed: int
+class LLMConfig(ChapterConfig):
     pretrain_corpus: str
     dim: int
     layers: int
@@ -86,11 +84,11 @@ KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
     Knob("pretrain_corpus", "str", "python-stdlib", '"python-stdlib" (offline, any machine) or "enwik8" (downloaded)',
          choices=CORPORA),
-    rate("p", 0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5),
-    size("pretrain_steps", "quick: 400; full: 3,000; never more than one pass over the corpus", high=10**6),
-    size("finetune_steps", "quick: 300; full: 1,000", high=10**6),
+    rate_knob("p", 0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5),
+    size_knob("pretrain_steps", "quick: 400; full: 3,000; never more than one pass over the corpus", high=10**6),
+    size_knob("finetune_steps", "quick: 300; full: 1,000", high=10**6),
     # tiny-shakespeare's training split holds 1,003,854 bytes; a slice needs at least a few 256-byte windows.
-    size("finetune_bytes", "the main fine-tuning slice (quick: 10,000 bytes; full: 100,000)", low=2048,
+    size_knob("finetune_bytes", "the main fine-tuning slice (quick: 10,000 bytes; full: 100,000)", low=2048,
          high=1003854),
 )
 
@@ -148,7 +146,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
     curve, best, train_s, current_p, rates = [], None, 0.0, None, []
     model.train()
     step = last = 0
-    t0 = time.perf_counter()
+    interval = Timer(dev).start()
     batches = train.window_batches(stream, batch, cfg.block_size, steps, gen)
     for x, y in progress(batches, label, total=steps, unit="step"):
         p = p_schedule(step)
@@ -164,9 +162,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
         sched.step()
         step += 1
         if step % cfg.eval_every == 0 or step == steps:
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            dt = time.perf_counter() - t0
+            dt = interval.elapsed()
             train_s += dt
             rates.append((step - last) * batch * cfg.block_size / dt)
             last = step
@@ -177,7 +173,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
             if best is None or val < best["valid_loss"]:
                 best = {"valid_loss": val, "step": step, "windows": windows.tolist()}
             model.train()
-            t0 = time.perf_counter()
+            interval = Timer(dev).start()
     # Throughput: the median over evaluation intervals, so that the intervals holding torch.compile's
     # (re)compilations do not count; the overall rate, compilation included, is kept beside it.
     tps = float(np.median(rates))
@@ -251,7 +247,7 @@ def finetune(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, *, size: int, 
 
 
 def run(cfg: LLMConfig, save: bool = True) -> dict:
-    start = time.perf_counter()
+    wall = Timer(cfg.torch_device).start()
     corpus = data.load_text(cfg.pretrain_corpus)
     shakes = data.load_tinyshakespeare()
     pre = {arm: pretrain(cfg, corpus, arm) for arm in ("none", "dropout", "early")}
@@ -276,12 +272,11 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
            "corpus": corpus.provenance, "pretrain_tokens": pretrain_steps(cfg, corpus) * cfg.batch_size * cfg.block_size,
            "corpus_tokens": int(corpus.train.numel())}
     rec["verdicts"] = verdicts(rec, cfg)
-    rec["wall_time_s"] = time.perf_counter() - start
+    rec["wall_time_s"] = wall.elapsed()
     if save:
-        prov = results.provenance(cfg.device, [cfg.seed], rec["wall_time_s"], cfg.pretrain_corpus,
-                                  corpus=corpus.provenance, finetune_dataset="tinyshakespeare")
-        rec["path"] = results.save_result(
-            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        rec["path"] = finish(
+            CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.pretrain_corpus,
+            corpus=corpus.provenance, finetune_dataset="tinyshakespeare",
             metrics={"pretrain_bpb": {r["arm"]: r["final_bpb"] for r in pre_rows},
                      "tokens_per_s": pre["none"]["tokens_per_s"], "mfu": pre["none"]["mfu"]},
             tables={k: rec[k] for k in ("pretrain", "curves", "finetune", "verdicts")})
@@ -377,4 +372,4 @@ def plot_finetuning(curves: pd.DataFrame, size: int):
 
 
 def stored_full() -> dict | None:
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)

@@ -8,18 +8,19 @@ in the profile's defaults), then the demonstrations and :func:`run_mnist_sweep`,
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 
-from dropnotes import data, functional as DF, results, train
+from dropnotes import data, functional as DF, train
 from dropnotes.models import MLP
 from dropnotes.stats import compare_errors
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
-from dropnotes.runtime import profile_config, seed_everything, select_device
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
+                                        rate_knob, size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer, profile_config, seed_everything, select_device, stream
 
 CHAPTER = "mechanics"
 
@@ -30,12 +31,9 @@ PAPER_DROPOUT_RELU = 1.25  # dropout NN, ReLU, 3 x 1024 units, no max-norm
 
 
 @dataclass(frozen=True)
-class MechanicsConfig:
+class MechanicsConfig(ChapterConfig):
     """Everything that defines one run of the chapter."""
 
-    profile: str
-    device: str
-    seed: int
     p: float  # the rate of the worked examples
     rates: tuple[float, ...]  # hidden-layer rates of the MNIST sweep
     input_p: float  # input dropout used by the arms with a rate > 0
@@ -62,13 +60,13 @@ PROFILE_DEFAULTS = {
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    rate("p", 0.5, "drop rate of the worked examples"),
+    rate_knob("p", 0.5, "drop rate of the worked examples"),
     Knob("rates", "floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at least one more",
          low=0.0, high=1.0, high_open=True, min_len=2),
-    rate("input_p", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
-    size("train_size", "training examples (quick: 2,000; full: 60,000)", high=60000),
-    size("epochs", "quick: 40; full: 200", high=10000),
-    size("n_seeds", "quick and full: 3", high=100),
+    rate_knob("input_p", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
+    size_knob("train_size", "training examples (quick: 2,000; full: 60,000)", high=60000),
+    size_knob("epochs", "quick: 40; full: 200", high=10000),
+    size_knob("n_seeds", "quick and full: 3", high=100),
     Knob("dataset", "str", "mnist", '"mnist" or "fashion-mnist"', choices=("mnist", "fashion-mnist")),
 )
 
@@ -133,10 +131,10 @@ def gradient_demo(p: float, seed: int, n: int = 10) -> pd.DataFrame:
 
 def _load(cfg: MechanicsConfig, device: torch.device):
     splits = data.load_images(cfg.dataset)
-    g = torch.Generator().manual_seed(cfg.seed)  # the subset is the same for every arm and seed
-    idx = torch.randperm(splits.x_train.shape[0], generator=g)[: cfg.train_size]
+    # The subset is the same for every arm and seed of the run: its own named stream.
+    x, y = data.subset(splits.x_train, splits.y_train, cfg.train_size, stream(cfg.seed, "subset"))
     to = lambda t: train.images_to_float(t).to(device)  # noqa: E731
-    return to(splits.x_train[idx]), splits.y_train[idx].to(device), to(splits.x_test), splits.y_test.to(device)
+    return to(x), y.to(device), to(splits.x_test), splits.y_test.to(device)
 
 
 def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -145,21 +143,20 @@ def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     xtr, ytr, xte, yte = _load(cfg, device)
     curves, finals = [], []
     for rate in cfg.rates:
-        for k in range(cfg.n_seeds):
-            seed = cfg.seed + k
+        for seed in cfg.seeds:
             gen = seed_everything(seed)
             model = MLP(784, cfg.hidden, 10, p_input=cfg.input_p if rate > 0 else 0.0, p_hidden=rate).to(device)
             opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-            start = time.perf_counter()
-            hist = train.fit_classifier(model, xtr, ytr, xte, yte, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                                        optimizer=opt, eval_every=cfg.eval_every, generator=gen,
-                                        desc=f"p={rate} seed={seed}")
+            with Timer(device) as timer:
+                hist = train.fit_classifier(model, xtr, ytr, xte, yte, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                                            optimizer=opt, eval_every=cfg.eval_every, generator=gen,
+                                            desc=f"p={rate} seed={seed}")
             hist.insert(0, "seed", seed)
             hist.insert(0, "p", rate)
             curves.append(hist)
             last = hist.iloc[-1]
             finals.append({"p": rate, "seed": seed, "train_error": last.train_error,
-                           "test_error": last.test_error, "seconds": time.perf_counter() - start})
+                           "test_error": last.test_error, "seconds": timer.seconds})
     return pd.concat(curves, ignore_index=True), pd.DataFrame(finals)
 
 
@@ -217,17 +214,15 @@ def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame) -> pd.Da
 
 def run(cfg: MechanicsConfig, save: bool = True) -> dict:
     """Run the sweep, summarise it, compute the verdicts and store the result with provenance."""
-    start = time.perf_counter()
-    curves, finals = run_mnist_sweep(cfg)
-    summary = summarize(finals)
-    table = verdicts(summary, cfg.profile, finals)
-    wall = time.perf_counter() - start
-    seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
-    record = {"curves": curves, "finals": finals, "summary": summary, "verdicts": table, "wall_time_s": wall}
+    with Timer(cfg.torch_device) as wall:
+        curves, finals = run_mnist_sweep(cfg)
+        summary = summarize(finals)
+        table = verdicts(summary, cfg.profile, finals)
+    record = {"curves": curves, "finals": finals, "summary": summary, "verdicts": table,
+              "wall_time_s": wall.seconds}
     if save:
-        prov = results.provenance(cfg.device, seeds, wall, cfg.dataset)
-        record["path"] = results.save_result(
-            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        record["path"] = finish(
+            CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=wall.seconds, dataset=cfg.dataset,
             metrics={f"test_error_p{r:g}": float(summary.loc[summary.p == r, "test error %"].iloc[0]) for r in cfg.rates},
             tables={"summary": summary, "verdicts": table, "curves": curves})
     return record
@@ -254,7 +249,7 @@ def plot_curves(curves: pd.DataFrame, title: str = ""):
 
 def stored_full() -> dict | None:
     """The committed full-profile result of this chapter, if one exists."""
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)
 
 
 __all__ = ["MechanicsConfig", "configure", "mask_demo", "scaling_table", "gradient_demo", "run_mnist_sweep",

@@ -10,20 +10,21 @@ from __future__ import annotations
 
 import copy
 import math
-import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes import data, results, train
+from dropnotes import data, train
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate, size
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
+                                        size_knob)
+from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.runtime import Timer, stream
 from dropnotes.runtime import progress
-from dropnotes.runtime import (check_positive_int, check_probability, profile_config, seed_everything,
-                               select_device)
+from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import block_se, compare_paired
 
 CHAPTER = "variational"
@@ -40,10 +41,7 @@ PAPER_SVD_ERROR, PAPER_SVD_COMPRESSION = 1.92, 68
 
 
 @dataclass(frozen=True)
-class VariationalConfig:
-    profile: str
-    device: str
-    seed: int
+class VariationalConfig(ChapterConfig):
     n_seeds: int
     dataset: str
     vocab_cap: int  # 0: the full 10,000-word vocabulary
@@ -88,15 +86,15 @@ PROFILE_DEFAULTS = {
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    rate("p_io", None, "dropout on inputs and outputs (quick 0.4, full 0.5)", profile_default=True),
-    rate("p_rec", None, "dropout on the recurrent state or on W_hh (quick 0.25, full 0.2)", profile_default=True),
-    rate("p_emb", None, "word-type embedding dropout (0.1)", profile_default=True),
-    size("n_seeds", "quick: 2; full: 1", high=100),
-    size("epochs", "quick: 6; full: 8", high=1000),
+    rate_knob("p_io", None, "dropout on inputs and outputs (quick 0.4, full 0.5)", profile_default=True),
+    rate_knob("p_rec", None, "dropout on the recurrent state or on W_hh (quick 0.25, full 0.2)", profile_default=True),
+    rate_knob("p_emb", None, "word-type embedding dropout (0.1)", profile_default=True),
+    size_knob("n_seeds", "quick: 2; full: 1", high=100),
+    size_knob("epochs", "quick: 6; full: 8", high=1000),
     # PTB's training stream has 929,589 words; BPTT needs at least a few windows of 35 x batch words.
-    size("train_tokens", "quick: the first 40,000 training words; full: all of them", low=5000, high=929589),
-    size("mc_samples", "stochastic passes for MC dropout (quick 10, full 100)", high=10000),
-    size("svd_epochs", "sparse VD epochs (quick 2, full 100)", high=1000),
+    size_knob("train_tokens", "quick: the first 40,000 training words; full: all of them", low=5000, high=929589),
+    size_knob("mc_samples", "stochastic passes for MC dropout (quick 10, full 100)", high=10000),
+    size_knob("svd_epochs", "sparse VD epochs (quick 2, full 100)", high=1000),
 )
 
 
@@ -128,11 +126,6 @@ def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
     return {k: v.to(dev) for k, v in streams.items()}, splits.vocab_size
 
 
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def train_lm(cfg: VariationalConfig, d: dict, vocab: int, scheme: str, seed: int) -> dict:
     """Train one LSTM LM; return its curve, the best-validation model and its test perplexity."""
     seed_everything(seed)
@@ -148,11 +141,10 @@ def train_lm(cfg: VariationalConfig, d: dict, vocab: int, scheme: str, seed: int
         if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
             for group in opt.param_groups:
                 group["lr"] = cfg.lr / cfg.lr_decay ** (epoch - cfg.decay_after)
-        _sync(dev)
-        t = time.perf_counter()
-        loss = train.train_lm_epoch(model, opt, d["train"], cfg.batch_size, cfg.seq_len, clip=cfg.clip, amp_dtype=amp)
-        _sync(dev)
-        train_s += time.perf_counter() - t
+        with Timer(dev) as t:
+            loss = train.train_lm_epoch(model, opt, d["train"], cfg.batch_size, cfg.seq_len, clip=cfg.clip,
+                                        amp_dtype=amp)
+        train_s += t.seconds
         val = train.evaluate_lm(model, d["valid"], cfg.batch_size, cfg.seq_len, amp_dtype=amp)
         curve.append({"scheme": scheme, "seed": seed, "epoch": epoch, "train_ppl": math.exp(loss),
                       "valid_ppl": math.exp(val)})
@@ -182,13 +174,14 @@ def train_sparse_vd(cfg: VariationalConfig, seed: int) -> dict:
     gen = seed_everything(seed)
     dev = torch.device(cfg.device)
     s = data.load_images("mnist")
-    x, y = train.images_to_float(s.x_train[: cfg.svd_train_size]).to(dev), s.y_train[: cfg.svd_train_size].to(dev)
+    x, y = data.subset(s.x_train, s.y_train, cfg.svd_train_size, stream(seed, "subset"), "svd_train_size")
+    x, y = train.images_to_float(x).to(dev), y.to(dev)
     xt, yt = train.images_to_float(s.x_test).to(dev), s.y_test.to(dev)
     model = SparseMLP().to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     n, steps_per_epoch = x.shape[0], math.ceil(x.shape[0] / 100)
     ramp_steps, step, curve = max(min(cfg.svd_kl_ramp, cfg.svd_epochs // 2) * steps_per_epoch, 1), 0, []
-    start = time.perf_counter()
+    timer = Timer(dev).start()
     for epoch in progress(range(1, cfg.svd_epochs + 1), f"sparse VD seed={seed}"):
         for xb, yb in train.classification_batches(x, y, 100, generator=gen):
             step += 1
@@ -199,13 +192,13 @@ def train_sparse_vd(cfg: VariationalConfig, seed: int) -> dict:
         ev = train.evaluate_classifier(model, xt, yt)
         curve.append({"epoch": epoch, "test_error": ev["error"], "compression": model.compression(),
                       **{f"sparsity_fc{k + 1}": v for k, v in enumerate(model.sparsity())}})
-    return {"model": model, "curve": pd.DataFrame(curve), "seconds": time.perf_counter() - start}
+    return {"model": model, "curve": pd.DataFrame(curve), "seconds": timer.elapsed()}
 
 
 def run(cfg: VariationalConfig, save: bool = True) -> dict:
-    start = time.perf_counter()
+    wall = Timer(cfg.torch_device).start()
     d, vocab = _lm_data(cfg)
-    seeds = [cfg.seed + k for k in range(cfg.n_seeds)]
+    seeds = cfg.seeds
     rows, curves, mc, windows = [], [], [], {}
     for seed in seeds:
         for scheme in SCHEMES:
@@ -215,7 +208,7 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
             windows[scheme, seed] = out["windows"].tolist()
             if scheme == "variational":
                 mc.append({"seed": seed, **mc_versus_scaling(cfg, out["model"], d, out["windows"])})
-    svd = train_sparse_vd(cfg, cfg.seed)
+    svd = train_sparse_vd(cfg, seeds[0])
     mc_windows = {"ws": [m.pop("ws_windows") for m in mc], "mc": [m.pop("mc_windows") for m in mc]}
     rec = {"runs": pd.DataFrame(rows), "curves": pd.DataFrame(curves), "mc": pd.DataFrame(mc),
            "windows": windows, "mc_windows": mc_windows,
@@ -223,13 +216,12 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
            "tokens": {k: int(v.numel()) for k, v in d.items()}}
     rec["summary"] = summarize(rec["runs"])
     rec["verdicts"] = verdicts(rec, cfg)
-    rec["wall_time_s"] = time.perf_counter() - start
+    rec["wall_time_s"] = wall.elapsed()
     if save:
-        prov = results.provenance(cfg.device, seeds, rec["wall_time_s"], cfg.dataset, vocab=vocab,
-                                  tokens=rec["tokens"])
         last = rec["svd"].iloc[-1]
-        rec["path"] = results.save_result(
-            CHAPTER, cfg.profile, params=asdict(cfg), provenance=prov,
+        rec["path"] = finish(
+            CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset, vocab=vocab,
+            tokens=rec["tokens"],
             metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
                      "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
             tables={k: rec[k] for k in ("runs", "curves", "mc", "svd", "summary", "verdicts")})
@@ -339,5 +331,5 @@ def plot_sparsity(model: SparseMLP):
 
 
 def stored_full() -> dict | None:
-    return results.load_result(CHAPTER, "full")
+    return _stored_full(CHAPTER)
 

@@ -53,8 +53,8 @@ def _per_model(name: str, value, k: int, *, check=None) -> torch.Tensor:
 class StackedMLP(nn.Module):
     """K ReLU MLPs ``in -> hidden... -> out`` (Srivastava et al. 2014) with stacked parameters.
 
-    ``weights[i]`` has shape (K, out_i, in_i) and ``biases[i]`` (K, out_i). ``forward`` takes (K, B, in)
-    (each model its own batch) or (B, in) (the same batch for all) and returns (K, B, out). In training,
+    ``weights[i]`` has shape (K, out_i, in_i) and ``biases[i]`` (K, out_i). ``forward`` takes one batch
+    (B, ...) for all models, or each model's own (K, B, ...) with ``per_model=True``, and returns (K, B, out). In training,
     model k drops its inputs with rate ``p_input[k]`` and its hidden units with ``p_hidden[k]`` (inverted
     dropout: kept units scaled by 1/(1-p)); in eval mode it is deterministic.
     """
@@ -101,6 +101,32 @@ class StackedMLP(nn.Module):
                     b[i].copy_(lin.bias)
         return out.to(linears[0][0].weight.device)
 
+    def model(self, i: int) -> nn.Module:
+        """Model ``i`` as a standalone :class:`~dropnotes.models.MLP` (with its own drop rates), e.g. for
+        MC-dropout prediction with :func:`dropnotes.mc.mc_predict`."""
+        from dropnotes.models import MLP
+
+        widths = [w.shape[1] for w in self.weights]
+        net = MLP(self.weights[0].shape[2], tuple(widths[:-1]), widths[-1], p_input=float(self.p_input[i]),
+                  p_hidden=float(self.p_hidden[i])).to(self.weights[0].device)
+        with torch.no_grad():
+            for lin, w, b in zip([m for m in net.modules() if isinstance(m, nn.Linear)], self.weights, self.biases):
+                lin.weight.copy_(w[i])
+                lin.bias.copy_(b[i])
+        return net
+
+    def select(self, index: Sequence[int]) -> "StackedMLP":
+        """A group of the models at ``index`` (copies of their parameters), e.g. the members of an ensemble."""
+        index = list(index)
+        widths = [w.shape[1] for w in self.weights]
+        out = StackedMLP(len(index), self.weights[0].shape[2], widths[:-1], widths[-1],
+                         p_input=self.p_input[index].tolist(), p_hidden=self.p_hidden[index].tolist())
+        with torch.no_grad():
+            for w_out, b_out, w, b in zip(out.weights, out.biases, self.weights, self.biases):
+                w_out.copy_(w[index])
+                b_out.copy_(b[index])
+        return out.to(self.weights[0].device)
+
     def extra_repr(self) -> str:
         shape = " -> ".join(str(w.shape[2]) for w in self.weights) + f" -> {self.weights[-1].shape[1]}"
         return f"k={self.k}, {shape}"
@@ -114,13 +140,13 @@ class StackedMLP(nn.Module):
             mask = torch.rand(h.shape, device=h.device, generator=generator) < keep
         return h * mask * (1.0 / keep)
 
-    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None,
+    def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None,
                 masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """``masks`` (optional, for tests): one boolean keep-mask per dropout site, (K, B, width)."""
-        if x.dim() == 2:
-            x = x.unsqueeze(0).expand(self.k, *x.shape)
+        """``x``: one batch (B, ...) for every model, or with ``per_model`` each model's own (K, B, ...).
+        ``masks`` (optional, for tests): one boolean keep-mask per dropout site, (K, B, width)."""
+        x = x.flatten(2) if per_model else x.flatten(1).unsqueeze(0).expand(self.k, x.shape[0], -1)
         masks = list(masks) if masks is not None else [None] * len(self.weights)
-        h = self._drop(x.flatten(2), self.p_input, generator, masks[0])
+        h = self._drop(x, self.p_input, generator, masks[0])
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases)):
             h = torch.baddbmm(b.unsqueeze(1).to(h.dtype), h, w.transpose(1, 2).to(h.dtype))
@@ -169,13 +195,19 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
                 y_val: torch.Tensor, *, epochs: int, batch_size: int, lr, momentum: float = 0.0,
                 weight_decay=0.0, max_norm=None, clip=None, eval_every: int = 1, generator: torch.Generator | None = None,
                 amp_dtype: torch.dtype | None = None, x_test: torch.Tensor | None = None,
-                y_test: torch.Tensor | None = None, desc: str = "batched", restore_best: bool = False) -> FitResult:
+                y_test: torch.Tensor | None = None, desc: str = "batched", restore_best: bool = False,
+                capture: bool = True) -> FitResult:
     """Train the K models of ``model`` together with SGD (momentum, per-model ``lr``, ``weight_decay``,
     ``max_norm`` on incoming weight rows, ``clip`` on each model's gradient norm).
 
     Every ``eval_every`` epochs (and at the end) each model's train, validation (and test) loss and
     error are recorded; each model's best validation epoch is kept (and its parameters restored at the
-    end with ``restore_best``). Model selection therefore never touches the test data."""
+    end with ``restore_best``). Model selection therefore never touches the test data.
+
+    Each epoch takes ``N // batch_size`` full batches of freshly drawn orders. On CUDA the whole step
+    (forward, backward, clipping, the SGD update and max-norm) is captured once as a CUDA graph and
+    replayed (``capture=True``), its masks drawn from the device's default generator; if capture fails
+    the step runs eagerly, with a warning."""
     k = model.k
     epochs, eval_every = check_positive_int("epochs", epochs), check_positive_int("eval_every", eval_every)
     batch_size = check_positive_int("batch_size", batch_size)
@@ -190,31 +222,44 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     bufs = [torch.zeros_like(p) for p in params]
     alive = torch.ones(k, dtype=torch.bool, device=dev)
     died = torch.full((k,), -1, dtype=torch.long, device=dev)
+    step_no = torch.zeros((), dtype=torch.long, device=dev)
     best_err = torch.full((k,), float("inf"), device=dev)
     best_epoch = torch.zeros(k, dtype=torch.long, device=dev)
     best_state = [p.detach().clone() for p in params] if restore_best else None
     n = x_train.shape[0]
-    step = 0
+    if n < batch_size:
+        raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {batch_size}")
+    per_epoch = n // batch_size  # full batches only (the remainder differs every epoch: orders are redrawn)
+    idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)  # the step's input: (K, B) example indices
+    mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
+
+    def step() -> None:
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False):
+            logits = model(x_train[idx], per_model=True, generator=mask_gen).float()
+        losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
+        step_no.add_(1)
+        finite = torch.isfinite(losses)
+        died.copy_(torch.where(alive & ~finite, step_no.expand(k), died))
+        alive.logical_and_(finite)
+        _sgd_step(params, bufs, lr_k, wd_k, momentum, alive, clip_k)
+        if mn_k is not None:
+            _max_norm_(model, mn_k)
+
+    if dev.type == "cuda":
+        torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
+    state = params + bufs + [alive, died, step_no]
+    run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
     rows = []
     for epoch in progress(range(1, epochs + 1), desc):
         model.train()
         order = epoch_orders(k, n, generator, dev)
-        for start in range(0, n, batch_size):
-            idx = order[:, start:start + batch_size]  # (K, B): each model's own batch
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(x_train[idx], generator=generator).float()
-            losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
-            losses = losses.view(k, -1).mean(1)
-            for p in params:
-                p.grad = None
-            losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
-            step += 1
-            finite = torch.isfinite(losses)
-            died = torch.where(alive & ~finite, torch.full_like(died, step), died)
-            alive = alive & finite
-            _sgd_step(params, bufs, lr_k, wd_k, momentum, alive, clip_k)
-            if mn_k is not None:
-                _max_norm_(model, mn_k)
+        for b in range(per_epoch):
+            idx.copy_(order[:, b * batch_size:(b + 1) * batch_size])  # (K, B): each model's own batch
+            run_step()
         if epoch % eval_every == 0 or epoch == epochs:
             tr_loss, tr_err = evaluate_stacked(model, x_train, y_train, amp_dtype=amp_dtype)
             va_loss, va_err = evaluate_stacked(model, x_val, y_val, amp_dtype=amp_dtype)
@@ -239,6 +284,33 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     hist = pd.DataFrame(rows)
     hist["group"] = k
     return FitResult(hist, best_epoch.tolist(), best_err.tolist(), died.tolist())
+
+
+def _captured(step, state: list[torch.Tensor], device: torch.device):
+    """``step`` captured as a CUDA graph (after warm-up steps on a side stream, as PyTorch's whole-network
+    capture recipe does), or ``step`` itself if capture is not possible here. The warm-up steps really
+    run, so every tensor of the training ``state`` is restored afterwards: capture trains nothing."""
+    import warnings
+
+    saved = [t.detach().clone() for t in state]
+    graph = torch.cuda.CUDAGraph()
+    try:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: allocations, cuBLAS workspaces
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.cuda.graph(graph):
+            step()
+    except Exception as err:  # noqa: BLE001 - any capture failure falls back to the eager step
+        warnings.warn(f"CUDA graph capture of the batched step failed ({type(err).__name__}: {err}); "
+                      "running it eagerly", RuntimeWarning, stacklevel=3)
+        graph = None
+    with torch.no_grad():
+        for t, s in zip(state, saved):
+            t.copy_(s)
+    return step if graph is None else graph.replay
 
 
 @torch.no_grad()

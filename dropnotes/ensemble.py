@@ -1,9 +1,8 @@
-"""Explicit ensembles trained in one vectorised pass (``torch.func.stack_module_state`` + ``vmap``).
+"""K models of one architecture evaluated as one with ``torch.func.stack_module_state`` + ``vmap``, and
+the measurement that chose the book's training engine: a training step of K members as a Python loop,
+as one ``vmap``-ed step, and as one step of :mod:`dropnotes.engine`'s stacked ``baddbmm`` MLPs.
 
-K copies of a model, each with its own initialisation and its own mini-batch order, are trained
-together: their parameters are stacked along a leading K axis and one ``vmap``-ed forward and
-backward serves all members. Summing the members' losses keeps their gradients independent, and
-SGD with momentum acts elementwise, so this is K independent trainings done at once.
+Training lives in one place, :func:`dropnotes.engine.fit_stacked`.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
-from dropnotes.runtime import Timer, check_positive_int, progress
+from dropnotes.runtime import Timer, check_positive_int
 
 
 class VmapEnsemble:
@@ -49,28 +48,12 @@ class VmapEnsemble:
         return model
 
 
-def fit_ensemble(ens: VmapEnsemble, x: torch.Tensor, y: torch.Tensor, *, epochs: int, batch_size: int,
-                 lr: float, momentum: float, generator: torch.Generator | None = None) -> None:
-    """Train every member for ``epochs`` with its own shuffling; plain SGD with momentum."""
-    opt = torch.optim.SGD(ens.parameters(), lr=lr, momentum=momentum)
-    n = x.shape[0]
-    gen_device = generator.device if generator is not None else x.device
-    batch_size = check_positive_int("batch_size", batch_size)
-    for _ in progress(range(check_positive_int("epochs", epochs)), f"ensemble of {ens.k}"):
-        orders = torch.stack([torch.randperm(n, generator=generator, device=gen_device)
-                              for _ in range(ens.k)]).to(x.device)
-        for start in range(0, n, batch_size):
-            idx = orders[:, start:start + batch_size]  # (K, B): each member's own batch
-            logits = ens(x[idx], per_member=True)
-            loss = F.cross_entropy(logits.flatten(0, 1), y[idx].flatten(), reduction="mean") * ens.k
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-
-
 def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch.Tensor, y: torch.Tensor,
                            batch_size: int, steps: int = 30) -> dict[str, float]:
-    """Seconds per training step of K members: a Python loop over K models versus one vmapped step."""
+    """Seconds per training step of K members three ways: a Python loop over K models, one ``vmap``-ed
+    step (:class:`VmapEnsemble`), and one step of the batched engine's stacked ``baddbmm`` MLPs
+    (:class:`dropnotes.engine.StackedMLP`, for MLP members): the measurement behind the engine's design."""
+    from dropnotes.engine import StackedMLP
     models = [make_model().to(x.device) for _ in range(k)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
     ens = VmapEnsemble(lambda: make_model().to(x.device), k)
@@ -91,8 +74,22 @@ def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch
         loss.backward()
         opt.step()
 
+    steps_to_time = [("loop", loop_step), ("vmap", vmap_step)]
+    if all(isinstance(m, nn.Linear) or not list(m.parameters()) for m in models[0].modules()
+           if m is not models[0] and not list(m.children())):
+        stacked = StackedMLP.from_models(models)
+        sopt = torch.optim.SGD(stacked.parameters(), lr=0.01, momentum=0.9)
+        xs = xb.flatten(1)
+
+        def stacked_step():
+            loss = F.cross_entropy(stacked(xs).flatten(0, 1), yk.flatten()) * k  # one batch shared by all
+            sopt.zero_grad(set_to_none=True)
+            loss.backward()
+            sopt.step()
+
+        steps_to_time.append(("stacked", stacked_step))
     out = {}
-    for name, step in (("loop", loop_step), ("vmap", vmap_step)):
+    for name, step in steps_to_time:
         for _ in range(3):  # warm-up
             step()
         with Timer(x.device) as t:
@@ -100,4 +97,6 @@ def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch
                 step()
         out[f"{name}_s_per_step"] = t.seconds / steps
     out["speedup"] = out["loop_s_per_step"] / out["vmap_s_per_step"]
+    if "stacked_s_per_step" in out:
+        out["speedup_stacked"] = out["loop_s_per_step"] / out["stacked_s_per_step"]
     return out

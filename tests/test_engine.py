@@ -53,7 +53,7 @@ def _reference(nets, x, y, *, epochs, batch_size, lr, momentum, wd, max_norm, cl
 
 def test_batched_equals_sequential_with_per_model_hyperparameters():
     torch.manual_seed(0)
-    k, hidden = 3, (16, 8)
+    k = 3
     nets = [torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
                                 torch.nn.Linear(8, 4)) for _ in range(k)]
     x, y = _data()
@@ -132,3 +132,13 @@ def test_bad_hyperparameters_are_refused():
                            torch.ones(4, 4), torch.zeros(4, dtype=torch.long), epochs=1, batch_size=2, lr=[0.1])
     with pytest.raises(ValueError, match="p_hidden must be in"):
         engine.StackedMLP(2, 4, (4,), 2, p_hidden=[0.1, 1.0])
+
+
+def test_a_model_taken_out_of_the_group_is_the_same_model():
+    m = engine.StackedMLP(3, 784, (32,), 10, p_input=[0.0, 0.2, 0.0], p_hidden=[0.0, 0.5, 0.1]).eval()
+    x = torch.rand(4, 784)
+    net = m.model(1).eval()
+    assert net.p_input == pytest.approx(0.2) and net.p_hidden == pytest.approx(0.5)
+    torch.testing.assert_close(net(x), m(x)[1], rtol=1e-5, atol=1e-6)
+    pair = m.select([0, 2]).eval()
+    torch.testing.assert_close(pair(x), m(x)[[0, 2]], rtol=1e-5, atol=1e-6)

@@ -17,13 +17,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes import data, metrics, train
-from dropnotes.ensemble import VmapEnsemble, fit_ensemble, step_time_loop_vs_vmap
+from dropnotes.ensemble import step_time_loop_vs_vmap
 from dropnotes.layers import Dropout
 from dropnotes.mc import classifier_summary, mc_predict, regression_summary
 from dropnotes.models import MLP
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
                                         rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.engine import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import compare_errors, fmt_mean_sd
@@ -40,6 +41,7 @@ PAPER_UB_ECE = {"ensemble": 0.010, "mc": 0.019, "single": 0.0231}
 class EnsemblesConfig(ChapterConfig):
     n_seeds: int
     train_size: int
+    val_size: int  # held out of the training images (recorded per epoch; no selection in this chapter)
     hidden: tuple[int, ...]
     epochs: int
     batch_size: int
@@ -62,10 +64,10 @@ class EnsemblesConfig(ChapterConfig):
 PROFILE_DEFAULTS = {
     # The regime of chapter 1 (a small subset, many epochs): the plain nets overfit, as they must for
     # dropout to have something to fix; shorter schedules leave the dropout net underfitting.
-    "quick": dict(train_size=2000, hidden=(512, 512), epochs=40, batch_size=64, lr=0.05, lr_dropout=0.05,
+    "quick": dict(train_size=2000, val_size=1000, hidden=(512, 512), epochs=40, batch_size=64, lr=0.05, lr_dropout=0.05,
                   momentum=0.9, max_norm=3.0, members=5, mc_ks=(1, 2, 5, 10, 20, 50, 100), mc_repeats=3,
                   mc_test_size=1000, mc_samples=20, ood_size=1000, n_seeds=2),
-    "full": dict(train_size=60000, hidden=(1024, 1024, 1024), epochs=100, batch_size=128, lr=0.05,
+    "full": dict(train_size=50000, val_size=10000, hidden=(1024, 1024, 1024), epochs=100, batch_size=128, lr=0.05,
                  lr_dropout=0.1, momentum=0.95, max_norm=3.0, members=5, mc_ks=(1, 2, 5, 10, 20, 50, 100, 200),
                  mc_repeats=10, mc_test_size=10000, mc_samples=50, ood_size=10000, n_seeds=3),
 }
@@ -77,7 +79,7 @@ KNOBS = Knobs(
     rate_knob("p_input", 0.2, "drop rate of its input pixels"),
     size_knob("members", "ensemble size K (quick and full: 5)", low=2, high=100),
     size_knob("n_seeds", "quick: 2; full: 3", high=100),
-    size_knob("train_size", "quick: 2,000 MNIST images; full: 60,000", high=60000),
+    size_knob("train_size", "quick: 2,000 MNIST images; full: 50,000 (a validation split is held out)", high=59000),
     size_knob("epochs", "quick: 40; full: 100", high=10000),
     Knob("lr_dropout", "float", None, "learning rate of the dropout net (quick and full: 0.05 and 0.1)",
          low=0.0, low_open=True, high=10.0, profile_default=True),
@@ -98,6 +100,9 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_hidd
     if v["lr_dropout"] is not None:
         defaults["lr_dropout"] = v["lr_dropout"]
     check_seed_block(v["seed"], defaults["n_seeds"])
+    if defaults["train_size"] + defaults["val_size"] > 60000:
+        raise ValueError(f"train_size must be <= {60000 - defaults['val_size']:,} (MNIST's 60,000 training images less "
+                         f"the {defaults['val_size']:,} held out for validation), got {defaults['train_size']}")
     return EnsemblesConfig(profile=resolved, device=str(dev), seed=v["seed"], p_hidden=v["p_hidden"],
                            p_input=v["p_input"], **defaults)
 
@@ -116,10 +121,11 @@ def rotate(images: torch.Tensor, degrees: float) -> torch.Tensor:
 
 def _prepare(cfg: EnsemblesConfig, device: torch.device) -> dict[str, torch.Tensor]:
     mnist, fashion = data.load_images(cfg.dataset), data.load_images(cfg.ood_dataset)
-    x, y = data.subset(mnist.x_train, mnist.y_train, cfg.train_size, stream(cfg.seed, "subset"))
+    x, y = data.subset(mnist.x_train, mnist.y_train, cfg.train_size + cfg.val_size, stream(cfg.seed, "subset"))
     f = lambda t: train.images_to_float(t).to(device)  # noqa: E731
     x_test = f(mnist.x_test)
-    return {"x_train": f(x), "y_train": y.to(device),
+    n = cfg.train_size
+    return {"x_train": f(x[:n]), "y_train": y[:n].to(device), "x_val": f(x[n:]), "y_val": y[n:].to(device),
             "x_test": x_test, "y_test": mnist.y_test.to(device),
             "ood_fashion": f(fashion.x_test[: cfg.ood_size]), "ood_inverted": 1.0 - x_test[: cfg.ood_size]}
 
@@ -131,28 +137,35 @@ def _plain(cfg: EnsemblesConfig) -> nn.Module:
     return MLP(784, cfg.hidden, 10)
 
 
-def train_seed(cfg: EnsemblesConfig, d: dict, seed: int) -> tuple[VmapEnsemble, nn.Module, dict]:
-    """One seed: K plain members in one vmapped pass, and one dropout + max-norm net."""
-    device = torch.device(cfg.device)
-    gen = seed_everything(seed)
-    ens = VmapEnsemble(lambda: _plain(cfg).to(device), cfg.members)
-    with Timer(device) as t_ens:
-        fit_ensemble(ens, d["x_train"], d["y_train"], epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                     momentum=cfg.momentum, generator=gen)
-    net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=cfg.lr_dropout, momentum=cfg.momentum)
-    with Timer(device) as t_net:
-        train.fit_classifier(net, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
-                             batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, max_norm=cfg.max_norm,
-                             generator=gen, desc=f"dropout seed={seed}")
-    return ens, net, {"ensemble_train_s": t_ens.seconds, "dropout_train_s": t_net.seconds}
+def train_all(cfg: EnsemblesConfig, d: dict) -> tuple[list[tuple[StackedMLP, nn.Module]], dict]:
+    """Every seed's K plain members and its dropout + max-norm net, all trained as one batched group
+    (:mod:`dropnotes.engine`): per seed, ``members`` nets without dropout (lr ``lr``) and one with input and
+    hidden dropout, max-norm and ``lr_dropout``. Returns, per seed, (members, dropout net) and the timing."""
+    device = cfg.torch_device
+    per_seed = cfg.members + 1
+    group = [(seed, m) for seed in cfg.seeds for m in range(per_seed)]  # m == members: the dropout net
+    is_net = [m == cfg.members for _, m in group]
+    model = StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[cfg.p_input if n else 0.0 for n in is_net],
+                       p_hidden=[cfg.p_hidden if n else 0.0 for n in is_net],
+                       seeds=[stream_seed(s, f"init-{m}") for s, m in group]).to(device)
+    with Timer(device) as timer:
+        fit_stacked(model, d["x_train"].flatten(1), d["y_train"], d["x_val"].flatten(1), d["y_val"],
+                    epochs=cfg.epochs, batch_size=cfg.batch_size, momentum=cfg.momentum, eval_every=cfg.epochs,
+                    lr=[cfg.lr_dropout if n else cfg.lr for n in is_net],
+                    max_norm=[cfg.max_norm if n else math.inf for n in is_net],
+                    generator=stream(cfg.seed, "train", device), desc=f"{len(group)} MLPs (members + dropout nets)")
+    out = []
+    for k in range(cfg.n_seeds):
+        first = k * per_seed
+        out.append((model.select(range(first, first + cfg.members)).eval(), model.model(first + cfg.members)))
+    return out, {"group": len(group), "train_s": timer.seconds}
 
 
 # --------------------------------------------------------------------------- evaluation
 
 
 @torch.no_grad()
-def _probs_members(ens: VmapEnsemble, x: torch.Tensor) -> torch.Tensor:
+def _probs_members(ens: StackedMLP, x: torch.Tensor) -> torch.Tensor:
     return ens(x).softmax(-1)  # (K, N, 10)
 
 
@@ -171,7 +184,7 @@ def _scores(probs_samples: torch.Tensor) -> dict[str, torch.Tensor]:
     return {"max-softmax": 1 - mean.max(-1).values, "entropy": s.entropy, "mutual information": s.mutual_information}
 
 
-def evaluate_seed(cfg: EnsemblesConfig, d: dict, ens: VmapEnsemble, net: nn.Module, seed: int) -> dict:
+def evaluate_seed(cfg: EnsemblesConfig, d: dict, ens: StackedMLP, net: nn.Module, seed: int) -> dict:
     """Every measurement of one seed."""
     x, y = d["x_test"], d["y_test"]
     torch.manual_seed(stream_seed(seed, "mc-masks"))  # the evaluation's masks: their own stream
@@ -224,7 +237,7 @@ def evaluate_seed(cfg: EnsemblesConfig, d: dict, ens: VmapEnsemble, net: nn.Modu
 
 
 @torch.no_grad()
-def rotated_digit(cfg: EnsemblesConfig, d: dict, net: nn.Module, ens: VmapEnsemble, samples: int = 100,
+def rotated_digit(cfg: EnsemblesConfig, d: dict, net: nn.Module, ens: StackedMLP, samples: int = 100,
                   angles: tuple[int, ...] = tuple(range(0, 181, 15)), digit: int = 1) -> pd.DataFrame:
     """A test digit rotated through 0-180 degrees: MC softmax inputs/outputs and uncertainty per angle."""
     img = d["x_test"][(d["y_test"] == digit).nonzero()[0, 0]][None]
@@ -274,12 +287,12 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     device = cfg.torch_device
     d = _prepare(cfg, device)
-    quality, sweep, ood, timings = [], [], [], []
-    for k, seed in enumerate(cfg.seeds):
-        ens, net, t = train_seed(cfg, d, seed)
+    quality, sweep, ood = [], [], []
+    trained, timing = train_all(cfg, d)
+    timings = [{"seed": "all", "models": timing["group"], "train_s (one batched group)": timing["train_s"]}]
+    for k, (seed, (ens, net)) in enumerate(zip(cfg.seeds, trained)):
         out = evaluate_seed(cfg, d, ens, net, seed)
         quality.append(out["quality"]), sweep.append(out["sweep"]), ood.append(out["ood"])
-        timings.append({"seed": seed, **t})
         if k == 0:
             reliab, rot = out["reliability"], rotated_digit(cfg, d, net, ens)
     speed = step_time_loop_vs_vmap(lambda: _plain(cfg), cfg.members, d["x_train"], d["y_train"], cfg.batch_size)

@@ -26,8 +26,9 @@ CLI_CASES = [
     (["run", "mechanics", "-p", "rates", "0.2,0.5"], "rates must include 0.0"),
     (["run", "mechanics", "-p", "rates", "0,x"], "rates must be a list"),
     (["run", "mechanics", "-p", "rates", "0,1.5"], "rates must be a list of at least 2 numbers in [0, 1)"),
-    (["run", "mechanics", "-p", "train_size", "0"], "train_size must be an integer in [1, 60,000], got 0"),
-    (["run", "mechanics", "-p", "train_size", "70000"], "train_size must be an integer in [1, 60,000], got 70000"),
+    (["run", "mechanics", "-p", "train_size", "0"], "train_size must be an integer in [1, 59,000], got 0"),
+    (["run", "mechanics", "-p", "train_size", "70000"], "train_size must be an integer in [1, 59,000], got 70000"),
+    (["run", "mechanics", "-p", "train_size", "59500"], "train_size must be <= 59,000 (MNIST's 60,000 training images less the 1,000 held out"),
     (["run", "mechanics", "-p", "train_size", "1.5"], "train_size must be an integer"),
     (["run", "mechanics", "-p", "epochs", "-1"], "epochs must be an integer in [1, 10,000], got -1"),
     (["run", "mechanics", "-p", "n_seeds", "0"], "n_seeds must be an integer in [1, 100], got 0"),
@@ -142,7 +143,7 @@ CONFIGURE_CASES = [
     (mechanics, {"rates": "0,0.5,abc"}, "rates must be a list"),
     (mechanics, {"p": float("nan")}, "p must be a number in [0, 1), got nan"),
     (mechanics, {"p": "0.5"}, "p must be a number in [0, 1), got '0.5'"),
-    (mechanics, {"train_size": -5}, "train_size must be an integer in [1, 60,000], got -5"),
+    (mechanics, {"train_size": -5}, "train_size must be an integer in [1, 59,000], got -5"),
     (mechanics, {"epochs": 2.5}, "epochs must be an integer"),
     (mechanics, {"dataset": "MNIST"}, "dataset='MNIST' is not allowed"),
     (mechanics, {"profile": "fast"}, "profile='fast' is not allowed; choose one of 'quick', 'full', 'auto'"),
@@ -225,7 +226,7 @@ def test_every_knob_type_is_shown_by_list(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
     assert "any (default None)" not in out
-    assert "train_size      int or None" in out and "an integer in [1, 60,000]" in out
+    assert "train_size      int or None" in out and "an integer in [1, 59,000]" in out
 
 
 def test_declared_knobs_match_every_notebook_and_configure():

@@ -28,7 +28,7 @@ CLI_CASES = [
     (["run", "mechanics", "-p", "rates", "0,1.5"], "rates must be a list of at least 2 numbers in [0, 1)"),
     (["run", "mechanics", "-p", "train_size", "0"], "train_size must be an integer in [1, 59,000], got 0"),
     (["run", "mechanics", "-p", "train_size", "70000"], "train_size must be an integer in [1, 59,000], got 70000"),
-    (["run", "mechanics", "-p", "train_size", "59500"], "train_size must be <= 59,000 (MNIST's 60,000 training images less the 1,000 held out"),
+    (["run", "mechanics", "-p", "profile", "full", "-p", "train_size", "55000"], "train_size must be <= 50,000 (MNIST's 60,000 training images less the 10,000 held out"),
     (["run", "mechanics", "-p", "train_size", "1.5"], "train_size must be an integer"),
     (["run", "mechanics", "-p", "epochs", "-1"], "epochs must be an integer in [1, 10,000], got -1"),
     (["run", "mechanics", "-p", "n_seeds", "0"], "n_seeds must be an integer in [1, 100], got 0"),

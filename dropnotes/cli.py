@@ -309,6 +309,38 @@ def cmd_compute(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from dropnotes import estimate as est
+
+    chapters = args.chapters or list(est.GROUPS)
+    for c in chapters:
+        if c not in est.GROUPS:
+            raise UsageError(f"unknown chapter {c!r}; choose one of {', '.join(est.GROUPS)}")
+    if args.profile not in ("quick", "full"):
+        raise UsageError(f"--profile must be 'quick' or 'full', got {args.profile!r}")
+    fraction, launch = est.DEFAULT_FRACTION, est.DEFAULT_LAUNCH_S
+    if args.calibrate:
+        fraction, launch, points = est.calibrate()
+        print(f"calibration on the stored H100 runs: {100 * fraction:.0f} % of peak, {1e6 * launch:.1f} µs per "
+              f"launch (in the code: {100 * est.DEFAULT_FRACTION:.0f} %, {1e6 * est.DEFAULT_LAUNCH_S:.1f} µs)",
+              file=sys.stderr)
+        print(pd.DataFrame(points).round(1).to_string(index=False), file=sys.stderr)
+    rows = est.estimate(chapters, args.profile, fraction, launch)
+    if args.json:
+        print(json.dumps([{k: r[k] for k in ("chapter", "group", "runs", "steps", "flops_per_step",
+                                             "kernels_per_step", "predicted_s")} for r in rows], indent=1))
+        return 0
+    table = pd.DataFrame(rows)
+    table["GFLOP/step"] = table.flops_per_step / 1e9
+    with pd.option_context("display.width", 200, "display.max_colwidth", 60):
+        print(table[["chapter", "group", "runs", "steps", "GFLOP/step", "kernels_per_step", "dtype", "captured",
+                     "predicted_s"]].round(2).to_string(index=False))
+    per = table.groupby("chapter", sort=False).predicted_s.sum()
+    print("\npredicted on one H100 (s): " + ", ".join(f"{c} {s:.0f}" for c, s in per.items())
+          + f"; all {per.sum():.0f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropnotes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -343,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an argument of the chapter's configure(), as a Python literal")
     co.add_argument("--profile", choices=list(PROFILES), help="shorthand for -p profile NAME")
     co.set_defaults(func=cmd_compute)
+    es = sub.add_parser("estimate", help="predict each chapter's GPU time on one H100, measured on this CPU")
+    es.add_argument("chapters", nargs="*", help="chapters (default: all)")
+    es.add_argument("--profile", default="full", help="quick or full (default full)")
+    es.add_argument("--json", action="store_true", help="a JSON list of {chapter, group, runs, steps, "
+                    "flops_per_step, kernels_per_step, predicted_s}")
+    es.add_argument("--calibrate", action="store_true", help="refit the constants to the stored H100 runs and print "
+                    "each calibration point's error")
+    es.set_defaults(func=cmd_estimate)
     return parser
 
 

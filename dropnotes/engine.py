@@ -26,6 +26,7 @@ device and are read at the evaluation points only.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -182,7 +183,7 @@ def evaluate_stacked(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch_
     wrong = torch.zeros(model.k, device=x.device)
     for start in range(0, x.shape[0], batch_size):
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with torch.autocast(x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
             logits = model(xb).float()
         ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(model.k), reduction="none").view(model.k, -1)
         loss += ce.sum(1)
@@ -232,22 +233,9 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     per_epoch = n // batch_size  # full batches only (the remainder differs every epoch: orders are redrawn)
     idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)  # the step's input: (K, B) example indices
     mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
-
-    def step() -> None:
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None, cache_enabled=False):
-            logits = model(x_train[idx], per_model=True, generator=mask_gen).float()
-        losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
-        losses = losses.view(k, -1).mean(1)
-        for p in params:
-            p.grad = None
-        losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
-        step_no.add_(1)
-        finite = torch.isfinite(losses)
-        died.copy_(torch.where(alive & ~finite, step_no.expand(k), died))
-        alive.logical_and_(finite)
-        _sgd_step(params, bufs, lr_k, wd_k, momentum, alive, clip_k)
-        if mn_k is not None:
-            _max_norm_(model, mn_k)
+    step = make_step(model, x_train, y_train, idx, lr=lr_k, weight_decay=wd_k, momentum=momentum, max_norm=mn_k,
+                     clip=clip_k, amp_dtype=amp_dtype, generator=mask_gen, bufs=bufs, alive=alive, died=died,
+                     step_no=step_no)
 
     if dev.type == "cuda":
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
@@ -284,6 +272,37 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     hist = pd.DataFrame(rows)
     hist["group"] = k
     return FitResult(hist, best_epoch.tolist(), best_err.tolist(), died.tolist())
+
+
+def make_step(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor, *, lr: torch.Tensor,
+              weight_decay: torch.Tensor, momentum: float, max_norm: torch.Tensor | None, clip: torch.Tensor | None,
+              amp_dtype: torch.dtype | None, generator: torch.Generator | None, bufs: list[torch.Tensor],
+              alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor):
+    """The engine's training step as a closure over static tensors (``idx`` holds the (K, B) example indices
+    of the step): what :func:`fit_stacked` runs or captures, and what ``dropnotes estimate`` measures."""
+    k = model.k
+    params = list(model.parameters())
+    dev_type = x_train.device.type
+
+    def step() -> None:
+        amp = (torch.autocast(dev_type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
+               else contextlib.nullcontext())
+        with amp:
+            logits = model(x_train[idx], per_model=True, generator=generator).float()
+        losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
+        step_no.add_(1)
+        finite = torch.isfinite(losses)
+        died.copy_(torch.where(alive & ~finite, step_no.expand(k), died))
+        alive.logical_and_(finite)
+        _sgd_step(params, bufs, lr, weight_decay, momentum, alive, clip)
+        if max_norm is not None:
+            _max_norm_(model, max_norm)
+
+    return step
 
 
 def _captured(step, state: list[torch.Tensor], device: torch.device):

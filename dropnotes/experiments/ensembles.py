@@ -57,6 +57,7 @@ class EnsemblesConfig(ChapterConfig):
     mc_test_size: int
     mc_samples: int
     ood_size: int
+    amp: bool  # bf16 autocast in training (the full profile, on a GPU)
     dataset: str = "mnist"
     ood_dataset: str = "fashion-mnist"
 
@@ -66,10 +67,10 @@ PROFILE_DEFAULTS = {
     # dropout to have something to fix; shorter schedules leave the dropout net underfitting.
     "quick": dict(train_size=2000, val_size=1000, hidden=(512, 512), epochs=40, batch_size=64, lr=0.05, lr_dropout=0.05,
                   momentum=0.9, max_norm=3.0, members=5, mc_ks=(1, 2, 5, 10, 20, 50, 100), mc_repeats=3,
-                  mc_test_size=1000, mc_samples=20, ood_size=1000, n_seeds=2),
+                  mc_test_size=1000, mc_samples=20, ood_size=1000, n_seeds=2, amp=False),
     "full": dict(train_size=50000, val_size=10000, hidden=(1024, 1024, 1024), epochs=100, batch_size=128, lr=0.05,
                  lr_dropout=0.1, momentum=0.95, max_norm=3.0, members=5, mc_ks=(1, 2, 5, 10, 20, 50, 100, 200),
-                 mc_repeats=10, mc_test_size=10000, mc_samples=50, ood_size=10000, n_seeds=3),
+                 mc_repeats=10, mc_test_size=10000, mc_samples=50, ood_size=10000, n_seeds=3, amp=True),
 }
 
 
@@ -153,7 +154,8 @@ def train_all(cfg: EnsemblesConfig, d: dict) -> tuple[list[tuple[StackedMLP, nn.
                     epochs=cfg.epochs, batch_size=cfg.batch_size, momentum=cfg.momentum, eval_every=cfg.epochs,
                     lr=[cfg.lr_dropout if n else cfg.lr for n in is_net],
                     max_norm=[cfg.max_norm if n else math.inf for n in is_net],
-                    generator=stream(cfg.seed, "train", device), desc=f"{len(group)} MLPs (members + dropout nets)")
+                    generator=stream(cfg.seed, "train", device), desc=f"{len(group)} MLPs (members + dropout nets)",
+                    amp_dtype=torch.bfloat16 if cfg.amp else None)
     out = []
     for k in range(cfg.n_seeds):
         first = k * per_seed

@@ -46,6 +46,7 @@ class MechanicsConfig(ChapterConfig):
     momentum: float
     n_seeds: int
     eval_every: int
+    amp: bool  # bf16 autocast (the full profile, on a GPU)
     dataset: str = "mnist"
 
 
@@ -53,12 +54,13 @@ PROFILE_DEFAULTS = {
     # CPU, about a minute: a 2,000-example subset so that the unregularised net overfits; 1,000 more
     # training images held out for validation.
     "quick": dict(train_size=2000, val_size=1000, hidden=(512, 512), epochs=40, batch_size=64, lr=0.05,
-                  momentum=0.9, n_seeds=3, eval_every=4),
+                  momentum=0.9, n_seeds=3, eval_every=4, amp=False),
     # One GPU: the paper's 3 x 1024 ReLU net on 50,000 images, 10,000 held out for validation as
-    # Srivastava et al. did, 500 epochs (195,500 updates; the paper ran up to 10^6), every arm and seed
-    # trained as one batched group.
-    "full": dict(train_size=50000, val_size=10000, hidden=(1024, 1024, 1024), epochs=500, batch_size=128,
-                 lr=0.05, momentum=0.95, n_seeds=3, eval_every=10),
+    # Srivastava et al. did, 300 epochs (117,000 updates; the paper ran up to 10^6), bf16, every arm and
+    # seed trained as one batched group. A model whose best validation epoch is the last is reported as
+    # not trained to convergence (the schedule was too short for it).
+    "full": dict(train_size=50000, val_size=10000, hidden=(1024, 1024, 1024), epochs=300, batch_size=128,
+                 lr=0.05, momentum=0.95, n_seeds=3, eval_every=10, amp=True),
 }
 MNIST_TRAIN = 60000
 
@@ -71,7 +73,7 @@ KNOBS = Knobs(
     rate_knob("input_p", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
     size_knob("train_size", "training examples (quick: 2,000; full: 50,000; the validation split is held out)",
               high=59000),
-    size_knob("epochs", "quick: 40; full: 500", high=10000),
+    size_knob("epochs", "quick: 40; full: 300", high=10000),
     size_knob("n_seeds", "quick and full: 3", high=100),
     Knob("dataset", "str", "mnist", '"mnist" or "fashion-mnist"', choices=("mnist", "fashion-mnist")),
 )
@@ -165,6 +167,7 @@ def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     with Timer(device) as timer:
         fit = fit_stacked(model, xtr, ytr, xva, yva, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           momentum=cfg.momentum, eval_every=cfg.eval_every, x_test=xte, y_test=yte,
+                          amp_dtype=torch.bfloat16 if cfg.amp else None,
                           generator=stream(cfg.seed, "train", device), restore_best=True,
                           desc=f"{len(group)} MLPs (rates x seeds)")
     curves = fit.history.copy()
@@ -198,7 +201,7 @@ def summarize(finals: pd.DataFrame, n_test: int = 10_000) -> pd.DataFrame:
     return out.reset_index()
 
 
-def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame) -> pd.DataFrame:
+def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame, epochs: int | None = None) -> pd.DataFrame:
     """The chapter's closing table, computed from the measured numbers with the rules stated in the chapter."""
     base = summary[summary.p == 0.0].iloc[0]
     best = summary[summary.p > 0].sort_values("val error %").iloc[0]  # the rate is chosen on validation data
@@ -216,12 +219,16 @@ def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame) -> pd.Da
     at_half = summary[summary.p == 0.5]
     if profile == "full" and len(at_half):
         err = at_half.iloc[0]["test error %"]
+        still_improving = epochs is not None and int(finals[finals.p == 0.5].best_epoch.max()) >= epochs
+        verdict = "reproduced" if err <= PAPER_DROPOUT_RELU + 0.25 else f"not reproduced ({err:.2f} %)"
+        if still_improving and verdict != "reproduced":  # the schedule ended before the nets stopped improving
+            verdict = f"not at paper scale (best validation epoch = the last, {epochs})"
         rows.append({
             "claim": "3 x 1024 ReLU dropout net reaches the paper's error",
             "source": "Srivastava et al. 2014, Table 2",
             "paper": f"{PAPER_DROPOUT_RELU:.2f} %",
-            "ours": f"{err:.2f} % (p=0.5)",
-            "verdict": "reproduced" if err <= PAPER_DROPOUT_RELU + 0.25 else f"not reproduced ({err:.2f} %)",
+            "ours": f"{err:.2f} % (p=0.5, epoch chosen on validation)",
+            "verdict": verdict,
         })
     else:
         rows.append({
@@ -239,7 +246,7 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
     with Timer(cfg.torch_device) as wall:
         curves, finals = run_mnist_sweep(cfg)
         summary = summarize(finals)
-        table = verdicts(summary, cfg.profile, finals)
+        table = verdicts(summary, cfg.profile, finals, cfg.epochs)
     record = {"curves": curves, "finals": finals, "summary": summary, "verdicts": table,
               "wall_time_s": wall.seconds}
     if save:

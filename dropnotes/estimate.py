@@ -1,0 +1,387 @@
+"""``dropnotes estimate``: predict each chapter's GPU time on a CPU, in seconds, without a GPU.
+
+For every chapter and model group of a profile, one training step of the real architecture at the
+profile's sizes is run on PyTorch's ``meta`` device (shapes only, no memory, no arithmetic) under
+
+* :class:`torch.utils.flop_counter.FlopCounterMode`, which counts the matmul and convolution FLOPs of
+  the step (forward and backward), and
+* :class:`KernelCounter`, a ``TorchDispatchMode`` that counts the aten operations that launch work
+  (views and metadata operations launch nothing and are skipped; a fused operation counts once).
+
+A group's predicted time is ``runs * steps * max(FLOPs / (f * peak), kernels * c)``: the step is either
+compute-bound at a fraction ``f`` of the GPU's dense peak (bf16 under autocast, else fp32) or
+launch-bound at ``c`` seconds per kernel (a third of that inside a CUDA graph). Evaluation passes are
+groups of their own (forward only). The two constants are fitted to the stored H100 runs in
+``results/*/full.json`` (their wall times and measured throughputs), and the fit's residual at each
+calibration point is printed with ``--calibrate``: a prediction is only as good as that error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense peaks of one H100 SXM (NVIDIA's datasheet): bf16 tensor cores, and fp32 without TF32 (PyTorch's default).
+PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}
+CUDNN_LSTM_KERNELS = 6  # one cuDNN LSTM layer, forward and backward (data and weights), with its copies
+TIME_LOOP_SCHEMES = ("naive-recurrent", "variational")  # chapter 3's explicit per-step loop (masks on h_{t-1})
+GRAPH_LAUNCH_FACTOR = 1 / 3  # a kernel inside a CUDA graph costs about a third of an eager launch (design notes)
+# Fitted by `dropnotes estimate --calibrate` to the stored H100 runs (2026-12-01: 7 points, errors -52 % to
+# +11 %; see calibrate()); kept here so that a prediction needs no GPU and no stored file.
+DEFAULT_FRACTION = 0.10
+DEFAULT_LAUNCH_S = 22.7e-6
+
+_NO_LAUNCH = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "detach", "alias", "as_strided",
+              "unsqueeze", "squeeze", "reshape", "slice", "select", "split", "split_with_sizes", "unbind",
+              "chunk", "narrow", "view_as", "_reshape_alias", "lift_fresh", "_to_copy_meta", "empty",
+              "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_local_scalar_dense", "is_same_size",
+              "sym_size", "sym_stride", "numel", "dim", "size", "stride", "_has_compatible_shallow_copy_type",
+              "set_", "resize_", "contiguous"}
+
+
+class KernelCounter(TorchDispatchMode):
+    """Counts the aten operations dispatched inside it that launch device work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = func.overloadpacket.__name__
+        if name not in _NO_LAUNCH:
+            self.count += 1
+            self.by_op[name] = self.by_op.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))
+
+
+def measure(step: Callable[[], None]) -> tuple[float, int]:
+    """FLOPs and launched kernels of one call of ``step`` (run it on meta tensors)."""
+    with FlopCounterMode(display=False) as flops, KernelCounter() as kernels:
+        step()
+    return float(flops.get_total_flops()), kernels.count
+
+
+@dataclass
+class Group:
+    """One model group of a chapter: ``runs`` sequential trainings (1 when batched) of ``steps`` steps each."""
+
+    chapter: str
+    group: str
+    runs: int
+    steps: int
+    flops_per_step: float
+    kernels_per_step: int
+    dtype: str = "fp32"
+    captured: bool = False
+    models_per_step: int = 1
+    fixed_s: float = 0.0  # time that is not steps (a benchmark's timing budget)
+
+    def step_s(self, fraction: float, launch_s: float) -> float:
+        compute = self.flops_per_step / (fraction * PEAK_FLOPS[self.dtype])
+        launch = self.kernels_per_step * launch_s * (GRAPH_LAUNCH_FACTOR if self.captured else 1.0)
+        return max(compute, launch)
+
+    def predicted_s(self, fraction: float = DEFAULT_FRACTION, launch_s: float = DEFAULT_LAUNCH_S) -> float:
+        return self.runs * self.steps * self.step_s(fraction, launch_s) + self.fixed_s
+
+    def as_dict(self, fraction: float = DEFAULT_FRACTION, launch_s: float = DEFAULT_LAUNCH_S) -> dict:
+        d = dataclasses.asdict(self)
+        d["predicted_s"] = round(self.predicted_s(fraction, launch_s), 2)
+        return d
+
+
+# ------------------------------------------------------------------------------------------ measuring steps
+
+def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: str = "sgd", amp: bool = False,
+               clip: float | None = None) -> tuple[float, int]:
+    """FLOPs and kernels of forward + loss + backward + (clip) + optimizer step of ``model`` on meta tensors."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+    else:
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=False)
+
+    def step():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+            out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+        out = out[0] if isinstance(out, tuple) else out
+        value = loss(out, targets)
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        if clip is not None:
+            torch.nn.utils.clip_grad_norm_(params, clip, foreach=False)
+        opt.step()
+
+    return measure(step)
+
+
+def _meta_forward(model: nn.Module, inputs) -> tuple[float, int]:
+    def step():
+        with torch.no_grad():
+            model(inputs)
+    return measure(step)
+
+
+def _ce(out, y):
+    return F.cross_entropy(out.flatten(0, -2).float(), y.flatten())
+
+
+# ------------------------------------------------------------------------------------------ the chapters
+
+def _mechanics(cfg) -> list[Group]:
+    from dropnotes.engine import StackedMLP, make_step
+
+    k = len(cfg.rates) * cfg.n_seeds
+    with torch.device("meta"):
+        model = StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)
+        x, y = torch.empty(cfg.train_size, 784), torch.zeros(cfg.train_size, dtype=torch.long)
+        idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
+        vec = torch.zeros(k)
+        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec, momentum=cfg.momentum, max_norm=None, clip=None,
+                         amp_dtype=None, generator=None, bufs=[torch.zeros_like(p) for p in model.parameters()],
+                         alive=torch.ones(k, dtype=torch.bool), died=torch.zeros(k, dtype=torch.long),
+                         step_no=torch.zeros((), dtype=torch.long))
+        f, n = measure(step)
+        model.eval()
+        fe, ne = _meta_forward(model, torch.empty(4096, 784))
+    evals = math.ceil(cfg.epochs / cfg.eval_every) * math.ceil((cfg.train_size + cfg.val_size + 10000) / 4096)
+    dtype = "bf16" if cfg.amp else "fp32"
+    return [Group("mechanics", f"{k} MLPs {cfg.hidden} (rates x seeds), batched", 1, cfg.epochs * (cfg.train_size // cfg.batch_size),
+                  f, n, dtype, captured=True, models_per_step=k),
+            Group("mechanics", "evaluation (train, validation, test)", 1, evals, fe, ne, dtype, models_per_step=k)]
+
+
+def _ensembles(cfg) -> list[Group]:
+    from dropnotes.engine import StackedMLP, make_step
+    from dropnotes.models import MLP
+
+    k = cfg.n_seeds * (cfg.members + 1)
+    with torch.device("meta"):
+        model = StackedMLP(k, 784, cfg.hidden, 10, seeds=[0] * k)
+        x, y = torch.empty(cfg.train_size, 784), torch.zeros(cfg.train_size, dtype=torch.long)
+        idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
+        vec = torch.zeros(k)
+        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec, momentum=cfg.momentum, max_norm=vec, clip=None,
+                         amp_dtype=None, generator=None, bufs=[torch.zeros_like(p) for p in model.parameters()],
+                         alive=torch.ones(k, dtype=torch.bool), died=torch.zeros(k, dtype=torch.long),
+                         step_no=torch.zeros((), dtype=torch.long))
+        f, n = measure(step)
+        net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).train()
+        fe, ne = _meta_forward(net, torch.empty(4096, 784))
+    # MC passes per seed over 10,000 test images, the OOD sets and the k-sweep (batches of 4,096 images).
+    images = cfg.mc_samples * (10000 + 2 * cfg.ood_size) + cfg.mc_repeats * max(cfg.mc_ks) * cfg.mc_test_size
+    passes = cfg.n_seeds * math.ceil(images / 4096)
+    dtype = "bf16" if cfg.amp else "fp32"
+    return [Group("ensembles", f"{k} MLPs (members + dropout nets), batched", 1,
+                  cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k),
+            Group("ensembles", "MC-dropout evaluation", 1, passes, fe, ne)]
+
+
+def _variational(cfg) -> list[Group]:
+    from dropnotes.models import LSTMLM, SparseMLP
+    from dropnotes.models.lstm_lm import SCHEMES
+
+    vocab = cfg.vocab_cap or 10000
+    tokens = cfg.train_tokens or 929589
+    steps = (tokens - 1) // (cfg.batch_size * cfg.seq_len) * cfg.epochs
+    groups = []
+    with torch.device("meta"):  # what nn.LSTM decomposes into here (cuDNN runs it as a few kernels per layer)
+        lstm = nn.LSTM(cfg.dim, cfg.dim, batch_first=True)
+        _, per_layer = measure(lambda: lstm(torch.empty(cfg.batch_size, cfg.seq_len, cfg.dim,
+                                                        requires_grad=True))[0].sum().backward())
+    for scheme in SCHEMES:
+        with torch.device("meta"):
+            m = LSTMLM(vocab, cfg.dim, cfg.layers, scheme, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb)
+            x = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
+            f, n = _meta_step(m, x, x, loss=_ce, clip=cfg.clip)
+        fused = any(isinstance(r, nn.LSTM) or isinstance(getattr(r, "module", None), nn.LSTM) for r in m.rnns)
+        if fused and scheme not in TIME_LOOP_SCHEMES:
+            n = n - cfg.layers * per_layer + cfg.layers * CUDNN_LSTM_KERNELS
+        groups.append(Group("variational", f"LSTM {cfg.layers}x{cfg.dim} {scheme}", cfg.n_seeds, steps, f, n))
+    with torch.device("meta"):
+        m = LSTMLM(vocab, cfg.dim, cfg.layers, "variational", p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb)
+        m.train()
+        fe, ne = _meta_forward(m, torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long))
+        sv = SparseMLP()
+        fs, ns = _meta_step(sv, torch.empty(100, 784), torch.zeros(100, dtype=torch.long), loss=F.cross_entropy,
+                            optimizer="adamw")
+    test_windows = (cfg.eval_tokens or 82430) // (cfg.batch_size * cfg.seq_len)
+    return groups + [
+        Group("variational", f"MC dropout ({cfg.mc_samples} passes)", cfg.n_seeds, cfg.mc_samples * test_windows, fe, ne),
+        Group("variational", "sparse VD LeNet-300-100", 1, cfg.svd_epochs * math.ceil(cfg.svd_train_size / 100), fs, ns)]
+
+
+def _droppath(cfg) -> list[Group]:
+    from dropnotes.models import ViT
+
+    steps = cfg.epochs * math.ceil(cfg.train_size / cfg.batch_size)
+    out = []
+    for depth, runs in ((cfg.depth, len(cfg.rates) + 1), (cfg.shallow_depth, 2)):
+        with torch.device("meta"):
+            m = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=0.1)
+            f, n = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
+                              loss=F.cross_entropy, optimizer="adamw")
+        out.append(Group("droppath", f"ViT depth {depth} dim {cfg.dim}", runs * cfg.n_seeds, steps, f, n,
+                         dtype="bf16" if cfg.amp else "fp32"))
+    return out
+
+
+def _stdlib_bytes() -> int:
+    """The size of this machine's standard-library corpus (file sizes only; nothing is read)."""
+    import sysconfig
+    from pathlib import Path
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    return sum(p.stat().st_size for p in stdlib.rglob("*.py")
+               if "site-packages" not in p.parts and "dist-packages" not in p.parts)
+
+
+def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
+    from dropnotes.experiments.llm import _model
+
+    with torch.device("meta"):
+        m = _model(cfg, cfg.p)
+        x = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long)
+        f, n = _meta_step(m, x, x, loss=_ce, optimizer="adamw", clip=1.0)
+        xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
+        ff, nf = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
+    if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
+        corpus_bytes = _stdlib_bytes() if cfg.pretrain_corpus == "python-stdlib" else 90_000_000
+        pretrain_steps = int(min(cfg.pretrain_steps, (corpus_bytes * 0.95 // cfg.block_size) // cfg.batch_size))
+    pre_steps = pretrain_steps
+    finetunes = len(cfg.finetune_rates) + len(cfg.lora_rates) + sum(1 for s in cfg.sizes for _ in (0, 1)
+                                                                   if s != cfg.finetune_bytes)
+    dtype = "bf16" if cfg.amp else "fp32"
+    return [Group("llm", f"GPT {cfg.layers}x{cfg.dim} pretraining (none, dropout, early)", 3, pre_steps, f, n, dtype),
+            Group("llm", "fine-tuning runs", finetunes, cfg.finetune_steps, ff, nf, dtype)]
+
+
+def _interactions(cfg) -> list[Group]:
+    from dropnotes.experiments.interactions import mlp
+    from dropnotes.models import SmallCNN
+
+    with torch.device("meta"):
+        cnn = SmallCNN(placement="before-bn", p=cfg.p)
+        fc, nc = _meta_step(cnn, torch.empty(cfg.batch_size, 1, 28, 28), torch.zeros(cfg.batch_size, dtype=torch.long),
+                            loss=F.cross_entropy)
+        net = mlp("dropout", cfg.mlp_hidden, 0.5)
+        fm, nm = _meta_step(net, torch.empty(cfg.batch_size, 784), torch.zeros(cfg.batch_size, dtype=torch.long),
+                            loss=F.cross_entropy)
+    cnn_runs = 5 * cfg.n_seeds  # none, before/after BN, spatial, Gaussian
+    mlp_runs = (1 + 3 + 2 + len(cfg.grid_rates) * len(cfg.grid_decays)) * cfg.n_seeds
+    return [Group("interactions", "SmallCNN arms (sequential)", cnn_runs,
+                  cfg.cnn_epochs * math.ceil(cfg.cnn_train_size / cfg.batch_size), fc, nc),
+            Group("interactions", f"MLP 2x{cfg.mlp_hidden} arms (sequential)", mlp_runs,
+                  cfg.mlp_epochs * math.ceil(cfg.mlp_train_size / cfg.batch_size), fm, nm)]
+
+
+def _cost(cfg) -> list[Group]:
+    from dropnotes import bench
+    from dropnotes.experiments.cost import _models
+
+    # Timed by torch.utils.benchmark: each call runs for at least its budget; every variant with a PyTorch
+    # counterpart is timed twice per side (interleaved), plus the copy reference and SDPA's 3 kernels x 2 rates.
+    calls = sum(4 if ref is not None else 1 for _, ref, _ in bench.VARIANTS.values()) * len(cfg.sizes) + 1 + 6
+    groups = [Group("cost", "kernel benchmark and SDPA (timing budget)", 1, 0, 0.0, 0, fixed_s=calls * cfg.min_run_time)]
+    dtype = "bf16" if cfg.amp else "fp32"
+    with torch.device("meta"):
+        for name, (model, x, y, loss_fn) in _models(dataclasses.replace(cfg, device="meta"), 0.1).items():
+            if y is None:
+                x, y = x[:, :-1], x[:, 1:]
+            f, n = _meta_step(model, x, y, loss=lambda out, t, fn=loss_fn: fn(out.float(), t), optimizer="adamw")
+            groups.append(Group("cost", f"{name} training step (3 variants, interleaved rounds)", 3,
+                                cfg.rounds * cfg.steps_per_round + 3, f, n, dtype))
+    return groups
+
+
+GROUPS = {"mechanics": _mechanics, "ensembles": _ensembles, "variational": _variational, "droppath": _droppath,
+          "llm": _llm, "interactions": _interactions, "cost": _cost}
+
+
+def chapter_groups(chapter: str, cfg) -> list[Group]:
+    return GROUPS[chapter](cfg)
+
+
+def config_from_record(chapter: str, record: dict):
+    """The config a stored run used, rebuilt from its ``params``."""
+    import importlib
+
+    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "ChapterConfig" and isinstance(v, type))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in record["params"].items() if k in fields}
+    return cls(**params)
+
+
+def calibration_points() -> list[dict]:
+    """What the stored full runs measured that the model predicts: wall times, and throughputs of one group."""
+    from dropnotes import results
+
+    points = []
+    for chapter in GROUPS:
+        record = results.load_result(chapter, "full")
+        if record is None:
+            continue
+        cfg = config_from_record(chapter, record)
+        if chapter == "llm":  # the steps it really ran (one pass over that machine's corpus)
+            curves = record["tables"]["curves"]
+            groups = _llm(cfg, int(curves[curves.run == "pretrain none"].step.max()))
+        else:
+            groups = chapter_groups(chapter, cfg)
+        points.append({"chapter": chapter, "what": "wall time (s)", "measured": record["provenance"]["wall_time_s"],
+                       "predict": lambda f, c, g=groups: sum(x.predicted_s(f, c) for x in g)})
+        if chapter == "variational":
+            runs = record["tables"]["runs"]
+            for scheme, label in (("weight-drop", "cuDNN"), ("variational", "time loop")):
+                g = next(x for x in groups if x.group.endswith(f" {scheme}"))
+                wps = float(runs[runs.scheme == scheme].words_per_s.mean())
+                words = cfg.batch_size * cfg.seq_len
+                points.append({"chapter": chapter, "what": f"words/s, {scheme} ({label})", "measured": wps,
+                               "predict": lambda f, c, g=g, w=words: w / g.step_s(f, c)})
+        if chapter == "llm":
+            g = groups[0]
+            tps = float(record["tables"]["pretrain"].iloc[-1]["tokens_per_s"])  # the early arm: compiled graphs reused
+            tokens = cfg.batch_size * cfg.block_size
+            points.append({"chapter": chapter, "what": "tokens/s, pretraining", "measured": tps,
+                           "predict": lambda f, c, g=g, t=tokens: t / g.step_s(f, c)})
+    return points
+
+
+def calibrate(points: list[dict] | None = None) -> tuple[float, float, list[dict]]:
+    """Fit the fraction of peak and the launch cost to the calibration points (least squares in log space,
+    on a grid); return them and each point's residual."""
+    points = points if points is not None else calibration_points()
+    best = None
+    for fraction in [0.05 * i for i in range(1, 21)]:
+        for launch in [1e-6 * (1.25 ** j) for j in range(0, 25)]:
+            err = sum(math.log(p["predict"](fraction, launch) / p["measured"]) ** 2 for p in points)
+            if best is None or err < best[0]:
+                best = (err, fraction, launch)
+    _, fraction, launch = best
+    rows = [{"chapter": p["chapter"], "what": p["what"], "measured": p["measured"],
+             "predicted": p["predict"](fraction, launch),
+             "error %": 100 * (p["predict"](fraction, launch) / p["measured"] - 1)} for p in points]
+    return fraction, launch, rows
+
+
+def estimate(chapters: list[str], profile: str = "full", fraction: float = DEFAULT_FRACTION,
+             launch_s: float = DEFAULT_LAUNCH_S) -> list[dict]:
+    """One row per chapter and model group: runs, steps, FLOPs and kernels per step, predicted seconds."""
+    import importlib
+
+    rows = []
+    for chapter in chapters:
+        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+        cfg = module.configure(profile=profile, device="cpu")
+        for g in chapter_groups(chapter, cfg):
+            rows.append(g.as_dict(fraction, launch_s))
+    return rows

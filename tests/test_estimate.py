@@ -1,0 +1,67 @@
+"""dropnotes estimate: FLOPs and kernels measured on the meta device, and the fitted time model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from dropnotes import cli, estimate
+
+
+def test_kernel_counter_skips_views_and_counts_launches():
+    with torch.device("meta"):
+        a, b = torch.empty(4, 8), torch.empty(8, 3)
+        with estimate.KernelCounter() as k:
+            c = (a @ b).relu()
+            c.view(12), c.t(), c.unsqueeze(0).expand(2, 4, 3)  # views launch nothing
+            c.t().reshape(-1)  # a copy: one kernel
+    assert k.count == 3 and k.by_op == {"mm": 1, "relu": 1, "clone": 1}, k.by_op
+
+
+def test_flops_of_a_linear_step_are_the_textbook_count():
+    with torch.device("meta"):
+        lin = torch.nn.Linear(64, 32, bias=False)
+        flops, kernels = estimate._meta_step(lin, torch.empty(16, 64), torch.zeros(16, dtype=torch.long),
+                                             loss=torch.nn.functional.cross_entropy)
+    # forward 2*B*in*out, backward (weight gradient only: the input needs none) 2*B*in*out
+    assert flops == 2 * 16 * 64 * 32 * 2
+    assert kernels > 0
+
+
+def test_a_group_is_compute_or_launch_bound():
+    g = estimate.Group("c", "g", runs=2, steps=10, flops_per_step=67e12 * 0.1, kernels_per_step=100)
+    assert g.step_s(0.1, 1e-6) == pytest.approx(1.0)  # compute-bound: one second per step
+    assert g.predicted_s(0.1, 1e-6) == pytest.approx(20.0)
+    g2 = estimate.Group("c", "g", runs=1, steps=10, flops_per_step=0.0, kernels_per_step=300, captured=True)
+    assert g2.step_s(0.1, 1e-5) == pytest.approx(300 * 1e-5 / 3)  # launch-bound, inside a CUDA graph
+
+
+def test_calibration_recovers_known_constants():
+    groups = [estimate.Group("c", "compute", 1, 100, 67e12 * 0.01, 10),
+              estimate.Group("c", "launch", 1, 100, 1e6, 2000)]
+    points = [{"chapter": "c", "what": g.group, "measured": g.predicted_s(0.3, 1.25e-6 * 1.25 ** 4),
+               "predict": lambda f, c, g=g: g.predicted_s(f, c)} for g in groups]
+    fraction, launch, rows = estimate.calibrate(points)
+    assert fraction == pytest.approx(0.3) and launch == pytest.approx(1.25e-6 * 1.25 ** 4)
+    assert all(abs(r["error %"]) < 1e-6 for r in rows)
+
+
+def test_estimate_covers_every_chapter_as_json(capsys):
+    assert cli.main(["estimate", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["chapter"] for r in rows} == set(cli.CHAPTERS)
+    for r in rows:
+        assert set(r) == {"chapter", "group", "runs", "steps", "flops_per_step", "kernels_per_step", "predicted_s"}
+        assert r["predicted_s"] >= 0 and math.isfinite(r["predicted_s"])
+    mech = [r for r in rows if r["chapter"] == "mechanics"]
+    assert mech[0]["runs"] == 1 and "batched" in mech[0]["group"]  # all arms x seeds in one group
+
+
+def test_estimate_refuses_bad_input(capsys):
+    assert cli.main(["estimate", "nosuch"]) == 2
+    assert "unknown chapter 'nosuch'" in capsys.readouterr().err
+    assert cli.main(["estimate", "--profile", "auto"]) == 2
+    assert "--profile must be 'quick' or 'full'" in capsys.readouterr().err

@@ -147,6 +147,9 @@ def test_spelling_and_explicit_defaults_do_not_make_new_runs(tiny, tmp_path):
     rc, _, err = sweep(tiny, sweep_dir, "1,1.0,2")
     assert rc == 0, err
     assert sorted(table(sweep_dir).index.tolist()) == [1, 2]  # 1 and 1.0 are one run
+    # A line per run as it starts and ends, and no kernel warning about TCP.
+    assert err.count("\nstart ") + err.startswith("start ") == 2 and err.count("\ndone ") == 2, err
+    assert "without encryption" not in err and "Traceback" not in err, err
     stamps = notebooks(sweep_dir)
     rc, _, err = sweep(tiny, sweep_dir, "2,1")
     assert rc == 0 and set(table(sweep_dir).status) == {"done (earlier)"}

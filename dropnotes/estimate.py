@@ -137,20 +137,27 @@ def _ce(out, y):
 
 # ------------------------------------------------------------------------------------------ the chapters
 
-def _mechanics(cfg) -> list[Group]:
+def _engine_step(k: int, cfg, max_norm: bool):
+    """FLOPs and kernels of one step of the batched engine for K MLPs of the chapter's size, and the group."""
     from dropnotes.engine import StackedMLP, make_step
 
-    k = len(cfg.rates) * cfg.n_seeds
     with torch.device("meta"):
         model = StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)
         x, y = torch.empty(cfg.train_size, 784), torch.zeros(cfg.train_size, dtype=torch.long)
         idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
         vec = torch.zeros(k)
-        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec, momentum=cfg.momentum, max_norm=None, clip=None,
-                         amp_dtype=None, generator=None, bufs=[torch.zeros_like(p) for p in model.parameters()],
-                         alive=torch.ones(k, dtype=torch.bool), died=torch.zeros(k, dtype=torch.long),
-                         step_no=torch.zeros((), dtype=torch.long))
+        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec, momentum=cfg.momentum,
+                         max_norm=vec if max_norm else None, clip=None, amp_dtype=None, generator=None,
+                         bufs=[torch.zeros_like(p) for p in model.parameters()], alive=torch.ones(k, dtype=torch.bool),
+                         died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long))
         f, n = measure(step)
+    return f, n, model
+
+
+def _mechanics(cfg) -> list[Group]:
+    k = len(cfg.rates) * cfg.n_seeds
+    f, n, model = _engine_step(k, cfg, max_norm=False)
+    with torch.device("meta"):
         model.eval()
         fe, ne = _meta_forward(model, torch.empty(4096, 784))
     evals = math.ceil(cfg.epochs / cfg.eval_every) * math.ceil((cfg.train_size + cfg.val_size + 10000) / 4096)
@@ -161,20 +168,11 @@ def _mechanics(cfg) -> list[Group]:
 
 
 def _ensembles(cfg) -> list[Group]:
-    from dropnotes.engine import StackedMLP, make_step
     from dropnotes.models import MLP
 
     k = cfg.n_seeds * (cfg.members + 1)
+    f, n, _ = _engine_step(k, cfg, max_norm=True)
     with torch.device("meta"):
-        model = StackedMLP(k, 784, cfg.hidden, 10, seeds=[0] * k)
-        x, y = torch.empty(cfg.train_size, 784), torch.zeros(cfg.train_size, dtype=torch.long)
-        idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
-        vec = torch.zeros(k)
-        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec, momentum=cfg.momentum, max_norm=vec, clip=None,
-                         amp_dtype=None, generator=None, bufs=[torch.zeros_like(p) for p in model.parameters()],
-                         alive=torch.ones(k, dtype=torch.bool), died=torch.zeros(k, dtype=torch.long),
-                         step_no=torch.zeros((), dtype=torch.long))
-        f, n = measure(step)
         net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).train()
         fe, ne = _meta_forward(net, torch.empty(4096, 784))
     # MC passes per seed over 10,000 test images, the OOD sets and the k-sweep (batches of 4,096 images).

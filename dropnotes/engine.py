@@ -10,7 +10,9 @@ Each of the K models has its own
 
 * initialisation (stacked from K ordinary :class:`~dropnotes.models.MLP` modules, or drawn here),
 * data order (a (K, N) permutation drawn per epoch),
-* input and hidden drop rates, learning rate, weight decay, max-norm and gradient-clipping threshold,
+* noise: input and hidden drop rates, the noise's kind (Bernoulli or Gaussian units, DropConnect on the
+  weights; pixel-wise or channel-wise in a CNN),
+* learning rate, weight decay, max-norm and gradient-clipping threshold,
 * early-stopping record (its best parameters and epoch on the validation data), and
 * life: a model whose loss stops being finite is frozen at that step and reported; the others go on.
 
@@ -19,6 +21,10 @@ gradient is its own; SGD with momentum is applied per element with per-model rat
 use per-model keep probabilities. The masks of the K models come from one generator per group (one
 kernel per layer), so model k's masks depend on which models share its group: the group is recorded
 in the history (``group``) so a number can be reproduced.
+
+Two architectures are stacked: :class:`StackedMLP` (batched matrix products) and :class:`StackedCNN`
+(chapter 6's batch-norm CNN as grouped convolutions: model k owns channel block k of every layer, so its
+batch-norm statistics are its own).
 
 No host synchronisation happens inside an epoch: losses, errors and the alive flags stay on the
 device and are read at the evaluation points only.
@@ -36,19 +42,48 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import check_positive_int, check_probability, progress
+from dropnotes.runtime import check_choice, check_positive_int, check_probability, progress
 
 
-def _per_model(name: str, value, k: int, *, check=None) -> torch.Tensor:
-    """A scalar or a length-K sequence as a (K,) float tensor."""
+def _values(name: str, value, k: int, *, check=None) -> list:
+    """A scalar or a length-K sequence as a list of K values, each checked."""
     if isinstance(value, torch.Tensor):
         value = value.tolist()
     values = list(value) if isinstance(value, (list, tuple)) else [value] * k
     if len(values) != k:
         raise ValueError(f"{name} must have one value per model ({k}), got {len(values)}")
-    if check is not None:
-        values = [check(name, v) for v in values]
-    return torch.tensor([float(v) for v in values], dtype=torch.float32)
+    return [check(name, v) for v in values] if check is not None else values
+
+
+def _per_model(name: str, value, k: int, *, check=None) -> torch.Tensor:
+    """A scalar or a length-K sequence as a (K,) float tensor."""
+    return torch.tensor([float(v) for v in _values(name, value, k, check=check)], dtype=torch.float32)
+
+
+def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian: torch.Tensor | None = None,
+               spatial: torch.Tensor | None = None, generator: torch.Generator | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+    r"""Per-model multiplicative noise on ``h``, whose axis ``model_dim`` indexes the K models.
+
+    Model k multiplies each unit by :math:`m/(1-p_k)` with :math:`m \sim \mathrm{Bernoulli}(1-p_k)` (inverted
+    dropout), or, where ``gaussian[k]``, by :math:`\xi \sim \mathcal{N}(1, p_k/(1-p_k))` (the same mean and
+    variance, Srivastava et al. 2014, §10); where ``spatial[k]`` one Bernoulli value is shared by each
+    (sample, channel), the first three axes of ``h`` being sample, model and channel in some order
+    (Tompson et al. 2015). ``mask`` replaces the draw: a boolean keep-mask, or the multiplier itself."""
+    view = [1] * h.dim()
+    view[model_dim] = h.shape[model_dim]
+    keep = (1.0 - p).to(h.dtype).view(view)
+    if mask is not None:
+        return h * mask * (1.0 / keep) if mask.dtype == torch.bool else h * mask
+    mult = (torch.rand(h.shape, device=h.device, generator=generator) < keep) * (1.0 / keep)
+    if spatial is not None:
+        shared = torch.rand(h.shape[:3] + (1,) * (h.dim() - 3), device=h.device, generator=generator) < keep
+        mult = torch.where(spatial.view(view), (shared * (1.0 / keep)).expand_as(h), mult)
+    if gaussian is not None:
+        sigma = (p / (1.0 - p)).sqrt().to(h.dtype).view(view)
+        xi = torch.randn(h.shape, device=h.device, generator=generator, dtype=h.dtype) * sigma + 1.0
+        mult = torch.where(gaussian.view(view), xi, mult)
+    return h * mult
 
 
 class StackedMLP(nn.Module):
@@ -57,17 +92,33 @@ class StackedMLP(nn.Module):
     ``weights[i]`` has shape (K, out_i, in_i) and ``biases[i]`` (K, out_i). ``forward`` takes one batch
     (B, ...) for all models, or each model's own (K, B, ...) with ``per_model=True``, and returns (K, B, out). In training,
     model k drops its inputs with rate ``p_input[k]`` and its hidden units with ``p_hidden[k]`` (inverted
-    dropout: kept units scaled by 1/(1-p)); in eval mode it is deterministic.
+    dropout: kept units scaled by 1/(1-p)), or with ``noise[k] = "gaussian"`` multiplies them by
+    N(1, p/(1-p)) noise instead; ``p_connect[k]`` drops the *weights* of every hidden layer (all but the
+    output layer) with one mask per mini-batch (DropConnect, Wan et al. 2013, scaled by 1/(1-p)). In eval
+    mode every model is deterministic. The noise settings are fixed at construction.
     """
 
+    NOISES = ("bernoulli", "gaussian")
+
     def __init__(self, k: int, in_features: int, hidden: Sequence[int], out_features: int, *,
-                 p_input=0.0, p_hidden=0.0, seeds: Sequence[int] | None = None) -> None:
+                 p_input=0.0, p_hidden=0.0, noise="bernoulli", p_connect=0.0,
+                 seeds: Sequence[int] | None = None) -> None:
         super().__init__()
         self.k = check_positive_int("k", k)
         widths = [check_positive_int("in_features", in_features)] + [check_positive_int("hidden", h) for h in hidden]
         widths.append(check_positive_int("out_features", out_features))
         self.register_buffer("p_input", _per_model("p_input", p_input, k, check=check_probability))
         self.register_buffer("p_hidden", _per_model("p_hidden", p_hidden, k, check=check_probability))
+        kinds = _values("noise", noise, k, check=lambda n, v: check_choice(n, v, self.NOISES))
+        self.noise = tuple(kinds)
+        self._any_gaussian = "gaussian" in kinds
+        self._sites = (any(float(v) > 0 for v in _values("p_input", p_input, k)),
+                       any(float(v) > 0 for v in _values("p_hidden", p_hidden, k)))  # a site no model uses is skipped
+        self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
+        connect = _values("p_connect", p_connect, k, check=check_probability)
+        self.register_buffer("p_connect", torch.tensor([float(v) for v in connect]))
+        self._connected = [i for i, v in enumerate(connect) if v > 0]
+        self.register_buffer("connect_index", torch.tensor(self._connected, dtype=torch.long))
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         for fan_in, fan_out in zip(widths[:-1], widths[1:]):
@@ -90,11 +141,13 @@ class StackedMLP(nn.Module):
                 b[i].copy_(torch.empty(b.shape[1:]).uniform_(-bound, bound, generator=g))
 
     @classmethod
-    def from_models(cls, models: Sequence[nn.Module], *, p_input=0.0, p_hidden=0.0) -> "StackedMLP":
+    def from_models(cls, models: Sequence[nn.Module], *, p_input=0.0, p_hidden=0.0, noise="bernoulli",
+                    p_connect=0.0) -> "StackedMLP":
         """Stack K models made of ``nn.Linear`` layers (e.g. :class:`~dropnotes.models.MLP`) into one group."""
         linears = [[m for m in model.modules() if isinstance(m, nn.Linear)] for model in models]
         widths = [linears[0][0].in_features] + [lin.out_features for lin in linears[0]]
-        out = cls(len(models), widths[0], widths[1:-1], widths[-1], p_input=p_input, p_hidden=p_hidden)
+        out = cls(len(models), widths[0], widths[1:-1], widths[-1], p_input=p_input, p_hidden=p_hidden, noise=noise,
+                  p_connect=p_connect)
         with torch.no_grad():
             for i, layers in enumerate(linears):
                 for w, b, lin in zip(out.weights, out.biases, layers):
@@ -104,8 +157,12 @@ class StackedMLP(nn.Module):
 
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.MLP` (with its own drop rates), e.g. for
-        MC-dropout prediction with :func:`dropnotes.mc.mc_predict`."""
+        MC-dropout prediction with :func:`dropnotes.mc.mc_predict`. Bernoulli unit dropout only: a Gaussian or
+        DropConnect model has no standalone :class:`~dropnotes.models.MLP` form."""
         from dropnotes.models import MLP
+
+        if self.noise[i] != "bernoulli" or float(self.p_connect[i]) > 0:
+            raise ValueError(f"model {i} uses {self.noise[i]} noise / DropConnect; model(i) takes Bernoulli-dropout models")
 
         widths = [w.shape[1] for w in self.weights]
         net = MLP(self.weights[0].shape[2], tuple(widths[:-1]), widths[-1], p_input=float(self.p_input[i]),
@@ -121,7 +178,8 @@ class StackedMLP(nn.Module):
         index = list(index)
         widths = [w.shape[1] for w in self.weights]
         out = StackedMLP(len(index), self.weights[0].shape[2], widths[:-1], widths[-1],
-                         p_input=self.p_input[index].tolist(), p_hidden=self.p_hidden[index].tolist())
+                         p_input=self.p_input[index].tolist(), p_hidden=self.p_hidden[index].tolist(),
+                         noise=[self.noise[i] for i in index], p_connect=self.p_connect[index].tolist())
         with torch.no_grad():
             for w_out, b_out, w, b in zip(out.weights, out.biases, self.weights, self.biases):
                 w_out.copy_(w[index])
@@ -134,26 +192,228 @@ class StackedMLP(nn.Module):
 
     def _drop(self, h: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training:
+        if not self.training or (mask is None and not self._sites[p is self.p_hidden]):
             return h
-        keep = (1.0 - p).to(h.dtype).view(-1, 1, 1)
-        if mask is None:
-            mask = torch.rand(h.shape, device=h.device, generator=generator) < keep
-        return h * mask * (1.0 / keep)
+        return unit_noise(h, p, gaussian=self.gaussian if self._any_gaussian else None, generator=generator, mask=mask)
+
+    def _layer(self, i: int, h: torch.Tensor, generator, connect_mask) -> torch.Tensor:
+        # (W h^T + b)^T rather than h W^T + b: the weight gradient then comes out in the weights' own layout,
+        # which saves a full copy of every weight gradient per step (the step is memory-bound)
+        if not (self.training and self._connected and i < len(self.weights) - 1):
+            w, b = self.weights[i].to(h.dtype), self.biases[i].unsqueeze(2).to(h.dtype)
+            return torch.baddbmm(b, w, h.transpose(1, 2)).transpose(1, 2)
+        ci = self.connect_index  # DropConnect: the connected models' weights masked, one mask per mini-batch
+        keep = (1.0 - self.p_connect[ci]).view(-1, 1, 1)
+        if connect_mask is None:
+            shape = (len(self._connected),) + self.weights[i].shape[1:]
+            connect_mask = torch.rand(shape, device=h.device, generator=generator) < keep
+        return _ConnectedLinear.apply(h, self.weights[i], self.biases[i], ci, connect_mask * (1.0 / keep))
 
     def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None,
-                masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                masks: Sequence[torch.Tensor] | None = None,
+                connect_masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``x``: one batch (B, ...) for every model, or with ``per_model`` each model's own (K, B, ...).
-        ``masks`` (optional, for tests): one boolean keep-mask per dropout site, (K, B, width)."""
+        ``masks`` (optional, for tests): one boolean keep-mask (or multiplier) per dropout site, (K, B, width);
+        ``connect_masks``: one boolean weight keep-mask per hidden layer for the DropConnect models,
+        (number of them, out, in)."""
         x = x.flatten(2) if per_model else x.flatten(1).unsqueeze(0).expand(self.k, x.shape[0], -1)
         masks = list(masks) if masks is not None else [None] * len(self.weights)
+        connect_masks = list(connect_masks) if connect_masks is not None else [None] * len(self.weights)
         h = self._drop(x, self.p_input, generator, masks[0])
         last = len(self.weights) - 1
-        for i, (w, b) in enumerate(zip(self.weights, self.biases)):
-            h = torch.baddbmm(b.unsqueeze(1).to(h.dtype), h, w.transpose(1, 2).to(h.dtype))
+        for i in range(len(self.weights)):
+            h = self._layer(i, h, generator, connect_masks[i])
             if i < last:
                 h = self._drop(F.relu(h), self.p_hidden, generator, masks[i + 1])
         return h
+
+
+def _autocast_dtype(device_type: str) -> torch.dtype | None:
+    """The autocast dtype in force for ``device_type``, or None (also for devices autocast does not know)."""
+    try:
+        return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+    except RuntimeError:  # e.g. the meta device of `dropnotes estimate`
+        return None
+
+
+class _ConnectedLinear(torch.autograd.Function):
+    """K stacked linear layers, the models at ``index`` with their weights multiplied by ``scale`` (DropConnect's
+    mask / keep). Written out so that the backward pass writes the connected models' weight gradients in
+    place: through autograd, indexing the weights would add a zero-filled full-size gradient every step."""
+
+    @staticmethod
+    def forward(ctx, h, w, b, index, scale):
+        dtype = _autocast_dtype(h.device.type) or h.dtype
+        hd, wd, bd, sd = h.to(dtype), w.to(dtype), b.to(dtype), scale.to(dtype)
+        out = torch.baddbmm(bd.unsqueeze(2), wd, hd.transpose(1, 2))  # (K, out, B)
+        masked = wd.index_select(0, index) * sd
+        out.index_copy_(0, index, torch.baddbmm(bd.index_select(0, index).unsqueeze(2), masked,
+                                                hd.index_select(0, index).transpose(1, 2)))
+        ctx.save_for_backward(hd, wd, index, sd)
+        ctx.dtypes = (h.dtype, w.dtype, b.dtype)
+        return out.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hd, wd, index, sd = ctx.saved_tensors
+        g = grad.to(hd.dtype)
+        grad_h = None
+        if ctx.needs_input_grad[0]:  # not for the first layer: the inputs need no gradient
+            grad_h = torch.bmm(g, wd)  # dL/dh = g W, the connected models' with their masked W
+            grad_h.index_copy_(0, index, torch.bmm(g.index_select(0, index), wd.index_select(0, index) * sd))
+            grad_h = grad_h.to(ctx.dtypes[0])
+        grad_w = torch.bmm(g.transpose(1, 2), hd)  # (K, out, in), the weights' layout
+        grad_w.index_copy_(0, index, grad_w.index_select(0, index) * sd)  # dL/dW = (dL/dW_masked) * scale
+        _, w_dtype, b_dtype = ctx.dtypes
+        return grad_h, grad_w.to(w_dtype), g.sum(1).to(b_dtype), None, None
+
+
+class StackedCNN(nn.Module):
+    """K :class:`~dropnotes.models.SmallCNN` (conv-BN-ReLU-pool, twice, and a linear head) as one group.
+
+    Every convolution is one grouped convolution over the K models' channel blocks, and every batch-norm
+    layer normalises each model's channels over that model's own batch, so the group computes exactly
+    the K separate networks. Model k applies noise with rate ``p1[k]`` after block 1 (before the second
+    BN layer: SmallCNN's ``"before-bn"`` placement) and ``p2[k]`` after block 2 (after the last BN);
+    ``noise[k]`` is ``"pixel"`` (Bernoulli per unit), ``"spatial"`` (per channel) or ``"gaussian"``.
+    Parameters have shape (K, ...); the BN running statistics are (K, channels) buffers.
+    """
+
+    NOISES = ("pixel", "spatial", "gaussian")
+
+    def __init__(self, k: int, in_channels: int = 1, classes: int = 10, channels: tuple[int, int] = (16, 32),
+                 image_size: int = 28, *, p1=0.0, p2=0.0, noise="pixel", seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.k = check_positive_int("k", k)
+        self.in_channels, self.classes = check_positive_int("in_channels", in_channels), check_positive_int("classes", classes)
+        self.channels = tuple(check_positive_int("channels", c) for c in channels)
+        self.image_size = check_positive_int("image_size", image_size, minimum=4)
+        c1, c2 = self.channels
+        p1v, p2v = (_values(n, v, k, check=check_probability) for n, v in (("p1", p1), ("p2", p2)))
+        kinds = _values("noise", noise, k, check=lambda n, v: check_choice(n, v, self.NOISES))
+        self.noise = tuple(kinds)
+        self._sites = (any(v > 0 for v in p1v), any(v > 0 for v in p2v))
+        self._kinds = ("spatial" in kinds, "gaussian" in kinds)
+        self.register_buffer("p1", torch.tensor([float(v) for v in p1v]))
+        self.register_buffer("p2", torch.tensor([float(v) for v in p2v]))
+        self.register_buffer("spatial", torch.tensor([v == "spatial" for v in kinds]))
+        self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
+        self.conv1 = nn.Parameter(torch.empty(k, c1, in_channels, 3, 3))
+        self.conv2 = nn.Parameter(torch.empty(k, c2, c1, 3, 3))
+        self.bn1_weight, self.bn1_bias = nn.Parameter(torch.ones(k, c1)), nn.Parameter(torch.zeros(k, c1))
+        self.bn2_weight, self.bn2_bias = nn.Parameter(torch.ones(k, c2)), nn.Parameter(torch.zeros(k, c2))
+        features = c2 * (image_size // 4) ** 2
+        self.head_weight = nn.Parameter(torch.empty(k, classes, features))
+        self.head_bias = nn.Parameter(torch.empty(k, classes))
+        for i, c in ((1, c1), (2, c2)):
+            self.register_buffer(f"running_mean{i}", torch.zeros(k, c))
+            self.register_buffer(f"running_var{i}", torch.ones(k, c))
+        self.reset_parameters(seeds)
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
+        """PyTorch's default initialisation of each :class:`SmallCNN`, model k from its own seed."""
+        seeds = list(seeds) if seeds is not None else list(range(self.k))
+        if len(seeds) != self.k:
+            raise ValueError(f"seeds must have one value per model ({self.k}), got {len(seeds)}")
+        for i, s in enumerate(seeds):
+            g = torch.Generator().manual_seed(int(s))
+            for w in (self.conv1, self.conv2, self.head_weight):
+                fan_in = math.prod(w.shape[2:])
+                bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)), as nn.Conv2d and nn.Linear
+                w[i].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=g))
+            bound = 1.0 / math.sqrt(self.head_weight.shape[2])
+            self.head_bias[i].copy_(torch.empty(self.classes).uniform_(-bound, bound, generator=g))
+
+    @staticmethod
+    def _noise_of(module: nn.Module) -> tuple[float, str | None]:
+        from dropnotes.layers import Dropout, GaussianDropout, SpatialDropout
+
+        for cls, kind in ((SpatialDropout, "spatial"), (GaussianDropout, "gaussian"), (Dropout, "pixel")):
+            if isinstance(module, cls):
+                return module.p, kind
+        return 0.0, None
+
+    @classmethod
+    def from_models(cls, models: Sequence[nn.Module]) -> "StackedCNN":
+        """Stack K :class:`~dropnotes.models.SmallCNN` (their weights, BN statistics, placements and noise)."""
+        first = models[0]
+        conv1, conv2 = first.features[0], first.features[5]
+        sites = [(cls._noise_of(m.features[4]), cls._noise_of(m.features[9])) for m in models]
+        kinds = [s1[1] or s2[1] or "pixel" for s1, s2 in sites]
+        out = cls(len(models), conv1.in_channels, first.head.out_features, (conv1.out_channels, conv2.out_channels),
+                  int(math.isqrt(first.head.in_features // conv2.out_channels)) * 4,
+                  p1=[s1[0] for s1, _ in sites], p2=[s2[0] for _, s2 in sites], noise=kinds)
+        with torch.no_grad():
+            for i, m in enumerate(models):
+                bn1, bn2 = m.bn_layers
+                for dst, src in ((out.conv1, m.features[0].weight), (out.conv2, m.features[5].weight),
+                                 (out.bn1_weight, bn1.weight), (out.bn1_bias, bn1.bias), (out.bn2_weight, bn2.weight),
+                                 (out.bn2_bias, bn2.bias), (out.head_weight, m.head.weight), (out.head_bias, m.head.bias),
+                                 (out.running_mean1, bn1.running_mean), (out.running_var1, bn1.running_var),
+                                 (out.running_mean2, bn2.running_mean), (out.running_var2, bn2.running_var)):
+                    dst[i].copy_(src)
+        return out.to(first.head.weight.device)
+
+    def model(self, i: int) -> nn.Module:
+        """Model ``i`` as a standalone :class:`~dropnotes.models.SmallCNN` with its weights and BN statistics
+        (e.g. to measure its variance shift or re-estimate its BN statistics)."""
+        from dropnotes.models import SmallCNN
+
+        p1, p2 = float(self.p1[i]), float(self.p2[i])
+        if p1 > 0 and p1 != p2:
+            raise ValueError(f"model {i} has p1={p1:g} != p2={p2:g}: SmallCNN's before-BN placement uses one rate")
+        placement = "before-bn" if p1 > 0 else "after-bn" if p2 > 0 else "none"
+        net = SmallCNN(self.in_channels, self.classes, self.channels, placement=placement, p=max(p1, p2),
+                       noise=self.noise[i], image_size=self.image_size).to(self.conv1.device)
+        bn1, bn2 = net.bn_layers
+        with torch.no_grad():
+            for dst, src in ((net.features[0].weight, self.conv1), (net.features[5].weight, self.conv2),
+                             (bn1.weight, self.bn1_weight), (bn1.bias, self.bn1_bias), (bn2.weight, self.bn2_weight),
+                             (bn2.bias, self.bn2_bias), (net.head.weight, self.head_weight),
+                             (net.head.bias, self.head_bias), (bn1.running_mean, self.running_mean1),
+                             (bn1.running_var, self.running_var1), (bn2.running_mean, self.running_mean2),
+                             (bn2.running_var, self.running_var2)):
+                dst.copy_(src[i])
+        return net
+
+    def extra_repr(self) -> str:
+        c1, c2 = self.channels
+        return f"k={self.k}, {self.in_channels} -> {c1} -> {c2} channels, {self.image_size}px -> {self.classes}"
+
+    def _site(self, h: torch.Tensor, i: int, generator, mask) -> torch.Tensor:
+        if not (self.training and self._sites[i]):
+            return h
+        b, _, height, width = h.shape
+        h5 = h.view(b, self.k, -1, height, width)  # (B, K, C, H, W): the model axis is 1
+        out = unit_noise(h5, self.p1 if i == 0 else self.p2, model_dim=1, generator=generator, mask=mask,
+                         spatial=self.spatial if self._kinds[0] else None,
+                         gaussian=self.gaussian if self._kinds[1] else None)
+        return out.view(h.shape)
+
+    def _block(self, h: torch.Tensor, conv: torch.Tensor, i: int) -> torch.Tensor:
+        h = F.conv2d(h, conv.flatten(0, 1).to(h.dtype), padding=1, groups=self.k)
+        weight, bias = (self.bn1_weight, self.bn1_bias) if i == 1 else (self.bn2_weight, self.bn2_bias)
+        mean, var = getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}")
+        h = F.batch_norm(h, mean.view(-1), var.view(-1), weight.flatten(), bias.flatten(), self.training, 0.1, 1e-5)
+        return F.max_pool2d(F.relu(h), 2)
+
+    def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None,
+                masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """``x``: one batch (B, C, H, W) for every model, or with ``per_model`` each model's own (K, B, C, H, W);
+        returns (K, B, classes). ``masks`` (optional, for tests): the two sites' keep-masks or multipliers,
+        (B, K, C, H, W)."""
+        k = self.k
+        masks = list(masks) if masks is not None else [None, None]
+        if per_model:
+            h = x.transpose(0, 1).flatten(1, 2)  # (B, K*C, H, W): model k owns channel block k
+        else:
+            h = x.repeat(1, k, 1, 1)
+        h = self._site(self._block(h, self.conv1, 1), 0, generator, masks[0])
+        h = self._site(self._block(h, self.conv2, 2), 1, generator, masks[1])
+        h = h.view(h.shape[0], k, -1).transpose(0, 1)  # (K, B, features), SmallCNN's flatten order per model
+        return torch.baddbmm(self.head_bias.unsqueeze(2).to(h.dtype), self.head_weight.to(h.dtype),
+                             h.transpose(1, 2)).transpose(1, 2)  # (W h^T + b)^T: see StackedMLP._layer
 
 
 @dataclass
@@ -174,7 +434,7 @@ def epoch_orders(k: int, n: int, generator: torch.Generator, device: torch.devic
 
 
 @torch.no_grad()
-def evaluate_stacked(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
+def evaluate_stacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and error rate of every model on (x, y), as (K,) device tensors (eval mode)."""
     was = model.training
@@ -192,14 +452,22 @@ def evaluate_stacked(model: StackedMLP, x: torch.Tensor, y: torch.Tensor, batch_
     return loss / x.shape[0], wrong / x.shape[0]
 
 
-def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
+def _per_model_state(model: nn.Module) -> list[torch.Tensor]:
+    """What defines the K models' current state: the parameters and the floating-point (K, ...) buffers
+    (a CNN's batch-norm running statistics)."""
+    bufs = [b for b in model.buffers() if b.is_floating_point() and b.dim() >= 2 and b.shape[0] == model.k]
+    return list(model.parameters()) + bufs
+
+
+def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_val: torch.Tensor,
                 y_val: torch.Tensor, *, epochs: int, batch_size: int, lr, momentum: float = 0.0,
                 weight_decay=0.0, max_norm=None, clip=None, eval_every: int = 1, generator: torch.Generator | None = None,
                 amp_dtype: torch.dtype | None = None, x_test: torch.Tensor | None = None,
                 y_test: torch.Tensor | None = None, desc: str = "batched", restore_best: bool = False,
-                capture: bool = True) -> FitResult:
-    """Train the K models of ``model`` together with SGD (momentum, per-model ``lr``, ``weight_decay``,
-    ``max_norm`` on incoming weight rows, ``clip`` on each model's gradient norm).
+                capture: bool = True, eval_batch_size: int = 4096) -> FitResult:
+    """Train the K models of ``model`` (a :class:`StackedMLP` or :class:`StackedCNN`) together with SGD
+    (momentum, per-model ``lr``, ``weight_decay``, ``max_norm`` on an MLP's incoming weight rows, ``clip``
+    on each model's gradient norm).
 
     Every ``eval_every`` epochs (and at the end) each model's train, validation (and test) loss and
     error are recorded; each model's best validation epoch is kept (and its parameters restored at the
@@ -212,12 +480,21 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     k = model.k
     epochs, eval_every = check_positive_int("epochs", epochs), check_positive_int("eval_every", eval_every)
     batch_size = check_positive_int("batch_size", batch_size)
+    eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
+    if max_norm is not None and not isinstance(model, StackedMLP):
+        raise ValueError(f"max_norm applies to a StackedMLP's weight rows; got a {type(model).__name__}")
     dev = x_train.device
     if generator is None:
         generator = torch.Generator(dev).manual_seed(0)
     lr_k = _per_model("lr", lr, k).to(dev)
-    wd_k = _per_model("weight_decay", weight_decay, k).to(dev)
-    mn_k = None if max_norm is None else _per_model("max_norm", max_norm, k).to(dev)
+    wd_k = _per_model("weight_decay", weight_decay, k)
+    wd_k = wd_k.to(dev) if bool(wd_k.any()) else None  # no model decays: no pass over the parameters
+    mn_k = mn_index = None
+    if max_norm is not None:  # only the models with a finite radius are projected
+        radii = _per_model("max_norm", max_norm, k)
+        constrained = torch.isfinite(radii).nonzero().flatten()
+        if len(constrained):
+            mn_k, mn_index = radii[constrained].to(dev), (None if len(constrained) == k else constrained.to(dev))
     clip_k = None if clip is None else _per_model("clip", clip, k).to(dev)
     params = list(model.parameters())
     bufs = [torch.zeros_like(p) for p in params]
@@ -226,7 +503,8 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     step_no = torch.zeros((), dtype=torch.long, device=dev)
     best_err = torch.full((k,), float("inf"), device=dev)
     best_epoch = torch.zeros(k, dtype=torch.long, device=dev)
-    best_state = [p.detach().clone() for p in params] if restore_best else None
+    tracked = _per_model_state(model)  # what the best epoch keeps: parameters and BN statistics
+    best_state = [p.detach().clone() for p in tracked] if restore_best else None
     n = x_train.shape[0]
     if n < batch_size:
         raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {batch_size}")
@@ -234,12 +512,13 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
     idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)  # the step's input: (K, B) example indices
     mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
     step = make_step(model, x_train, y_train, idx, lr=lr_k, weight_decay=wd_k, momentum=momentum, max_norm=mn_k,
+                     max_norm_index=mn_index,
                      clip=clip_k, amp_dtype=amp_dtype, generator=mask_gen, bufs=bufs, alive=alive, died=died,
                      step_no=step_no)
 
     if dev.type == "cuda":
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
-    state = params + bufs + [alive, died, step_no]
+    state = params + list(model.buffers()) + bufs + [alive, died, step_no]
     run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
     rows = []
     for epoch in progress(range(1, epochs + 1), desc):
@@ -249,17 +528,17 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
             idx.copy_(order[:, b * batch_size:(b + 1) * batch_size])  # (K, B): each model's own batch
             run_step()
         if epoch % eval_every == 0 or epoch == epochs:
-            tr_loss, tr_err = evaluate_stacked(model, x_train, y_train, amp_dtype=amp_dtype)
-            va_loss, va_err = evaluate_stacked(model, x_val, y_val, amp_dtype=amp_dtype)
+            tr_loss, tr_err = evaluate_stacked(model, x_train, y_train, eval_batch_size, amp_dtype)
+            va_loss, va_err = evaluate_stacked(model, x_val, y_val, eval_batch_size, amp_dtype)
             better = alive & (va_err < best_err)
             best_err = torch.where(better, va_err, best_err)
             best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
             if best_state is not None:
-                for b, p in zip(best_state, params):
+                for b, p in zip(best_state, tracked):
                     b.copy_(torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), b))
             cols = {"train_loss": tr_loss, "train_error": tr_err, "val_loss": va_loss, "val_error": va_err}
             if x_test is not None:
-                te_loss, te_err = evaluate_stacked(model, x_test, y_test, amp_dtype=amp_dtype)
+                te_loss, te_err = evaluate_stacked(model, x_test, y_test, eval_batch_size, amp_dtype)
                 cols.update(test_loss=te_loss, test_error=te_err)
             host = {name: t.tolist() for name, t in cols.items()}  # the one host read, at the evaluation
             alive_now = alive.tolist()
@@ -267,19 +546,22 @@ def fit_stacked(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor,
                 rows.append({"model": m, "epoch": epoch, **{c: v[m] for c, v in host.items()}, "alive": alive_now[m]})
     if best_state is not None:
         with torch.no_grad():
-            for b, p in zip(best_state, params):
+            for b, p in zip(best_state, tracked):
                 p.copy_(b)
     hist = pd.DataFrame(rows)
     hist["group"] = k
     return FitResult(hist, best_epoch.tolist(), best_err.tolist(), died.tolist())
 
 
-def make_step(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor, *, lr: torch.Tensor,
-              weight_decay: torch.Tensor, momentum: float, max_norm: torch.Tensor | None, clip: torch.Tensor | None,
-              amp_dtype: torch.dtype | None, generator: torch.Generator | None, bufs: list[torch.Tensor],
-              alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor):
+def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor, *, lr: torch.Tensor,
+              weight_decay: torch.Tensor | None, momentum: float, max_norm: torch.Tensor | None,
+              clip: torch.Tensor | None, amp_dtype: torch.dtype | None, generator: torch.Generator | None,
+              bufs: list[torch.Tensor], alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor,
+              max_norm_index: torch.Tensor | None = None):
     """The engine's training step as a closure over static tensors (``idx`` holds the (K, B) example indices
-    of the step): what :func:`fit_stacked` runs or captures, and what ``dropnotes estimate`` measures."""
+    of the step): what :func:`fit_stacked` runs or captures, and what ``dropnotes estimate`` measures.
+    ``weight_decay`` None: no model decays; ``max_norm``: the radii of the models at ``max_norm_index``
+    (None: of all K)."""
     k = model.k
     params = list(model.parameters())
     dev_type = x_train.device.type
@@ -300,7 +582,7 @@ def make_step(model: StackedMLP, x_train: torch.Tensor, y_train: torch.Tensor, i
         alive.logical_and_(finite)
         _sgd_step(params, bufs, lr, weight_decay, momentum, alive, clip)
         if max_norm is not None:
-            _max_norm_(model, max_norm)
+            _max_norm_(model, max_norm, max_norm_index)
 
     return step
 
@@ -335,26 +617,34 @@ def _captured(step, state: list[torch.Tensor], device: torch.device):
 @torch.no_grad()
 def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) -> None:
     """``torch.optim.SGD`` (momentum, dampening 0, weight decay added to the gradient), per model:
-    lr, weight decay and the clipping threshold are (K,) tensors, and dead models are not updated."""
+    lr, weight decay (None: none) and the clipping threshold are (K,) tensors, and dead models are not
+    updated (their rate is 0; a non-finite gradient can still turn a dead model's parameters NaN, which
+    touches no other model, and its best validation state is kept). In place, to keep the passes over the
+    parameters few: the step is memory-bound when the models are wide and the batch small."""
     shape = lambda p: (-1,) + (1,) * (p.dim() - 1)  # noqa: E731
     grads = [p.grad for p in params]
     if clip is not None:
         sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)
         factor = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        grads = [g * factor.view(shape(g)) for g in grads]
+        grads = [g.mul_(factor.view(shape(g))) for g in grads]
+    rate = lr * alive  # a dead model's learning rate is 0 (a (K,) product: no pass over the parameters)
     for p, g, buf in zip(params, grads, bufs):
-        d = g + wd.view(shape(p)) * p
+        d = g if wd is None else g.addcmul_(wd.view(shape(p)), p)
         if momentum:
-            buf.mul_(momentum).add_(d)
-            d = buf
-        update = torch.where(alive.view(shape(p)), lr.view(shape(p)) * d, torch.zeros_like(d))
-        p.sub_(update)
+            d = torch.add(d, buf, alpha=momentum, out=buf)  # buf = momentum * buf + d
+        p.addcmul_(rate.view(shape(p)), d, value=-1.0)  # p -= lr * d
 
 
 @torch.no_grad()
-def _max_norm_(model: StackedMLP, max_norm: torch.Tensor) -> None:
+def _max_norm_(model: StackedMLP, max_norm: torch.Tensor, index: torch.Tensor | None = None) -> None:
     """Srivastava et al.'s max-norm, per model: every unit's incoming weight vector (each layer's rows, as
-    :func:`dropnotes.train.max_norm_` does for ``nn.Linear``) is projected onto the ball of radius c_k."""
+    :func:`dropnotes.train.max_norm_` does for ``nn.Linear``) is projected onto the ball of radius c_k;
+    ``index``: the models the radii belong to (None: all)."""
     for w in model.weights:
-        norms = w.norm(dim=2, keepdim=True)
-        w.mul_((max_norm.view(-1, 1, 1) / (norms + 1e-7)).clamp(max=1.0))
+        sub = w if index is None else w[index]
+        norms = sub.norm(dim=2, keepdim=True)
+        factor = (max_norm.view(-1, 1, 1) / (norms + 1e-7)).clamp(max=1.0)
+        if index is None:
+            w.mul_(factor)
+        else:
+            w.index_copy_(0, index, sub * factor)

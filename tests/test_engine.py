@@ -51,13 +51,15 @@ def _reference(nets, x, y, *, epochs, batch_size, lr, momentum, wd, max_norm, cl
     return nets
 
 
-def test_batched_equals_sequential_with_per_model_hyperparameters():
+@pytest.mark.parametrize("wd, max_norm", [([0.0, 1e-2, 0.0], [1e9, 0.8, 1e9]),  # every model projected
+                                           ([0.0, 0.0, 0.0], [math.inf, 0.8, math.inf])])  # one model; no decay
+def test_batched_equals_sequential_with_per_model_hyperparameters(wd, max_norm):
     torch.manual_seed(0)
     k = 3
     nets = [torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU(), torch.nn.Linear(16, 8), torch.nn.ReLU(),
                                 torch.nn.Linear(8, 4)) for _ in range(k)]
     x, y = _data()
-    hp = dict(lr=[0.05, 0.1, 0.02], wd=[0.0, 1e-2, 0.0], max_norm=[1e9, 0.8, 1e9], clip=[1e9, 1e9, 0.3],
+    hp = dict(lr=[0.05, 0.1, 0.02], wd=wd, max_norm=max_norm, clip=[1e9, 1e9, 0.3],
               p_input=[0.0, 0.2, 0.1], p_hidden=[0.0, 0.5, 0.3])
     stacked = engine.StackedMLP.from_models(nets, p_input=hp["p_input"], p_hidden=hp["p_hidden"])
     engine.fit_stacked(stacked, x, y, x, y, epochs=2, batch_size=32, lr=hp["lr"], momentum=0.9,
@@ -142,3 +144,132 @@ def test_a_model_taken_out_of_the_group_is_the_same_model():
     torch.testing.assert_close(net(x), m(x)[1], rtol=1e-5, atol=1e-6)
     pair = m.select([0, 2]).eval()
     torch.testing.assert_close(pair(x), m(x)[[0, 2]], rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------ noise kinds and the CNN group
+
+def test_per_model_noise_kinds_have_their_own_statistics():
+    """Bernoulli and Gaussian models in one group: each multiplier has mean 1 and variance p/(1-p) (within 5
+    sigma); a spatial model shares one value per (sample, channel)."""
+    rates = torch.tensor([0.2, 0.5, 0.5, 0.3])
+    gaussian = torch.tensor([False, True, False, True])
+    n = 100_000
+    g = torch.Generator().manual_seed(0)
+    out = engine.unit_noise(torch.ones(4, n, 1), rates, gaussian=gaussian, generator=g)
+    for i in range(4):
+        p = float(rates[i])
+        var = p / (1 - p)
+        assert abs(float(out[i].mean()) - 1) <= 5 * math.sqrt(var / n)
+        q = 1 - p  # the fourth central moment: 3 sigma^4 (Gaussian); (p/q)^4 q + p (the scaled Bernoulli)
+        mu4 = 3 * var ** 2 if gaussian[i] else (p / q) ** 4 * q + p
+        se_var = math.sqrt((mu4 - var ** 2) / n)  # the standard error of a sample variance
+        # plus the squared error of the estimated mean, (5 sigma)^2 = 25 var / n at most
+        assert abs(float(out[i].var()) - var) <= 5 * se_var + 25 * var / n, (i, float(out[i].var()), var)
+        assert bool((out[i] == 0).any()) != bool(gaussian[i])  # only Bernoulli models zero units
+    h = torch.ones(64, 3, 4, 5, 5)  # (B, K, C, H, W)
+    spatial = torch.tensor([True, False, True])
+    out = engine.unit_noise(h, torch.tensor([0.5, 0.5, 0.0]), model_dim=1, spatial=spatial, generator=g)
+    per_channel = out.flatten(3)
+    assert torch.equal(per_channel[:, 0].amin(-1), per_channel[:, 0].amax(-1))  # one value per channel
+    assert not torch.equal(per_channel[:, 1].amin(-1), per_channel[:, 1].amax(-1))
+    assert torch.equal(out[:, 2], h[:, 2])  # rate 0: untouched
+
+
+def test_dropconnect_models_mask_their_hidden_weights_only():
+    torch.manual_seed(0)
+    m = engine.StackedMLP(3, 6, (5, 4), 2, p_connect=[0.0, 0.5, 0.0], noise=["bernoulli", "bernoulli", "gaussian"])
+    x = torch.randn(7, 6)
+    clean = m.eval()(x)
+    m.train()
+    masks = [torch.rand(1, 5, 6) < 0.5, torch.rand(1, 4, 5) < 0.5, None]
+    out = m(x, connect_masks=masks)
+    torch.testing.assert_close(out[0], clean[0])  # no unit noise, no DropConnect: the deterministic net
+    h = x
+    for i, (w, b) in enumerate(zip(m.weights, m.biases)):
+        wi = w[1] * masks[i][0] * 2.0 if i < 2 else w[1]
+        h = h @ wi.T + b[1]
+        h = F.relu(h) if i < 2 else h
+    torch.testing.assert_close(out[1], h)
+    # the written-out backward pass equals autograd's through the masked weights
+    out.pow(2).sum().backward()
+    w_ref = [w[1].detach().clone().requires_grad_() for w in m.weights]
+    b_ref = [b[1].detach().clone().requires_grad_() for b in m.biases]
+    h = x
+    for i, (w, b) in enumerate(zip(w_ref, b_ref)):
+        h = h @ (w * masks[i][0] * 2.0 if i < 2 else w).T + b
+        h = F.relu(h) if i < 2 else h
+    h.pow(2).sum().backward()
+    for w, wr, b, br in zip(m.weights, w_ref, m.biases, b_ref):
+        torch.testing.assert_close(w.grad[1], wr.grad)
+        torch.testing.assert_close(b.grad[1], br.grad)
+    assert not torch.allclose(m(x)[1], clean[1])  # fresh masks without connect_masks
+    with pytest.raises(ValueError, match="Bernoulli-dropout models"):
+        m.model(1)
+    with pytest.raises(ValueError, match="noise='uniform' is not allowed"):
+        engine.StackedMLP(2, 4, (4,), 2, noise=["bernoulli", "uniform"])
+
+
+def _cnns(k=3, seed=0):
+    torch.manual_seed(seed)
+    return [models.SmallCNN(channels=(4, 6), placement="none") for _ in range(k)]
+
+
+def test_stacked_cnn_is_its_k_cnns():
+    """Eval and train mode (batch statistics, running-statistic updates) and the gradients equal the K
+    separate SmallCNNs'; a model taken out of the group is the same model."""
+    nets = _cnns()
+    stacked = engine.StackedCNN.from_models(nets)
+    x = torch.randn(3, 5, 1, 28, 28)  # each model's own batch
+    y = torch.randint(0, 10, (3, 5))
+    out = stacked(x, per_model=True)
+    loss = sum(F.cross_entropy(out[i], y[i]) for i in range(3))
+    loss.backward()
+    for i, net in enumerate(nets):
+        ref = net.train()(x[i])
+        torch.testing.assert_close(out[i], ref, rtol=1e-4, atol=1e-5)
+        F.cross_entropy(ref, y[i]).backward()
+        torch.testing.assert_close(stacked.conv2.grad[i], net.features[5].weight.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stacked.running_var2[i], net.bn_layers[1].running_var)
+    stacked.eval()
+    xe = torch.randn(4, 1, 28, 28)
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(stacked(xe)[i], net.eval()(xe), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.model(i).eval()(xe), net(xe), rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_cnn_trained_batched_equals_sequential():
+    """One epoch of fit_stacked on K CNNs (per-model lr and weight decay, each its own data order) equals
+    torch.optim.SGD on each CNN with the same orders."""
+    nets = _cnns(k=2, seed=1)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(40, 1, 28, 28, generator=g), torch.randint(0, 10, (40,), generator=g)
+    stacked = engine.StackedCNN.from_models(nets)
+    lr, wd = [0.05, 0.1], [0.0, 1e-3]
+    engine.fit_stacked(stacked, x, y, x, y, epochs=1, batch_size=8, lr=lr, weight_decay=wd, momentum=0.9,
+                       generator=torch.Generator().manual_seed(3))
+    order = torch.rand(2, 40, generator=torch.Generator().manual_seed(3)).argsort(dim=1)
+    for i, net in enumerate(nets):
+        opt = torch.optim.SGD(net.parameters(), lr=lr[i], momentum=0.9, weight_decay=wd[i])
+        net.train()
+        for start in range(0, 40, 8):
+            idx = order[i, start:start + 8]
+            opt.zero_grad()
+            F.cross_entropy(net(x[idx]), y[idx]).backward()
+            opt.step()
+        torch.testing.assert_close(stacked.conv1[i], net.features[0].weight, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.head_weight[i], net.head.weight, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.running_mean1[i], net.bn_layers[0].running_mean, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_cnn_placements_and_noise_round_trip():
+    nets = [models.SmallCNN(channels=(4, 6), placement=pl, noise=nz, p=0.3)
+            for pl, nz in (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "spatial"), ("before-bn", "gaussian"))]
+    s = engine.StackedCNN.from_models(nets)
+    assert s.p1.tolist() == pytest.approx([0, 0.3, 0, 0.3]) and s.p2.tolist() == pytest.approx([0, 0.3, 0.3, 0.3])
+    assert s.noise == ("pixel", "pixel", "spatial", "gaussian")
+    for i, net in enumerate(nets):
+        back = s.model(i)
+        assert back.placement == net.placement and type(back.features[9]) is type(net.features[9])
+    x = torch.ones(8, 1, 28, 28)
+    out = s.train()(x)
+    assert out.shape == (4, 8, 10) and torch.isfinite(out).all()

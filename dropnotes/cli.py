@@ -318,6 +318,17 @@ def cmd_estimate(args) -> int:
             raise UsageError(f"unknown chapter {c!r}; choose one of {', '.join(est.GROUPS)}")
     if args.profile not in ("quick", "full"):
         raise UsageError(f"--profile must be 'quick' or 'full', got {args.profile!r}")
+    if args.compare:
+        engine_chapters = [c for c in chapters if c in ("mechanics", "ensembles", "interactions")]
+        if not engine_chapters:
+            raise UsageError("--compare measures the batched engine's chapters: mechanics, ensembles, interactions")
+        table = pd.DataFrame([r for c in engine_chapters for r in est.compare_steps(c, args.profile)])
+        table["kernels ratio"] = table["sequential kernels/step"] / table["batched kernels/step"]
+        table["CPU time ratio"] = table["sequential CPU s/step"] / table["batched CPU s/step"]
+        print(f"one training step of every model of the group, {args.profile} profile, on this CPU:")
+        with pd.option_context("display.width", 200):
+            print(table.round(4).to_string(index=False))
+        return 0
     fraction, launch = est.DEFAULT_FRACTION, est.DEFAULT_LAUNCH_S
     if args.calibrate:
         fraction, launch, points = est.calibrate()
@@ -382,6 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "flops_per_step, kernels_per_step, predicted_s}")
     es.add_argument("--calibrate", action="store_true", help="refit the constants to the stored H100 runs and print "
                     "each calibration point's error")
+    es.add_argument("--compare", action="store_true", help="measure one step of the engine chapters' groups on this "
+                    "CPU, the K models one at a time against batched: kernels and seconds per step")
     es.set_defaults(func=cmd_estimate)
     return parser
 

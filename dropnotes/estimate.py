@@ -33,6 +33,11 @@ from torch.utils.flop_counter import FlopCounterMode
 PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}
 CUDNN_LSTM_KERNELS = 6  # one cuDNN LSTM layer, forward and backward (data and weights), with its copies
 TIME_LOOP_SCHEMES = ("naive-recurrent", "variational")  # chapter 3's explicit per-step loop (masks on h_{t-1})
+# One H100 SXM's HBM3, 3.35 TB/s (datasheet). Not fitted: no stored run is memory-bound. A large copy on the
+# H200 machines here reached about 90 % of that chip's datasheet bandwidth (device KINDS.md); the engine's
+# elementwise kernels are smaller, so 80 % is assumed.
+PEAK_BANDWIDTH = 3.35e12
+BANDWIDTH_FRACTION = 0.8
 GRAPH_LAUNCH_FACTOR = 1 / 3  # a kernel inside a CUDA graph costs about a third of an eager launch (design notes)
 # Fitted by `dropnotes estimate --calibrate` to the stored H100 runs (2026-12-01: 7 points, errors -52 % to
 # +11 %; see calibrate()); kept here so that a prediction needs no GPU and no stored file.
@@ -53,21 +58,72 @@ class KernelCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.bytes = 0
         self.by_op: dict[str, int] = {}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
+        out = func(*args, **(kwargs or {}))
         if name not in _NO_LAUNCH:
             self.count += 1
             self.by_op[name] = self.by_op.get(name, 0) + 1
-        return func(*args, **(kwargs or {}))
+            self.bytes += _moved_bytes(name, args, kwargs or {}, out)
+        return out
 
 
-def measure(step: Callable[[], None]) -> tuple[float, int]:
-    """FLOPs and launched kernels of one call of ``step`` (run it on meta tensors)."""
+def _tensors(tree):
+    if isinstance(tree, torch.Tensor):
+        yield tree
+    elif isinstance(tree, (list, tuple)):
+        for item in tree:
+            yield from _tensors(item)
+    elif isinstance(tree, dict):
+        for item in tree.values():
+            yield from _tensors(item)
+
+
+_GATHERS = {"index", "index_select", "gather", "embedding"}  # read only the rows they return
+_SCATTERS = {"index_copy_", "index_put_", "index_add_", "index_fill_"}  # in place: touch only the rows they write
+
+
+def _moved_bytes(name: str, args, kwargs: dict, out) -> int:
+    """A kernel's bytes: its tensor arguments read and its outputs written (an ``out=`` argument counted
+    as the output); a gather reads the rows it returns, not its whole source."""
+    kwargs = {k: v for k, v in kwargs.items() if k != "out"}
+    written = sum(_distinct_bytes(t) for t in _tensors(out))
+    if name in _SCATTERS:
+        return 2 * sum(_distinct_bytes(t) for t in _tensors(args[1:]))
+    if name in _GATHERS:
+        read = written + sum(_distinct_bytes(t) for t in _tensors(args[1:]))
+    else:
+        read = sum(_distinct_bytes(t) for t in _tensors((args, kwargs)))
+    return read + written
+
+
+def _distinct_bytes(t: torch.Tensor) -> int:
+    """The bytes a kernel must move for ``t`` at least: its distinct elements (a broadcast axis, stride 0,
+    is read once)."""
+    return t.element_size() * math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0)
+
+
+@dataclass
+class Cost:
+    """What one step costs: FLOPs, launched kernels and the bytes they move through device memory (each
+    kernel's inputs read once and outputs written once: a floor)."""
+
+    flops: float
+    kernels: int
+    bytes: float
+
+    def __iter__(self):
+        return iter((self.flops, self.kernels, self.bytes))
+
+
+def measure(step: Callable[[], None]) -> Cost:
+    """FLOPs, launched kernels and bytes moved of one call of ``step`` (run it on meta tensors)."""
     with FlopCounterMode(display=False) as flops, KernelCounter() as kernels:
         step()
-    return float(flops.get_total_flops()), kernels.count
+    return Cost(float(flops.get_total_flops()), kernels.count, float(kernels.bytes))
 
 
 @dataclass
@@ -84,11 +140,13 @@ class Group:
     captured: bool = False
     models_per_step: int = 1
     fixed_s: float = 0.0  # time that is not steps (a benchmark's timing budget)
+    bytes_per_step: float = 0.0
 
     def step_s(self, fraction: float, launch_s: float) -> float:
         compute = self.flops_per_step / (fraction * PEAK_FLOPS[self.dtype])
         launch = self.kernels_per_step * launch_s * (GRAPH_LAUNCH_FACTOR if self.captured else 1.0)
-        return max(compute, launch)
+        memory = self.bytes_per_step / (BANDWIDTH_FRACTION * PEAK_BANDWIDTH)
+        return max(compute, launch, memory)
 
     def predicted_s(self, fraction: float = DEFAULT_FRACTION, launch_s: float = DEFAULT_LAUNCH_S) -> float:
         return self.runs * self.steps * self.step_s(fraction, launch_s) + self.fixed_s
@@ -102,7 +160,7 @@ class Group:
 # ------------------------------------------------------------------------------------------ measuring steps
 
 def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: str = "sgd", amp: bool = False,
-               clip: float | None = None) -> tuple[float, int]:
+               clip: float | None = None) -> Cost:
     """FLOPs and kernels of forward + loss + backward + (clip) + optimizer step of ``model`` on meta tensors."""
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
@@ -124,7 +182,7 @@ def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: 
     return measure(step)
 
 
-def _meta_forward(model: nn.Module, inputs) -> tuple[float, int]:
+def _meta_forward(model: nn.Module, inputs) -> Cost:
     def step():
         with torch.no_grad():
             model(inputs)
@@ -137,51 +195,57 @@ def _ce(out, y):
 
 # ------------------------------------------------------------------------------------------ the chapters
 
-def _engine_step(k: int, cfg, max_norm: bool):
-    """FLOPs and kernels of one step of the batched engine for K MLPs of the chapter's size, and the group."""
+def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, example=(784,),
+                 momentum: float | None = None, weight_decay: bool = False):
+    """FLOPs and kernels of one step of the batched engine for a group of K models (by default K MLPs of the
+    chapter's size), and the group; ``max_norm`` of them are projected, and the group decays or not."""
     from dropnotes.engine import StackedMLP, make_step
 
     with torch.device("meta"):
-        model = StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)
-        x, y = torch.empty(cfg.train_size, 784), torch.zeros(cfg.train_size, dtype=torch.long)
+        if model is None:
+            model = StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)
+        x, y = torch.empty(cfg.batch_size * 2, *example), torch.zeros(cfg.batch_size * 2, dtype=torch.long)
         idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
         vec = torch.zeros(k)
-        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec, momentum=cfg.momentum,
-                         max_norm=vec if max_norm else None, clip=None, amp_dtype=None, generator=None,
+        index = None if max_norm in (0, k) else torch.arange(max_norm)
+        step = make_step(model, x, y, idx, lr=vec, weight_decay=vec if weight_decay else None,
+                         momentum=cfg.momentum if momentum is None else momentum,
+                         max_norm=torch.ones(max_norm) if max_norm else None, max_norm_index=index, clip=None,
+                         amp_dtype=None, generator=None,
                          bufs=[torch.zeros_like(p) for p in model.parameters()], alive=torch.ones(k, dtype=torch.bool),
                          died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long))
-        f, n = measure(step)
-    return f, n, model
+        f, n, b = measure(step)
+    return Cost(f, n, b), model
 
 
 def _mechanics(cfg) -> list[Group]:
     k = len(cfg.rates) * cfg.n_seeds
-    f, n, model = _engine_step(k, cfg, max_norm=False)
+    (f, n, b), model = _engine_step(k, cfg, max_norm=0)
     with torch.device("meta"):
         model.eval()
-        fe, ne = _meta_forward(model, torch.empty(4096, 784))
+        fe, ne, be = _meta_forward(model, torch.empty(4096, 784))
     evals = math.ceil(cfg.epochs / cfg.eval_every) * math.ceil((cfg.train_size + cfg.val_size + 10000) / 4096)
     dtype = "bf16" if cfg.amp else "fp32"
     return [Group("mechanics", f"{k} MLPs {cfg.hidden} (rates x seeds), batched", 1, cfg.epochs * (cfg.train_size // cfg.batch_size),
-                  f, n, dtype, captured=True, models_per_step=k),
-            Group("mechanics", "evaluation (train, validation, test)", 1, evals, fe, ne, dtype, models_per_step=k)]
+                  f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
+            Group("mechanics", "evaluation (train, validation, test)", 1, evals, fe, ne, dtype, models_per_step=k, bytes_per_step=be)]
 
 
 def _ensembles(cfg) -> list[Group]:
     from dropnotes.models import MLP
 
     k = cfg.n_seeds * (cfg.members + 1)
-    f, n, _ = _engine_step(k, cfg, max_norm=True)
+    (f, n, b), _ = _engine_step(k, cfg, max_norm=cfg.n_seeds)  # the dropout nets; the members are unconstrained
     with torch.device("meta"):
         net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).train()
-        fe, ne = _meta_forward(net, torch.empty(4096, 784))
+        fe, ne, be = _meta_forward(net, torch.empty(4096, 784))
     # MC passes per seed over 10,000 test images, the OOD sets and the k-sweep (batches of 4,096 images).
     images = cfg.mc_samples * (10000 + 2 * cfg.ood_size) + cfg.mc_repeats * max(cfg.mc_ks) * cfg.mc_test_size
     passes = cfg.n_seeds * math.ceil(images / 4096)
     dtype = "bf16" if cfg.amp else "fp32"
     return [Group("ensembles", f"{k} MLPs (members + dropout nets), batched", 1,
-                  cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k),
-            Group("ensembles", "MC-dropout evaluation", 1, passes, fe, ne)]
+                  cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
+            Group("ensembles", "MC-dropout evaluation", 1, passes, fe, ne, bytes_per_step=be)]
 
 
 def _variational(cfg) -> list[Group]:
@@ -194,28 +258,30 @@ def _variational(cfg) -> list[Group]:
     groups = []
     with torch.device("meta"):  # what nn.LSTM decomposes into here (cuDNN runs it as a few kernels per layer)
         lstm = nn.LSTM(cfg.dim, cfg.dim, batch_first=True)
-        _, per_layer = measure(lambda: lstm(torch.empty(cfg.batch_size, cfg.seq_len, cfg.dim,
+        _, per_layer, _ = measure(lambda: lstm(torch.empty(cfg.batch_size, cfg.seq_len, cfg.dim,
                                                         requires_grad=True))[0].sum().backward())
     for scheme in SCHEMES:
         with torch.device("meta"):
             m = LSTMLM(vocab, cfg.dim, cfg.layers, scheme, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb)
             x = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
-            f, n = _meta_step(m, x, x, loss=_ce, clip=cfg.clip)
+            f, n, b = _meta_step(m, x, x, loss=_ce, clip=cfg.clip)
         fused = any(isinstance(r, nn.LSTM) or isinstance(getattr(r, "module", None), nn.LSTM) for r in m.rnns)
         if fused and scheme not in TIME_LOOP_SCHEMES:
             n = n - cfg.layers * per_layer + cfg.layers * CUDNN_LSTM_KERNELS
-        groups.append(Group("variational", f"LSTM {cfg.layers}x{cfg.dim} {scheme}", cfg.n_seeds, steps, f, n))
+        groups.append(Group("variational", f"LSTM {cfg.layers}x{cfg.dim} {scheme}", cfg.n_seeds, steps, f, n, bytes_per_step=b))
     with torch.device("meta"):
         m = LSTMLM(vocab, cfg.dim, cfg.layers, "variational", p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb)
         m.train()
-        fe, ne = _meta_forward(m, torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long))
+        fe, ne, be = _meta_forward(m, torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long))
         sv = SparseMLP()
-        fs, ns = _meta_step(sv, torch.empty(100, 784), torch.zeros(100, dtype=torch.long), loss=F.cross_entropy,
+        fs, ns, bs = _meta_step(sv, torch.empty(100, 784), torch.zeros(100, dtype=torch.long), loss=F.cross_entropy,
                             optimizer="adamw")
     test_windows = (cfg.eval_tokens or 82430) // (cfg.batch_size * cfg.seq_len)
     return groups + [
-        Group("variational", f"MC dropout ({cfg.mc_samples} passes)", cfg.n_seeds, cfg.mc_samples * test_windows, fe, ne),
-        Group("variational", "sparse VD LeNet-300-100", 1, cfg.svd_epochs * math.ceil(cfg.svd_train_size / 100), fs, ns)]
+        Group("variational", f"MC dropout ({cfg.mc_samples} passes)", cfg.n_seeds, cfg.mc_samples * test_windows, fe, ne,
+              bytes_per_step=be),
+        Group("variational", "sparse VD LeNet-300-100", 1, cfg.svd_epochs * math.ceil(cfg.svd_train_size / 100), fs, ns,
+              bytes_per_step=bs)]
 
 
 def _droppath(cfg) -> list[Group]:
@@ -226,10 +292,10 @@ def _droppath(cfg) -> list[Group]:
     for depth, runs in ((cfg.depth, len(cfg.rates) + 1), (cfg.shallow_depth, 2)):
         with torch.device("meta"):
             m = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=0.1)
-            f, n = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
+            f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
                               loss=F.cross_entropy, optimizer="adamw")
         out.append(Group("droppath", f"ViT depth {depth} dim {cfg.dim}", runs * cfg.n_seeds, steps, f, n,
-                         dtype="bf16" if cfg.amp else "fp32"))
+                         dtype="bf16" if cfg.amp else "fp32", bytes_per_step=b))
     return out
 
 
@@ -249,9 +315,9 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
     with torch.device("meta"):
         m = _model(cfg, cfg.p)
         x = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long)
-        f, n = _meta_step(m, x, x, loss=_ce, optimizer="adamw", clip=1.0)
+        f, n, b = _meta_step(m, x, x, loss=_ce, optimizer="adamw", clip=1.0)
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
-        ff, nf = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
+        ff, nf, bf = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
     if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
         corpus_bytes = _stdlib_bytes() if cfg.pretrain_corpus == "python-stdlib" else 90_000_000
         pretrain_steps = int(min(cfg.pretrain_steps, (corpus_bytes * 0.95 // cfg.block_size) // cfg.batch_size))
@@ -259,27 +325,62 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
     finetunes = len(cfg.finetune_rates) + len(cfg.lora_rates) + sum(1 for s in cfg.sizes for _ in (0, 1)
                                                                    if s != cfg.finetune_bytes)
     dtype = "bf16" if cfg.amp else "fp32"
-    return [Group("llm", f"GPT {cfg.layers}x{cfg.dim} pretraining (none, dropout, early)", 3, pre_steps, f, n, dtype),
-            Group("llm", "fine-tuning runs", finetunes, cfg.finetune_steps, ff, nf, dtype)]
+    return [Group("llm", f"GPT {cfg.layers}x{cfg.dim} pretraining (none, dropout, early)", 3, pre_steps, f, n, dtype,
+                  bytes_per_step=b),
+            Group("llm", "fine-tuning runs", finetunes, cfg.finetune_steps, ff, nf, dtype, bytes_per_step=bf)]
 
 
 def _interactions(cfg) -> list[Group]:
+    """Chapter 6 on the engine: the CNN arms x seeds as one StackedCNN, the MLP arms x seeds as one StackedMLP,
+    each evaluated on train + validation every ``eval_every`` epochs and on the test set once."""
+    from dropnotes.engine import StackedCNN, StackedMLP
+    from dropnotes.experiments.interactions import CNN_ARMS, mlp_arms
+
+    dtype = "bf16" if cfg.amp else "fp32"
+    groups = []
+    for name, k, size, epochs, example in (
+            ("CNN", len(CNN_ARMS) * cfg.n_seeds, cfg.cnn_train_size, cfg.cnn_epochs, (1, 28, 28)),
+            ("MLP", len(mlp_arms(cfg)) * cfg.n_seeds, cfg.mlp_train_size, cfg.mlp_epochs, (1, 28, 28))):
+        with torch.device("meta"):
+            if name == "CNN":
+                model = StackedCNN(k, p1=cfg.p, p2=cfg.p, noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
+                                   seeds=[0] * k)
+            else:
+                model = StackedMLP(k, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
+                                   noise=["bernoulli", "gaussian"] * (k // 2) + ["bernoulli"] * (k % 2),
+                                   p_connect=[0.5] + [0.0] * (k - 1), seeds=[0] * k)
+        (f, n, b), model = _engine_step(k, cfg, cfg.n_seeds if name == "MLP" else 0, model, example,
+                                   weight_decay=name == "MLP")
+        with torch.device("meta"):
+            model.eval()
+            fe, ne, be = _meta_forward(model, torch.empty(1000, *example))
+        evals = math.ceil(epochs / cfg.eval_every) * math.ceil((size + cfg.val_size) / 1000) + 10
+        groups += [Group("interactions", f"{k} {name}s (arms x seeds), batched", 1, epochs * (size // cfg.batch_size),
+                         f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
+                   Group("interactions", f"{name} evaluation (train, validation; test once)", 1, evals, fe, ne, dtype,
+                         models_per_step=k, bytes_per_step=be)]
+    return groups
+
+
+def _interactions_sequential(cfg) -> list[Group]:
+    """Chapter 6 as it ran before the engine (each arm and seed its own run, eager, fp32): what its stored
+    full run measured, and the sequential reference of the batched groups."""
     from dropnotes.experiments.interactions import mlp
     from dropnotes.models import SmallCNN
 
     with torch.device("meta"):
         cnn = SmallCNN(placement="before-bn", p=cfg.p)
-        fc, nc = _meta_step(cnn, torch.empty(cfg.batch_size, 1, 28, 28), torch.zeros(cfg.batch_size, dtype=torch.long),
+        fc, nc, bc = _meta_step(cnn, torch.empty(cfg.batch_size, 1, 28, 28), torch.zeros(cfg.batch_size, dtype=torch.long),
                             loss=F.cross_entropy)
         net = mlp("dropout", cfg.mlp_hidden, 0.5)
-        fm, nm = _meta_step(net, torch.empty(cfg.batch_size, 784), torch.zeros(cfg.batch_size, dtype=torch.long),
+        fm, nm, bm = _meta_step(net, torch.empty(cfg.batch_size, 784), torch.zeros(cfg.batch_size, dtype=torch.long),
                             loss=F.cross_entropy)
     cnn_runs = 5 * cfg.n_seeds  # none, before/after BN, spatial, Gaussian
     mlp_runs = (1 + 3 + 2 + len(cfg.grid_rates) * len(cfg.grid_decays)) * cfg.n_seeds
     return [Group("interactions", "SmallCNN arms (sequential)", cnn_runs,
-                  cfg.cnn_epochs * math.ceil(cfg.cnn_train_size / cfg.batch_size), fc, nc),
+                  cfg.cnn_epochs * math.ceil(cfg.cnn_train_size / cfg.batch_size), fc, nc, bytes_per_step=bc),
             Group("interactions", f"MLP 2x{cfg.mlp_hidden} arms (sequential)", mlp_runs,
-                  cfg.mlp_epochs * math.ceil(cfg.mlp_train_size / cfg.batch_size), fm, nm)]
+                  cfg.mlp_epochs * math.ceil(cfg.mlp_train_size / cfg.batch_size), fm, nm, bytes_per_step=bm)]
 
 
 def _cost(cfg) -> list[Group]:
@@ -295,9 +396,9 @@ def _cost(cfg) -> list[Group]:
         for name, (model, x, y, loss_fn) in _models(dataclasses.replace(cfg, device="meta"), 0.1).items():
             if y is None:
                 x, y = x[:, :-1], x[:, 1:]
-            f, n = _meta_step(model, x, y, loss=lambda out, t, fn=loss_fn: fn(out.float(), t), optimizer="adamw")
+            f, n, b = _meta_step(model, x, y, loss=lambda out, t, fn=loss_fn: fn(out.float(), t), optimizer="adamw")
             groups.append(Group("cost", f"{name} training step (3 variants, interleaved rounds)", 3,
-                                cfg.rounds * cfg.steps_per_round + 3, f, n, dtype))
+                                cfg.rounds * cfg.steps_per_round + 3, f, n, dtype, bytes_per_step=b))
     return groups
 
 
@@ -333,6 +434,8 @@ def calibration_points() -> list[dict]:
         if chapter == "llm":  # the steps it really ran (one pass over that machine's corpus)
             curves = record["tables"]["curves"]
             groups = _llm(cfg, int(curves[curves.run == "pretrain none"].step.max()))
+        elif chapter == "interactions" and "val_size" not in record["params"]:  # stored before the engine
+            groups = _interactions_sequential(cfg)
         else:
             groups = chapter_groups(chapter, cfg)
         points.append({"chapter": chapter, "what": "wall time (s)", "measured": record["provenance"]["wall_time_s"],
@@ -382,4 +485,82 @@ def estimate(chapters: list[str], profile: str = "full", fraction: float = DEFAU
         cfg = module.configure(profile=profile, device="cpu")
         for g in chapter_groups(chapter, cfg):
             rows.append(g.as_dict(fraction, launch_s))
+    return rows
+
+
+# ------------------------------------------------------------------ sequential against batched, measured here
+
+def _engine_groups(chapter: str, cfg) -> list[tuple]:
+    """The batched groups of an engine chapter: (name, K, one standalone model, the group, example shape,
+    max-norm?), at the profile's sizes."""
+    from dropnotes.engine import StackedCNN, StackedMLP
+    from dropnotes.models import MLP, SmallCNN
+
+    if chapter == "mechanics":
+        k = len(cfg.rates) * cfg.n_seeds
+        return [("MLPs", k, lambda: MLP(784, cfg.hidden, 10, p_input=cfg.input_p, p_hidden=0.5),
+                 lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=cfg.input_p, p_hidden=0.5), (784,), False)]
+    if chapter == "ensembles":
+        k = cfg.n_seeds * (cfg.members + 1)
+        return [("MLPs", k, lambda: MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden),
+                 lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden), (784,), True)]
+    if chapter == "interactions":
+        from dropnotes.experiments.interactions import CNN_ARMS, mlp, mlp_arms
+
+        kc, km = len(CNN_ARMS) * cfg.n_seeds, len(mlp_arms(cfg)) * cfg.n_seeds
+        return [("CNNs", kc, lambda: SmallCNN(placement="before-bn", p=cfg.p),
+                 lambda: StackedCNN(kc, p1=cfg.p, p2=cfg.p), (1, 28, 28), False),
+                ("MLPs", km, lambda: mlp("dropout", cfg.mlp_hidden, 0.5),
+                 lambda: StackedMLP(km, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
+                                    p_connect=[0.5] + [0.0] * (km - 1)), (1, 28, 28), True)]
+    raise ValueError(f"chapter must be one of mechanics, ensembles, interactions (the engine's chapters), got {chapter!r}")
+
+
+def compare_steps(chapter: str, profile: str = "quick", repeats: int = 3) -> list[dict]:
+    """Kernels and CPU seconds of one training step of a chapter's K models, trained one at a time
+    (``torch.optim.SGD``, K steps) against the batched engine (one step), measured here on the CPU."""
+    import importlib
+    import time
+
+    from dropnotes.engine import make_step
+
+    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    cfg = module.configure(profile=profile, device="cpu")
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for name, k, single, stacked, example, max_norm in _engine_groups(chapter, cfg):
+        b = cfg.batch_size
+        x, y = torch.rand(b, *example, generator=gen), torch.randint(0, 10, (b,), generator=gen)
+        nets = [single().train() for _ in range(k)]
+        opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, foreach=False) for n in nets]
+
+        def sequential():
+            for net, opt in zip(nets, opts):
+                opt.zero_grad(set_to_none=True)
+                F.cross_entropy(net(x), y).backward()
+                opt.step()
+
+        group = stacked().train()
+        xs, ys = torch.rand(2 * b, *example, generator=gen), torch.randint(0, 10, (2 * b,), generator=gen)
+        idx = torch.randint(0, 2 * b, (k, b), generator=gen)
+        vec = torch.full((k,), 0.01)
+        constrained = cfg.n_seeds if max_norm else 0  # chapters 2 and 6: one max-norm model per seed
+        batched = make_step(group, xs, ys, idx, lr=vec, weight_decay=None, momentum=0.9,
+                            max_norm=torch.full((constrained,), 3.0) if constrained else None,
+                            max_norm_index=torch.arange(constrained) if constrained else None, clip=None, amp_dtype=None,
+                            generator=gen, bufs=[torch.zeros_like(p) for p in group.parameters()],
+                            alive=torch.ones(k, dtype=torch.bool), died=torch.full((k,), -1),
+                            step_no=torch.zeros((), dtype=torch.long))
+        row = {"chapter": chapter, "group": f"{k} {name}", "models": k, "batch": b}
+        for label, step in (("sequential", sequential), ("batched", batched)):
+            with KernelCounter() as counter:
+                step()
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                step()
+                times.append(time.perf_counter() - start)
+            row[f"{label} kernels/step"] = counter.count
+            row[f"{label} CPU s/step"] = min(times)
+        rows.append(row)
     return rows

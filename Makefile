@@ -1,7 +1,8 @@
 # dropnotes task runner. The two commands of the README:
 #   make book   — render the book (executes every chapter with profile=auto) into _build/html
-#   make test   — run the package tests, execute every chapter (quick profile) through papermill,
-#                 and build the book from those executed notebooks
+#   make test   — nbval: every chapter at the smoke profile, its documented outputs compared; then the
+#                 package tests, every chapter (quick profile) through papermill, and the book built
+#                 from those executed notebooks
 # Both create .venv and install the package with its extras when missing.
 
 PYTHON ?= python3
@@ -21,10 +22,10 @@ ifneq ($(wildcard ../shared/data),)
 export DROPNOTES_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv test test-package book clean
+.PHONY: help venv test test-smoke test-package book clean
 help:
 	@echo "make book   render the book into _build/html (profile=auto)"
-	@echo "make test   package tests + every chapter (quick profile) + book build"
+	@echo "make test   nbval at the smoke profile + package tests + every chapter (quick profile) + book build"
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,9 +35,21 @@ $(BIN)/.installed: pyproject.toml
 
 venv: $(BIN)/.installed
 
-# The test command (.ci/run calls exactly this).
+# The test command (.ci/run calls exactly this). First nbval re-runs every chapter at the smoke profile
+# (seconds each) and compares the cells tagged nbval-check-output with their committed outputs; results
+# and checkpoints of that run go to scratch folders, never into results/.
+SMOKE_ENV := DROPNOTES_PROFILE=smoke DROPNOTES_PROGRESS=0 DROPNOTES_RESULTS=$(CURDIR)/_build/smoke-results \
+	DROPNOTES_CHECKPOINTS=$(CURDIR)/_build/smoke-checkpoints
+NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.cfg
 test: $(BIN)/.installed
+	rm -rf _build/smoke-results _build/smoke-checkpoints
+	$(SMOKE_ENV) $(BIN)/python -m pytest $(NBVAL) chapters scorecard.ipynb
 	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest
+
+# Only the nbval check (about a minute).
+test-smoke: $(BIN)/.installed
+	rm -rf _build/smoke-results _build/smoke-checkpoints
+	$(SMOKE_ENV) $(BIN)/python -m pytest $(NBVAL) chapters scorecard.ipynb
 
 # Package tests only (seconds), for quick iteration.
 test-package: $(BIN)/.installed

@@ -43,3 +43,77 @@ def execute(src: str | Path, out: str | Path, parameters: dict[str, Any] | None 
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in (parameters or {}).items()}
     pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
                         progress_bar=progress_bar, log_output=log_output, kernel_manager_class=IPCKernelManager)
+
+
+# ------------------------------------------------------------------ the outputs nbval checks
+
+CHECK_TAG = "nbval-check-output"  # nbval's NBVAL_CHECK_OUTPUT marker, as a cell tag (invisible in the book)
+_IMAGES = ("image/png", "image/jpeg", "image/svg+xml", "application/pdf")
+
+
+def checked_outputs(cell) -> list:
+    """A checked cell's outputs as committed: text only (images are dropped; nbval does not compare them)."""
+    kept = []
+    for out in cell.get("outputs", []):
+        out = dict(out)
+        if "data" in out:
+            out["data"] = {k: v for k, v in out["data"].items() if k not in _IMAGES}
+            if not out["data"]:
+                continue
+        kept.append(out)
+    return kept
+
+
+def refresh_checked(src: str | Path) -> int:
+    """Execute ``src`` at the smoke profile (results and checkpoints in a scratch folder) and store, in ``src``
+    itself, the text outputs of its cells tagged ``nbval-check-output``: what ``pytest --nbval-lax`` compares
+    a fresh smoke run against. Every other cell is left without outputs. Returns the number of checked cells.
+
+    Run it after changing what a checked cell shows, and review the diff: the committed outputs are the
+    chapter's documented behaviour."""
+    import nbformat
+
+    from dropnotes.runtime import atomic_write
+
+    src = Path(src)
+    scratch = Path(tempfile.mkdtemp(prefix="dropnotes-smoke-"))
+    saved = {k: os.environ.get(k) for k in ("DROPNOTES_PROFILE", "DROPNOTES_RESULTS", "DROPNOTES_CHECKPOINTS")}
+    os.environ.update(DROPNOTES_PROFILE="smoke", DROPNOTES_RESULTS=str(scratch / "results"),
+                      DROPNOTES_CHECKPOINTS=str(scratch / "checkpoints"))
+    try:
+        execute(src, scratch / src.name, {})
+        ran = {c.get("id"): c for c in nbformat.read(scratch / src.name, as_version=4).cells}
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        shutil.rmtree(scratch, ignore_errors=True)
+    nb = nbformat.read(src, as_version=4)
+    checked = 0
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        if CHECK_TAG in cell.metadata.get("tags", []):
+            done = ran[cell.get("id")]
+            cell.outputs = [nbformat.from_dict(o) for o in checked_outputs(done)]
+            cell.execution_count = done.execution_count
+            checked += 1
+        else:
+            cell.outputs, cell.execution_count = [], None
+    atomic_write(src, nbformat.writes(nb) + "\n")
+    return checked
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m dropnotes.notebooks",
+                                     description="Store the smoke-profile outputs of the cells nbval checks.")
+    parser.add_argument("notebooks", nargs="+", help="chapter notebooks (e.g. chapters/*.ipynb)")
+    args = parser.parse_args(argv)
+    for path in args.notebooks:
+        print(f"{path}: {refresh_checked(path)} checked cells stored", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

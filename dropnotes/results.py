@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 
 import dropnotes
-from dropnotes.runtime import atomic_write, check_choice, device_name
+from dropnotes.runtime import RUN_PROFILES, atomic_write, check_choice, device_name
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_RESULTS = REPO_ROOT / "results"
@@ -149,7 +149,7 @@ def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, prov
                 defaults: dict | None = None) -> Path:
     """Write a result atomically and return its path; ``defaults`` are the profile's defaults, stored
     beside ``params`` so that :func:`describe` can say what the run changed."""
-    check_choice("profile", profile, ("quick", "full"))
+    check_choice("profile", profile, RUN_PROFILES)
     path = (root or results_root()) / chapter / f"{profile}.json"
     record = to_jsonable({"chapter": chapter, "profile": profile, "params": params, "metrics": metrics,
                           "provenance": provenance, "tables": tables or {}, "defaults": defaults or {}})
@@ -158,7 +158,7 @@ def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, prov
 
 def load_result(chapter: str, profile: str) -> dict | None:
     """The stored result of ``chapter`` for ``profile``, from the write root or the repository; else None."""
-    check_choice("profile", profile, ("quick", "full"))
+    check_choice("profile", profile, RUN_PROFILES)
     for root in dict.fromkeys([results_root(), REPO_RESULTS]):
         path = root / chapter / f"{profile}.json"
         if path.is_file():

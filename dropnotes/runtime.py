@@ -20,7 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-PROFILES = ("quick", "full", "auto")
+PROFILES = ("smoke", "quick", "full", "auto")
+RUN_PROFILES = ("smoke", "quick", "full")  # what "auto" resolves to; "smoke" only when asked for
+# "smoke": the quick profile's code path at the smallest sizes, seconds per chapter ("does my environment
+# work?", and what nbval checks in CI); its verdicts are labelled as such and never reach the scorecard.
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
@@ -72,7 +75,7 @@ def check_flag(name: str, value: Any) -> bool:
 
 
 def resolve_profile(profile: str = "auto", device: "torch.device | str | None" = None) -> str:
-    """Map ``quick`` / ``full`` / ``auto`` to the profile that runs.
+    """Map ``smoke`` / ``quick`` / ``full`` / ``auto`` to the profile that runs.
 
     ``auto`` reads ``DROPNOTES_PROFILE`` first, then picks ``full`` when the chosen ``device`` is a
     GPU (when no device is given: when CUDA is present). The device is resolved first, so
@@ -83,7 +86,7 @@ def resolve_profile(profile: str = "auto", device: "torch.device | str | None" =
         return profile
     env = os.environ.get("DROPNOTES_PROFILE", "").strip()
     if env:
-        return check_choice("DROPNOTES_PROFILE", env, ("quick", "full"))
+        return check_choice("DROPNOTES_PROFILE", env, RUN_PROFILES)
     if device is not None:
         return "full" if torch.device(device).type == "cuda" else "quick"
     return "full" if torch.cuda.is_available() else "quick"

@@ -82,8 +82,8 @@ class Run:
         return self.path / "results"
 
     def result_files(self) -> list[Path]:
-        """The stored results (``quick.json``, ``full.json``); never the temporary files of a save."""
-        return [p for p in (self.results_dir / self.chapter / f"{prof}.json" for prof in ("quick", "full"))
+        """The stored results (``smoke.json``, ``quick.json``, ``full.json``); never the temporary files of a save."""
+        return [p for p in (self.results_dir / self.chapter / f"{prof}.json" for prof in ("smoke", "quick", "full"))
                 if p.is_file()]
 
     def result(self) -> dict | None:

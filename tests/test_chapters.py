@@ -63,7 +63,15 @@ def test_chapter_source_is_clean(relpath):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", []), "first code cell must be tagged 'parameters'"
     assert "profile" in code[0].source and "seed" in code[0].source and "device" in code[0].source
-    assert all(not c.get("outputs") for c in code), "commit chapters without outputs"
+    checked = [c for c in code if notebooks.CHECK_TAG in c.metadata.get("tags", [])]
+    assert checked, "every chapter documents some outputs for nbval (cells tagged nbval-check-output)"
+    assert all(not c.get("outputs") and c.execution_count is None for c in code if c not in checked), \
+        "commit chapters without outputs, except the smoke outputs of the cells nbval checks"
+    for c in checked:  # committed by `python -m dropnotes.notebooks`: text only, small
+        assert c.execution_count is not None, "a checked cell without its smoke output is never compared"
+        kinds = {k for o in c.outputs for k in o.get("data", {})}
+        assert not kinds & {"image/png", "image/jpeg", "image/svg+xml"}, "no images in committed outputs"
+    assert len(nbformat.writes(nb)) < 40_000, "committed outputs stay small"
     assert nb.cells[0].cell_type == "markdown" and "{cite}" in nb.cells[0].source, "open with the claim and its source"
 
 
@@ -85,7 +93,7 @@ def test_chapter_executes_and_stores_its_result(relpath):
 
 
 @pytest.mark.parametrize("chapter, params, message", [
-    ("01_mechanics", {"profile": "fastest"}, "profile='fastest' is not allowed; choose one of 'quick', 'full', 'auto'"),
+    ("01_mechanics", {"profile": "fastest"}, "profile='fastest' is not allowed; choose one of 'smoke', 'quick', 'full', 'auto'"),
     ("01_mechanics", {"profile": "quick", "p": 1.5}, "p must be a number in [0, 1), got 1.5"),
     ("01_mechanics", {"profile": "quick", "dropout_rate": 0.5}, "unknown parameter 'dropout_rate'; allowed: profile, seed"),
     ("01_mechanics", {"profile": "quick", "rates": [0.0]}, "rates must be a list of at least 2 numbers"),
@@ -138,6 +146,9 @@ def test_book_builds_from_the_executed_chapters(tmp_path):
         page = (html / relpath.replace(".ipynb", ".html")).read_text()
         assert "Verdict" in page and "et al." in page, f"{relpath}: no verdict section or citation"
         assert "reproduced" in page or "inconclusive" in page, f"{relpath}: no verdict table rendered"
+        assert "profile=&#39;smoke&#39;" not in page and "profile='smoke'" not in page, \
+            f"{relpath}: a committed smoke output leaked into the rendered page"
+        assert "profile=&#39;quick&#39;" in page or "profile='quick'" in page, f"{relpath}: no config echo"
     assert len(list((html / "_images").glob("*.png"))) >= 1 + 4 + 1, "every chapter's figures are rendered"
     assert (html / "references.html").is_file() and (html / "api.html").is_file()
     scorecard = (html / "scorecard.html").read_text()
@@ -198,3 +209,31 @@ def test_hidden_checks_assert_no_timing(relpath):
             code = line.split("#")[0]
             if code.strip().startswith("assert") and ("<" in code or ">" in code):
                 assert not any(w in code for w in TIMING_WORDS), f"{relpath}: a hidden check compares timings: {line}"
+
+
+def _nbval(paths, tmp_path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DROPNOTES_PROFILE="smoke", DROPNOTES_PROGRESS="0",
+               DROPNOTES_RESULTS=str(tmp_path / "results"), DROPNOTES_CHECKPOINTS=str(tmp_path / "checkpoints"))
+    return subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+                           "--nbval-sanitize-with", str(ROOT / "tests" / "nbval-sanitize.cfg"), *map(str, paths)],
+                          capture_output=True, text=True, env=env, cwd=tmp_path)
+
+
+def test_nbval_fails_when_a_documented_output_changes(tmp_path):
+    """The committed mask demonstration says kept units are scaled to 2.0 (p = 0.5); a copy that documents
+    1.5 instead must fail nbval, and the sanitize file must not hide the difference."""
+    nb = nbformat.read(ROOT / "chapters" / "01_mechanics.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "ch.mask_demo(" in c.source)
+    assert notebooks.CHECK_TAG in cell.metadata.tags
+    plain = "".join(cell.outputs[0]["data"]["text/plain"])
+    assert "2.0" in plain
+    for kind in ("text/plain", "text/html"):  # what a wrong scaling, 1/(1-p) = 1.5, would show
+        cell.outputs[0]["data"][kind] = "".join(cell.outputs[0]["data"][kind]).replace("2.0", "1.5")
+    copy = ROOT / "chapters" / "_nbval_probe.ipynb"  # beside the chapters: the same folder and data paths
+    try:
+        nbformat.write(nb, copy)
+        proc = _nbval([copy], tmp_path)
+    finally:
+        copy.unlink(missing_ok=True)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert "1 failed" in proc.stdout and "1.5" in proc.stdout, proc.stdout[-3000:]

@@ -23,12 +23,12 @@ def test_env_overrides_auto_only(monkeypatch):
     assert runtime.resolve_profile("auto") == "quick"
     assert runtime.resolve_profile("full") == "full"  # an explicit profile wins
     monkeypatch.setenv("DROPNOTES_PROFILE", "fastest")
-    with pytest.raises(ValueError, match="DROPNOTES_PROFILE.*'quick', 'full'"):
+    with pytest.raises(ValueError, match="DROPNOTES_PROFILE.*'smoke', 'quick', 'full'"):
         runtime.resolve_profile("auto")
 
 
 def test_unknown_profile_names_allowed_values():
-    with pytest.raises(ValueError, match=r"profile='fastest'.*'quick', 'full', 'auto'"):
+    with pytest.raises(ValueError, match=r"profile='fastest'.*'smoke', 'quick', 'full', 'auto'"):
         runtime.resolve_profile("fastest")
 
 
@@ -123,3 +123,16 @@ def test_atomic_write_leaves_old_or_new(tmp_path):
             fh.write("half")
             raise RuntimeError("killed")
     assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_every_chapter_has_a_smoke_profile_on_the_quick_code_path():
+    """smoke sets the same knobs as quick (the same code path), only smaller, and configure accepts it."""
+    import importlib
+
+    from dropnotes.experiments import CHAPTERS
+
+    for chapter in CHAPTERS:
+        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+        d = module.PROFILE_DEFAULTS
+        assert set(d["smoke"]) == set(d["quick"]), chapter
+        assert module.configure(profile="smoke", device="cpu").profile == "smoke"

@@ -43,3 +43,20 @@ def test_a_shortened_full_run_is_labelled(tmp_path, monkeypatch):
     assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced (changed full run)"
     _store("full", "f1", "reproduced", params={"epochs": 8, "sizes": [1, 2]}, defaults=full)
     assert scorecard.collect().set_index("claim").loc["*demo*: c1", "verdict"] == "reproduced"
+
+
+def test_a_smoke_run_is_labelled_and_never_reaches_the_scorecard(tmp_path, monkeypatch):
+    from dropnotes.experiments import _base, mechanics
+
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
+    monkeypatch.setattr(scorecard, "CHAPTERS", {"mechanics": "chapters/01_mechanics.ipynb"})
+    cfg = mechanics.configure(profile="smoke", device="cpu")
+    assert cfg.profile == "smoke" and cfg.train_size < mechanics.PROFILE_DEFAULTS["quick"]["train_size"]
+    table = pd.DataFrame([{"claim": "c1", "source": "s", "paper": "1", "ours": "2", "verdict": "reproduced"}])
+    path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
+                        tables={"verdicts": table})
+    assert path.name == "smoke.json"
+    assert table.verdict[0] == "smoke run, not evidence (reproduced)"  # what the notebook shows, too
+    assert results.load_result("mechanics", "smoke")["tables"]["verdicts"].verdict[0].startswith("smoke run")
+    assert scorecard.collect().empty

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 
 from dropnotes.runtime import DEVICES, PROFILES
@@ -314,8 +315,8 @@ class DeviceKnob(Knob):
         return "one of " + ", ".join(map(repr, DEVICES)) + " or 'cuda:N'"
 
 
-PROFILE = Knob("profile", "str", "auto", '"quick" (2-core CPU), "full" (one GPU, paper scale), "auto" '
-               "(full when the chosen device is a GPU)", choices=PROFILES)
+PROFILE = Knob("profile", "str", "auto", '"smoke" (seconds: does the environment work?), "quick" (2-core CPU), '
+               '"full" (one GPU, paper scale), "auto" (full when the chosen device is a GPU)', choices=PROFILES)
 DEVICE = DeviceKnob("device", "str", "auto", '"auto", "cuda", "cuda:N", "mps" or "cpu"')
 SEED = Knob("seed", "int", 0, "seed block: seeds seed*n_seeds ... seed*n_seeds + n_seeds - 1 are used", low=0, high=SEED_MAX)
 
@@ -371,10 +372,23 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
 
     from dropnotes import results
 
+    if cfg.profile == "smoke" and isinstance(tables.get("verdicts"), pd.DataFrame):
+        label_smoke(tables["verdicts"])
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
                               **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
                                tables=tables, defaults=defaults.get(cfg.profile, {}))
+
+
+SMOKE_LABEL = "smoke run, not evidence"
+
+
+def label_smoke(verdicts: pd.DataFrame) -> pd.DataFrame:
+    """Mark a smoke run's verdicts, in place: they show that the code runs, not what it measures."""
+    if "verdict" in verdicts:
+        verdicts["verdict"] = [v if str(v).startswith(SMOKE_LABEL) else f"{SMOKE_LABEL} ({v})"
+                               for v in verdicts["verdict"]]
+    return verdicts
 
 
 def stored_full(chapter: str) -> dict | None:

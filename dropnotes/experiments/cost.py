@@ -46,6 +46,10 @@ class CostConfig(ChapterConfig):
 
 
 PROFILE_DEFAULTS = {
+    # Seconds on a CPU: the quick profile's code path at the smallest sizes (does the environment work?); its
+    # verdicts are labelled as a smoke run and never reach the scorecard.
+    "smoke": dict(sizes=(2**10,), min_run_time=0.01, rounds=1, steps_per_round=1, mlp_width=32,
+                  vit_dim=16, gpt_dim=16, batch=8, attn_seq=32, amp=False),
     # CPU, about a minute: small models; tensors up to 4 M elements.
     "quick": dict(sizes=(2**14, 2**18, 2**22), min_run_time=0.1, rounds=5, steps_per_round=6, mlp_width=1024,
                   vit_dim=64, gpt_dim=64, batch=64, attn_seq=256, amp=False),
@@ -117,8 +121,8 @@ def _models(cfg: CostConfig, p: float) -> dict[str, tuple[nn.Module, torch.Tenso
                 torch.randn(b, 784, device=dev), torch.randint(0, 10, (b,), device=dev), ce),
         "ViT": (ViT(dim=cfg.vit_dim, depth=4, heads=max(cfg.vit_dim // 64, 1), drop_path_rate=0.0, attn_p=p, p=p),
                 torch.randn(b, 3, 32, 32, device=dev), torch.randint(0, 10, (b,), device=dev), ce),
-        "GPT": (GPT(256, 64 if cfg.profile == "quick" else 256, cfg.gpt_dim, 4, max(cfg.gpt_dim // 64, 1), p, p, p),
-                torch.randint(0, 256, (b // 2, 64 if cfg.profile == "quick" else 256), device=dev), None,
+        "GPT": (GPT(256, 64 if cfg.profile != "full" else 256, cfg.gpt_dim, 4, max(cfg.gpt_dim // 64, 1), p, p, p),
+                torch.randint(0, 256, (b // 2, 64 if cfg.profile != "full" else 256), device=dev), None,
                 train.lm_loss),
     }
 

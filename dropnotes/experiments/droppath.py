@@ -49,6 +49,10 @@ class DropPathConfig(ChapterConfig):
 
 
 PROFILE_DEFAULTS = {
+    # Seconds on a CPU: the quick profile's code path at the smallest sizes (does the environment work?); its
+    # verdicts are labelled as a smoke run and never reach the scorecard.
+    "smoke": dict(train_size=100, test_size=100, dim=16, heads=2, depth=2, shallow_depth=1,
+                  rates=(0.0, 0.1), epochs=1, batch_size=50, lr=3e-3, weight_decay=0.05, n_seeds=1, amp=False),
     # CPU: a mechanics check; one seed, so most verdicts can only be "inconclusive" here.
     "quick": dict(train_size=1000, test_size=1000, dim=32, heads=2, depth=4, shallow_depth=2,
                   rates=(0.0, 0.05, 0.1, 0.2, 0.3), epochs=10, batch_size=100, lr=3e-3, weight_decay=0.05,

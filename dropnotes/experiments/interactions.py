@@ -56,13 +56,19 @@ class InteractionsConfig(ChapterConfig):
     eval_every: int = 1
     momentum: float = 0.9
     amp: bool = False  # bf16 autocast (the full profile, on a GPU)
+    test_size: int = 10000  # test images: all 10,000, except at the smoke profile
 
 
 PROFILE_DEFAULTS = {
+    # Seconds on a CPU: the quick profile's code path at the smallest sizes (does the environment work?); its
+    # verdicts are labelled as a smoke run and never reach the scorecard.
+    "smoke": dict(cnn_train_size=100, cnn_epochs=1, mlp_train_size=100, mlp_hidden=16, mlp_epochs=1, n_seeds=1,
+                  grid_rates=(0.0, 0.5), grid_decays=(0.0, 5e-4), batch_size=20, val_size=50, eval_every=1,
+                  amp=False, test_size=500),
     # CPU, about two minutes: 2,000-image subsets so that the plain nets overfit, 1,000 more held out.
     "quick": dict(cnn_train_size=2000, cnn_epochs=15, mlp_train_size=2000, mlp_hidden=512, mlp_epochs=40, n_seeds=1,
                   grid_rates=(0.0, 0.5), grid_decays=(0.0, 5e-4, 5e-3), batch_size=64, val_size=1000, eval_every=3,
-                  amp=False),
+                  amp=False, test_size=10000),
     # One GPU: 50,000 training images and 10,000 held out for validation (as Srivastava et al. did), 3 seeds,
     # long enough for the plain nets to overfit (CNNs 60 epochs, 23,400 updates; MLPs 200 epochs, 78,000
     # updates, where Srivastava et al. ran up to 10^6), each model's epoch chosen on validation, bf16, each
@@ -70,7 +76,7 @@ PROFILE_DEFAULTS = {
     # sets the schedule and the 3 x 3 grid: `dropnotes estimate` predicts under 3 minutes on one H100.
     "full": dict(cnn_train_size=50000, cnn_epochs=60, mlp_train_size=50000, mlp_hidden=1024, mlp_epochs=200,
                  n_seeds=3, grid_rates=(0.0, 0.2, 0.5), grid_decays=(0.0, 1e-4, 1e-3), batch_size=128,
-                 val_size=10000, eval_every=10, amp=True),
+                 val_size=10000, eval_every=10, amp=True, test_size=10000),
 }
 
 
@@ -112,7 +118,8 @@ def variance_shift_check(c: float = 0.5, v: float = 1.0, p: float = 0.3, n: int 
 
 # ------------------------------------------------------------------ part A: CNN
 
-def _split(name: str, size: int, val_size: int, seed: int, device: str, standardize: bool = True):
+def _split(name: str, size: int, val_size: int, seed: int, device: str, standardize: bool = True,
+           test_size: int = 10000):
     """One draw from the training set, the same for every arm and seed: ``size`` images train, the next
     ``val_size`` validate; the 10,000 test images are used once. Standardised with the training images'
     mean and standard deviation (or pixels in [0, 1])."""
@@ -121,10 +128,13 @@ def _split(name: str, size: int, val_size: int, seed: int, device: str, standard
                          f"{val_size:,} held out for validation), got {size}")
     s = data.load_images(name)
     x, y = data.subset(s.x_train, s.y_train, size + val_size, stream(seed, f"subset-{name}"))
-    x, xt = train.images_to_float(x), train.images_to_float(s.x_test)
+    xt, yt = s.x_test, s.y_test
+    if test_size < len(yt):  # the smoke profile only
+        xt, yt = data.subset(xt, yt, test_size, stream(seed, f"subset-test-{name}"))
+    x, xt = train.images_to_float(x), train.images_to_float(xt)
     mean, std = (float(x[:size].mean()), float(x[:size].std())) if standardize else (0.0, 1.0)
     norm = lambda t: ((t - mean) / std).to(device)  # noqa: E731
-    return (norm(x[:size]), y[:size].to(device), norm(x[size:]), y[size:].to(device), norm(xt), s.y_test.to(device))
+    return (norm(x[:size]), y[:size].to(device), norm(x[size:]), y[size:].to(device), norm(xt), yt.to(device))
 
 
 @torch.no_grad()
@@ -185,7 +195,7 @@ def _fit(cfg: InteractionsConfig, group: torch.nn.Module, d, name: str, **hyper)
 def run_cnns(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Every CNN arm x seed as one :class:`StackedCNN`; then each model's BN shift on the test set, and the
     before-BN (pixel) models re-evaluated after re-estimating their BN statistics with dropout off."""
-    d = _split("fashion-mnist", cfg.cnn_train_size, cfg.val_size, cfg.seed, cfg.device)
+    d = _split("fashion-mnist", cfg.cnn_train_size, cfg.val_size, cfg.seed, cfg.device, test_size=cfg.test_size)
     arms = [(placement, noise, seed) for seed in cfg.seeds for placement, noise in CNN_ARMS]
     group = StackedCNN(len(arms), p1=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
                        p2=[cfg.p if pl != "none" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
@@ -236,7 +246,8 @@ def mlp_arms(cfg: InteractionsConfig) -> list[dict]:
 def run_mlps(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Every MLP arm x seed as one :class:`StackedMLP` (per-model noise, rate, learning rate, weight decay and
     max-norm)."""
-    d = _split("mnist", cfg.mlp_train_size, cfg.val_size, cfg.seed, cfg.device, standardize=False)  # pixels in [0, 1]
+    d = _split("mnist", cfg.mlp_train_size, cfg.val_size, cfg.seed, cfg.device, standardize=False,  # pixels in [0, 1]
+               test_size=cfg.test_size)
     arms = [dict(arm, seed=seed) for seed in cfg.seeds for arm in mlp_arms(cfg)]
     group = StackedMLP(len(arms), 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10,
                        p_hidden=[a["p"] if a["kind"] in ("dropout", "gaussian") else 0.0 for a in arms],
@@ -285,7 +296,7 @@ def _err(runs: pd.DataFrame, **where) -> list[float]:
 
 def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
     """The closing table, from the measurements, with the rules stated in the chapter."""
-    cnn, mlp_runs, n = rec["cnn"], rec["mlp"], 10_000
+    cnn, mlp_runs, n = rec["cnn"], rec["mlp"], cfg.test_size
     rows = []
     shift = cnn.groupby("arm")["bn2 shift"].mean()
     chk = rec["shift_check"]

@@ -65,6 +65,12 @@ class LLMConfig(ChapterConfig):
 
 
 PROFILE_DEFAULTS = {
+    # Seconds on a CPU: the quick profile's code path at the smallest sizes (does the environment work?); its
+    # verdicts are labelled as a smoke run and never reach the scorecard.
+    "smoke": dict(dim=16, layers=1, heads=1, block_size=16, batch_size=4, pretrain_steps=4, pretrain_lr=3e-3,
+                  finetune_steps=4, finetune_batch=4, finetune_lr=3e-3, finetune_bytes=1000,
+                  sizes=(500, 1000, 0), lora_rank=2, lora_lr=1e-2, eval_bytes=512, eval_every=2,
+                  amp=False, compile=False),
     # CPU, about two minutes: a 2-layer, 64-wide GPT, 400 pretraining steps of 32 x 64 bytes; 300 fine-tuning
     # steps of 16 x 64 bytes, i.e. about 31 epochs of the 10 kB slice, so that the plain net overfits.
     "quick": dict(dim=64, layers=2, heads=2, block_size=64, batch_size=32, pretrain_steps=400, pretrain_lr=3e-3,
@@ -101,7 +107,7 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretra
     dev = select_device(v["device"])
     resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, pretrain_steps=v["pretrain_steps"],
                                  finetune_steps=v["finetune_steps"], finetune_bytes=v["finetune_bytes"])
-    if resolved == "quick" and dev.type != "cuda":
+    if resolved != "full" and dev.type != "cuda":
         d["compile"] = False
     p = v["p"]
     return LLMConfig(profile=resolved, device=str(dev), seed=v["seed"], pretrain_corpus=v["pretrain_corpus"], p=p,

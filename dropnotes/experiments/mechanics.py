@@ -51,6 +51,10 @@ class MechanicsConfig(ChapterConfig):
 
 
 PROFILE_DEFAULTS = {
+    # Seconds on a CPU: the quick profile's code path at the smallest sizes (does the environment work?); its
+    # verdicts are labelled as a smoke run and never reach the scorecard.
+    "smoke": dict(train_size=200, val_size=100, hidden=(32, 32), epochs=2, batch_size=50, lr=0.05,
+                  momentum=0.9, n_seeds=2, eval_every=1, amp=False),
     # CPU, about a minute: a 2,000-example subset so that the unregularised net overfits; 1,000 more
     # training images held out for validation.
     "quick": dict(train_size=2000, val_size=1000, hidden=(512, 512), epochs=40, batch_size=64, lr=0.05,

@@ -22,9 +22,10 @@ use per-model keep probabilities. The masks of the K models come from one genera
 kernel per layer), so model k's masks depend on which models share its group: the group is recorded
 in the history (``group``) so a number can be reproduced.
 
-Two architectures are stacked: :class:`StackedMLP` (batched matrix products) and :class:`StackedCNN`
+Three architectures are stacked: :class:`StackedMLP` (batched matrix products), :class:`StackedCNN`
 (chapter 6's batch-norm CNN as grouped convolutions: model k owns channel block k of every layer, so its
-batch-norm statistics are its own).
+batch-norm statistics are its own) and :class:`StackedLSTMLM` (chapter 3's language models, each with its
+own dropout scheme, one batched LSTM cell per time step; trained by :func:`fit_stacked_lm`).
 
 No host synchronisation happens inside an epoch: losses, errors and the alive flags stay on the
 device and are read at the evaluation points only.
@@ -636,6 +637,28 @@ def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) 
 
 
 @torch.no_grad()
+def _adam_step(params, moments, step: torch.Tensor, lr: torch.Tensor, alive: torch.Tensor, clip,
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+    """``torch.optim.Adam`` (no weight decay), per model: lr and the clipping threshold are (K,) tensors;
+    ``moments`` holds each parameter's (m, v); ``step`` is the step count, already advanced."""
+    shape = lambda p: (-1,) + (1,) * (p.dim() - 1)  # noqa: E731
+    grads = [p.grad for p in params]
+    if clip is not None:
+        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)
+        factor = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        grads = [g.mul_(factor.view(shape(g))) for g in grads]
+    b1, b2 = betas
+    t = step.to(torch.float32)
+    correction1, correction2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
+    rate = lr * alive / correction1  # (K,): a dead model's rate is 0
+    for p, g, (m, v) in zip(params, grads, moments):
+        m.lerp_(g, 1 - b1)
+        v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = (v / correction2).sqrt_().add_(eps)
+        p.addcdiv_(m * rate.view(shape(p)), denom, value=-1.0)
+
+
+@torch.no_grad()
 def _max_norm_(model: StackedMLP, max_norm: torch.Tensor, index: torch.Tensor | None = None) -> None:
     """Srivastava et al.'s max-norm, per model: every unit's incoming weight vector (each layer's rows, as
     :func:`dropnotes.train.max_norm_` does for ``nn.Linear``) is projected onto the ball of radius c_k;
@@ -648,3 +671,334 @@ def _max_norm_(model: StackedMLP, max_norm: torch.Tensor, index: torch.Tensor | 
             w.mul_(factor)
         else:
             w.index_copy_(0, index, sub * factor)
+
+
+# ------------------------------------------------------------------ the LSTM language models of chapter 3
+
+LM_SCHEMES = ("none", "naive", "naive-recurrent", "variational", "weight-drop")
+
+
+class StackedLSTMLM(nn.Module):
+    """K word-level LSTM language models (:class:`~dropnotes.models.LSTMLM`), each with its own dropout
+    scheme, as one group: every time step of every layer is one batched cell (a ``bmm`` over the models).
+
+    Model k's ``scheme`` sets where its noise goes, exactly as in :class:`~dropnotes.models.LSTMLM`:
+    ``naive`` masks the non-recurrent connections afresh at every step (rate ``p_io``); ``naive-recurrent``
+    also masks h_{t-1} afresh at every step (``p_rec``); ``variational`` ties its masks in time (one per
+    sequence, on inputs, outputs and h_{t-1}) and drops word types from the embedding (``p_emb``);
+    ``weight-drop`` ties the input and output masks, drops word types, and applies DropConnect to W_hh
+    with one mask per window (``p_rec``). Parameters have shape (K, ...); the state of each layer is a
+    pair of (K, N, dim) tensors, carried from one BPTT window to the next by the caller.
+    """
+
+    def __init__(self, k: int, vocab_size: int, dim: int, layers: int, *, scheme="none", p_io=0.0, p_rec=0.0,
+                 p_emb=0.0, init_range: float = 0.1, seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        self.k = check_positive_int("k", k)
+        self.vocab, self.dim = check_positive_int("vocab_size", vocab_size), check_positive_int("dim", dim)
+        self.layers = check_positive_int("layers", layers)
+        self.schemes = tuple(_values("scheme", scheme, k, check=lambda n, v: check_choice(n, v, LM_SCHEMES)))
+        rates = {n: _values(n, v, k, check=check_probability) for n, v in (("p_io", p_io), ("p_rec", p_rec),
+                                                                            ("p_emb", p_emb))}
+        for i, s in enumerate(self.schemes):  # the rates a scheme does not use are 0, as in LSTMLM
+            if s == "none":
+                rates["p_io"][i] = 0.0
+            if s in ("none", "naive"):
+                rates["p_rec"][i] = 0.0
+            if s in ("none", "naive", "naive-recurrent"):
+                rates["p_emb"][i] = 0.0
+        for name, values in rates.items():
+            self.register_buffer(name, torch.tensor([float(v) for v in values]))
+        flags = {"locked": ("variational", "weight-drop"), "h_step": ("naive-recurrent",), "h_tied": ("variational",),
+                 "weight_drop": ("weight-drop",)}
+        for name, schemes in flags.items():
+            self.register_buffer(name, torch.tensor([s in schemes for s in self.schemes]))
+        used = lambda schemes, rate: any(s in schemes and r > 0 for s, r in zip(self.schemes, rates[rate]))  # noqa: E731
+        self._uses = {"emb": used(("variational", "weight-drop"), "p_emb"), "io": used(LM_SCHEMES[1:], "p_io"),
+                      "io_step": used(("naive", "naive-recurrent"), "p_io"), "io_tied": used(flags["locked"], "p_io"),
+                      "h_step": used(flags["h_step"], "p_rec"), "h_tied": used(flags["h_tied"], "p_rec"),
+                      "w_hh": used(flags["weight_drop"], "p_rec")}
+        d, g = dim, 4 * dim
+        self.embed = nn.Parameter(torch.empty(k, vocab_size, d))
+        self.w_ih, self.w_hh = nn.ParameterList(), nn.ParameterList()
+        self.b_ih, self.b_hh = nn.ParameterList(), nn.ParameterList()
+        for _ in range(layers):
+            self.w_ih.append(nn.Parameter(torch.empty(k, g, d)))
+            self.w_hh.append(nn.Parameter(torch.empty(k, g, d)))
+            self.b_ih.append(nn.Parameter(torch.empty(k, g)))
+            self.b_hh.append(nn.Parameter(torch.empty(k, g)))
+        self.dec_w, self.dec_b = nn.Parameter(torch.empty(k, vocab_size, d)), nn.Parameter(torch.empty(k, vocab_size))
+        self.init_range = init_range
+        self.reset_parameters(seeds)
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
+        """Zaremba et al.'s uniform initialisation, model k from its own seed."""
+        seeds = list(seeds) if seeds is not None else list(range(self.k))
+        if len(seeds) != self.k:
+            raise ValueError(f"seeds must have one value per model ({self.k}), got {len(seeds)}")
+        for i, s in enumerate(seeds):
+            g = torch.Generator().manual_seed(int(s))
+            for p in self.parameters():
+                p[i].copy_(torch.empty(p.shape[1:]).uniform_(-self.init_range, self.init_range, generator=g))
+
+    def _pairs(self, m: nn.Module):
+        """(group parameter, the LSTMLM's tensor) for every parameter of one LSTMLM."""
+        out = [(self.embed, m.embed.weight), (self.dec_w, m.decoder.weight), (self.dec_b, m.decoder.bias)]
+        for l, lstm in enumerate(m.lstms):
+            out += [(self.w_ih[l], lstm.weight_ih_l0), (self.w_hh[l], lstm.weight_hh_l0),
+                    (self.b_ih[l], lstm.bias_ih_l0), (self.b_hh[l], lstm.bias_hh_l0)]
+        return out
+
+    @classmethod
+    def from_models(cls, models: Sequence[nn.Module]) -> "StackedLSTMLM":
+        """Stack K :class:`~dropnotes.models.LSTMLM` (untied weights) with their schemes and rates."""
+        first = models[0]
+        out = cls(len(models), first.embed.num_embeddings, first.embed.embedding_dim, len(first.lstms),
+                  scheme=[m.scheme for m in models], p_io=[m.p_io for m in models], p_rec=[m.p_rec for m in models],
+                  p_emb=[m.p_emb for m in models])
+        with torch.no_grad():
+            for i, m in enumerate(models):
+                for dst, src in out._pairs(m):
+                    dst[i].copy_(src)
+        return out.to(first.embed.weight.device)
+
+    def model(self, i: int) -> nn.Module:
+        """Model ``i`` as a standalone :class:`~dropnotes.models.LSTMLM` (e.g. for MC-dropout evaluation)."""
+        from dropnotes.models import LSTMLM
+
+        m = LSTMLM(self.vocab, self.dim, self.layers, self.schemes[i], p_io=float(self.p_io[i]),
+                   p_rec=float(self.p_rec[i]), p_emb=float(self.p_emb[i])).to(self.embed.device)
+        with torch.no_grad():
+            for src, dst in self._pairs(m):
+                dst.copy_(src[i])
+        return m
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, vocab={self.vocab}, {self.layers} x {self.dim}, schemes={list(self.schemes)}"
+
+    def _io_mask(self, shape, dtype, device, generator) -> torch.Tensor | None:
+        """One site's input/output multiplier, (K, N, T or 1, D): tied in time for the locked schemes."""
+        k, n, t, d = shape
+        keep = (1.0 - self.p_io).to(dtype).view(k, 1, 1, 1)
+        mult = None
+        if self._uses["io_step"]:
+            mult = (torch.rand((k, n, t, d), device=device, generator=generator) < keep) * (1.0 / keep)
+        if self._uses["io_tied"]:
+            tied = (torch.rand((k, n, 1, d), device=device, generator=generator) < keep) * (1.0 / keep)
+            mult = tied if mult is None else torch.where(self.locked.view(k, 1, 1, 1), tied.expand(k, n, t, d), mult)
+        return mult
+
+    def _h_mask(self, shape, dtype, device, generator) -> torch.Tensor | None:
+        k, n, t, d = shape
+        keep = (1.0 - self.p_rec).to(dtype).view(k, 1, 1, 1)
+        mult = None
+        if self._uses["h_step"]:
+            step = (torch.rand((k, n, t, d), device=device, generator=generator) < keep) * (1.0 / keep)
+            mult = torch.where(self.h_step.view(k, 1, 1, 1), step, torch.ones((), dtype=step.dtype, device=device))
+        if self._uses["h_tied"]:
+            tied = (torch.rand((k, n, 1, d), device=device, generator=generator) < keep) * (1.0 / keep)
+            tied = torch.where(self.h_tied.view(k, 1, 1, 1), tied, torch.ones((), dtype=tied.dtype, device=device))
+            mult = tied if mult is None else torch.where(self.h_tied.view(k, 1, 1, 1), tied.expand(k, n, t, d), mult)
+        return mult
+
+    def draw_masks(self, n: int, t: int, generator: torch.Generator | None = None, dtype=torch.float32) -> dict:
+        """Every multiplier of one training window of N sequences of T steps (what :meth:`forward` draws when
+        none are given): ``emb`` (K, V), ``io`` one per site (inputs of each layer, then the decoder's input),
+        ``h`` and ``w_hh`` one per layer. A site that no model uses is None."""
+        dev, k, d = self.embed.device, self.k, self.dim
+        emb = None
+        if self._uses["emb"]:
+            keep = (1.0 - self.p_emb).to(dtype).view(k, 1)
+            emb = (torch.rand((k, self.vocab), device=dev, generator=generator) < keep) * (1.0 / keep)
+        io = [self._io_mask((k, n, t, d), dtype, dev, generator) if self._uses["io"] else None
+              for _ in range(self.layers + 1)]
+        h = [self._h_mask((k, n, t, d), dtype, dev, generator) for _ in range(self.layers)]
+        w_hh = []
+        for _ in range(self.layers):
+            if not self._uses["w_hh"]:
+                w_hh.append(None)
+                continue
+            keep = (1.0 - self.p_rec).to(dtype).view(k, 1, 1)
+            drop = (torch.rand((k, 4 * d, d), device=dev, generator=generator) < keep) * (1.0 / keep)
+            w_hh.append(torch.where(self.weight_drop.view(k, 1, 1), drop, torch.ones((), dtype=drop.dtype, device=dev)))
+        return {"emb": emb, "io": io, "h": h, "w_hh": w_hh}
+
+    def forward(self, ids: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+                generator: torch.Generator | None = None, masks: dict | None = None):
+        """``ids``: (N, T) for every model, or each model's own (K, N, T); returns logits (K, N, T, V) and the
+        final state of every layer. In training, ``masks`` (from :meth:`draw_masks`) replace the draw."""
+        k = self.k
+        if ids.dim() == 2:
+            ids = ids.unsqueeze(0).expand(k, -1, -1)
+        _, n, t = ids.shape
+        if self.training and masks is None:
+            masks = self.draw_masks(n, t, generator)
+        if not self.training:
+            masks = None
+        x = torch.gather(self.embed, 1, ids.reshape(k, -1, 1).expand(-1, -1, self.dim)).view(k, n, t, self.dim)
+        if masks is not None and masks["emb"] is not None:  # word types dropped: every occurrence of a word
+            x = x * torch.gather(masks["emb"], 1, ids.reshape(k, -1)).view(k, n, t, 1)
+        new_state = []
+        for layer in range(self.layers):
+            if masks is not None and masks["io"][layer] is not None:
+                x = x * masks["io"][layer]
+            s = state[layer] if state is not None else None
+            x, s = self._lstm(layer, x, s, masks)
+            new_state.append(s)
+        if masks is not None and masks["io"][-1] is not None:
+            x = x * masks["io"][-1]
+        logits = torch.baddbmm(self.dec_b.unsqueeze(1).to(x.dtype), x.flatten(1, 2), self.dec_w.transpose(1, 2).to(x.dtype))
+        return logits.view(k, n, t, self.vocab), new_state
+
+    def _lstm(self, layer: int, x: torch.Tensor, state, masks):
+        k, n, t, d = x.shape
+        w_ih, w_hh = self.w_ih[layer].to(x.dtype), self.w_hh[layer].to(x.dtype)
+        bias = (self.b_ih[layer] + self.b_hh[layer]).to(x.dtype).unsqueeze(1)
+        if masks is not None and masks["w_hh"][layer] is not None:
+            w_hh = w_hh * masks["w_hh"][layer]  # DropConnect on W_hh, one mask per window
+        h_mask = masks["h"][layer] if masks is not None else None
+        gates_x = torch.baddbmm(bias, x.flatten(1, 2), w_ih.transpose(1, 2)).view(k, n, t, 4 * d)
+        h, c = state if state is not None else (x.new_zeros(k, n, d), x.new_zeros(k, n, d))
+        w_hh_t = w_hh.transpose(1, 2)
+        outputs = []
+        for step in range(t):
+            hm = h if h_mask is None else h * h_mask[:, :, min(step, h_mask.shape[2] - 1)]
+            i, f, g, o = (gates_x[:, :, step] + torch.bmm(hm.to(x.dtype), w_hh_t)).chunk(4, dim=-1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            outputs.append(h)
+        return torch.stack(outputs, dim=2), (h, c)
+
+
+def lm_windows(tokens: torch.Tensor, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The stream cut into ``batch_size`` rows (as :func:`dropnotes.train.lm_batches` does) and read as its
+    full windows: inputs and targets of shape (windows, N, T). The last, shorter window is left out, so
+    that every training step has one shape (a CUDA graph replays one shape)."""
+    n, t = check_positive_int("batch_size", batch_size), check_positive_int("seq_len", seq_len)
+    rows = (tokens.numel() - 1) // n
+    windows = rows // t
+    if windows < 1:
+        raise ValueError(f"the token stream ({tokens.numel()} tokens) holds no window of {n} x {t}")
+    x, y = tokens[: rows * n].view(n, rows), tokens[1: rows * n + 1].view(n, rows)
+    cut = lambda a: a[:, : windows * t].reshape(n, windows, t).transpose(0, 1)  # noqa: E731
+    return cut(x), cut(y)
+
+
+@torch.no_grad()
+def lm_window_losses_stacked(model: StackedLSTMLM, tokens: torch.Tensor, batch_size: int, seq_len: int,
+                             amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every model's mean next-token cross-entropy (nats) per window over a token stream, in eval mode,
+    the state carried across windows (the windows of :func:`dropnotes.train.lm_batches`, the last one
+    included): (K, windows) losses and each window's token count."""
+    from dropnotes.train import lm_batches
+
+    was = model.training
+    model.eval()
+    losses, counts, state = [], [], None
+    for x, y in lm_batches(tokens, batch_size, seq_len):
+        with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
+            logits, state = model(x, state)
+        ce = F.cross_entropy(logits.float().flatten(0, 2), y.expand(model.k, -1, -1).flatten(), reduction="none")
+        losses.append(ce.view(model.k, -1).mean(1))
+        counts.append(y.numel())
+    model.train(was)
+    return torch.stack(losses, 1).double().cpu(), torch.tensor(counts, dtype=torch.float64)
+
+
+def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_tokens: torch.Tensor, *, epochs: int,
+                   batch_size: int, seq_len: int, lr, lr_decay: float = 1.0, decay_after: int = 0, clip=None,
+                   optimizer: str = "sgd", amp_dtype: torch.dtype | None = None,
+                   generator: torch.Generator | None = None, restore_best: bool = True, capture: bool = True,
+                   desc: str = "LSTM LMs") -> FitResult:
+    """Truncated BPTT for the K language models of ``model`` together (Zaremba et al. 2014): plain SGD (or
+    ``optimizer="adam"``, ``torch.optim.Adam``'s update) with per-model learning rates, divided by
+    ``lr_decay`` every epoch after ``decay_after``; each model's gradient clipped to norm ``clip[k]``; the
+    state carried across the windows of an epoch (zero at its start).
+
+    After every epoch each model's validation loss is measured (eval mode) and its best epoch kept
+    (restored at the end with ``restore_best``); a model whose loss stops being finite is frozen and
+    reported, as in :func:`fit_stacked`. On CUDA the whole step (forward over the window, backward,
+    clipping, SGD, the state carried) is captured once as a CUDA graph and replayed. Nothing is read
+    back to the host inside an epoch. The history's losses are in nats (``train_loss``, ``val_loss``)."""
+    k = model.k
+    epochs = check_positive_int("epochs", epochs)
+    optimizer = check_choice("optimizer", optimizer, ("sgd", "adam"))
+    dev = train_tokens.device
+    if generator is None:
+        generator = torch.Generator(dev).manual_seed(0)
+    xs, ys = lm_windows(train_tokens, batch_size, seq_len)
+    lr_k = _per_model("lr", lr, k).to(dev)
+    lr_now = lr_k.clone()
+    clip_k = None if clip is None else _per_model("clip", clip, k).to(dev)
+    params = list(model.parameters())
+    alive = torch.ones(k, dtype=torch.bool, device=dev)
+    died = torch.full((k,), -1, dtype=torch.long, device=dev)
+    step_no = torch.zeros((), dtype=torch.long, device=dev)
+    ids, tgt = torch.zeros_like(xs[0]), torch.zeros_like(ys[0])
+    hs = [torch.zeros(k, batch_size, model.dim, device=dev) for _ in range(model.layers)]
+    cs = [torch.zeros_like(h) for h in hs]
+    total = torch.zeros(k, device=dev)
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params] if optimizer == "adam" else []
+    mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
+
+    def step() -> None:
+        with (torch.autocast(dev.type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
+              else contextlib.nullcontext()):
+            logits, new = model(ids, list(zip(hs, cs)), generator=mask_gen)
+        losses = F.cross_entropy(logits.float().flatten(0, 2), tgt.expand(k, -1, -1).flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        losses.sum().backward()
+        step_no.add_(1)
+        finite = torch.isfinite(losses)
+        died.copy_(torch.where(alive & ~finite, step_no.expand(k), died))
+        alive.logical_and_(finite)
+        if optimizer == "adam":
+            _adam_step(params, moments, step_no, lr_now, alive, clip_k)
+        else:
+            _sgd_step(params, [None] * len(params), lr_now, None, 0.0, alive, clip_k)
+        with torch.no_grad():
+            for (h, c), h_static, c_static in zip(new, hs, cs):  # the state carried to the next window
+                h_static.copy_(h)
+                c_static.copy_(c)
+            total.add_(losses.detach())
+
+    if dev.type == "cuda":
+        torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
+    state = params + list(model.buffers()) + hs + cs + [alive, died, step_no, total] + [t for mv in moments for t in mv]
+    run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
+    tracked = list(model.parameters())
+    best_state = [p.detach().clone() for p in tracked] if restore_best else None
+    best_loss = torch.full((k,), float("inf"), device=dev)
+    best_epoch = torch.zeros(k, dtype=torch.long, device=dev)
+    rows = []
+    for epoch in progress(range(1, epochs + 1), desc):
+        model.train()
+        lr_now.copy_(lr_k / lr_decay ** max(0, epoch - decay_after))
+        for t in hs + cs + [total]:
+            t.zero_()
+        for w in range(xs.shape[0]):
+            ids.copy_(xs[w])
+            tgt.copy_(ys[w])
+            run_step()
+        losses, counts = lm_window_losses_stacked(model, valid_tokens, batch_size, seq_len, amp_dtype)
+        val = ((losses * counts).sum(1) / counts.sum()).float().to(dev)
+        better = alive & (val < best_loss)
+        best_loss = torch.where(better, val, best_loss)
+        best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
+        if best_state is not None:
+            for b, p in zip(best_state, tracked):
+                b.copy_(torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), b))
+        train_loss, val_host, alive_now = (total / xs.shape[0]).tolist(), val.tolist(), alive.tolist()
+        for m in range(k):
+            rows.append({"model": m, "epoch": epoch, "train_loss": train_loss[m], "val_loss": val_host[m],
+                         "alive": alive_now[m]})
+    if best_state is not None:
+        with torch.no_grad():
+            for b, p in zip(best_state, tracked):
+                p.copy_(b)
+    hist = pd.DataFrame(rows)
+    hist["group"] = k
+    return FitResult(hist, best_epoch.tolist(), best_loss.tolist(), died.tolist())

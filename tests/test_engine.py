@@ -273,3 +273,146 @@ def test_stacked_cnn_placements_and_noise_round_trip():
     x = torch.ones(8, 1, 28, 28)
     out = s.train()(x)
     assert out.shape == (4, 8, 10) and torch.isfinite(out).all()
+
+
+# ------------------------------------------------------------------ the LSTM language-model group
+
+def _lms(vocab=30, dim=8, layers=2, seed=0):
+    from dropnotes.models import LSTMLM
+    from dropnotes.models.lstm_lm import SCHEMES
+
+    torch.manual_seed(seed)
+    return [LSTMLM(vocab, dim, layers, s, p_io=0.3, p_rec=0.25, p_emb=0.2) for s in SCHEMES]
+
+
+def test_stacked_lm_in_eval_mode_is_each_lstmlm_across_windows():
+    lms = _lms()
+    group = engine.StackedLSTMLM.from_models(lms).eval()
+    ids = torch.randint(0, 30, (2, 3, 5))  # two windows of 3 sequences x 5 steps
+    state, states = None, [None] * len(lms)
+    for w in range(2):
+        logits, state = group(ids[w], state)
+        for i, lm in enumerate(lms):
+            ref, states[i] = lm.eval()(ids[w], states[i])
+            torch.testing.assert_close(logits[i], ref, rtol=1e-4, atol=1e-5)
+    assert group.model(3).scheme == "variational"
+    torch.testing.assert_close(group.model(3).eval()(ids[0])[0], lms[3](ids[0])[0])
+
+
+def test_stacked_lm_in_training_is_each_lstmlm_with_the_same_masks():
+    """Every scheme's training forward and gradients equal the single-model computation with the group's
+    masks: word types dropped, input/output masks, h_{t-1} masks (lstm_loop), DropConnect on W_hh."""
+    from dropnotes.models.lstm_lm import lstm_loop
+
+    lms = _lms()
+    group = engine.StackedLSTMLM.from_models(lms).train()
+    ids, y = torch.randint(0, 30, (3, 5)), torch.randint(0, 30, (3, 5))
+    masks = group.draw_masks(3, 5, torch.Generator().manual_seed(1))
+    logits, _ = group(ids, masks=masks)
+    sum(F.cross_entropy(logits[i].flatten(0, 1), y.flatten()) for i in range(len(lms))).backward()
+    for i, lm in enumerate(lms):
+        x = lm.embed(ids)
+        if masks["emb"] is not None:
+            x = x * masks["emb"][i][ids].unsqueeze(-1)
+        for layer, lstm in enumerate(lm.lstms):
+            if masks["io"][layer] is not None:
+                x = x * masks["io"][layer][i]
+            if masks["w_hh"][layer] is not None and bool(group.weight_drop[i]):
+                lstm = torch.nn.LSTM(8, 8, batch_first=True)
+                lstm.load_state_dict(lm.lstms[layer].state_dict())
+                with torch.no_grad():
+                    lstm.weight_hh_l0.mul_(masks["w_hh"][layer][i])
+            x, _ = lstm_loop(x, lstm, None, None if masks["h"][layer] is None else masks["h"][layer][i])
+        if masks["io"][-1] is not None:
+            x = x * masks["io"][-1][i]
+        ref = lm.decoder(x)
+        torch.testing.assert_close(logits[i], ref, rtol=1e-4, atol=1e-5)
+        F.cross_entropy(ref.flatten(0, 1), y.flatten()).backward()
+        torch.testing.assert_close(group.dec_w.grad[i], lm.decoder.weight.grad, rtol=1e-4, atol=1e-6)
+        if not bool(group.weight_drop[i]):
+            torch.testing.assert_close(group.w_hh[0].grad[i], lm.lstms[0].weight_hh_l0.grad, rtol=1e-4, atol=1e-6)
+    assert masks["h"][0][0].eq(1).all() and masks["h"][0][1].eq(1).all()  # none, naive: no mask on h_{t-1}
+    assert not masks["w_hh"][0][3].ne(1).any() and masks["w_hh"][0][4].ne(1).any()  # only weight-drop's W_hh
+
+
+def test_a_tied_h_mask_is_an_lstm_with_masked_w_hh_columns():
+    """One sequence, a tied mask m on h_{t-1}: W_hh (m * h) = (W_hh diag m) h, so nn.LSTM with W_hh's
+    columns scaled by m gives the same outputs."""
+    lms = _lms(layers=1)
+    group = engine.StackedLSTMLM.from_models(lms).train()
+    ids = torch.randint(0, 30, (1, 6))
+    masks = group.draw_masks(1, 6, torch.Generator().manual_seed(2))
+    i = 3  # variational
+    m = masks["h"][0][i, 0, 0]  # (dim,), the same at every step
+    assert masks["h"][0].shape[2] in (1, 6) and torch.equal(masks["h"][0][i, 0, 0], masks["h"][0][i, 0, -1])
+    masks = {**masks, "emb": None, "io": [None, None]}
+    logits, _ = group(ids, masks=masks)
+    lstm = torch.nn.LSTM(8, 8, batch_first=True)
+    lstm.load_state_dict(lms[i].lstms[0].state_dict())
+    with torch.no_grad():
+        lstm.weight_hh_l0.mul_(m.view(1, -1))
+    ref = lms[i].decoder(lstm(lms[i].embed(ids))[0])
+    torch.testing.assert_close(logits[i], ref, rtol=1e-4, atol=1e-5)
+
+
+def test_per_step_h_masks_differ_at_every_step_and_tied_ones_never():
+    group = engine.StackedLSTMLM(5, 30, 64, 1, scheme=["none", "naive", "naive-recurrent", "variational", "weight-drop"],
+                                 p_io=0.3, p_rec=0.5, p_emb=0.1)
+    masks = group.draw_masks(4, 10, torch.Generator().manual_seed(0))
+    h, io = masks["h"][0], masks["io"][0]
+    assert h.shape[2] == 10
+    for t in range(1, 10):
+        assert not torch.equal(h[2, :, t], h[2, :, t - 1])  # naive-recurrent: fresh at every step
+        assert torch.equal(h[3, :, t], h[3, :, 0])  # variational: tied in time
+        assert not torch.equal(io[1, :, t], io[1, :, t - 1]) and torch.equal(io[4, :, t], io[4, :, 0])
+    assert torch.equal(io[0], torch.ones_like(io[0]))  # none
+    dropped = float((h[2] == 0).float().mean())
+    assert abs(dropped - 0.5) <= 5 * math.sqrt(0.25 / h[2].numel())
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_stacked_lm_training_equals_one_lstmlm_at_a_time(optimizer):
+    """Two epochs of BPTT (per-model lr and clipping, the lr decayed after epoch 1, the state carried)
+    give each model the weights SGD (or Adam) gives it alone, on the same full windows."""
+    from dropnotes.models import LSTMLM
+
+    torch.manual_seed(3)
+    lms = [LSTMLM(20, 6, 2, "none") for _ in range(2)]
+    tokens = torch.randint(0, 20, (200,), generator=torch.Generator().manual_seed(4))
+    group = engine.StackedLSTMLM.from_models(lms)
+    lr, clip = ([0.5, 1.0], [0.25, 5.0]) if optimizer == "sgd" else ([1e-2, 3e-3], [0.25, 5.0])
+    res = engine.fit_stacked_lm(group, tokens, tokens[:80], epochs=2, batch_size=4, seq_len=7, lr=lr, lr_decay=2.0,
+                                decay_after=1, clip=clip, restore_best=False, optimizer=optimizer)
+    xs, ys = engine.lm_windows(tokens, 4, 7)
+    for i, lm in enumerate(lms):
+        opt = (torch.optim.SGD if optimizer == "sgd" else torch.optim.Adam)(lm.parameters(), lr=lr[i])
+        for epoch in (1, 2):
+            opt.param_groups[0]["lr"] = lr[i] / 2.0 ** max(0, epoch - 1)
+            state = None
+            for x, y in zip(xs, ys):
+                logits, state = lm.train()(x, state)
+                state = [(h.detach(), c.detach()) for h, c in state]
+                opt.zero_grad()
+                F.cross_entropy(logits.flatten(0, 1), y.flatten()).backward()
+                torch.nn.utils.clip_grad_norm_(lm.parameters(), clip[i])
+                opt.step()
+        torch.testing.assert_close(group.w_hh[1][i], lm.lstms[1].weight_hh_l0, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(group.dec_w[i], lm.decoder.weight, rtol=1e-4, atol=1e-5)
+    h = res.history
+    assert len(h) == 4 and h.val_loss.notna().all() and res.died_at_step == [-1, -1]
+    losses, counts = engine.lm_window_losses_stacked(group, tokens[:80], 4, 7)
+    ref, ref_counts = train.lm_window_losses(lms[1], tokens[:80], 4, 7)
+    torch.testing.assert_close(losses[1], ref, rtol=1e-4, atol=1e-5)
+    assert torch.equal(counts, ref_counts)
+
+
+def test_stacked_lm_trains_every_scheme_and_restores_the_best_epoch():
+    group = engine.StackedLSTMLM(5, 20, 8, 1, scheme=list(engine.LM_SCHEMES), p_io=0.3, p_rec=0.3, p_emb=0.1)
+    tokens = torch.randint(0, 20, (400,), generator=torch.Generator().manual_seed(5))
+    res = engine.fit_stacked_lm(group, tokens[:300], tokens[300:], epochs=3, batch_size=4, seq_len=8, lr=1.0, clip=5.0)
+    h = res.history
+    for m in range(5):
+        hm = h[h.model == m]
+        assert res.best_epoch[m] == int(hm.loc[hm.val_loss.idxmin(), "epoch"])
+        losses, counts = engine.lm_window_losses_stacked(group, tokens[300:], 4, 8)
+        assert float((losses[m] * counts).sum() / counts.sum()) == pytest.approx(res.best_val_error[m], rel=1e-5)

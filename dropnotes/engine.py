@@ -684,8 +684,8 @@ class StackedLSTMLM(nn.Module):
 
     Model k's ``scheme`` sets where its noise goes, exactly as in :class:`~dropnotes.models.LSTMLM`:
     ``naive`` masks the non-recurrent connections afresh at every step (rate ``p_io``); ``naive-recurrent``
-    also masks h_{t-1} afresh at every step (``p_rec``); ``variational`` ties its masks in time (one per
-    sequence, on inputs, outputs and h_{t-1}) and drops word types from the embedding (``p_emb``);
+    also masks :math:`h_{t-1}` afresh at every step (``p_rec``); ``variational`` ties its masks in time (one per
+    sequence, on inputs, outputs and :math:`h_{t-1}`) and drops word types from the embedding (``p_emb``);
     ``weight-drop`` ties the input and output masks, drops word types, and applies DropConnect to W_hh
     with one mask per window (``p_rec``). Parameters have shape (K, ...); the state of each layer is a
     pair of (K, N, dim) tensors, carried from one BPTT window to the next by the caller.

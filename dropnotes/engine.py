@@ -61,6 +61,15 @@ def _per_model(name: str, value, k: int, *, check=None) -> torch.Tensor:
     return torch.tensor([float(v) for v in _values(name, value, k, check=check)], dtype=torch.float32)
 
 
+def _generators(seeds: Sequence[int] | None, k: int) -> list[tuple[int, torch.Generator]]:
+    """One CPU generator per model from ``seeds`` (default 0..K-1): model k's initialisation then does not
+    depend on the group it is trained in."""
+    seeds = list(seeds) if seeds is not None else list(range(k))
+    if len(seeds) != k:
+        raise ValueError(f"seeds must have one value per model ({k}), got {len(seeds)}")
+    return [(i, torch.Generator().manual_seed(int(s))) for i, s in enumerate(seeds)]
+
+
 def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian: torch.Tensor | None = None,
                spatial: torch.Tensor | None = None, generator: torch.Generator | None = None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -131,11 +140,7 @@ class StackedMLP(nn.Module):
     def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
         """``nn.Linear``'s default initialisation, each model from its own seed (default 0..K-1), so that
         model k's initialisation does not depend on the group it is trained in."""
-        seeds = list(seeds) if seeds is not None else list(range(self.k))
-        if len(seeds) != self.k:
-            raise ValueError(f"seeds must have one value per model ({self.k}), got {len(seeds)}")
-        for i, s in enumerate(seeds):
-            g = torch.Generator().manual_seed(int(s))
+        for i, g in _generators(seeds, self.k):
             for w, b in zip(self.weights, self.biases):
                 bound = 1.0 / math.sqrt(w.shape[2])  # kaiming_uniform(a=sqrt(5)) and the bias rule of nn.Linear
                 w[i].copy_(torch.empty(w.shape[1:]).uniform_(-bound, bound, generator=g))
@@ -314,11 +319,7 @@ class StackedCNN(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
         """PyTorch's default initialisation of each :class:`SmallCNN`, model k from its own seed."""
-        seeds = list(seeds) if seeds is not None else list(range(self.k))
-        if len(seeds) != self.k:
-            raise ValueError(f"seeds must have one value per model ({self.k}), got {len(seeds)}")
-        for i, s in enumerate(seeds):
-            g = torch.Generator().manual_seed(int(s))
+        for i, g in _generators(seeds, self.k):
             for w in (self.conv1, self.conv2, self.head_weight):
                 fan_in = math.prod(w.shape[2:])
                 bound = 1.0 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)), as nn.Conv2d and nn.Linear
@@ -428,6 +429,42 @@ class FitResult:
     died_at_step: list[int]
 
 
+class _BestEpochs:
+    """Each model's best validation value and epoch (the lowest, among the epochs it was alive), and with
+    ``restore`` its state then (the tensors ``tracked``), put back at the end by :meth:`result`."""
+
+    def __init__(self, tracked: list[torch.Tensor], k: int, device, restore: bool) -> None:
+        self.tracked = tracked
+        self.value = torch.full((k,), float("inf"), device=device)
+        self.epoch = torch.zeros(k, dtype=torch.long, device=device)
+        self.state = [t.detach().clone() for t in tracked] if restore else None
+
+    def update(self, value: torch.Tensor, alive: torch.Tensor, epoch: int) -> None:
+        better = alive & (value < self.value)
+        self.value = torch.where(better, value, self.value)
+        self.epoch = torch.where(better, torch.full_like(self.epoch, epoch), self.epoch)
+        if self.state is not None:
+            for b, t in zip(self.state, self.tracked):
+                b.copy_(torch.where(better.view(-1, *[1] * (t.dim() - 1)), t.detach(), b))
+
+    def result(self, rows: list[dict], died: torch.Tensor) -> "FitResult":
+        if self.state is not None:
+            with torch.no_grad():
+                for b, t in zip(self.state, self.tracked):
+                    t.copy_(b)
+        hist = pd.DataFrame(rows)
+        hist["group"] = len(self.value)
+        return FitResult(hist, self.epoch.tolist(), self.value.tolist(), died.tolist())
+
+
+def _mark_dead(losses: torch.Tensor, alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor) -> None:
+    """Advance the step count; a model whose loss is not finite dies at this step (on the device, no sync)."""
+    step_no.add_(1)
+    finite = torch.isfinite(losses)
+    died.copy_(torch.where(alive & ~finite, step_no.expand(len(losses)), died))
+    alive.logical_and_(finite)
+
+
 def epoch_orders(k: int, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
     """K independent permutations of ``range(n)`` as a (K, n) index tensor (one kernel)."""
     keys = torch.rand(k, n, generator=generator, device=generator.device)
@@ -502,10 +539,7 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
     alive = torch.ones(k, dtype=torch.bool, device=dev)
     died = torch.full((k,), -1, dtype=torch.long, device=dev)
     step_no = torch.zeros((), dtype=torch.long, device=dev)
-    best_err = torch.full((k,), float("inf"), device=dev)
-    best_epoch = torch.zeros(k, dtype=torch.long, device=dev)
-    tracked = _per_model_state(model)  # what the best epoch keeps: parameters and BN statistics
-    best_state = [p.detach().clone() for p in tracked] if restore_best else None
+    best = _BestEpochs(_per_model_state(model), k, dev, restore_best)  # parameters and BN statistics
     n = x_train.shape[0]
     if n < batch_size:
         raise ValueError(f"batch_size must be <= the number of training examples ({n}), got {batch_size}")
@@ -531,12 +565,7 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
         if epoch % eval_every == 0 or epoch == epochs:
             tr_loss, tr_err = evaluate_stacked(model, x_train, y_train, eval_batch_size, amp_dtype)
             va_loss, va_err = evaluate_stacked(model, x_val, y_val, eval_batch_size, amp_dtype)
-            better = alive & (va_err < best_err)
-            best_err = torch.where(better, va_err, best_err)
-            best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
-            if best_state is not None:
-                for b, p in zip(best_state, tracked):
-                    b.copy_(torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), b))
+            best.update(va_err, alive, epoch)
             cols = {"train_loss": tr_loss, "train_error": tr_err, "val_loss": va_loss, "val_error": va_err}
             if x_test is not None:
                 te_loss, te_err = evaluate_stacked(model, x_test, y_test, eval_batch_size, amp_dtype)
@@ -545,13 +574,7 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
             alive_now = alive.tolist()
             for m in range(k):
                 rows.append({"model": m, "epoch": epoch, **{c: v[m] for c, v in host.items()}, "alive": alive_now[m]})
-    if best_state is not None:
-        with torch.no_grad():
-            for b, p in zip(best_state, tracked):
-                p.copy_(b)
-    hist = pd.DataFrame(rows)
-    hist["group"] = k
-    return FitResult(hist, best_epoch.tolist(), best_err.tolist(), died.tolist())
+    return best.result(rows, died)
 
 
 def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor, *, lr: torch.Tensor,
@@ -577,10 +600,7 @@ def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, id
         for p in params:
             p.grad = None
         losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
-        step_no.add_(1)
-        finite = torch.isfinite(losses)
-        died.copy_(torch.where(alive & ~finite, step_no.expand(k), died))
-        alive.logical_and_(finite)
+        _mark_dead(losses, alive, died, step_no)
         _sgd_step(params, bufs, lr, weight_decay, momentum, alive, clip)
         if max_norm is not None:
             _max_norm_(model, max_norm, max_norm_index)
@@ -615,6 +635,22 @@ def _captured(step, state: list[torch.Tensor], device: torch.device):
     return step if graph is None else graph.replay
 
 
+def _per_model_shape(p: torch.Tensor) -> tuple[int, ...]:
+    """The shape that broadcasts a (K,) vector over a (K, ...) tensor."""
+    return (-1,) + (1,) * (p.dim() - 1)
+
+
+def _clipped_grads(params, clip: torch.Tensor | None) -> list[torch.Tensor]:
+    """The parameters' gradients, each model's scaled in place to norm at most ``clip[k]`` (as
+    ``clip_grad_norm_`` does for one model)."""
+    grads = [p.grad for p in params]
+    if clip is not None:
+        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)
+        factor = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        grads = [g.mul_(factor.view(_per_model_shape(g))) for g in grads]
+    return grads
+
+
 @torch.no_grad()
 def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) -> None:
     """``torch.optim.SGD`` (momentum, dampening 0, weight decay added to the gradient), per model:
@@ -622,18 +658,13 @@ def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) 
     updated (their rate is 0; a non-finite gradient can still turn a dead model's parameters NaN, which
     touches no other model, and its best validation state is kept). In place, to keep the passes over the
     parameters few: the step is memory-bound when the models are wide and the batch small."""
-    shape = lambda p: (-1,) + (1,) * (p.dim() - 1)  # noqa: E731
-    grads = [p.grad for p in params]
-    if clip is not None:
-        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)
-        factor = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        grads = [g.mul_(factor.view(shape(g))) for g in grads]
+    grads = _clipped_grads(params, clip)
     rate = lr * alive  # a dead model's learning rate is 0 (a (K,) product: no pass over the parameters)
     for p, g, buf in zip(params, grads, bufs):
-        d = g if wd is None else g.addcmul_(wd.view(shape(p)), p)
+        d = g if wd is None else g.addcmul_(wd.view(_per_model_shape(p)), p)
         if momentum:
             d = torch.add(d, buf, alpha=momentum, out=buf)  # buf = momentum * buf + d
-        p.addcmul_(rate.view(shape(p)), d, value=-1.0)  # p -= lr * d
+        p.addcmul_(rate.view(_per_model_shape(p)), d, value=-1.0)  # p -= lr * d
 
 
 @torch.no_grad()
@@ -641,12 +672,7 @@ def _adam_step(params, moments, step: torch.Tensor, lr: torch.Tensor, alive: tor
                betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
     """``torch.optim.Adam`` (no weight decay), per model: lr and the clipping threshold are (K,) tensors;
     ``moments`` holds each parameter's (m, v); ``step`` is the step count, already advanced."""
-    shape = lambda p: (-1,) + (1,) * (p.dim() - 1)  # noqa: E731
-    grads = [p.grad for p in params]
-    if clip is not None:
-        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)
-        factor = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-        grads = [g.mul_(factor.view(shape(g))) for g in grads]
+    grads = _clipped_grads(params, clip)
     b1, b2 = betas
     t = step.to(torch.float32)
     correction1, correction2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
@@ -655,7 +681,7 @@ def _adam_step(params, moments, step: torch.Tensor, lr: torch.Tensor, alive: tor
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (v / correction2).sqrt_().add_(eps)
-        p.addcdiv_(m * rate.view(shape(p)), denom, value=-1.0)
+        p.addcdiv_(m * rate.view(_per_model_shape(p)), denom, value=-1.0)
 
 
 @torch.no_grad()
@@ -709,13 +735,13 @@ class StackedLSTMLM(nn.Module):
                 rates["p_emb"][i] = 0.0
         for name, values in rates.items():
             self.register_buffer(name, torch.tensor([float(v) for v in values]))
-        flags = {"locked": ("variational", "weight-drop"), "h_step": ("naive-recurrent",), "h_tied": ("variational",),
-                 "weight_drop": ("weight-drop",)}
+        flags = {"locked": ("variational", "weight-drop"), "io_step": ("none", "naive", "naive-recurrent"),
+                 "h_step": ("naive-recurrent",), "h_tied": ("variational",), "weight_drop": ("weight-drop",)}
         for name, schemes in flags.items():
             self.register_buffer(name, torch.tensor([s in schemes for s in self.schemes]))
         used = lambda schemes, rate: any(s in schemes and r > 0 for s, r in zip(self.schemes, rates[rate]))  # noqa: E731
-        self._uses = {"emb": used(("variational", "weight-drop"), "p_emb"), "io": used(LM_SCHEMES[1:], "p_io"),
-                      "io_step": used(("naive", "naive-recurrent"), "p_io"), "io_tied": used(flags["locked"], "p_io"),
+        self._uses = {"emb": used(("variational", "weight-drop"), "p_emb"),
+                      "io_step": used(("naive", "naive-recurrent"), "p_io"), "locked": used(flags["locked"], "p_io"),
                       "h_step": used(flags["h_step"], "p_rec"), "h_tied": used(flags["h_tied"], "p_rec"),
                       "w_hh": used(flags["weight_drop"], "p_rec")}
         d, g = dim, 4 * dim
@@ -734,11 +760,7 @@ class StackedLSTMLM(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
         """Zaremba et al.'s uniform initialisation, model k from its own seed."""
-        seeds = list(seeds) if seeds is not None else list(range(self.k))
-        if len(seeds) != self.k:
-            raise ValueError(f"seeds must have one value per model ({self.k}), got {len(seeds)}")
-        for i, s in enumerate(seeds):
-            g = torch.Generator().manual_seed(int(s))
+        for i, g in _generators(seeds, self.k):
             for p in self.parameters():
                 p[i].copy_(torch.empty(p.shape[1:]).uniform_(-self.init_range, self.init_range, generator=g))
 
@@ -777,29 +799,21 @@ class StackedLSTMLM(nn.Module):
     def extra_repr(self) -> str:
         return f"k={self.k}, vocab={self.vocab}, {self.layers} x {self.dim}, schemes={list(self.schemes)}"
 
-    def _io_mask(self, shape, dtype, device, generator) -> torch.Tensor | None:
-        """One site's input/output multiplier, (K, N, T or 1, D): tied in time for the locked schemes."""
+    def _time_mask(self, p: torch.Tensor, step: str, tied: str, shape, dtype, device, generator) -> torch.Tensor | None:
+        """A (K, N, T or 1, D) multiplier: a fresh mask at every step for the models flagged ``step``, one mask
+        per sequence for those flagged ``tied`` (Bernoulli, scaled by 1/(1-p)), 1 for the others; None when
+        no model uses either."""
         k, n, t, d = shape
-        keep = (1.0 - self.p_io).to(dtype).view(k, 1, 1, 1)
+        keep = (1.0 - p).to(dtype).view(k, 1, 1, 1)
+        one = torch.ones((), dtype=dtype, device=device)
+        draw = lambda steps: (torch.rand((k, n, steps, d), device=device, generator=generator) < keep) * (1.0 / keep)  # noqa: E731
         mult = None
-        if self._uses["io_step"]:
-            mult = (torch.rand((k, n, t, d), device=device, generator=generator) < keep) * (1.0 / keep)
-        if self._uses["io_tied"]:
-            tied = (torch.rand((k, n, 1, d), device=device, generator=generator) < keep) * (1.0 / keep)
-            mult = tied if mult is None else torch.where(self.locked.view(k, 1, 1, 1), tied.expand(k, n, t, d), mult)
-        return mult
-
-    def _h_mask(self, shape, dtype, device, generator) -> torch.Tensor | None:
-        k, n, t, d = shape
-        keep = (1.0 - self.p_rec).to(dtype).view(k, 1, 1, 1)
-        mult = None
-        if self._uses["h_step"]:
-            step = (torch.rand((k, n, t, d), device=device, generator=generator) < keep) * (1.0 / keep)
-            mult = torch.where(self.h_step.view(k, 1, 1, 1), step, torch.ones((), dtype=step.dtype, device=device))
-        if self._uses["h_tied"]:
-            tied = (torch.rand((k, n, 1, d), device=device, generator=generator) < keep) * (1.0 / keep)
-            tied = torch.where(self.h_tied.view(k, 1, 1, 1), tied, torch.ones((), dtype=tied.dtype, device=device))
-            mult = tied if mult is None else torch.where(self.h_tied.view(k, 1, 1, 1), tied.expand(k, n, t, d), mult)
+        if self._uses[step]:
+            mult = torch.where(getattr(self, step).view(k, 1, 1, 1), draw(t), one)
+        if self._uses[tied]:
+            flag = getattr(self, tied).view(k, 1, 1, 1)
+            tied_mult = torch.where(flag, draw(1), one)
+            mult = tied_mult if mult is None else torch.where(flag, tied_mult.expand(k, n, t, d), mult)
         return mult
 
     def draw_masks(self, n: int, t: int, generator: torch.Generator | None = None, dtype=torch.float32) -> dict:
@@ -811,9 +825,10 @@ class StackedLSTMLM(nn.Module):
         if self._uses["emb"]:
             keep = (1.0 - self.p_emb).to(dtype).view(k, 1)
             emb = (torch.rand((k, self.vocab), device=dev, generator=generator) < keep) * (1.0 / keep)
-        io = [self._io_mask((k, n, t, d), dtype, dev, generator) if self._uses["io"] else None
+        io = [self._time_mask(self.p_io, "io_step", "locked", (k, n, t, d), dtype, dev, generator)
               for _ in range(self.layers + 1)]
-        h = [self._h_mask((k, n, t, d), dtype, dev, generator) for _ in range(self.layers)]
+        h = [self._time_mask(self.p_rec, "h_step", "h_tied", (k, n, t, d), dtype, dev, generator)
+             for _ in range(self.layers)]
         w_hh = []
         for _ in range(self.layers):
             if not self._uses["w_hh"]:
@@ -951,10 +966,7 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
         for p in params:
             p.grad = None
         losses.sum().backward()
-        step_no.add_(1)
-        finite = torch.isfinite(losses)
-        died.copy_(torch.where(alive & ~finite, step_no.expand(k), died))
-        alive.logical_and_(finite)
+        _mark_dead(losses, alive, died, step_no)
         if optimizer == "adam":
             _adam_step(params, moments, step_no, lr_now, alive, clip_k)
         else:
@@ -969,10 +981,7 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
     state = params + list(model.buffers()) + hs + cs + [alive, died, step_no, total] + [t for mv in moments for t in mv]
     run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
-    tracked = list(model.parameters())
-    best_state = [p.detach().clone() for p in tracked] if restore_best else None
-    best_loss = torch.full((k,), float("inf"), device=dev)
-    best_epoch = torch.zeros(k, dtype=torch.long, device=dev)
+    best = _BestEpochs(list(model.parameters()), k, dev, restore_best)
     rows = []
     for epoch in progress(range(1, epochs + 1), desc):
         model.train()
@@ -985,20 +994,9 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
             run_step()
         losses, counts = lm_window_losses_stacked(model, valid_tokens, batch_size, seq_len, amp_dtype)
         val = ((losses * counts).sum(1) / counts.sum()).float().to(dev)
-        better = alive & (val < best_loss)
-        best_loss = torch.where(better, val, best_loss)
-        best_epoch = torch.where(better, torch.full_like(best_epoch, epoch), best_epoch)
-        if best_state is not None:
-            for b, p in zip(best_state, tracked):
-                b.copy_(torch.where(better.view(-1, *[1] * (p.dim() - 1)), p.detach(), b))
+        best.update(val, alive, epoch)
         train_loss, val_host, alive_now = (total / xs.shape[0]).tolist(), val.tolist(), alive.tolist()
         for m in range(k):
             rows.append({"model": m, "epoch": epoch, "train_loss": train_loss[m], "val_loss": val_host[m],
                          "alive": alive_now[m]})
-    if best_state is not None:
-        with torch.no_grad():
-            for b, p in zip(best_state, tracked):
-                p.copy_(b)
-    hist = pd.DataFrame(rows)
-    hist["group"] = k
-    return FitResult(hist, best_epoch.tolist(), best_loss.tolist(), died.tolist())
+    return best.result(rows, died)

@@ -8,7 +8,6 @@ trains a LeNet-300-100 of sparse variational layers (:class:`dropnotes.models.Sp
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
@@ -17,12 +16,13 @@ import torch
 import torch.nn.functional as F
 
 from dropnotes import data, train
+from dropnotes.engine import StackedLSTMLM, fit_stacked_lm, lm_window_losses_stacked, lm_windows
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
                                         size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
-from dropnotes.runtime import Timer, stream
+from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import progress
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import block_se, compare_paired
@@ -65,6 +65,7 @@ class VariationalConfig(ChapterConfig):
     svd_epochs: int
     svd_kl_ramp: int  # epochs over which the KL weight grows linearly to 1
     amp: bool
+    speed_steps: int = 20  # training windows timed per scheme for the words/s of one standalone model
 
 
 PROFILE_DEFAULTS = {
@@ -73,20 +74,21 @@ PROFILE_DEFAULTS = {
     "smoke": dict(vocab_cap=200, train_tokens=2000, eval_tokens=1000, dim=16, layers=1, batch_size=8,
                   seq_len=10, epochs=1, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=2, n_seeds=2,
-                  svd_train_size=500, svd_epochs=1, svd_kl_ramp=1, amp=False),
+                  svd_train_size=500, svd_epochs=1, svd_kl_ramp=1, amp=False, speed_steps=2),
     # CPU, about three minutes: a 1-layer LSTM on the first 40,000 training words with the 1,999 most
     # frequent words (+ <unk>), Adam, so that the unregularised net overfits within 6 epochs; 2 seeds,
     # because the differences between the dropout schemes are about the size of the seed-to-seed spread.
     "quick": dict(vocab_cap=2000, train_tokens=40000, eval_tokens=10000, dim=200, layers=1, batch_size=32,
                   seq_len=35, epochs=6, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=10, n_seeds=2,
-                  svd_train_size=60000, svd_epochs=2, svd_kl_ramp=1, amp=False),
-    # One GPU, about 20 minutes: the medium model (2 x 650, BPTT 35, batch 20, SGD lr 1, clip 5) on all of
-    # PTB, for 8 of Zaremba's 39 epochs, the decay starting after epoch 4 instead of 6.
+                  svd_train_size=60000, svd_epochs=2, svd_kl_ramp=1, amp=False, speed_steps=20),
+    # One GPU: the medium model (2 x 650, BPTT 35, batch 20, SGD lr 1, clip 5) on all of PTB, for 8 of
+    # Zaremba's 39 epochs, the decay starting after epoch 4 instead of 6; the five schemes as one batched group
+    # (predicted 1,029 s on one H100 by `dropnotes estimate`: the time loop's kernels per step bound it).
     "full": dict(vocab_cap=0, train_tokens=0, eval_tokens=0, dim=650, layers=2, batch_size=20, seq_len=35,
                  epochs=8, optimizer="sgd", lr=1.0, lr_decay=1.2, decay_after=4, clip=5.0,
                  p_io=0.5, p_rec=0.2, p_emb=0.1, mc_samples=100, n_seeds=1,
-                 svd_train_size=60000, svd_epochs=100, svd_kl_ramp=50, amp=False),
+                 svd_train_size=60000, svd_epochs=100, svd_kl_ramp=50, amp=False, speed_steps=50),
 }
 
 
@@ -132,38 +134,59 @@ def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
     return {k: v.to(dev) for k, v in streams.items()}, splits.vocab_size
 
 
-def train_lm(cfg: VariationalConfig, d: dict, vocab: int, scheme: str, seed: int) -> dict:
-    """Train one LSTM LM; return its curve, the best-validation model and its test perplexity."""
-    seed_everything(seed)
-    dev = torch.device(cfg.device)
-    model = LSTMLM(vocab, cfg.dim, cfg.layers, scheme, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb).to(dev)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=dev.type == "cuda")
-    else:
-        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr)
+def train_lms(cfg: VariationalConfig, d: dict, vocab: int) -> dict:
+    """Every scheme x seed as one batched group (:class:`dropnotes.engine.StackedLSTMLM`): the schemes of a
+    seed share its initialisation, so they differ only in where their masks go. Each model keeps its epoch
+    of lowest validation perplexity (early stopping) and is tested there, on the same test windows."""
+    dev = cfg.torch_device
+    arms = [(scheme, seed) for seed in cfg.seeds for scheme in SCHEMES]
+    group = StackedLSTMLM(len(arms), vocab, cfg.dim, cfg.layers, scheme=[s for s, _ in arms], p_io=cfg.p_io,
+                          p_rec=cfg.p_rec, p_emb=cfg.p_emb, seeds=[stream_seed(seed, "init-lm") for _, seed in arms]).to(dev)
     amp = torch.bfloat16 if cfg.amp else None
-    curve, best, train_s = [], (math.inf, None, 0), 0.0
-    for epoch in progress(range(1, cfg.epochs + 1), f"{scheme} seed={seed}"):
-        if cfg.optimizer == "sgd" and epoch > cfg.decay_after:
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr / cfg.lr_decay ** (epoch - cfg.decay_after)
+    with Timer(dev) as timer:
+        fit = fit_stacked_lm(group, d["train"], d["valid"], epochs=cfg.epochs, batch_size=cfg.batch_size,
+                             seq_len=cfg.seq_len, lr=cfg.lr, lr_decay=cfg.lr_decay if cfg.optimizer == "sgd" else 1.0,
+                             decay_after=cfg.decay_after, clip=cfg.clip, optimizer=cfg.optimizer, amp_dtype=amp,
+                             generator=stream(cfg.seed, "train-lm", dev), restore_best=True,
+                             desc=f"{group.k} LSTM LMs (schemes x seeds)")
+    losses, counts = lm_window_losses_stacked(group, d["test"], cfg.batch_size, cfg.seq_len, amp)
+    rows, windows = [], {}
+    for i, (scheme, seed) in enumerate(arms):
+        test = float((losses[i] * counts).sum() / counts.sum())
+        windows[scheme, seed] = losses[i].tolist()
+        rows.append({"scheme": scheme, "seed": seed, "best_epoch": fit.best_epoch[i],
+                     "valid_ppl": math.exp(fit.best_val_error[i]), "test_ppl": math.exp(test), "test_loss": test,
+                     "test_loss_se": block_se(losses[i].tolist()), "died_at_step": fit.died_at_step[i]})
+    h = fit.history
+    curves = pd.DataFrame({"scheme": [arms[m][0] for m in h.model], "seed": [arms[m][1] for m in h.model],
+                           "epoch": h.epoch, "train_ppl": h.train_loss.map(math.exp), "valid_ppl": h.val_loss.map(math.exp)})
+    n_windows = lm_windows(d["train"], cfg.batch_size, cfg.seq_len)[0].shape[0]
+    words = n_windows * cfg.batch_size * cfg.seq_len * cfg.epochs * group.k
+    return {"group": group, "runs": pd.DataFrame(rows), "curves": curves, "windows": windows,
+            "training": {"models": group.k, "seconds": timer.seconds, "model-words/s": words / timer.seconds}}
+
+
+def scheme_speed(cfg: VariationalConfig, d: dict, vocab: int) -> pd.DataFrame:
+    """Training words per second of one standalone LSTMLM per scheme (the fused ``nn.LSTM`` for none, naive
+    and weight-drop; the time loop for the schemes that mask the recurrent state), over ``speed_steps`` windows
+    after two of warm-up: the implementation cost of each scheme, apart from the batched training."""
+    dev = cfg.torch_device
+    rows = []
+    for scheme in SCHEMES:
+        seed_everything(stream_seed(cfg.seed, "speed"))
+        model = LSTMLM(vocab, cfg.dim, cfg.layers, scheme, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb).to(dev)
+        opt = torch.optim.SGD(model.parameters(), lr=cfg.lr) if cfg.optimizer == "sgd" else \
+            torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        amp = torch.bfloat16 if cfg.amp else None
+        train.train_lm_epoch(model, opt, d["train"], cfg.batch_size, cfg.seq_len, clip=cfg.clip, amp_dtype=amp,
+                             max_steps=2)
         with Timer(dev) as t:
-            loss = train.train_lm_epoch(model, opt, d["train"], cfg.batch_size, cfg.seq_len, clip=cfg.clip,
-                                        amp_dtype=amp)
-        train_s += t.seconds
-        val = train.evaluate_lm(model, d["valid"], cfg.batch_size, cfg.seq_len, amp_dtype=amp)
-        curve.append({"scheme": scheme, "seed": seed, "epoch": epoch, "train_ppl": math.exp(loss),
-                      "valid_ppl": math.exp(val)})
-        if val < best[0]:
-            best = (val, copy.deepcopy(model.state_dict()), epoch)
-    model.load_state_dict(best[1])
-    losses, counts = train.lm_window_losses(model, d["test"], cfg.batch_size, cfg.seq_len, amp_dtype=amp)
-    test = float((losses * counts).sum() / counts.sum())
-    words = (d["train"].numel() - 1) // (cfg.batch_size * cfg.seq_len) * cfg.batch_size * cfg.seq_len * cfg.epochs
-    return {"model": model, "curve": curve, "windows": losses,
-            "row": {"scheme": scheme, "seed": seed, "best_epoch": best[2], "valid_ppl": math.exp(best[0]),
-                    "test_ppl": math.exp(test), "test_loss": test, "test_loss_se": block_se(losses.tolist()),
-                    "train_s": train_s, "words_per_s": words / train_s}}
+            train.train_lm_epoch(model, opt, d["train"], cfg.batch_size, cfg.seq_len, clip=cfg.clip, amp_dtype=amp,
+                                 max_steps=cfg.speed_steps)
+        windows = min(cfg.speed_steps, lm_windows(d["train"], cfg.batch_size, cfg.seq_len)[0].shape[0] + 1)
+        rows.append({"scheme": scheme, "kernel": "time loop" if scheme in ("naive-recurrent", "variational") else "fused",
+                     "words/s": windows * cfg.batch_size * cfg.seq_len / t.seconds})
+    return pd.DataFrame(rows)
 
 
 def mc_versus_scaling(cfg: VariationalConfig, model: LSTMLM, d: dict, ws_windows: torch.Tensor) -> dict:
@@ -205,22 +228,21 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     d, vocab = _lm_data(cfg)
     seeds = cfg.seeds
-    rows, curves, mc, windows = [], [], [], {}
-    for seed in seeds:
-        for scheme in SCHEMES:
-            out = train_lm(cfg, d, vocab, scheme, seed)
-            rows.append(out["row"])
-            curves += out["curve"]
-            windows[scheme, seed] = out["windows"].tolist()
-            if scheme == "variational":
-                mc.append({"seed": seed, **mc_versus_scaling(cfg, out["model"], d, out["windows"])})
+    lms = train_lms(cfg, d, vocab)
+    rows, curves, windows = lms["runs"], lms["curves"], lms["windows"]
+    mc = []
+    for i, (scheme, seed) in enumerate((r.scheme, r.seed) for r in rows.itertuples()):
+        if scheme == "variational":
+            ws = torch.tensor(windows[scheme, seed], dtype=torch.float64)
+            mc.append({"seed": seed, **mc_versus_scaling(cfg, lms["group"].model(i), d, ws)})
+    speed = scheme_speed(cfg, d, vocab)
     svd = train_sparse_vd(cfg, seeds[0])
     mc_windows = {"ws": [m.pop("ws_windows") for m in mc], "mc": [m.pop("mc_windows") for m in mc]}
-    rec = {"runs": pd.DataFrame(rows), "curves": pd.DataFrame(curves), "mc": pd.DataFrame(mc),
-           "windows": windows, "mc_windows": mc_windows,
+    rec = {"runs": rows, "curves": curves, "mc": pd.DataFrame(mc), "speed": speed,
+           "training": pd.DataFrame([lms["training"]]), "windows": windows, "mc_windows": mc_windows,
            "svd": svd["curve"], "svd_model": svd["model"], "svd_seconds": svd["seconds"], "vocab": vocab,
            "tokens": {k: int(v.numel()) for k, v in d.items()}}
-    rec["summary"] = summarize(rec["runs"])
+    rec["summary"] = summarize(rec["runs"], speed)
     rec["verdicts"] = verdicts(rec, cfg)
     rec["wall_time_s"] = wall.elapsed()
     if save:
@@ -230,15 +252,17 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
             tokens=rec["tokens"],
             metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
                      "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
-            tables={k: rec[k] for k in ("runs", "curves", "mc", "svd", "summary", "verdicts")})
+            tables={k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "svd", "summary", "verdicts")})
     return rec
 
 
-def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:
+    """Per scheme: mean perplexities and best epoch over seeds, and one standalone model's training words/s."""
     g = runs.groupby("scheme", sort=False)
     return pd.DataFrame({"valid ppl": g.valid_ppl.mean(), "test ppl": g.test_ppl.mean(),
                          "test ppl sd": g.test_ppl.std(), "best epoch": g.best_epoch.mean(),
-                         "words/s (training)": g.words_per_s.mean(), "seeds": g.size()}).round(2).reset_index()
+                         "words/s (one model)": speed.set_index("scheme")["words/s"], "seeds": g.size()}
+                        ).round(2).reset_index()
 
 
 def _ppl(losses: list[float]) -> float:
@@ -274,7 +298,7 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                  "source": "Gal & Ghahramani 2016, RNNs (motivation); Zaremba et al. 2014", "paper": "worse than naive (argued)",
                  "ours": ours, "verdict": v})
     ours, v = cmp("variational", "weight-drop")
-    s = rec["summary"].set_index("scheme")["words/s (training)"]
+    s = rec["summary"].set_index("scheme")["words/s (one model)"]
     speed = s["weight-drop"] / s["variational"]
     fast = speed > 1.0 and "opposite" not in v
     rows.append({"claim": "weight-drop on W_hh (fused kernel) matches variational dropout, faster",

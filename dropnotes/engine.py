@@ -122,8 +122,8 @@ class StackedMLP(nn.Module):
         kinds = _values("noise", noise, k, check=lambda n, v: check_choice(n, v, self.NOISES))
         self.noise = tuple(kinds)
         self._any_gaussian = "gaussian" in kinds
-        self._sites = (any(float(v) > 0 for v in _values("p_input", p_input, k)),
-                       any(float(v) > 0 for v in _values("p_hidden", p_hidden, k)))  # a site no model uses is skipped
+        self._sites = {site: any(float(v) > 0 for v in _values(f"p_{site}", rate, k))  # a site no model uses is skipped
+                       for site, rate in (("input", p_input), ("hidden", p_hidden))}
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
         connect = _values("p_connect", p_connect, k, check=check_probability)
         self.register_buffer("p_connect", torch.tensor([float(v) for v in connect]))
@@ -196,11 +196,12 @@ class StackedMLP(nn.Module):
         shape = " -> ".join(str(w.shape[2]) for w in self.weights) + f" -> {self.weights[-1].shape[1]}"
         return f"k={self.k}, {shape}"
 
-    def _drop(self, h: torch.Tensor, p: torch.Tensor, generator: torch.Generator | None,
+    def _drop(self, h: torch.Tensor, site: str, generator: torch.Generator | None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
-        if not self.training or (mask is None and not self._sites[p is self.p_hidden]):
+        """The noise of dropout site ``site`` ("input" or "hidden"), in training only."""
+        if not self.training or (mask is None and not self._sites[site]):
             return h
-        return unit_noise(h, p, gaussian=self.gaussian if self._any_gaussian else None, generator=generator, mask=mask)
+        return unit_noise(h, getattr(self, f"p_{site}"), gaussian=self.gaussian if self._any_gaussian else None, generator=generator, mask=mask)
 
     def _layer(self, i: int, h: torch.Tensor, generator, connect_mask) -> torch.Tensor:
         # (W h^T + b)^T rather than h W^T + b: the weight gradient then comes out in the weights' own layout,
@@ -225,12 +226,12 @@ class StackedMLP(nn.Module):
         x = x.flatten(2) if per_model else x.flatten(1).unsqueeze(0).expand(self.k, x.shape[0], -1)
         masks = list(masks) if masks is not None else [None] * len(self.weights)
         connect_masks = list(connect_masks) if connect_masks is not None else [None] * len(self.weights)
-        h = self._drop(x, self.p_input, generator, masks[0])
+        h = self._drop(x, "input", generator, masks[0])
         last = len(self.weights) - 1
         for i in range(len(self.weights)):
             h = self._layer(i, h, generator, connect_masks[i])
             if i < last:
-                h = self._drop(F.relu(h), self.p_hidden, generator, masks[i + 1])
+                h = self._drop(F.relu(h), "hidden", generator, masks[i + 1])
         return h
 
 

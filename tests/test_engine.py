@@ -88,14 +88,14 @@ def test_per_model_rates_really_differ():
     m = engine.StackedMLP(4, 8, (8,), 2, p_hidden=rates)
     g = torch.Generator().manual_seed(0)
     n = 200_000
-    out = m._drop(torch.ones(4, n, 1), m.p_hidden, g)
+    out = m._drop(torch.ones(4, n, 1), "hidden", g)
     for i, p in enumerate(rates):
         dropped = float((out[i] == 0).float().mean())
         assert abs(dropped - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (p, dropped)
         kept = out[i][out[i] != 0]
         torch.testing.assert_close(kept, torch.full_like(kept, 1 / (1 - p)))
     m.eval()
-    assert torch.equal(m._drop(torch.ones(4, 10, 3), m.p_hidden, g), torch.ones(4, 10, 3))
+    assert torch.equal(m._drop(torch.ones(4, 10, 3), "hidden", g), torch.ones(4, 10, 3))
 
 
 def test_a_nan_model_is_frozen_and_the_others_go_on():
@@ -416,3 +416,49 @@ def test_stacked_lm_trains_every_scheme_and_restores_the_best_epoch():
         assert res.best_epoch[m] == int(hm.loc[hm.val_loss.idxmin(), "epoch"])
         losses, counts = engine.lm_window_losses_stacked(group, tokens[300:], 4, 8)
         assert float((losses[m] * counts).sum() / counts.sum()) == pytest.approx(res.best_val_error[m], rel=1e-5)
+
+
+def test_stacked_cnn_sites_in_training_and_the_identity_in_eval():
+    """With given multipliers each model is its SmallCNN with the noise at the right sites (after block 1,
+    feeding BN 2, and after block 2); drawn noise leaves a p = 0 model alone; eval mode is deterministic
+    and equals each SmallCNN in eval mode."""
+    torch.manual_seed(5)
+    nets = [models.SmallCNN(channels=(4, 6), placement=pl, noise=nz, p=0.3)
+            for pl, nz in (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "spatial"), ("before-bn", "gaussian"))]
+    s = engine.StackedCNN.from_models(nets).train()
+    x = torch.randn(4, 5, 1, 28, 28)
+    g = torch.Generator().manual_seed(6)
+    m1, m2 = torch.rand(5, 4, 4, 14, 14, generator=g) * 2, torch.rand(5, 4, 6, 7, 7, generator=g) * 2
+    out = s(x, per_model=True, masks=[m1, m2])
+    for i, net in enumerate(nets):
+        f = net.train().features
+        h = f[3](f[2](f[1](f[0](x[i])))) * m1[:, i]
+        h = f[8](f[7](f[6](f[5](h)))) * m2[:, i]
+        torch.testing.assert_close(out[i], net.head(h.flatten(1)), rtol=1e-4, atol=1e-5)
+    ones = [torch.ones_like(m1), torch.ones_like(m2)]
+    drawn, clean = s(x, per_model=True), s(x, per_model=True, masks=ones)
+    torch.testing.assert_close(drawn[0], clean[0])  # the model without dropout
+    for i in (1, 2, 3):
+        assert not torch.allclose(drawn[i], clean[i])  # the noisy ones
+    s = engine.StackedCNN.from_models(nets).eval()  # the nets' own BN statistics (the group's moved on above)
+    xe = torch.randn(6, 1, 28, 28)
+    assert torch.equal(s(xe), s(xe))
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(s(xe)[i], net.eval()(xe), rtol=1e-4, atol=1e-5)
+
+
+def test_gaussian_and_dropconnect_mlps_are_deterministic_in_eval():
+    torch.manual_seed(7)
+    m = engine.StackedMLP(3, 6, (5, 4), 2, p_hidden=[0.0, 0.5, 0.0], noise=["bernoulli", "gaussian", "bernoulli"],
+                          p_connect=[0.0, 0.0, 0.5])
+    x = torch.randn(9, 6)
+    h = x.unsqueeze(0).expand(3, -1, -1)
+    for i, (w, b) in enumerate(zip(m.weights, m.biases)):
+        h = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        h = F.relu(h) if i < 2 else h
+    m.eval()
+    torch.testing.assert_close(m(x), h)
+    m.train()
+    a, b = m(x), m(x)
+    torch.testing.assert_close(a[0], h[0])  # no noise on model 0
+    assert not torch.allclose(a[1], b[1]) and not torch.allclose(a[2], b[2])  # Gaussian units, DropConnect weights

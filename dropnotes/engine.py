@@ -22,10 +22,12 @@ use per-model keep probabilities. The masks of the K models come from one genera
 kernel per layer), so model k's masks depend on which models share its group: the group is recorded
 in the history (``group``) so a number can be reproduced.
 
-Three architectures are stacked: :class:`StackedMLP` (batched matrix products), :class:`StackedCNN`
+Four architectures are stacked: :class:`StackedMLP` (batched matrix products), :class:`StackedCNN`
 (chapter 6's batch-norm CNN as grouped convolutions: model k owns channel block k of every layer, so its
-batch-norm statistics are its own) and :class:`StackedLSTMLM` (chapter 3's language models, each with its
-own dropout scheme, one batched LSTM cell per time step; trained by :func:`fit_stacked_lm`).
+batch-norm statistics are its own), :class:`StackedLSTMLM` (chapter 3's language models, each with its
+own dropout scheme, one batched LSTM cell per time step; trained by :func:`fit_stacked_lm`) and
+:class:`StackedViT` (chapter 4's Vision Transformers, each with its own per-block drop-path rates; trained
+by :func:`fit_stacked` with AdamW, a per-epoch schedule and augmentation).
 
 No host synchronisation happens inside an epoch: losses, errors and the alive flags stay on the
 device and are read at the evaluation points only.
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import pandas as pd
@@ -503,10 +505,17 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
                 weight_decay=0.0, max_norm=None, clip=None, eval_every: int = 1, generator: torch.Generator | None = None,
                 amp_dtype: torch.dtype | None = None, x_test: torch.Tensor | None = None,
                 y_test: torch.Tensor | None = None, desc: str = "batched", restore_best: bool = False,
-                capture: bool = True, eval_batch_size: int = 4096) -> FitResult:
-    """Train the K models of ``model`` (a :class:`StackedMLP` or :class:`StackedCNN`) together with SGD
-    (momentum, per-model ``lr``, ``weight_decay``, ``max_norm`` on an MLP's incoming weight rows, ``clip``
-    on each model's gradient norm).
+                capture: bool = True, eval_batch_size: int = 4096, optimizer: str = "sgd",
+                betas: tuple[float, float] = (0.9, 0.999), lr_schedule: Callable[[int], float] | None = None,
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+    """Train the K models of ``model`` (a :class:`StackedMLP`, :class:`StackedCNN` or :class:`StackedViT`)
+    together with SGD (momentum, per-model ``lr``, ``weight_decay``, ``max_norm`` on an MLP's incoming weight
+    rows, ``clip`` on each model's gradient norm), or with ``optimizer="adamw"`` (``torch.optim.AdamW``'s
+    update: ``betas``, decoupled per-model ``weight_decay``).
+
+    ``lr_schedule(epoch)`` (0-based) multiplies every model's rate during that epoch, as an epoch-wise
+    ``torch.optim.lr_scheduler`` does (e.g. ``CosineAnnealingLR``); ``transform`` (data augmentation) is
+    applied to the K batches of a step, every image drawn on its own.
 
     Every ``eval_every`` epochs (and at the end) each model's train, validation (and test) loss and
     error are recorded; each model's best validation epoch is kept (and its parameters restored at the
@@ -518,6 +527,7 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
     the step runs eagerly, with a warning."""
     k = model.k
     epochs, eval_every = check_positive_int("epochs", epochs), check_positive_int("eval_every", eval_every)
+    optimizer = check_choice("optimizer", optimizer, ("sgd", "adamw"))
     batch_size = check_positive_int("batch_size", batch_size)
     eval_batch_size = check_positive_int("eval_batch_size", eval_batch_size)
     if max_norm is not None and not isinstance(model, StackedMLP):
@@ -526,6 +536,7 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
     if generator is None:
         generator = torch.Generator(dev).manual_seed(0)
     lr_k = _per_model("lr", lr, k).to(dev)
+    lr_now = lr_k.clone()  # the rate of the current epoch (the schedule's factor applied), read by the step
     wd_k = _per_model("weight_decay", weight_decay, k)
     wd_k = wd_k.to(dev) if bool(wd_k.any()) else None  # no model decays: no pass over the parameters
     mn_k = mn_index = None
@@ -536,7 +547,10 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
             mn_k, mn_index = radii[constrained].to(dev), (None if len(constrained) == k else constrained.to(dev))
     clip_k = None if clip is None else _per_model("clip", clip, k).to(dev)
     params = list(model.parameters())
-    bufs = [torch.zeros_like(p) for p in params]
+    if optimizer == "adamw":
+        bufs = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    else:
+        bufs = [torch.zeros_like(p) for p in params] if momentum else [None] * len(params)
     alive = torch.ones(k, dtype=torch.bool, device=dev)
     died = torch.full((k,), -1, dtype=torch.long, device=dev)
     step_no = torch.zeros((), dtype=torch.long, device=dev)
@@ -547,18 +561,19 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
     per_epoch = n // batch_size  # full batches only (the remainder differs every epoch: orders are redrawn)
     idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)  # the step's input: (K, B) example indices
     mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
-    step = make_step(model, x_train, y_train, idx, lr=lr_k, weight_decay=wd_k, momentum=momentum, max_norm=mn_k,
-                     max_norm_index=mn_index,
-                     clip=clip_k, amp_dtype=amp_dtype, generator=mask_gen, bufs=bufs, alive=alive, died=died,
-                     step_no=step_no)
+    step = make_step(model, x_train, y_train, idx, lr=lr_now, weight_decay=wd_k, momentum=momentum, max_norm=mn_k,
+                     max_norm_index=mn_index, clip=clip_k, amp_dtype=amp_dtype, generator=mask_gen, bufs=bufs,
+                     alive=alive, died=died, step_no=step_no, optimizer=optimizer, betas=betas, transform=transform)
 
     if dev.type == "cuda":
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
-    state = params + list(model.buffers()) + bufs + [alive, died, step_no]
+    state = params + list(model.buffers()) + _flat(bufs) + [alive, died, step_no]
     run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
     rows = []
     for epoch in progress(range(1, epochs + 1), desc):
         model.train()
+        if lr_schedule is not None:
+            lr_now.copy_(lr_k * float(lr_schedule(epoch - 1)))
         order = epoch_orders(k, n, generator, dev)
         for b in range(per_epoch):
             idx.copy_(order[:, b * batch_size:(b + 1) * batch_size])  # (K, B): each model's own batch
@@ -581,12 +596,14 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
 def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, idx: torch.Tensor, *, lr: torch.Tensor,
               weight_decay: torch.Tensor | None, momentum: float, max_norm: torch.Tensor | None,
               clip: torch.Tensor | None, amp_dtype: torch.dtype | None, generator: torch.Generator | None,
-              bufs: list[torch.Tensor], alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor,
-              max_norm_index: torch.Tensor | None = None):
+              bufs: list, alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor,
+              max_norm_index: torch.Tensor | None = None, optimizer: str = "sgd",
+              betas: tuple[float, float] = (0.9, 0.999), transform: Callable | None = None):
     """The engine's training step as a closure over static tensors (``idx`` holds the (K, B) example indices
     of the step): what :func:`fit_stacked` runs or captures, and what ``dropnotes estimate`` measures.
     ``weight_decay`` None: no model decays; ``max_norm``: the radii of the models at ``max_norm_index``
-    (None: of all K)."""
+    (None: of all K); ``bufs``: each parameter's momentum buffer (SGD; None without momentum) or its
+    (m, v) pair (AdamW)."""
     k = model.k
     params = list(model.parameters())
     dev_type = x_train.device.type
@@ -594,15 +611,21 @@ def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, id
     def step() -> None:
         amp = (torch.autocast(dev_type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
                else contextlib.nullcontext())
+        xb = x_train[idx]
+        if transform is not None:
+            xb = transform(xb.flatten(0, 1)).view_as(xb)
         with amp:
-            logits = model(x_train[idx], per_model=True, generator=generator).float()
+            logits = model(xb, per_model=True, generator=generator).float()
         losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
         losses = losses.view(k, -1).mean(1)
         for p in params:
             p.grad = None
         losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
         _mark_dead(losses, alive, died, step_no)
-        _sgd_step(params, bufs, lr, weight_decay, momentum, alive, clip)
+        if optimizer == "adamw":
+            _adam_step(params, bufs, step_no, lr, alive, clip, betas=betas, weight_decay=weight_decay)
+        else:
+            _sgd_step(params, bufs, lr, weight_decay, momentum, alive, clip)
         if max_norm is not None:
             _max_norm_(model, max_norm, max_norm_index)
 
@@ -634,6 +657,11 @@ def _captured(step, state: list[torch.Tensor], device: torch.device):
         for t, s in zip(state, saved):
             t.copy_(s)
     return step if graph is None else graph.replay
+
+
+def _flat(bufs: list) -> list[torch.Tensor]:
+    """The optimizer's state tensors: momentum buffers, or each (m, v) pair's two (None entries left out)."""
+    return [t for b in bufs for t in (b if isinstance(b, tuple) else (b,)) if t is not None]
 
 
 def _per_model_shape(p: torch.Tensor) -> tuple[int, ...]:
@@ -670,15 +698,20 @@ def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) 
 
 @torch.no_grad()
 def _adam_step(params, moments, step: torch.Tensor, lr: torch.Tensor, alive: torch.Tensor, clip,
-               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
-    """``torch.optim.Adam`` (no weight decay), per model: lr and the clipping threshold are (K,) tensors;
+               betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+               weight_decay: torch.Tensor | None = None) -> None:
+    """``torch.optim.Adam`` per model, or ``torch.optim.AdamW`` with a (K,) ``weight_decay`` (decoupled:
+    each parameter first shrinks by ``1 - lr_k * wd_k``): lr and the clipping threshold are (K,) tensors;
     ``moments`` holds each parameter's (m, v); ``step`` is the step count, already advanced."""
     grads = _clipped_grads(params, clip)
     b1, b2 = betas
     t = step.to(torch.float32)
     correction1, correction2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
+    shrink = None if weight_decay is None else 1 - lr * alive * weight_decay  # (K,)
     rate = lr * alive / correction1  # (K,): a dead model's rate is 0
     for p, g, (m, v) in zip(params, grads, moments):
+        if shrink is not None:
+            p.mul_(shrink.view(_per_model_shape(p)))
         m.lerp_(g, 1 - b1)
         v.mul_(b2).addcmul_(g, g, value=1 - b2)
         denom = (v / correction2).sqrt_().add_(eps)
@@ -1001,3 +1034,170 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
             rows.append({"model": m, "epoch": epoch, "train_loss": train_loss[m], "val_loss": val_host[m],
                          "alive": alive_now[m]})
     return best.result(rows, died)
+
+
+# ------------------------------------------------------------------ the Vision Transformers of chapter 4
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """Each model's ``nn.Linear``: x (K, M, in), w (K, out, in) in torch's layout, b (K, out) -> (K, M, out)."""
+    if b is None:
+        return torch.bmm(x, w.transpose(1, 2))
+    return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+
+
+def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Each model's ``nn.LayerNorm`` over the last axis of x (K, M, D), with its own (K, D) affine."""
+    return torch.addcmul(b.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w.unsqueeze(1))
+
+
+def _drop_path_mult(rate: torch.Tensor, n: int, device, generator) -> torch.Tensor | None:
+    """Stochastic depth per model and sample: a (K, N, 1) multiplier, 0 or 1/(1-r_k) (Huang et al. 2016);
+    None when no model drops."""
+    return unit_noise(torch.ones(len(rate), n, 1, device=device), rate.to(device), generator=generator)
+
+
+class StackedViT(nn.Module):
+    """K Vision Transformers (:class:`~dropnotes.models.ViT`: patch embedding, learned positions, pre-norm
+    blocks, mean pooling, a linear head) as one group, every linear layer a ``bmm`` over the models and the
+    attention of all K x N images one call of ``scaled_dot_product_attention``.
+
+    Model k drops the branches of block j with rate ``rates[k][j]`` (stochastic depth, one draw per model,
+    sample and branch, as :class:`~dropnotes.layers.DropPath`), so depth-wise schedules and rates differ per
+    model. Parameters have shape (K, ...) in torch's layout (a linear weight is (K, out, in)); activations
+    are (K, N·T, D). Attention and MLP dropout are not stacked (chapter 4 trains without them).
+    """
+
+    def __init__(self, k: int, *, image_size: int = 32, patch: int = 4, channels: int = 3, classes: int = 10,
+                 dim: int = 192, depth: int = 12, heads: int = 3, rates=0.0, seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        from dropnotes.models import ViT
+
+        self.k = check_positive_int("k", k)
+        self.depth, self.heads, self.dim = check_positive_int("depth", depth), heads, dim
+        self._shape = dict(image_size=image_size, patch=patch, channels=channels, classes=classes, dim=dim,
+                           depth=depth, heads=heads)
+        with torch.device("meta"):
+            ViT(**self._shape, drop_path_rate=0.0)  # validates the shape arguments
+        per_model = _values("rates", rates, k)
+        table = [[check_probability("rates", float(r)) for r in (row if isinstance(row, (list, tuple)) else [row] * depth)]
+                 for row in per_model]
+        if any(len(row) != depth for row in table):
+            raise ValueError(f"rates must give one rate per block ({depth}) for each model")
+        if any(r >= 1.0 for row in table for r in row):
+            raise ValueError("rates must be < 1 (a branch dropped always has no gradient)")
+        self.register_buffer("rates", torch.tensor(table, dtype=torch.float32))  # (K, depth)
+        self._drops = any(r > 0 for row in table for r in row)  # known on the host: no sync in the step
+        self.patch, self.tokens = patch, (image_size // patch) ** 2
+        d, e = dim, channels * patch * patch
+        shapes = {"embed_w": (d, e), "embed_b": (d,), "pos": (self.tokens, d), "norm_w": (d,), "norm_b": (d,),
+                  "head_w": (classes, d), "head_b": (classes,)}
+        for j in range(depth):
+            shapes.update({f"b{j}_{n}": s for n, s in (
+                ("ln1_w", (d,)), ("ln1_b", (d,)), ("qkv_w", (3 * d, d)), ("qkv_b", (3 * d,)), ("proj_w", (d, d)),
+                ("proj_b", (d,)), ("ln2_w", (d,)), ("ln2_b", (d,)), ("fc1_w", (4 * d, d)), ("fc1_b", (4 * d,)),
+                ("fc2_w", (d, 4 * d)), ("fc2_b", (d,)))})
+        for name, shape in shapes.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(k, *shape)))
+        self.reset_parameters(seeds)
+
+    @staticmethod
+    def _tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+        """One ViT's tensors under the group's names, as views in the group's per-model shapes."""
+        out = {"embed_w": m.embed.weight.view(m.embed.weight.shape[0], -1), "embed_b": m.embed.bias, "pos": m.pos[0],
+               "norm_w": m.norm.weight, "norm_b": m.norm.bias, "head_w": m.head.weight, "head_b": m.head.bias}
+        for j, b in enumerate(m.blocks):
+            fc1, fc2 = b.mlp[0], b.mlp[3]
+            for n, t in (("ln1_w", b.norm1.weight), ("ln1_b", b.norm1.bias), ("qkv_w", b.attn.qkv.weight),
+                         ("qkv_b", b.attn.qkv.bias), ("proj_w", b.attn.proj.weight), ("proj_b", b.attn.proj.bias),
+                         ("ln2_w", b.norm2.weight), ("ln2_b", b.norm2.bias), ("fc1_w", fc1.weight), ("fc1_b", fc1.bias),
+                         ("fc2_w", fc2.weight), ("fc2_b", fc2.bias)):
+                out[f"b{j}_{n}"] = t
+        return out
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
+        """Model k initialised as ``ViT(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
+        from dropnotes.models import ViT
+
+        for i, g in _generators(seeds, self.k):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(g.initial_seed())
+                with torch.device("cpu"):
+                    m = ViT(**self._shape, drop_path_rate=0.0)
+            for name, t in self._tensors(m).items():
+                getattr(self, name)[i].copy_(t)
+
+    @classmethod
+    def from_models(cls, models: Sequence[nn.Module]) -> "StackedViT":
+        """Stack K :class:`~dropnotes.models.ViT` of one shape, each with its blocks' drop-path rates."""
+        first = models[0]
+        for m in models:
+            if any(b.attn.attn_p > 0 or b.mlp[2].p > 0 or b.skip_dropped for b in m.blocks):
+                raise ValueError("StackedViT stacks drop-path only: attn_p, p and skip_dropped must be 0/False")
+        blocks = first.blocks[0]
+        out = cls(len(models), image_size=int(math.isqrt(first.pos.shape[1])) * first.embed.stride[0],
+                  patch=first.embed.stride[0], channels=first.embed.in_channels, classes=first.head.out_features,
+                  dim=first.pos.shape[2], depth=len(first.blocks), heads=blocks.attn.heads,
+                  rates=[[b.drop_path.p for b in m.blocks] for m in models])
+        with torch.no_grad():
+            for i, m in enumerate(models):
+                for name, t in cls._tensors(m).items():
+                    getattr(out, name)[i].copy_(t)
+        return out.to(first.pos.device)
+
+    def model(self, i: int) -> nn.Module:
+        """Model ``i`` as a standalone :class:`~dropnotes.models.ViT` with its per-block rates."""
+        from dropnotes.models import ViT
+
+        m = ViT(**self._shape, drop_path_rate=0.0).to(self.pos.device)
+        with torch.no_grad():
+            for block, r in zip(m.blocks, self.rates[i].tolist()):
+                block.drop_path.p = r
+            for name, t in self._tensors(m).items():
+                t.copy_(getattr(self, name)[i])
+        return m
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, depth={self.depth}, dim={self.dim}, heads={self.heads}, tokens={self.tokens}"
+
+    def _patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, C, H, W) or (K, N, C, H, W) -> (K or 1, N·T, C·p·p), in the order of the patch conv."""
+        p = self.patch
+        *lead, c, h, w = x.shape
+        x = x.reshape(-1, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (KN, H/p, W/p, C, p, p)
+        return x.reshape(lead[0] if len(lead) == 2 else 1, -1, c * p * p)
+
+    def _attention(self, h: torch.Tensor, j: int, n: int) -> torch.Tensor:
+        k, d, heads, t = self.k, self.dim, self.heads, self.tokens
+        qkv = _linear(h, getattr(self, f"b{j}_qkv_w"), getattr(self, f"b{j}_qkv_b"))
+        q, key, v = qkv.view(k * n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        y = F.scaled_dot_product_attention(q, key, v).transpose(1, 2).reshape(k, n * t, d)
+        return _linear(y, getattr(self, f"b{j}_proj_w"), getattr(self, f"b{j}_proj_b"))
+
+    def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None,
+                masks: list | None = None) -> torch.Tensor:
+        """``x``: images (N, C, H, W) for every model, or with ``per_model`` each model's own (K, N, C, H, W);
+        returns logits (K, N, classes). In training, ``masks`` (2 per block, each (K, N, 1)) replace the
+        drop-path draws."""
+        k, t, d = self.k, self.tokens, self.dim
+        n = x.shape[1] if per_model else x.shape[0]
+        patches = self._patches(x)
+        h = _linear(patches.expand(k, -1, -1), self.embed_w, self.embed_b)
+        h = (h.view(k, n, t, d) + self.pos.unsqueeze(1)).view(k, n * t, d)
+        drops = self.training and (self._drops or masks is not None)
+        for j in range(self.depth):
+            def branch(out: torch.Tensor, which: int) -> torch.Tensor:
+                if not drops:
+                    return out
+                mult = masks[2 * j + which] if masks is not None else _drop_path_mult(
+                    self.rates[:, j], n, out.device, generator)
+                return (out.view(k, n, t * d) * mult.to(out.dtype)).view(k, n * t, d)
+
+            a = self._attention(_layer_norm(h, getattr(self, f"b{j}_ln1_w"), getattr(self, f"b{j}_ln1_b")), j, n)
+            h = h + branch(a, 0)
+            m = _layer_norm(h, getattr(self, f"b{j}_ln2_w"), getattr(self, f"b{j}_ln2_b"))
+            m = _linear(F.gelu(_linear(m, getattr(self, f"b{j}_fc1_w"), getattr(self, f"b{j}_fc1_b"))),
+                        getattr(self, f"b{j}_fc2_w"), getattr(self, f"b{j}_fc2_b"))
+            h = h + branch(m, 1)
+        pooled = _layer_norm(h, self.norm_w, self.norm_b).view(k, n, t, d).mean(2)
+        return _linear(pooled, self.head_w, self.head_b)

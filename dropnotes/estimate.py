@@ -55,11 +55,15 @@ _NO_LAUNCH = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "de
 class KernelCounter(TorchDispatchMode):
     """Counts the aten operations dispatched inside it that launch device work."""
 
-    def __init__(self) -> None:
+    def __init__(self, amp_params: list[torch.Tensor] | None = None) -> None:
         super().__init__()
         self.count = 0
         self.bytes = 0
         self.by_op: dict[str, int] = {}
+        # Under bf16 autocast the activations are bf16: an fp32 tensor that is not parameter-sized (a parameter,
+        # its gradient, its optimizer state) is counted at 2 bytes an element. A floor: autocast keeps the
+        # normalisations and softmax in fp32, and casts every weight once per use.
+        self.param_sizes = None if amp_params is None else {p.numel() for p in amp_params}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
@@ -67,7 +71,7 @@ class KernelCounter(TorchDispatchMode):
         if name not in _NO_LAUNCH:
             self.count += 1
             self.by_op[name] = self.by_op.get(name, 0) + 1
-            self.bytes += _moved_bytes(name, args, kwargs or {}, out)
+            self.bytes += _moved_bytes(name, args, kwargs or {}, out, self.param_sizes)
         return out
 
 
@@ -86,24 +90,28 @@ _GATHERS = {"index", "index_select", "gather", "embedding"}  # read only the row
 _SCATTERS = {"index_copy_", "index_put_", "index_add_", "index_fill_"}  # in place: touch only the rows they write
 
 
-def _moved_bytes(name: str, args, kwargs: dict, out) -> int:
+def _moved_bytes(name: str, args, kwargs: dict, out, param_sizes: set[int] | None = None) -> int:
     """A kernel's bytes: its tensor arguments read and its outputs written (an ``out=`` argument counted
     as the output); a gather reads the rows it returns, not its whole source."""
     kwargs = {k: v for k, v in kwargs.items() if k != "out"}
-    written = sum(_distinct_bytes(t) for t in _tensors(out))
+    size = lambda t: _distinct_bytes(t, param_sizes)  # noqa: E731
+    written = sum(size(t) for t in _tensors(out))
     if name in _SCATTERS:
-        return 2 * sum(_distinct_bytes(t) for t in _tensors(args[1:]))
+        return 2 * sum(size(t) for t in _tensors(args[1:]))
     if name in _GATHERS:
-        read = written + sum(_distinct_bytes(t) for t in _tensors(args[1:]))
+        read = written + sum(size(t) for t in _tensors(args[1:]))
     else:
-        read = sum(_distinct_bytes(t) for t in _tensors((args, kwargs)))
+        read = sum(size(t) for t in _tensors((args, kwargs)))
     return read + written
 
 
-def _distinct_bytes(t: torch.Tensor) -> int:
+def _distinct_bytes(t: torch.Tensor, param_sizes: set[int] | None = None) -> int:
     """The bytes a kernel must move for ``t`` at least: its distinct elements (a broadcast axis, stride 0,
-    is read once)."""
-    return t.element_size() * math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0)
+    is read once); with ``param_sizes`` (bf16 autocast), an fp32 activation at 2 bytes an element."""
+    n = math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0)
+    if param_sizes is not None and t.dtype == torch.float32 and t.numel() not in param_sizes:
+        return 2 * n
+    return t.element_size() * n
 
 
 @dataclass
@@ -119,9 +127,10 @@ class Cost:
         return iter((self.flops, self.kernels, self.bytes))
 
 
-def measure(step: Callable[[], None]) -> Cost:
-    """FLOPs, launched kernels and bytes moved of one call of ``step`` (run it on meta tensors)."""
-    with FlopCounterMode(display=False) as flops, KernelCounter() as kernels:
+def measure(step: Callable[[], None], amp_params: list[torch.Tensor] | None = None) -> Cost:
+    """FLOPs, launched kernels and bytes moved of one call of ``step`` (run it on meta tensors); with
+    ``amp_params`` (the parameters of a bf16-autocast step), activations are counted at 2 bytes."""
+    with FlopCounterMode(display=False) as flops, KernelCounter(amp_params) as kernels:
         step()
     return Cost(float(flops.get_total_flops()), kernels.count, float(kernels.bytes))
 
@@ -182,11 +191,11 @@ def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: 
     return measure(step)
 
 
-def _meta_forward(model: nn.Module, inputs) -> Cost:
+def _meta_forward(model: nn.Module, inputs, amp: bool = False) -> Cost:
     def step():
         with torch.no_grad():
             model(inputs)
-    return measure(step)
+    return measure(step, list(model.parameters()) if amp else None)
 
 
 def _ce(out, y):
@@ -196,7 +205,8 @@ def _ce(out, y):
 # ------------------------------------------------------------------------------------------ the chapters
 
 def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, example=(784,),
-                 momentum: float | None = None, weight_decay: bool = False):
+                 momentum: float | None = None, weight_decay: bool = False, optimizer: str = "sgd",
+                 transform=None):
     """FLOPs and kernels of one step of the batched engine for a group of K models (by default K MLPs of the
     chapter's size), and the group; ``max_norm`` of them are projected, and the group decays or not."""
     from dropnotes.engine import StackedMLP, make_step
@@ -208,13 +218,16 @@ def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, exa
         idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
         vec = torch.zeros(k)
         index = None if max_norm in (0, k) else torch.arange(max_norm)
+        params = list(model.parameters())
+        bufs = ([(torch.zeros_like(p), torch.zeros_like(p)) for p in params] if optimizer == "adamw"
+                else [torch.zeros_like(p) for p in params])
         step = make_step(model, x, y, idx, lr=vec, weight_decay=vec if weight_decay else None,
                          momentum=cfg.momentum if momentum is None else momentum,
                          max_norm=torch.ones(max_norm) if max_norm else None, max_norm_index=index, clip=None,
-                         amp_dtype=None, generator=None,
-                         bufs=[torch.zeros_like(p) for p in model.parameters()], alive=torch.ones(k, dtype=torch.bool),
-                         died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long))
-        f, n, b = measure(step)
+                         amp_dtype=None, generator=None, bufs=bufs, alive=torch.ones(k, dtype=torch.bool),
+                         died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long),
+                         optimizer=optimizer, transform=transform)
+        f, n, b = measure(step, params if getattr(cfg, "amp", False) else None)
     return Cost(f, n, b), model
 
 
@@ -223,7 +236,7 @@ def _mechanics(cfg) -> list[Group]:
     (f, n, b), model = _engine_step(k, cfg, max_norm=0)
     with torch.device("meta"):
         model.eval()
-        fe, ne, be = _meta_forward(model, torch.empty(4096, 784))
+        fe, ne, be = _meta_forward(model, torch.empty(4096, 784), cfg.amp)
     evals = math.ceil(cfg.epochs / cfg.eval_every) * math.ceil((cfg.train_size + cfg.val_size + 10000) / 4096)
     dtype = "bf16" if cfg.amp else "fp32"
     return [Group("mechanics", f"{k} MLPs {cfg.hidden} (rates x seeds), batched", 1, cfg.epochs * (cfg.train_size // cfg.batch_size),
@@ -330,6 +343,40 @@ def _variational_sequential(cfg) -> list[Group]:
 
 
 def _droppath(cfg) -> list[Group]:
+    """Chapter 4 on the engine: the arms x seeds of each depth as one StackedViT (AdamW, augmentation, the
+    step graph-captured), evaluated once on train, validation and test; and the single-ViT speed table."""
+    from dropnotes.engine import StackedViT
+    from dropnotes.experiments.droppath import EVAL_BATCH, arms, augment
+    from dropnotes.models import ViT
+
+    steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
+    dtype = "bf16" if cfg.amp else "fp32"
+    out = []
+    for depth, models in arms(cfg, 0.1).items():
+        k = len(models)
+        with torch.device("meta"):
+            group = StackedViT(k, dim=cfg.dim, depth=depth, heads=cfg.heads, rates=0.1, seeds=[0] * k)
+        (f, n, b), group = _engine_step(k, cfg, 0, group, (3, 32, 32), momentum=0.0, weight_decay=True,
+                                        optimizer="adamw", transform=augment)
+        with torch.device("meta"):
+            group.eval()
+            fe, ne, be = _meta_forward(group, torch.empty(EVAL_BATCH, 3, 32, 32), cfg.amp)
+        evals = sum(math.ceil(size / EVAL_BATCH) for size in (cfg.train_size, cfg.val_size, cfg.test_size))
+        out += [Group("droppath", f"{k} ViTs depth {depth} dim {cfg.dim} (arms x seeds), batched", 1, steps, f, n, dtype,
+                      captured=True, models_per_step=k, bytes_per_step=b),
+                Group("droppath", f"depth {depth} evaluation (train, validation, test once)", 1, evals, fe, ne, dtype,
+                      models_per_step=k, bytes_per_step=be)]
+    with torch.device("meta"):  # the speed table: 3 variants x 28 steps of one deep ViT, eager
+        m = ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, drop_path_rate=0.5)
+        f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
+                             loss=F.cross_entropy, optimizer="adamw")
+    out.append(Group("droppath", "speed: one deep ViT, 3 variants", 3, 28, f, n, dtype, bytes_per_step=b))
+    return out
+
+
+def _droppath_sequential(cfg) -> list[Group]:
+    """Chapter 4 as it ran before the engine (each arm and seed its own eager run): what its stored full run
+    measured."""
     from dropnotes.models import ViT
 
     steps = cfg.epochs * math.ceil(cfg.train_size / cfg.batch_size)
@@ -338,7 +385,7 @@ def _droppath(cfg) -> list[Group]:
         with torch.device("meta"):
             m = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=0.1)
             f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
-                              loss=F.cross_entropy, optimizer="adamw")
+                                 loss=F.cross_entropy, optimizer="adamw")
         out.append(Group("droppath", f"ViT depth {depth} dim {cfg.dim}", runs * cfg.n_seeds, steps, f, n,
                          dtype="bf16" if cfg.amp else "fp32", bytes_per_step=b))
     return out
@@ -398,7 +445,7 @@ def _interactions(cfg) -> list[Group]:
                                    weight_decay=name == "MLP")
         with torch.device("meta"):
             model.eval()
-            fe, ne, be = _meta_forward(model, torch.empty(1000, *example))
+            fe, ne, be = _meta_forward(model, torch.empty(1000, *example), cfg.amp)
         evals = math.ceil(epochs / cfg.eval_every) * math.ceil((size + cfg.val_size) / 1000) + 10
         groups += [Group("interactions", f"{k} {name}s (arms x seeds), batched", 1, epochs * (size // cfg.batch_size),
                          f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
@@ -481,6 +528,8 @@ def calibration_points() -> list[dict]:
             groups = _llm(cfg, int(curves[curves.run == "pretrain none"].step.max()))
         elif chapter == "interactions" and "val_size" not in record["params"]:  # stored before the engine
             groups = _interactions_sequential(cfg)
+        elif chapter == "droppath" and "val_size" not in record["params"]:  # stored before the engine
+            groups = _droppath_sequential(cfg)
         elif chapter == "variational" and "speed" not in record["tables"]:  # stored before the batched group
             groups = _variational_sequential(cfg)
         else:

@@ -462,3 +462,106 @@ def test_gaussian_and_dropconnect_mlps_are_deterministic_in_eval():
     a, b = m(x), m(x)
     torch.testing.assert_close(a[0], h[0])  # no noise on model 0
     assert not torch.allclose(a[1], b[1]) and not torch.allclose(a[2], b[2])  # Gaussian units, DropConnect weights
+
+
+# ------------------------------------------------------------------ the Vision Transformer group
+
+def _vits(rates=(0.0, 0.2, 0.4), seed=0, depth=2):
+    torch.manual_seed(seed)
+    return [models.ViT(image_size=8, patch=4, dim=16, depth=depth, heads=2, drop_path_rate=r) for r in rates]
+
+
+def test_stacked_vit_is_its_k_vits():
+    """Eval mode, and training without drop-path: outputs and every gradient equal the K ViTs'; a model
+    taken out of the group is the same model, with its per-block rates."""
+    nets = _vits(rates=(0.0, 0.0, 0.0))
+    for i, net in enumerate(nets):  # distinct weights
+        with torch.no_grad():
+            net.head.bias.add_(i)
+    stacked = engine.StackedViT.from_models(nets)
+    x = torch.randn(3, 5, 3, 8, 8)
+    y = torch.randint(0, 10, (3, 5))
+    out = stacked.train()(x, per_model=True)
+    sum(F.cross_entropy(out[i], y[i]) for i in range(3)).backward()
+    for i, net in enumerate(nets):
+        ref = net.train()(x[i])
+        torch.testing.assert_close(out[i], ref, rtol=1e-4, atol=1e-5)
+        F.cross_entropy(ref, y[i]).backward()
+        torch.testing.assert_close(stacked.b1_qkv_w.grad[i], net.blocks[1].attn.qkv.weight.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stacked.embed_w.grad[i], net.embed.weight.grad.flatten(1), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stacked.pos.grad[i], net.pos.grad[0], rtol=1e-4, atol=1e-6)
+    nets = _vits(rates=(0.0, 0.3, 0.5))
+    stacked = engine.StackedViT.from_models(nets).eval()
+    xe = torch.randn(4, 3, 8, 8)
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(stacked(xe)[i], net.eval()(xe), rtol=1e-4, atol=1e-5)
+        back = stacked.model(i)
+        assert [b.drop_path.p for b in back.blocks] == pytest.approx([b.drop_path.p for b in net.blocks])
+        torch.testing.assert_close(back.eval()(xe), net(xe), rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_vit_drops_each_models_branches_like_its_droppath():
+    """With the drop-path multipliers given, model k in training equals its ViT whose DropPath modules apply
+    the same multipliers (forward and gradients); drawn, each model drops branches at its own rate."""
+    nets = _vits(rates=(0.0, 0.3, 0.6))
+    stacked = engine.StackedViT.from_models(nets).train()
+    k, n = 3, 6
+    g = torch.Generator().manual_seed(1)
+    masks = [(torch.rand(k, n, 1, generator=g) < 0.5) * 2.0 for _ in range(2 * stacked.depth)]
+    x = torch.randn(k, n, 3, 8, 8)
+    out = stacked(x, per_model=True, masks=masks)
+    out.sum().backward()
+    for i, net in enumerate(nets):
+        mods = [m for b in net.blocks for m in (b.drop_path, b.drop_path)]
+        calls = iter(range(len(mods)))
+        hooks = [b.drop_path.register_forward_hook(
+            lambda mod, inp, _out, i=i: inp[0] * masks[next(calls)][i].view(n, 1, 1)) for b in net.blocks]
+        ref = net.train()(x[i])
+        for h in hooks:
+            h.remove()
+        torch.testing.assert_close(out[i], ref, rtol=1e-4, atol=1e-5)
+        ref.sum().backward()
+        torch.testing.assert_close(stacked.b0_fc2_w.grad[i], net.blocks[0].mlp[3].weight.grad, rtol=1e-4, atol=1e-5)
+    # drawn: the fraction of dropped branches is each model's rate of that block (binomial, 5 sigma)
+    rates = torch.tensor([0.0, 0.1, 0.4])
+    draws = torch.stack([engine._drop_path_mult(rates, 4000, "cpu", g)[..., 0] for _ in range(5)])  # (5, K, N)
+    dropped = (draws == 0).float().mean((0, 2))
+    sigma = (rates * (1 - rates) / 20000).sqrt()
+    assert ((dropped - rates).abs() <= 5 * sigma + 1e-9).all(), dropped
+    kept = draws[:, 2][draws[:, 2] > 0]
+    torch.testing.assert_close(kept, torch.full_like(kept, 1 / 0.6))
+
+
+def test_stacked_vit_trained_with_adamw_and_a_cosine_schedule_equals_sequential():
+    """Two epochs of fit_stacked(optimizer="adamw") on K ViTs (per-model lr and decoupled weight decay, each
+    its own data order, the rate annealed per epoch) equal torch.optim.AdamW + CosineAnnealingLR per ViT."""
+    nets = _vits(rates=(0.0, 0.0), seed=2)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(24, 3, 8, 8, generator=g), torch.randint(0, 10, (24,), generator=g)
+    stacked = engine.StackedViT.from_models(nets)
+    lr, wd, epochs = [3e-3, 1e-3], [0.05, 0.0], 2
+    cosine = lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))  # noqa: E731
+    engine.fit_stacked(stacked, x, y, x, y, epochs=epochs, batch_size=8, lr=lr, weight_decay=wd, optimizer="adamw",
+                       betas=(0.9, 0.95), lr_schedule=cosine, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    orders = [torch.rand(2, 24, generator=gen).argsort(dim=1) for _ in range(epochs)]
+    for i, net in enumerate(nets):
+        opt = torch.optim.AdamW(net.parameters(), lr=lr[i], weight_decay=wd[i], betas=(0.9, 0.95))
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        net.train()
+        for order in orders:
+            for start in range(0, 24, 8):
+                idx = order[i, start:start + 8]
+                opt.zero_grad()
+                F.cross_entropy(net(x[idx]), y[idx]).backward()
+                opt.step()
+            sched.step()
+        torch.testing.assert_close(stacked.b0_qkv_w[i], net.blocks[0].attn.qkv.weight, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.head_b[i], net.head.bias, rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_vit_refuses_what_it_does_not_stack():
+    with pytest.raises(ValueError, match="rates"):
+        engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, rates=[[0.1, 0.2, 0.3], 0.0])
+    with pytest.raises(ValueError, match="drop-path only"):
+        engine.StackedViT.from_models([models.ViT(image_size=8, patch=4, dim=16, depth=1, heads=2, p=0.1)])

@@ -1,18 +1,25 @@
 """Chapter 4, "DropPath in Vision Transformers": the drop-path rate, its depth-wise schedule, depth, and cost.
 
 A small ViT (:class:`dropnotes.models.ViT`) is trained from scratch on a subset of CIFAR-10 with
-AdamW, a cosine schedule and light augmentation (random crop and flip, on the data's device).
+AdamW, a cosine schedule and light augmentation (random crop and flip, on the data's device). All
+arms x seeds of one depth train together as one :class:`dropnotes.engine.StackedViT` (each model its
+own per-block rates, data order and augmentation; models of one seed share their initialisation).
+A validation split, drawn from the training images outside the subset, chooses the best rate; the
+test images are evaluated once, after the last epoch.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes import data, train
+from dropnotes import data, engine, train
+from dropnotes.layers import drop_path_rates
 from dropnotes.models import ViT
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
                                         size_knob)
@@ -35,6 +42,7 @@ class DropPathConfig(ChapterConfig):
     n_seeds: int
     dataset: str
     train_size: int
+    val_size: int  # drawn from the training split outside the subset: chooses the best rate
     test_size: int
     dim: int
     heads: int
@@ -51,14 +59,14 @@ class DropPathConfig(ChapterConfig):
 PROFILE_DEFAULTS = {
     # Seconds on a CPU: the quick profile's code path at the smallest sizes (does the environment work?); its
     # verdicts are labelled as a smoke run and never reach the scorecard.
-    "smoke": dict(train_size=100, test_size=100, dim=16, heads=2, depth=2, shallow_depth=1,
+    "smoke": dict(train_size=100, val_size=100, test_size=100, dim=16, heads=2, depth=2, shallow_depth=1,
                   rates=(0.0, 0.1), epochs=1, batch_size=50, lr=3e-3, weight_decay=0.05, n_seeds=1, amp=False),
     # CPU: a mechanics check; one seed, so most verdicts can only be "inconclusive" here.
-    "quick": dict(train_size=1000, test_size=1000, dim=32, heads=2, depth=4, shallow_depth=2,
+    "quick": dict(train_size=1000, val_size=1000, test_size=1000, dim=32, heads=2, depth=4, shallow_depth=2,
                   rates=(0.0, 0.05, 0.1, 0.2, 0.3), epochs=10, batch_size=100, lr=3e-3, weight_decay=0.05,
                   n_seeds=1, amp=False),
     # One GPU: a 10,000-image subset (overfitting regime), depth 12 vs 6, 3 seeds, bf16.
-    "full": dict(train_size=10000, test_size=10000, dim=192, heads=3, depth=12, shallow_depth=6,
+    "full": dict(train_size=10000, val_size=5000, test_size=10000, dim=192, heads=3, depth=12, shallow_depth=6,
                  rates=(0.0, 0.05, 0.1, 0.2, 0.3), epochs=100, batch_size=256, lr=1e-3, weight_decay=0.05,
                  n_seeds=3, amp=True),
 }
@@ -85,22 +93,29 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, datase
                                  train_size=v["train_size"], depth=v["depth"])
     if d["depth"] <= d["shallow_depth"]:
         raise ValueError(f"depth must be > {d['shallow_depth']} (the shallow comparison), got {d['depth']}")
+    if d["train_size"] + d["val_size"] > TRAIN_IMAGES:
+        raise ValueError(f"train_size must be <= {TRAIN_IMAGES - d['val_size']:,} (CIFAR-10's {TRAIN_IMAGES:,} training "
+                         f"images less the {d['val_size']:,} held out for validation), got {d['train_size']}")
     check_seed_block(v["seed"], d["n_seeds"])
     return DropPathConfig(profile=resolved, device=str(dev), seed=v["seed"], dataset=v["dataset"], **d)
 
 
+TRAIN_IMAGES = 50000
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
 
 
 def _prepare(cfg: DropPathConfig) -> dict[str, torch.Tensor]:
     splits = data.load_images(cfg.dataset)
-    x, y = data.subset(splits.x_train, splits.y_train, cfg.train_size, stream(cfg.seed, "subset"))
+    # One draw: its first train_size images train, the next val_size validate (none is in the training subset).
+    x, y = data.subset(splits.x_train, splits.y_train, cfg.train_size + cfg.val_size, stream(cfg.seed, "subset"))
+    (x, xv), (y, yv) = x.split([cfg.train_size, cfg.val_size]), y.split([cfg.train_size, cfg.val_size])
     # A random test subset: the JPEG copy's test split is sorted by class, so a prefix would be one class.
     xt, yt = data.subset(splits.x_test, splits.y_test, cfg.test_size, stream(cfg.seed, "test-subset"), "test_size")
     dev = cfg.torch_device
     norm = lambda x: ((train.images_to_float(x) - MEAN) / STD).to(dev)  # noqa: E731
-    return {"x_train": norm(x), "y_train": y.to(dev), "x_test": norm(xt), "y_test": yt.to(dev)}
+    return {"x_train": norm(x), "y_train": y.to(dev), "x_val": norm(xv), "y_val": yv.to(dev), "x_test": norm(xt),
+            "y_test": yt.to(dev)}
 
 
 def augment(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
@@ -121,22 +136,38 @@ def _crop(padded: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, h: int, w: i
     return padded[batch, chan, rows, cols]
 
 
-def train_one(cfg: DropPathConfig, d: dict, *, depth: int, rate: float, schedule: str, seed: int) -> dict:
-    """Train one ViT; return its final train/test error and wall time."""
-    gen = seed_everything(seed)
-    dev = torch.device(cfg.device)
-    model = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=rate, schedule=schedule).to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            fused=dev.type == "cuda")
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+def arms(cfg: DropPathConfig, mid: float) -> dict[int, list[tuple[float, str, int]]]:
+    """The (rate, schedule, seed) of every model, per depth: the deep net at every rate of the sweep (linear
+    schedule) and uniform at ``mid / 2`` (the linear schedule to ``mid``'s expected depth); the shallow net at
+    rate 0 and at ``mid``."""
+    deep = [(r, "linear", s) for s in cfg.seeds for r in cfg.rates] + [(mid / 2, "uniform", s) for s in cfg.seeds]
+    shallow = [(r, "linear", s) for s in cfg.seeds for r in sorted({0.0, mid})]
+    return {cfg.depth: deep, cfg.shallow_depth: shallow}
+
+
+def train_group(cfg: DropPathConfig, d: dict, depth: int, models: list[tuple[float, str, int]]) -> tuple[pd.DataFrame, float]:
+    """Train the ViTs of one depth together (one :class:`~dropnotes.engine.StackedViT`): each model's
+    final train, validation and test error, and the group's wall time."""
+    dev = cfg.torch_device
+    rates = [drop_path_rates(depth, r, s) for r, s, _ in models]
+    group = engine.StackedViT(len(models), dim=cfg.dim, depth=depth, heads=cfg.heads, rates=rates,
+                              seeds=[s for *_, s in models]).to(dev)
+    cosine = lambda e: 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))  # noqa: E731 - CosineAnnealingLR, per epoch
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + depth)
     with Timer(dev) as timer:
-        hist = train.fit_classifier(model, d["x_train"], d["y_train"], d["x_test"], d["y_test"], epochs=cfg.epochs,
-                                    batch_size=cfg.batch_size, optimizer=opt, eval_every=cfg.epochs, generator=gen,
-                                    amp_dtype=torch.bfloat16 if cfg.amp else None, transform=augment,
-                                    scheduler=sched, desc=f"depth={depth} rate={rate} {schedule} seed={seed}")
-    last = hist.iloc[-1]
-    return {"depth": depth, "rate": rate, "schedule": schedule, "seed": seed, "train_error": last.train_error,
-            "test_error": last.test_error, "seconds": timer.seconds}
+        fit = engine.fit_stacked(group, d["x_train"], d["y_train"], d["x_val"], d["y_val"], epochs=cfg.epochs,
+                                 batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="adamw",
+                                 lr_schedule=cosine, transform=augment, eval_every=cfg.epochs, generator=gen,
+                                 amp_dtype=torch.bfloat16 if cfg.amp else None, x_test=d["x_test"],
+                                 y_test=d["y_test"], eval_batch_size=EVAL_BATCH, desc=f"{len(models)} ViTs, depth {depth}")
+    last = fit.history[fit.history.epoch == cfg.epochs].set_index("model")
+    rows = [{"depth": depth, "rate": r, "schedule": s, "seed": seed, "train_error": last.train_error[i],
+             "val_error": last.val_error[i], "test_error": last.test_error[i], "died_at_step": fit.died_at_step[i]}
+            for i, (r, s, seed) in enumerate(models)]
+    return pd.DataFrame(rows), timer.seconds
+
+
+EVAL_BATCH = 500  # images per evaluation batch and model (K x 500 images of activations at once)
 
 
 def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.DataFrame:
@@ -171,20 +202,18 @@ def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.Da
 def run(cfg: DropPathConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     d = _prepare(cfg)
-    seeds = cfg.seeds
     nonzero = [r for r in cfg.rates if r > 0]
     mid = nonzero[len(nonzero) // 2] if nonzero else 0.1  # a middle rate of the sweep
-    runs = []
-    for seed in seeds:
-        for rate in cfg.rates:  # 1. the rate sweep, linear schedule, deep net
-            runs.append(train_one(cfg, d, depth=cfg.depth, rate=rate, schedule="linear", seed=seed))
-        # 2. uniform at the same expected depth as the linear schedule to `mid` (already trained above)
-        runs.append(train_one(cfg, d, depth=cfg.depth, rate=mid / 2, schedule="uniform", seed=seed))
-        for rate in (0.0, mid):  # 3. the shallow net
-            runs.append(train_one(cfg, d, depth=cfg.shallow_depth, rate=rate, schedule="linear", seed=seed))
-    table = pd.DataFrame(runs).drop_duplicates(subset=["depth", "rate", "schedule", "seed"])
+    seed_everything(cfg.seed)  # the augmentation's draws
+    tables, timing = [], []
+    for depth, models in arms(cfg, mid).items():
+        table, seconds = train_group(cfg, d, depth, models)
+        tables.append(table)
+        timing.append({"group": f"{len(models)} ViTs of depth {depth}, batched", "models": len(models),
+                       "epochs": cfg.epochs, "seconds": seconds, "seconds per model": seconds / len(models)})
+    table = pd.concat(tables, ignore_index=True)
     speed = step_times(cfg)
-    rec = {"runs": table, "speed": speed, "mid": mid}
+    rec = {"runs": table, "speed": speed, "mid": mid, "training": pd.DataFrame(timing)}
     rec["sweep"] = summarize(table[(table.depth == cfg.depth) & (table.schedule == "linear")], ["rate"])
     rec["verdicts"] = verdicts(rec, cfg)
     rec["wall_time_s"] = wall.elapsed()
@@ -192,13 +221,15 @@ def run(cfg: DropPathConfig, save: bool = True) -> dict:
         rec["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset,
             metrics={"skip_speedup": float(1 / speed.loc[speed.variant == "skip dropped", "relative to masked"].iloc[0])},
-            tables={"runs": table, "sweep": rec["sweep"], "speed": speed, "verdicts": rec["verdicts"]})
+            tables={"runs": table, "sweep": rec["sweep"], "speed": speed, "training": rec["training"],
+                    "verdicts": rec["verdicts"]})
     return rec
 
 
 def summarize(runs: pd.DataFrame, by: list[str]) -> pd.DataFrame:
     g = runs.groupby(by)
-    return pd.DataFrame({"test accuracy %": g.test_error.apply(lambda e: fmt_mean_sd(1 - e, 100)),
+    return pd.DataFrame({"validation accuracy %": g.val_error.apply(lambda e: fmt_mean_sd(1 - e, 100)),
+                         "test accuracy %": g.test_error.apply(lambda e: fmt_mean_sd(1 - e, 100)),
                          "train accuracy %": g.train_error.apply(lambda e: fmt_mean_sd(1 - e, 100)),
                          "gap (train - test) pt": g.apply(lambda r: 100 * (r.test_error - r.train_error).mean(),
                                                           include_groups=False).round(2),
@@ -217,13 +248,15 @@ def verdicts(rec: dict, cfg: DropPathConfig) -> pd.DataFrame:
     runs, n, mid = rec["runs"], cfg.test_size, rec["mid"]
     deep = runs[(runs.depth == cfg.depth) & (runs.schedule == "linear")]
     means = deep.groupby("rate").test_error.mean()
-    best = float(means[means.index > 0].idxmin())
+    val = deep.groupby("rate").val_error.mean()  # the best rate is chosen on validation, then tested once
+    best = float(val[val.index > 0].idxmin())
     diff, se, v = compare_errors(_errors(deep, rate=0.0), _errors(deep, rate=best), n)
     acc = lambda e: 100 * (1 - e)  # noqa: E731
     rows = [{"claim": f"stochastic depth helps a ViT trained from scratch on limited data (depth {cfg.depth})",
              "source": "Touvron et al. 2021 (DeiT); Huang et al. 2016",
              "paper": f"DeiT default rate {DEIT_DEFAULT_RATE}; ResNet-110 CIFAR-10 error {HUANG_CIFAR10[0]} -> {HUANG_CIFAR10[1]} %",
-             "ours": (f"accuracy {acc(means[0.0]):.1f} % at rate 0, {acc(means[best]):.1f} % at the best rate {best:g} "
+             "ours": (f"test accuracy {acc(means[0.0]):.1f} % at rate 0, {acc(means[best]):.1f} % at rate {best:g} "
+                      f"(the best on validation) "
                       f"({100 * diff:+.2f} ± {100 * se:.2f} pt)"),
              "verdict": v}]
     lin, uni = _errors(runs[runs.depth == cfg.depth], rate=mid, schedule="linear"), _errors(

@@ -237,6 +237,112 @@ class StackedMLP(nn.Module):
         return h
 
 
+class StackedSparseMLP(nn.Module):
+    r"""K ReLU nets of sparse variational layers (:class:`~dropnotes.models.SparseMLP`, Molchanov et al. 2017)
+    with stacked parameters: per-weight Gaussian dropout rates :math:`\alpha` learned with the local
+    reparameterisation trick, weights of :math:`\log\alpha >` ``threshold`` pruned in eval mode, exactly as
+    :class:`~dropnotes.layers.SparseVariationalLinear` computes them. :meth:`penalty` is each model's KL term
+    (K,), which :func:`fit_stacked` adds to the loss with ``penalty_weight``."""
+
+    def __init__(self, k: int, in_features: int = 784, hidden: Sequence[int] = (300, 100), out_features: int = 10,
+                 seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        from dropnotes.layers import SparseVariationalLinear
+
+        self.k = check_positive_int("k", k)
+        self.widths = [in_features, *hidden, out_features]
+        self.threshold = 3.0
+        self.kl_consts = (SparseVariationalLinear.K1, SparseVariationalLinear.K2, SparseVariationalLinear.K3)
+        self.weights, self.log_sigma2, self.biases = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        for a, b in zip(self.widths[:-1], self.widths[1:]):
+            self.weights.append(nn.Parameter(torch.empty(k, b, a)))
+            self.log_sigma2.append(nn.Parameter(torch.empty(k, b, a)))
+            self.biases.append(nn.Parameter(torch.empty(k, b)))
+        self.reset_parameters(seeds)
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
+        """Model k initialised as ``SparseMLP(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
+        from dropnotes.models import SparseMLP
+
+        for i, g in _generators(seeds, self.k):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(g.initial_seed())
+                with torch.device("cpu"):
+                    m = SparseMLP(self.widths[0], tuple(self.widths[1:-1]), self.widths[-1])
+            self._copy(m, i, into_group=True)
+
+    def _copy(self, m: nn.Module, i: int, into_group: bool) -> None:
+        for layer, w, s, b in zip(m.layers, self.weights, self.log_sigma2, self.biases):
+            for mine, theirs in ((w, layer.weight), (s, layer.log_sigma2), (b, layer.bias)):
+                (mine[i].copy_(theirs) if into_group else theirs.copy_(mine[i]))
+
+    @classmethod
+    def from_models(cls, models: Sequence[nn.Module]) -> "StackedSparseMLP":
+        first = models[0]
+        out = cls(len(models), first.layers[0].in_features, tuple(l.out_features for l in first.layers[:-1]),
+                  first.layers[-1].out_features)
+        with torch.no_grad():
+            for i, m in enumerate(models):
+                out._copy(m, i, into_group=True)
+        return out.to(first.layers[0].weight.device)
+
+    def model(self, i: int) -> nn.Module:
+        """Model ``i`` as a standalone :class:`~dropnotes.models.SparseMLP`."""
+        from dropnotes.models import SparseMLP
+
+        m = SparseMLP(self.widths[0], tuple(self.widths[1:-1]), self.widths[-1]).to(self.weights[0].device)
+        with torch.no_grad():
+            self._copy(m, i, into_group=False)
+        return m
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, widths={self.widths}, threshold={self.threshold}"
+
+    def log_alpha(self, j: int) -> torch.Tensor:
+        return (self.log_sigma2[j] - torch.log(self.weights[j] ** 2 + 1e-8)).clamp(-10.0, 10.0)
+
+    def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``x``: (N, ...) for every model or, with ``per_model``, each model's own (K, N, ...); logits (K, N, out)."""
+        h = x.flatten(2) if per_model else x.flatten(1).unsqueeze(0).expand(self.k, -1, -1)
+        last = len(self.weights) - 1
+        for j, (w, b) in enumerate(zip(self.weights, self.biases)):
+            la = self.log_alpha(j)
+            if self.training:  # local reparameterisation: Gaussian pre-activations
+                mean = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+                var = torch.bmm(h * h, (torch.exp(la) * w * w).transpose(1, 2))
+                noise = torch.randn(mean.shape, device=mean.device, generator=generator, dtype=mean.dtype)
+                h = mean + torch.sqrt(var + 1e-8) * noise
+            else:
+                h = torch.baddbmm(b.unsqueeze(1), h, (w * (la < self.threshold)).transpose(1, 2))
+            if j < last:
+                h = torch.relu(h)
+        return h
+
+    def penalty(self) -> torch.Tensor:
+        """Each model's KL term (nats), Molchanov et al.'s approximation under the log-uniform prior: (K,)."""
+        k1, k2, k3 = self.kl_consts
+        total = 0.0
+        for j in range(len(self.weights)):
+            la = self.log_alpha(j)
+            neg_kl = k1 * torch.sigmoid(k2 + k3 * la) - 0.5 * F.softplus(-la) - k1
+            total = total - neg_kl.flatten(1).sum(1)
+        return total
+
+    @torch.no_grad()
+    def sparsity(self) -> list[list[float]]:
+        """Per model, the fraction of weights pruned in each layer."""
+        return [[float(v) for v in (self.log_alpha(j) >= self.threshold).float().flatten(1).mean(1)]
+                for j in range(len(self.weights))]
+
+    @torch.no_grad()
+    def compression(self) -> list[float]:
+        """Per model, all weights over the weights kept in eval mode."""
+        kept = sum((self.log_alpha(j) < self.threshold).flatten(1).sum(1) for j in range(len(self.weights)))
+        total = sum(w[0].numel() for w in self.weights)
+        return [total / max(int(n), 1) for n in kept]
+
+
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The autocast dtype in force for ``device_type``, or None (also for devices autocast does not know)."""
     try:
@@ -507,7 +613,9 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
                 y_test: torch.Tensor | None = None, desc: str = "batched", restore_best: bool = False,
                 capture: bool = True, eval_batch_size: int = 4096, optimizer: str = "sgd",
                 betas: tuple[float, float] = (0.9, 0.999), lr_schedule: Callable[[int], float] | None = None,
-                transform: Callable[[torch.Tensor], torch.Tensor] | None = None) -> FitResult:
+                transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                penalty_weight: Callable[[int], float] | None = None,
+                on_eval: Callable[[], dict[str, list]] | None = None) -> FitResult:
     """Train the K models of ``model`` (a :class:`StackedMLP`, :class:`StackedCNN` or :class:`StackedViT`)
     together with SGD (momentum, per-model ``lr``, ``weight_decay``, ``max_norm`` on an MLP's incoming weight
     rows, ``clip`` on each model's gradient norm), or with ``optimizer="adamw"`` (``torch.optim.AdamW``'s
@@ -515,7 +623,9 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
 
     ``lr_schedule(epoch)`` (0-based) multiplies every model's rate during that epoch, as an epoch-wise
     ``torch.optim.lr_scheduler`` does (e.g. ``CosineAnnealingLR``); ``transform`` (data augmentation) is
-    applied to the K batches of a step, every image drawn on its own.
+    applied to the K batches of a step, every image drawn on its own. ``penalty_weight(epoch)`` (0-based)
+    weighs the model's ``penalty()`` (K,), divided by the number of training examples, in each model's loss
+    (a variational bound's KL term); ``on_eval()`` returns extra per-model columns for the history.
 
     Every ``eval_every`` epochs (and at the end) each model's train, validation (and test) loss and
     error are recorded; each model's best validation epoch is kept (and its parameters restored at the
@@ -561,9 +671,11 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
     per_epoch = n // batch_size  # full batches only (the remainder differs every epoch: orders are redrawn)
     idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)  # the step's input: (K, B) example indices
     mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
+    pw = None if penalty_weight is None else torch.zeros((), device=dev)  # the epoch's weight / N, read by the step
     step = make_step(model, x_train, y_train, idx, lr=lr_now, weight_decay=wd_k, momentum=momentum, max_norm=mn_k,
                      max_norm_index=mn_index, clip=clip_k, amp_dtype=amp_dtype, generator=mask_gen, bufs=bufs,
-                     alive=alive, died=died, step_no=step_no, optimizer=optimizer, betas=betas, transform=transform)
+                     alive=alive, died=died, step_no=step_no, optimizer=optimizer, betas=betas, transform=transform,
+                     penalty=pw)
 
     if dev.type == "cuda":
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
@@ -574,6 +686,8 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
         model.train()
         if lr_schedule is not None:
             lr_now.copy_(lr_k * float(lr_schedule(epoch - 1)))
+        if pw is not None:
+            pw.fill_(float(penalty_weight(epoch - 1)) / n)
         order = epoch_orders(k, n, generator, dev)
         for b in range(per_epoch):
             idx.copy_(order[:, b * batch_size:(b + 1) * batch_size])  # (K, B): each model's own batch
@@ -587,6 +701,8 @@ def fit_stacked(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, 
                 te_loss, te_err = evaluate_stacked(model, x_test, y_test, eval_batch_size, amp_dtype)
                 cols.update(test_loss=te_loss, test_error=te_err)
             host = {name: t.tolist() for name, t in cols.items()}  # the one host read, at the evaluation
+            if on_eval is not None:
+                host.update(on_eval())
             alive_now = alive.tolist()
             for m in range(k):
                 rows.append({"model": m, "epoch": epoch, **{c: v[m] for c, v in host.items()}, "alive": alive_now[m]})
@@ -598,12 +714,13 @@ def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, id
               clip: torch.Tensor | None, amp_dtype: torch.dtype | None, generator: torch.Generator | None,
               bufs: list, alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor,
               max_norm_index: torch.Tensor | None = None, optimizer: str = "sgd",
-              betas: tuple[float, float] = (0.9, 0.999), transform: Callable | None = None):
+              betas: tuple[float, float] = (0.9, 0.999), transform: Callable | None = None,
+              penalty: torch.Tensor | None = None):
     """The engine's training step as a closure over static tensors (``idx`` holds the (K, B) example indices
     of the step): what :func:`fit_stacked` runs or captures, and what ``dropnotes estimate`` measures.
     ``weight_decay`` None: no model decays; ``max_norm``: the radii of the models at ``max_norm_index``
     (None: of all K); ``bufs``: each parameter's momentum buffer (SGD; None without momentum) or its
-    (m, v) pair (AdamW)."""
+    (m, v) pair (AdamW); ``penalty``: a 0-dim tensor weighing ``model.penalty()`` in every model's loss."""
     k = model.k
     params = list(model.parameters())
     dev_type = x_train.device.type
@@ -618,6 +735,8 @@ def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, id
             logits = model(xb, per_model=True, generator=generator).float()
         losses = F.cross_entropy(logits.flatten(0, 1), y_train[idx].flatten(), reduction="none")
         losses = losses.view(k, -1).mean(1)
+        if penalty is not None:
+            losses = losses + penalty * model.penalty()
         for p in params:
             p.grad = None
         losses.sum().backward()  # model k's gradient is the gradient of its own mean loss
@@ -769,6 +888,7 @@ class StackedLSTMLM(nn.Module):
                 rates["p_emb"][i] = 0.0
         for name, values in rates.items():
             self.register_buffer(name, torch.tensor([float(v) for v in values]))
+        self._rates = {name: [float(v) for v in values] for name, values in rates.items()}  # on the host
         flags = {"locked": ("variational", "weight-drop"), "io_step": ("none", "naive", "naive-recurrent"),
                  "h_step": ("naive-recurrent",), "h_tied": ("variational",), "weight_drop": ("weight-drop",)}
         for name, schemes in flags.items():
@@ -832,6 +952,38 @@ class StackedLSTMLM(nn.Module):
 
     def extra_repr(self) -> str:
         return f"k={self.k}, vocab={self.vocab}, {self.layers} x {self.dim}, schemes={list(self.schemes)}"
+
+    def replicas(self, i: int, s: int) -> "StackedLSTMLM":
+        """``s`` copies of model ``i`` as a group that shares its weights (expanded views: no copy), each copy
+        drawing its own masks: MC dropout's ``s`` stochastic passes as one batched forward (inference only)."""
+        i, s = int(i), check_positive_int("s", s)
+        if not 0 <= i < self.k:
+            raise ValueError(f"i must be in [0, {self.k - 1}], got {i}")
+        with torch.device("meta"):  # the structure only; its parameters are replaced below
+            out = StackedLSTMLM(1, self.vocab, self.dim, self.layers, scheme=self.schemes[i], init_range=self.init_range)
+        out.k, out.schemes, out._uses = s, (self.schemes[i],) * s, self._uses_of(i)
+        out._rates = {name: [values[i]] * s for name, values in self._rates.items()}
+        for name, _ in list(out.named_buffers()):
+            setattr(out, name, getattr(self, name)[i:i + 1].expand(s).clone())
+        view = lambda p: p.detach()[i:i + 1].expand(s, *p.shape[1:])  # noqa: E731
+        for name in ("embed", "dec_w", "dec_b"):
+            delattr(out, name)
+            setattr(out, name, view(getattr(self, name)))
+        for name in ("w_ih", "w_hh", "b_ih", "b_hh"):
+            tensors = [view(p) for p in getattr(self, name)]
+            delattr(out, name)
+            setattr(out, name, tensors)
+        return out
+
+    def _uses_of(self, i: int) -> dict[str, bool]:
+        """Which noise sites model ``i`` alone uses (as ``_uses`` records for the whole group)."""
+        s, rate = self.schemes[i], {n: values[i] for n, values in self._rates.items()}
+        return {"emb": s in ("variational", "weight-drop") and rate["p_emb"] > 0,
+                "io_step": s in ("naive", "naive-recurrent") and rate["p_io"] > 0,
+                "locked": s in ("variational", "weight-drop") and rate["p_io"] > 0,
+                "h_step": s == "naive-recurrent" and rate["p_rec"] > 0,
+                "h_tied": s == "variational" and rate["p_rec"] > 0,
+                "w_hh": s == "weight-drop" and rate["p_rec"] > 0}
 
     def _time_mask(self, p: torch.Tensor, step: str, tied: str, shape, dtype, device, generator) -> torch.Tensor | None:
         """A (K, N, T or 1, D) multiplier: a fresh mask at every step for the models flagged ``step``, one mask
@@ -909,15 +1061,76 @@ class StackedLSTMLM(nn.Module):
         h_mask = masks["h"][layer] if masks is not None else None
         gates_x = torch.baddbmm(bias, x.flatten(1, 2), w_ih.transpose(1, 2)).view(k, n, t, 4 * d)
         h, c = state if state is not None else (x.new_zeros(k, n, d), x.new_zeros(k, n, d))
-        w_hh_t = w_hh.transpose(1, 2)
-        outputs = []
-        for step in range(t):
+        w_hh = w_hh.to(gates_x.dtype)  # under autocast: cast once per window, not at every step
+        out, h, c = _LSTMLayer.apply(gates_x, h, c, w_hh, h_mask, torch.is_grad_enabled())
+        return out, (h, c)
+
+
+class _LSTMLayer(torch.autograd.Function):
+    r"""One LSTM layer of K models over a window: the time loop written out forward and backward.
+
+    Forward, per step: :math:`g = G^x_t + (h_{t-1} \odot m_t) W_{hh}^\top` (one ``baddbmm``), then the gates
+    (PyTorch's order i, f, g, o), :math:`c_t = f c_{t-1} + i \tanh g`, :math:`h_t = o \tanh c_t`. Backward runs
+    the recurrence in reverse with one ``bmm`` per step for :math:`\partial h_{t-1}`, and computes the weight
+    gradient :math:`\partial W_{hh} = \sum_t \partial g_t^\top (h_{t-1} \odot m_t)` once per window, as one
+    ``bmm`` over all steps, instead of accumulating one outer product per step as autograd does: that
+    accumulation read and wrote a full copy of W_hh's gradient 35 times per window. ``gates_x``: (K, N, T, 4D),
+    the input projections with both biases; ``h_mask``: (K, N, T or 1, D) or None; ``w``: (K, 4D, D)."""
+
+    @staticmethod
+    def forward(ctx, gates_x, h, c, w, h_mask, save=True):
+        t_len, d = gates_x.shape[2], h.shape[-1]
+        w_t = w.transpose(1, 2)
+        outs, acts, us, tcs, hms = [], [], [], [], []
+        for step in range(t_len):
             hm = h if h_mask is None else h * h_mask[:, :, min(step, h_mask.shape[2] - 1)]
-            i, f, g, o = (gates_x[:, :, step] + torch.bmm(hm.to(x.dtype), w_hh_t)).chunk(4, dim=-1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-            outputs.append(h)
-        return torch.stack(outputs, dim=2), (h, c)
+            hm = hm.to(w.dtype)
+            g = torch.baddbmm(gates_x[:, :, step], hm, w_t)
+            a = torch.sigmoid(g)  # the i, f and o gates (the g slot is not used)
+            tg = torch.tanh(g[..., 2 * d:3 * d])
+            c_new = torch.addcmul(a[..., d:2 * d] * c, a[..., :d], tg)
+            tc = torch.tanh(c_new)
+            h = a[..., 3 * d:] * tc
+            if save:  # (not in evaluation)
+                acts.append(a)
+                us.append(torch.cat([tg, c, a[..., :d]], dim=-1))  # what d c multiplies into d i, d f, d tanh(g)
+                tcs.append(tc)
+                hms.append(hm)
+            outs.append(h)
+            c = c_new
+        ctx.saved = (acts, us, tcs, hms)
+        ctx.save_for_backward(w, h_mask)
+        ctx.dtypes = (gates_x.dtype, h.dtype, c.dtype)
+        return torch.stack(outs, dim=2), h, c
+
+    @staticmethod
+    def backward(ctx, d_out, d_h, d_c):
+        acts, us, tcs, hms = ctx.saved
+        w, h_mask = ctx.saved_tensors
+        gx_dtype, h_dtype, c_dtype = ctx.dtypes
+        d = w.shape[-1]
+        dh, dc = d_h, d_c
+        one = torch.ones((), dtype=acts[0].dtype, device=w.device)
+        d_gates = [None] * len(acts)
+        for step in range(len(acts) - 1, -1, -1):  # few kernels per step: the loop is launch-bound on a GPU
+            a, u, tc = acts[step], us[step], tcs[step]
+            k, n, _ = a.shape
+            dht = d_out[:, :, step] + dh
+            dc = torch.addcmul(dc, dht * a[..., 3 * d:], torch.addcmul(one, tc, tc, value=-1))  # tanh'(c)
+            ds = torch.empty_like(a)  # d i, d f, d tanh(g), d o, each before its nonlinearity's derivative
+            torch.mul(u.view(k, n, 3, d), dc.unsqueeze(2), out=ds[..., :3 * d].view(k, n, 3, d))
+            torch.mul(dht, tc, out=ds[..., 3 * d:])
+            deriv = torch.addcmul(a, a, a, value=-1)  # sigmoid' = a (1 - a); the g slot gets tanh' = 1 - tanh(g)^2
+            torch.addcmul(one, u[..., :d], u[..., :d], value=-1, out=deriv[..., 2 * d:3 * d])
+            dg = ds.mul_(deriv)
+            d_gates[step] = dg
+            dc = dc * a[..., d:2 * d]
+            dhm = torch.bmm(dg.to(w.dtype), w)
+            dh = dhm if h_mask is None else dhm * h_mask[:, :, min(step, h_mask.shape[2] - 1)]
+        dg_all = torch.stack(d_gates, dim=2)  # (K, N, T, 4D)
+        hm_all = torch.stack(hms, dim=2)
+        dw = torch.bmm(dg_all.flatten(1, 2).transpose(1, 2).to(w.dtype), hm_all.flatten(1, 2))
+        return dg_all.to(gx_dtype), dh.to(h_dtype), dc.to(c_dtype), dw, None, None
 
 
 def lm_windows(tokens: torch.Tensor, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -953,6 +1166,35 @@ def lm_window_losses_stacked(model: StackedLSTMLM, tokens: torch.Tensor, batch_s
         counts.append(y.numel())
     model.train(was)
     return torch.stack(losses, 1).double().cpu(), torch.tensor(counts, dtype=torch.float64)
+
+
+@torch.no_grad()
+def mc_window_losses(model: StackedLSTMLM, i: int, tokens: torch.Tensor, batch_size: int, seq_len: int, *,
+                     samples: int, chunk: int = 25, amp_dtype: torch.dtype | None = None,
+                     generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """MC dropout for model ``i`` (Gal & Ghahramani 2016): ``samples`` stochastic passes over the stream, each
+    with its own masks and its own state carried across windows, the *probabilities* of each target
+    averaged before the log. The passes run ``chunk`` at a time as one group (:meth:`StackedLSTMLM.replicas`),
+    so a window costs one batched forward per chunk instead of one per pass. Returns the per-window mean
+    cross-entropy (nats) and each window's token count, as :func:`dropnotes.train.lm_window_losses` does."""
+    from dropnotes.train import lm_batches
+
+    samples, chunk = check_positive_int("samples", samples), check_positive_int("chunk", chunk)
+    sizes = [min(chunk, samples - start) for start in range(0, samples, chunk)]
+    per_chunk, counts = [], []
+    for s in sizes:
+        group = model.replicas(i, s).train()  # training mode: the masks are on
+        state, lse = None, []
+        for x, y in lm_batches(tokens, batch_size, seq_len):
+            with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
+                logits, state = group(x, state, generator=generator)
+            logp = torch.log_softmax(logits.float(), -1).gather(-1, y.expand(s, -1, -1).unsqueeze(-1)).squeeze(-1)
+            lse.append(torch.logsumexp(logp, 0))  # (N, T): log of the summed probabilities of this chunk
+            if len(per_chunk) == 0:
+                counts.append(y.numel())
+        per_chunk.append(lse)
+    losses = [-(torch.logsumexp(torch.stack(parts), 0) - math.log(samples)).mean() for parts in zip(*per_chunk)]
+    return torch.stack(losses).double().cpu(), torch.tensor(counts, dtype=torch.float64)
 
 
 def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_tokens: torch.Tensor, *, epochs: int,

@@ -206,7 +206,7 @@ def _ce(out, y):
 
 def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, example=(784,),
                  momentum: float | None = None, weight_decay: bool = False, optimizer: str = "sgd",
-                 transform=None):
+                 transform=None, penalty: bool = False):
     """FLOPs and kernels of one step of the batched engine for a group of K models (by default K MLPs of the
     chapter's size), and the group; ``max_norm`` of them are projected, and the group decays or not."""
     from dropnotes.engine import StackedMLP, make_step
@@ -226,7 +226,8 @@ def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, exa
                          max_norm=torch.ones(max_norm) if max_norm else None, max_norm_index=index, clip=None,
                          amp_dtype=None, generator=None, bufs=bufs, alive=torch.ones(k, dtype=torch.bool),
                          died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long),
-                         optimizer=optimizer, transform=transform)
+                         optimizer=optimizer, transform=transform,
+                         penalty=torch.ones(()) if penalty else None)
         f, n, b = measure(step, params if getattr(cfg, "amp", False) else None)
     return Cost(f, n, b), model
 
@@ -264,8 +265,10 @@ def _ensembles(cfg) -> list[Group]:
 def _variational(cfg) -> list[Group]:
     """Chapter 3 on the engine: every scheme x seed as one StackedLSTMLM (one batched cell per time step,
     the step graph-captured), its validation and test passes, one standalone model per scheme timed for
-    ``speed_steps`` windows, MC dropout per variational model, and sparse VD."""
-    from dropnotes.engine import StackedLSTMLM, _sgd_step
+    ``speed_steps`` windows, MC dropout per variational model (its passes ``MC_CHUNK`` at a time as one
+    group), and the sparse VD seeds as one captured StackedSparseMLP."""
+    from dropnotes.engine import StackedLSTMLM, StackedSparseMLP, _sgd_step
+    from dropnotes.experiments.variational import MC_CHUNK
     from dropnotes.models.lstm_lm import SCHEMES
 
     vocab = cfg.vocab_cap or 10000
@@ -286,21 +289,33 @@ def _variational(cfg) -> list[Group]:
             _sgd_step(params, [None] * len(params), torch.ones(k), None, 0.0, torch.ones(k, dtype=torch.bool),
                       torch.ones(k))
 
-        f, n, b = measure(step)
+        f, n, b = measure(step, params if cfg.amp else None)
         group.eval()
-        fe, ne, be = _meta_forward(group, ids)
+        fe, ne, be = _meta_forward(group, ids, cfg.amp)
+        chunk = min(cfg.mc_samples, MC_CHUNK)
+        reps = group.replicas(SCHEMES.index("variational"), chunk).train()
+        fm, nm, bm = _meta_forward(reps, ids, cfg.amp)
     eval_windows = 2 * ((cfg.eval_tokens or 82430) // (cfg.batch_size * cfg.seq_len) + 1)  # validation, test
     groups = [Group("variational", f"{k} LSTM LMs {cfg.layers}x{cfg.dim} (schemes x seeds), batched", 1,
                     windows * cfg.epochs, f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
               Group("variational", "evaluation (validation every epoch, test once)", 1, eval_windows * cfg.epochs // 2
                     + eval_windows // 2, fe, ne, dtype, models_per_step=k, bytes_per_step=be)]
-    standalone = _variational_sequential(dataclasses.replace(cfg, epochs=1))
-    for g in standalone:
+    for g in _variational_sequential(dataclasses.replace(cfg, epochs=1)):
         if g.group.startswith("LSTM "):  # the speed table: speed_steps + 2 windows of one model per scheme
             groups.append(dataclasses.replace(g, group=f"speed: {g.group.split(' ', 2)[2]} (one model)", runs=1,
                                               steps=cfg.speed_steps + 2))
-        else:
-            groups.append(g)
+    test_windows = (cfg.eval_tokens or 82430) // (cfg.batch_size * cfg.seq_len) + 1
+    groups.append(Group("variational", f"MC dropout ({cfg.mc_samples} passes, {chunk} per batched forward)",
+                        cfg.n_seeds, test_windows * math.ceil(cfg.mc_samples / chunk), fm, nm, dtype,
+                        models_per_step=chunk, bytes_per_step=bm))
+    ks = cfg.n_seeds
+    with torch.device("meta"):
+        svd = StackedSparseMLP(ks, seeds=[0] * ks)
+    (fs, ns, bs), _ = _engine_step(ks, dataclasses.replace(cfg, batch_size=100, amp=False), 0, svd, (784,),
+                                   momentum=0.0, optimizer="adamw", penalty=True)
+    groups.append(Group("variational", f"sparse VD LeNet-300-100, {ks} seeds, batched", 1,
+                        cfg.svd_epochs * (cfg.svd_train_size // 100), fs, ns, captured=True, models_per_step=ks,
+                        bytes_per_step=bs))
     return groups
 
 

@@ -565,3 +565,113 @@ def test_stacked_vit_refuses_what_it_does_not_stack():
         engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, rates=[[0.1, 0.2, 0.3], 0.0])
     with pytest.raises(ValueError, match="drop-path only"):
         engine.StackedViT.from_models([models.ViT(image_size=8, patch=4, dim=16, depth=1, heads=2, p=0.1)])
+
+
+# ------------------------------------------------------------------ MC dropout passes as one group
+
+def _sliced(masks: dict, r: int) -> dict:
+    pick = lambda m: None if m is None else m[r:r + 1]  # noqa: E731
+    return {"emb": pick(masks["emb"]), **{key: [pick(m) for m in masks[key]] for key in ("io", "h", "w_hh")}}
+
+
+@pytest.mark.parametrize("i", [1, 3, 4])  # naive, variational, weight-drop
+def test_replicas_are_model_i_each_with_its_own_masks(i):
+    """Every replica of model i, given masks, equals model i alone (a one-model group) with the same masks;
+    drawn, the replicas' masks differ; they share model i's weights without copying them."""
+    group = engine.StackedLSTMLM.from_models(_lms()).train()
+    reps = group.replicas(i, 3).train()
+    assert reps.embed.data_ptr() == group.embed[i].data_ptr() and reps.k == 3
+    alone = engine.StackedLSTMLM.from_models([group.model(i)]).train()
+    ids = torch.randint(0, 30, (2, 4))
+    masks = reps.draw_masks(2, 4, torch.Generator().manual_seed(5))
+    out, _ = reps(ids, masks=masks)
+    for r in range(3):
+        ref, _ = alone(ids, masks=_sliced(masks, r))
+        torch.testing.assert_close(out[r], ref[0], rtol=1e-4, atol=1e-5)
+    drawn = [m for m in [masks["emb"], *masks["io"], *masks["h"], *masks["w_hh"]] if m is not None]
+    assert drawn and all(not torch.equal(m[0], m[1]) for m in drawn)
+
+
+def test_mc_losses_without_noise_are_the_eval_losses_and_mc_beats_a_single_pass():
+    """A model without dropout gives the weight-scaling losses under MC, whatever the chunking; with dropout,
+    the chunked computation averages the probabilities of every pass (each chunk's passes carried over all
+    windows, then the next chunk's), as computed here pass group by pass group."""
+    group = engine.StackedLSTMLM.from_models(_lms())
+    tokens = torch.randint(0, 30, (200,))
+    ws, counts = engine.lm_window_losses_stacked(group, tokens, 4, 6)
+    mc, mc_counts = engine.mc_window_losses(group, 0, tokens, 4, 6, samples=5, chunk=2)  # scheme "none"
+    torch.testing.assert_close(mc, ws[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(mc_counts, counts)
+    from dropnotes.train import lm_batches
+
+    a = engine.mc_window_losses(group, 3, tokens, 4, 6, samples=5, chunk=3, generator=torch.Generator().manual_seed(1))[0]
+    g, logps = torch.Generator().manual_seed(1), []
+    for s in (3, 2):
+        reps, state, per_window = group.replicas(3, s).train(), None, []
+        for x, y in lm_batches(tokens, 4, 6):
+            logits, state = reps(x, state, generator=g)
+            per_window.append(torch.log_softmax(logits, -1).gather(-1, y.expand(s, -1, -1).unsqueeze(-1)).squeeze(-1))
+        logps.append(per_window)
+    ref = [-(torch.logsumexp(torch.cat(parts), 0) - math.log(5)).mean() for parts in zip(*logps)]
+    torch.testing.assert_close(a, torch.stack(ref).double(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(a, ws[3])  # the masks are on: not the weight-scaling losses
+
+
+# ------------------------------------------------------------------ sparse variational dropout
+
+def test_stacked_sparse_mlp_trains_like_each_sparse_mlp(monkeypatch):
+    """Eval outputs, the KL penalty and two epochs of fit_stacked (Adam, a per-epoch lr schedule and KL weight,
+    the local reparameterisation noise of each model its slice of the group's draw) equal each SparseMLP
+    trained alone with torch.optim.Adam on the loss CE + w * KL / N."""
+    torch.manual_seed(0)
+    nets = [models.SparseMLP(20, (12, 8), 4) for _ in range(2)]
+    with torch.no_grad():
+        nets[1].layers[0].log_sigma2.fill_(-2.0)  # some weights pruned, noise of a visible size
+    stacked = engine.StackedSparseMLP.from_models(nets)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(30, 20, generator=g), torch.randint(0, 4, (30,), generator=g)
+    stacked.eval()
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(stacked(x)[i], net.eval()(x), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(stacked.penalty()[i], net.kl(), rtol=1e-5, atol=1e-4)
+    assert stacked.compression()[1] > stacked.compression()[0] == pytest.approx(nets[0].compression())
+    lr_f, kl_w = (lambda e: [1.0, 0.5][e]), (lambda e: [0.0, 1.0][e])
+    engine.fit_stacked(stacked, x, y, x, y, epochs=2, batch_size=10, lr=1e-2, optimizer="adamw", lr_schedule=lr_f,
+                       penalty_weight=kl_w, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
+    opts = [torch.optim.Adam(n.parameters(), lr=1e-2) for n in nets]
+    for epoch in range(2):
+        order = torch.rand(2, 30, generator=gen).argsort(dim=1)
+        for opt in opts:
+            opt.param_groups[0]["lr"] = 1e-2 * lr_f(epoch)
+        for start in range(0, 30, 10):
+            noise = [torch.randn(2, 10, w, generator=gen) for w in (12, 8, 4)]
+            for i, (net, opt) in enumerate(zip(nets, opts)):
+                draws = iter(noise)
+                monkeypatch.setattr(torch, "randn_like", lambda t, i=i, d=draws: next(d)[i])
+                idx = order[i, start:start + 10]
+                loss = F.cross_entropy(net.train()(x[idx]), y[idx]) + kl_w(epoch) * net.kl() / 30
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                monkeypatch.undo()
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(stacked.weights[0][i], net.layers[0].weight, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.log_sigma2[2][i], net.layers[2].log_sigma2, rtol=1e-4, atol=1e-5)
+        back = stacked.model(i)
+        torch.testing.assert_close(back.eval()(x), stacked.eval()(x)[i], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("mask", ["none", "tied", "per-step"])
+def test_the_written_out_lstm_backward_is_the_gradient(mask):
+    """torch.autograd.gradcheck (float64, finite differences) of the LSTM layer's hand-written backward:
+    the gradients of the input projections, the initial state and W_hh, with and without h masks."""
+    g = torch.Generator().manual_seed(0)
+    k, n, t, d = 2, 3, 4, 5
+    gx = torch.randn(k, n, t, 4 * d, dtype=torch.float64, generator=g, requires_grad=True)
+    h0 = torch.randn(k, n, d, dtype=torch.float64, generator=g, requires_grad=True)
+    c0 = torch.randn(k, n, d, dtype=torch.float64, generator=g, requires_grad=True)
+    w = (0.3 * torch.randn(k, 4 * d, d, dtype=torch.float64, generator=g)).requires_grad_()
+    steps = {"none": 0, "tied": 1, "per-step": t}[mask]
+    h_mask = None if not steps else (torch.rand(k, n, steps, d, generator=g) < 0.7).double() / 0.7
+    assert torch.autograd.gradcheck(lambda *a: engine._LSTMLayer.apply(*a, h_mask, True), (gx, h0, c0, w))

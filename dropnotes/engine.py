@@ -45,7 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import check_choice, check_positive_int, check_probability, progress
+from dropnotes.runtime import Timer, check_choice, check_positive_int, check_probability, progress
 
 
 def _values(name: str, value, k: int, *, check=None) -> list:
@@ -1150,17 +1150,18 @@ def lm_windows(tokens: torch.Tensor, batch_size: int, seq_len: int) -> tuple[tor
 @torch.no_grad()
 def lm_window_losses_stacked(model: StackedLSTMLM, tokens: torch.Tensor, batch_size: int, seq_len: int,
                              amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every model's mean next-token cross-entropy (nats) per window over a token stream, in eval mode,
-    the state carried across windows (the windows of :func:`dropnotes.train.lm_batches`, the last one
+    """Every model's mean next-token cross-entropy (nats) per window over a token stream, in eval mode, an
+    LSTM group's state carried across windows (the windows of :func:`dropnotes.train.lm_batches`, the last one
     included): (K, windows) losses and each window's token count."""
     from dropnotes.train import lm_batches
 
     was = model.training
     model.eval()
     losses, counts, state = [], [], None
+    recurrent = isinstance(model, StackedLSTMLM)  # a GPT group has no state: each window on its own
     for x, y in lm_batches(tokens, batch_size, seq_len):
         with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
-            logits, state = model(x, state)
+            logits, state = model(x, state) if recurrent else (model(x), None)
         ce = F.cross_entropy(logits.float().flatten(0, 2), y.expand(model.k, -1, -1).flatten(), reduction="none")
         losses.append(ce.view(model.k, -1).mean(1))
         counts.append(y.numel())
@@ -1278,7 +1279,7 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
     return best.result(rows, died)
 
 
-# ------------------------------------------------------------------ the Vision Transformers of chapter 4
+# ------------------------------------------------------------------ the transformers of chapters 4 and 5
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
     """Each model's ``nn.Linear``: x (K, M, in), w (K, out, in) in torch's layout, b (K, out) -> (K, M, out)."""
@@ -1298,7 +1299,58 @@ def _drop_path_mult(rate: torch.Tensor, n: int, device, generator) -> torch.Tens
     return unit_noise(torch.ones(len(rate), n, 1, device=device), rate.to(device), generator=generator)
 
 
-class StackedViT(nn.Module):
+_BLOCK_TENSORS = ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b", "fc1_w", "fc1_b",
+                  "fc2_w", "fc2_b")
+
+
+class _StackedTransformer(nn.Module):
+    """What :class:`StackedViT` and :class:`StackedGPT` share: ``depth`` pre-norm blocks of K models,
+    ``x + branch(Attn(LN(x)))`` then ``x + branch(MLP(LN(x)))``, every linear layer a ``bmm`` over the models
+    and the attention of all K x N sequences one ``scaled_dot_product_attention`` call (a written-out
+    softmax when a model drops attention probabilities). Activations are (K, N·T, D)."""
+
+    def _add_blocks(self, k: int, depth: int, d: int) -> None:
+        shapes = {"ln1_w": (d,), "ln1_b": (d,), "qkv_w": (3 * d, d), "qkv_b": (3 * d,), "proj_w": (d, d),
+                  "proj_b": (d,), "ln2_w": (d,), "ln2_b": (d,), "fc1_w": (4 * d, d), "fc1_b": (4 * d,),
+                  "fc2_w": (d, 4 * d), "fc2_b": (d,)}
+        for j in range(depth):
+            for name in _BLOCK_TENSORS:
+                self.register_parameter(f"b{j}_{name}", nn.Parameter(torch.empty(k, *shapes[name])))
+
+    @staticmethod
+    def _block_tensors(j: int, ln1, ln2, attn, fc1, fc2) -> dict[str, torch.Tensor]:
+        tensors = (ln1.weight, ln1.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, ln2.weight,
+                   ln2.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
+        return {f"b{j}_{name}": t for name, t in zip(_BLOCK_TENSORS, tensors)}
+
+    def _attention(self, h: torch.Tensor, j: int, n: int, t: int, causal: bool, attn_p: torch.Tensor | None,
+                   generator) -> torch.Tensor:
+        k, d, heads = self.k, self.dim, self.heads
+        qkv = _linear(h, getattr(self, f"b{j}_qkv_w"), getattr(self, f"b{j}_qkv_b"))
+        q, key, v = qkv.view(k * n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
+        if attn_p is None:
+            y = F.scaled_dot_product_attention(q, key, v, is_causal=causal)
+        else:  # each model drops its own attention probabilities (SDPA takes one rate)
+            scores = torch.matmul(q, key.transpose(-2, -1)) * (1.0 / math.sqrt(d // heads))
+            if causal:
+                future = torch.ones(t, t, dtype=torch.bool, device=h.device).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
+            probs = unit_noise(scores.softmax(-1).view(k, -1), attn_p, generator=generator).view_as(scores)
+            y = torch.matmul(probs.to(v.dtype), v)
+        y = y.transpose(1, 2).reshape(k, n * t, d)
+        return _linear(y, getattr(self, f"b{j}_proj_w"), getattr(self, f"b{j}_proj_b"))
+
+    def _block(self, h: torch.Tensor, j: int, n: int, t: int, *, causal: bool, branch, attn_p=None,
+               generator=None) -> torch.Tensor:
+        """One block; ``branch(out, which)`` applies the models' noise to the attention (0) or MLP (1) branch."""
+        g = lambda name: getattr(self, f"b{j}_{name}")  # noqa: E731
+        a = self._attention(_layer_norm(h, g("ln1_w"), g("ln1_b")), j, n, t, causal, attn_p, generator)
+        h = h + branch(a, 0)
+        m = _linear(F.gelu(_linear(_layer_norm(h, g("ln2_w"), g("ln2_b")), g("fc1_w"), g("fc1_b"))), g("fc2_w"), g("fc2_b"))
+        return h + branch(m, 1)
+
+
+class StackedViT(_StackedTransformer):
     """K Vision Transformers (:class:`~dropnotes.models.ViT`: patch embedding, learned positions, pre-norm
     blocks, mean pooling, a linear head) as one group, every linear layer a ``bmm`` over the models and the
     attention of all K x N images one call of ``scaled_dot_product_attention``.
@@ -1331,29 +1383,19 @@ class StackedViT(nn.Module):
         self._drops = any(r > 0 for row in table for r in row)  # known on the host: no sync in the step
         self.patch, self.tokens = patch, (image_size // patch) ** 2
         d, e = dim, channels * patch * patch
-        shapes = {"embed_w": (d, e), "embed_b": (d,), "pos": (self.tokens, d), "norm_w": (d,), "norm_b": (d,),
-                  "head_w": (classes, d), "head_b": (classes,)}
-        for j in range(depth):
-            shapes.update({f"b{j}_{n}": s for n, s in (
-                ("ln1_w", (d,)), ("ln1_b", (d,)), ("qkv_w", (3 * d, d)), ("qkv_b", (3 * d,)), ("proj_w", (d, d)),
-                ("proj_b", (d,)), ("ln2_w", (d,)), ("ln2_b", (d,)), ("fc1_w", (4 * d, d)), ("fc1_b", (4 * d,)),
-                ("fc2_w", (d, 4 * d)), ("fc2_b", (d,)))})
-        for name, shape in shapes.items():
+        for name, shape in {"embed_w": (d, e), "embed_b": (d,), "pos": (self.tokens, d), "norm_w": (d,),
+                            "norm_b": (d,), "head_w": (classes, d), "head_b": (classes,)}.items():
             self.register_parameter(name, nn.Parameter(torch.empty(k, *shape)))
+        self._add_blocks(k, depth, d)
         self.reset_parameters(seeds)
 
-    @staticmethod
-    def _tensors(m: nn.Module) -> dict[str, torch.Tensor]:
+    @classmethod
+    def _tensors(cls, m: nn.Module) -> dict[str, torch.Tensor]:
         """One ViT's tensors under the group's names, as views in the group's per-model shapes."""
         out = {"embed_w": m.embed.weight.view(m.embed.weight.shape[0], -1), "embed_b": m.embed.bias, "pos": m.pos[0],
                "norm_w": m.norm.weight, "norm_b": m.norm.bias, "head_w": m.head.weight, "head_b": m.head.bias}
         for j, b in enumerate(m.blocks):
-            fc1, fc2 = b.mlp[0], b.mlp[3]
-            for n, t in (("ln1_w", b.norm1.weight), ("ln1_b", b.norm1.bias), ("qkv_w", b.attn.qkv.weight),
-                         ("qkv_b", b.attn.qkv.bias), ("proj_w", b.attn.proj.weight), ("proj_b", b.attn.proj.bias),
-                         ("ln2_w", b.norm2.weight), ("ln2_b", b.norm2.bias), ("fc1_w", fc1.weight), ("fc1_b", fc1.bias),
-                         ("fc2_w", fc2.weight), ("fc2_b", fc2.bias)):
-                out[f"b{j}_{n}"] = t
+            out.update(cls._block_tensors(j, b.norm1, b.norm2, b.attn, b.mlp[0], b.mlp[3]))
         return out
 
     @torch.no_grad()
@@ -1409,13 +1451,6 @@ class StackedViT(nn.Module):
         x = x.reshape(-1, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)  # (KN, H/p, W/p, C, p, p)
         return x.reshape(lead[0] if len(lead) == 2 else 1, -1, c * p * p)
 
-    def _attention(self, h: torch.Tensor, j: int, n: int) -> torch.Tensor:
-        k, d, heads, t = self.k, self.dim, self.heads, self.tokens
-        qkv = _linear(h, getattr(self, f"b{j}_qkv_w"), getattr(self, f"b{j}_qkv_b"))
-        q, key, v = qkv.view(k * n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, key, v).transpose(1, 2).reshape(k, n * t, d)
-        return _linear(y, getattr(self, f"b{j}_proj_w"), getattr(self, f"b{j}_proj_b"))
-
     def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None,
                 masks: list | None = None) -> torch.Tensor:
         """``x``: images (N, C, H, W) for every model, or with ``per_model`` each model's own (K, N, C, H, W);
@@ -1423,8 +1458,7 @@ class StackedViT(nn.Module):
         drop-path draws."""
         k, t, d = self.k, self.tokens, self.dim
         n = x.shape[1] if per_model else x.shape[0]
-        patches = self._patches(x)
-        h = _linear(patches.expand(k, -1, -1), self.embed_w, self.embed_b)
+        h = _linear(self._patches(x).expand(k, -1, -1), self.embed_w, self.embed_b)
         h = (h.view(k, n, t, d) + self.pos.unsqueeze(1)).view(k, n * t, d)
         drops = self.training and (self._drops or masks is not None)
         for j in range(self.depth):
@@ -1435,11 +1469,211 @@ class StackedViT(nn.Module):
                     self.rates[:, j], n, out.device, generator)
                 return (out.view(k, n, t * d) * mult.to(out.dtype)).view(k, n * t, d)
 
-            a = self._attention(_layer_norm(h, getattr(self, f"b{j}_ln1_w"), getattr(self, f"b{j}_ln1_b")), j, n)
-            h = h + branch(a, 0)
-            m = _layer_norm(h, getattr(self, f"b{j}_ln2_w"), getattr(self, f"b{j}_ln2_b"))
-            m = _linear(F.gelu(_linear(m, getattr(self, f"b{j}_fc1_w"), getattr(self, f"b{j}_fc1_b"))),
-                        getattr(self, f"b{j}_fc2_w"), getattr(self, f"b{j}_fc2_b"))
-            h = h + branch(m, 1)
+            h = self._block(h, j, n, t, causal=False, branch=branch)
         pooled = _layer_norm(h, self.norm_w, self.norm_b).view(k, n, t, d).mean(2)
         return _linear(pooled, self.head_w, self.head_b)
+
+
+class StackedGPT(_StackedTransformer):
+    """K byte-level GPTs (:class:`~dropnotes.models.GPT`: token and position embeddings, pre-norm causal
+    blocks, a head tied to the token embedding) as one group, for chapter 5's pretraining and fine-tuning
+    arms. Model k has its own dropout rates on the embedding (``p_emb``), the attention probabilities
+    (``p_attn``) and the residual branches (``p_resid``), held in (K,) buffers that :meth:`set_rates` changes
+    in place during training (early dropout) without changing the step's graph. The noise sites are those
+    of :class:`~dropnotes.models.GPT`; a site no model will ever use (``max_rate`` 0) is skipped."""
+
+    def __init__(self, k: int, *, vocab_size: int = 256, block_size: int = 64, dim: int = 64, layers: int = 2,
+                 heads: int = 2, p_emb=0.0, p_attn=0.0, p_resid=0.0, max_rate: float | None = None,
+                 seeds: Sequence[int] | None = None) -> None:
+        super().__init__()
+        from dropnotes.models import GPT
+
+        self.k = check_positive_int("k", k)
+        self._shape = dict(vocab_size=vocab_size, block_size=block_size, dim=dim, layers=layers, heads=heads)
+        with torch.device("meta"):
+            GPT(**self._shape)  # validates the shape arguments
+        self.vocab, self.block_size, self.dim, self.depth, self.heads = vocab_size, block_size, dim, layers, heads
+        rates = {n: _values(n, v, k, check=check_probability) for n, v in (("p_emb", p_emb), ("p_attn", p_attn),
+                                                                            ("p_resid", p_resid))}
+        for name, values in rates.items():
+            self.register_buffer(name, torch.tensor([float(v) for v in values]))
+        top = max(v for values in rates.values() for v in values) if max_rate is None else float(max_rate)
+        self._drops = top > 0  # the noise sites exist in the step (their rates may later be 0)
+        for name, shape in {"tok": (vocab_size, dim), "pos": (block_size, dim), "lnf_w": (dim,), "lnf_b": (dim,)}.items():
+            self.register_parameter(name, nn.Parameter(torch.empty(k, *shape)))
+        self._add_blocks(k, layers, dim)
+        self.reset_parameters(seeds)
+
+    @classmethod
+    def _tensors(cls, m: nn.Module) -> dict[str, torch.Tensor]:
+        out = {"tok": m.tok.weight, "pos": m.pos.weight, "lnf_w": m.ln_f.weight, "lnf_b": m.ln_f.bias}
+        for j, b in enumerate(m.blocks):
+            out.update(cls._block_tensors(j, b.ln1, b.ln2, b.attn, b.mlp[0], b.mlp[2]))
+        return out
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
+        """Model k initialised as ``GPT(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
+        from dropnotes.models import GPT
+
+        for i, g in _generators(seeds, self.k):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(g.initial_seed())
+                with torch.device("cpu"):
+                    m = GPT(**self._shape)
+            for name, t in self._tensors(m).items():
+                getattr(self, name)[i].copy_(t)
+
+    @classmethod
+    def from_models(cls, models: Sequence[nn.Module], *, p_emb=0.0, p_attn=0.0, p_resid=0.0,
+                    max_rate: float | None = None) -> "StackedGPT":
+        """Stack K :class:`~dropnotes.models.GPT` of one shape (copies of one checkpoint for fine-tuning), with
+        the group's per-model rates."""
+        first = models[0]
+        out = cls(len(models), vocab_size=first.tok.num_embeddings, block_size=first.block_size,
+                  dim=first.tok.embedding_dim, layers=len(first.blocks), heads=first.blocks[0].attn.heads,
+                  p_emb=p_emb, p_attn=p_attn, p_resid=p_resid, max_rate=max_rate)
+        with torch.no_grad():
+            for i, m in enumerate(models):
+                for name, t in cls._tensors(m).items():
+                    getattr(out, name)[i].copy_(t)
+        return out.to(first.tok.weight.device)
+
+    def model(self, i: int) -> nn.Module:
+        """Model ``i`` as a standalone :class:`~dropnotes.models.GPT` (dropout off)."""
+        from dropnotes.models import GPT
+
+        m = GPT(**self._shape).to(self.tok.device)
+        with torch.no_grad():
+            for name, t in self._tensors(m).items():
+                t.copy_(getattr(self, name)[i])
+        return m
+
+    def set_rates(self, p_emb=None, p_attn=None, p_resid=None) -> None:
+        """Change the per-model rates in place (a scalar or one per model; None leaves one unchanged)."""
+        for name, value in (("p_emb", p_emb), ("p_attn", p_attn), ("p_resid", p_resid)):
+            if value is not None:
+                values = _per_model(name, value, self.k, check=check_probability)
+                if bool((values > 0).any()) and not self._drops:
+                    raise ValueError(f"{name}: this group was built without noise sites (max_rate 0)")
+                getattr(self, name).copy_(values)
+
+    def extra_repr(self) -> str:
+        return f"k={self.k}, layers={self.depth}, dim={self.dim}, heads={self.heads}, block_size={self.block_size}"
+
+    def forward(self, ids: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``ids``: (N, T) for every model, or each model's own (K, N, T); returns logits (K, N, T, V)."""
+        k, d = self.k, self.dim
+        ids = ids if per_model else ids.unsqueeze(0).expand(k, -1, -1)
+        _, n, t = ids.shape
+        if t > self.block_size:
+            raise ValueError(f"sequence length {t} exceeds block_size={self.block_size}")
+        x = torch.gather(self.tok, 1, ids.reshape(k, -1, 1).expand(-1, -1, d)).view(k, n, t, d)
+        x = x + self.pos[:, :t].unsqueeze(1)
+        drops = self.training and self._drops
+        if drops:
+            x = unit_noise(x, self.p_emb, generator=generator)
+        h = x.view(k, n * t, d)
+        branch = (lambda out, _: unit_noise(out, self.p_resid, generator=generator)) if drops else (lambda out, _: out)
+        for j in range(self.depth):
+            h = self._block(h, j, n, t, causal=True, branch=branch, attn_p=self.p_attn if drops else None,
+                            generator=generator)
+        h = _layer_norm(h, self.lnf_w, self.lnf_b)
+        return torch.bmm(h, self.tok.transpose(1, 2)).view(k, n, t, self.vocab)  # the head tied to the embedding
+
+
+def window_orders(counts: Sequence[int], steps: int, batch_size: int, seeds: Sequence[int]) -> torch.Tensor:
+    """Each model's window indices for ``steps`` batches, (K, steps, B), drawn as
+    :func:`dropnotes.train.window_batches` draws them (random permutations of the model's ``counts[k]``
+    windows, each window once before any repeats) from a generator seeded ``seeds[k]``: models of one seed
+    and stream see the same batches, as their sequential runs did."""
+    out = []
+    for n, seed in zip(counts, seeds):
+        g = torch.Generator().manual_seed(int(seed))
+        perms, have = [], 0
+        while have < steps * batch_size:
+            perms.append(torch.randperm(n, generator=g))
+            have += n
+        out.append(torch.cat(perms)[: steps * batch_size].view(steps, batch_size))
+    return torch.stack(out)
+
+
+def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], valid: torch.Tensor, *, steps: int,
+                        batch_size: int, lr, lr_factor: Callable[[int], float], weight_decay=0.0,
+                        betas: tuple[float, float] = (0.9, 0.999), clip=None,
+                        rates: Callable[[int], dict | None] | None = None, eval_every: int,
+                        seeds: Sequence[int], amp_dtype: torch.dtype | None = None,
+                        generator: torch.Generator | None = None, capture: bool = True,
+                        desc: str = "GPTs") -> dict:
+    """Train the K language models of ``model`` together on windows of their own token streams (model k on
+    ``streams[k]``, batches from :func:`window_orders`), with AdamW per model (``lr``, decoupled
+    ``weight_decay``, ``betas``, gradient clipping at ``clip[k]``), the rate multiplied by ``lr_factor(step)``
+    (0-based) and the dropout rates set by ``rates(step)`` (keyword arguments of :meth:`StackedGPT.set_rates`,
+    or None to leave them) before each step.
+
+    Every ``eval_every`` steps and at the end, each model's per-window validation losses on ``valid`` are
+    measured in eval mode (the one host read). On CUDA the step (gather, forward, backward, clipping, AdamW) is
+    captured once as a CUDA graph and replayed; the schedules write into tensors the graph reads. Returns the
+    history (``model``, ``step``, ``train_loss`` of that step, ``valid_loss``), each evaluation's (K, windows)
+    losses, the seconds of training between evaluations and the step at which a model died (-1 if not)."""
+    from dropnotes.train import window_table
+
+    k = model.k
+    steps, eval_every = check_positive_int("steps", steps), check_positive_int("eval_every", eval_every)
+    batch_size = check_positive_int("batch_size", batch_size)
+    if len(streams) != k:
+        raise ValueError(f"streams must give one token stream per model ({k}), got {len(streams)}")
+    dev = valid.device
+    table, offsets, counts = window_table(streams, model.block_size)
+    orders = (window_orders(counts, steps, batch_size, seeds) + torch.tensor(offsets).view(k, 1, 1)).to(dev)
+    lr_k = _per_model("lr", lr, k).to(dev)
+    lr_now = lr_k.clone()
+    wd_k = _per_model("weight_decay", weight_decay, k)
+    wd_k = wd_k.to(dev) if bool(wd_k.any()) else None
+    clip_k = None if clip is None else _per_model("clip", clip, k).to(dev)
+    params = list(model.parameters())
+    moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
+    alive = torch.ones(k, dtype=torch.bool, device=dev)
+    died = torch.full((k,), -1, dtype=torch.long, device=dev)
+    step_no = torch.zeros((), dtype=torch.long, device=dev)
+    last = torch.zeros(k, device=dev)
+    idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)
+    mask_gen = None if dev.type == "cuda" else generator
+
+    def step() -> None:
+        w = table[idx]  # (K, B, T + 1): each model's own windows
+        with (torch.autocast(dev.type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
+              else contextlib.nullcontext()):
+            logits = model(w[..., :-1], per_model=True, generator=mask_gen)
+        losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        losses.sum().backward()
+        _mark_dead(losses, alive, died, step_no)
+        _adam_step(params, moments, step_no, lr_now, alive, clip_k, betas=betas, weight_decay=wd_k)
+        last.copy_(losses.detach())
+
+    if dev.type == "cuda" and generator is not None:
+        torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
+    state = params + list(model.buffers()) + _flat(moments) + [alive, died, step_no, last]
+    run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
+    rows, evals, seconds = [], {}, []
+    model.train()
+    timer = Timer(dev).start()
+    for s in progress(range(steps), desc, unit="step"):
+        if rates is not None and (new := rates(s)) is not None:
+            model.set_rates(**new)
+        torch.mul(lr_k, float(lr_factor(s)), out=lr_now)
+        idx.copy_(orders[:, s])
+        run_step()
+        if (s + 1) % eval_every == 0 or s + 1 == steps:
+            seconds.append(timer.elapsed())
+            losses, _ = lm_window_losses_stacked(model, valid, batch_size, model.block_size, amp_dtype)
+            evals[s + 1] = losses
+            mean, train_loss = losses.mean(1).tolist(), last.tolist()
+            for m in range(k):
+                rows.append({"model": m, "step": s + 1, "train_loss": train_loss[m], "valid_loss": mean[m]})
+            model.train()
+            timer = Timer(dev).start()
+    return {"history": pd.DataFrame(rows), "windows": evals, "seconds": seconds, "died_at_step": died.tolist()}

@@ -416,7 +416,70 @@ def _stdlib_bytes() -> int:
                if "site-packages" not in p.parts and "dist-packages" not in p.parts)
 
 
+def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:
+    """One training step of a K-model StackedGPT (gather, forward, loss, backward, clipping, AdamW) and one
+    evaluation forward, on meta tensors."""
+    from dropnotes.engine import StackedGPT, _adam_step, _mark_dead
+
+    with torch.device("meta"):
+        group = StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
+                           p_emb=p, p_attn=p, p_resid=p, seeds=[0] * k)
+        params = list(group.parameters())
+        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
+        table = torch.zeros(1000, cfg.block_size + 1, dtype=torch.long)
+        idx = torch.zeros(k, batch, dtype=torch.long)
+        vec, alive = torch.ones(k), torch.ones(k, dtype=torch.bool)
+        died, step_no = torch.zeros(k, dtype=torch.long), torch.zeros((), dtype=torch.long)
+
+        def step():
+            w = table[idx]
+            logits = group(w[..., :-1], per_model=True)
+            losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
+            losses = losses.view(k, -1).mean(1)
+            losses.sum().backward()
+            _mark_dead(losses, alive, died, step_no)
+            _adam_step(params, moments, step_no, vec, alive, vec, betas=(0.9, 0.95), weight_decay=vec)
+
+        train_cost = measure(step, params if cfg.amp else None)
+        group.eval()
+        eval_cost = _meta_forward(group, torch.zeros(batch, cfg.block_size, dtype=torch.long), cfg.amp)
+    return train_cost, eval_cost
+
+
 def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
+    """Chapter 5 on the engine: the three pretraining arms as one captured StackedGPT, the full fine-tuning
+    runs as another, each evaluated every ``eval_every`` steps; the LoRA runs one at a time."""
+    from dropnotes.experiments.llm import _model, full_runs
+    from dropnotes.layers import add_lora
+
+    if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
+        corpus_bytes = _stdlib_bytes() if cfg.pretrain_corpus == "python-stdlib" else 90_000_000
+        pretrain_steps = int(min(cfg.pretrain_steps, (corpus_bytes * 0.95 // cfg.block_size) // cfg.batch_size))
+    dtype = "bf16" if cfg.amp else "fp32"
+    evals = lambda steps: math.ceil(steps / cfg.eval_every) * (cfg.eval_bytes // (cfg.batch_size * cfg.block_size) + 1)  # noqa: E731
+    (f, n, b), (fe, ne, be) = _gpt_group_step(3, cfg, cfg.batch_size, cfg.p)
+    k = len(full_runs(cfg))
+    (ff, nf, bf), (ffe, nfe, bfe) = _gpt_group_step(k, cfg, cfg.finetune_batch, cfg.p)
+    with torch.device("meta"):
+        m = _model(cfg, 0.0)
+        add_lora(m, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=cfg.p)
+        xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
+        fl, nl, bl = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
+    return [Group("llm", f"3 GPTs {cfg.layers}x{cfg.dim} pretraining (none, dropout, early), batched", 1,
+                  pretrain_steps, f, n, dtype, captured=True, models_per_step=3, bytes_per_step=b),
+            Group("llm", "pretraining evaluation", 1, evals(pretrain_steps), fe, ne, dtype, models_per_step=3,
+                  bytes_per_step=be),
+            Group("llm", f"{k} GPTs full fine-tuning (rates x sizes), batched", 1, cfg.finetune_steps, ff, nf, dtype,
+                  captured=True, models_per_step=k, bytes_per_step=bf),
+            Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps), ffe, nfe, dtype, models_per_step=k,
+                  bytes_per_step=bfe),
+            Group("llm", "LoRA fine-tuning runs (one at a time)", len(cfg.lora_rates), cfg.finetune_steps, fl, nl, dtype,
+                  bytes_per_step=bl)]
+
+
+def _llm_sequential(cfg, pretrain_steps: int | None = None) -> list[Group]:
+    """Chapter 5 as it ran before the engine (each arm and fine-tuning run its own, compiled): what its stored
+    full run measured."""
     from dropnotes.experiments.llm import _model
 
     with torch.device("meta"):
@@ -540,7 +603,8 @@ def calibration_points() -> list[dict]:
         cfg = config_from_record(chapter, record)
         if chapter == "llm":  # the steps it really ran (one pass over that machine's corpus)
             curves = record["tables"]["curves"]
-            groups = _llm(cfg, int(curves[curves.run == "pretrain none"].step.max()))
+            ran = int(curves[curves.run == "pretrain none"].step.max())
+            groups = _llm(cfg, ran) if "models" in record["tables"]["pretrain"] else _llm_sequential(cfg, ran)
         elif chapter == "interactions" and "val_size" not in record["params"]:  # stored before the engine
             groups = _interactions_sequential(cfg)
         elif chapter == "droppath" and "val_size" not in record["params"]:  # stored before the engine

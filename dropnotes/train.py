@@ -95,6 +95,28 @@ def window_batches(tokens: torch.Tensor, batch_size: int, block_size: int, steps
         yield w[:, :-1], w[:, 1:]
 
 
+def window_table(streams, block_size: int) -> tuple[torch.Tensor, list[int], list[int]]:
+    """The non-overlapping windows (``block_size + 1`` tokens: inputs and targets) of several token streams as one
+    (windows, block_size + 1) table, with each stream's first row and its number of windows (the windows
+    :func:`window_batches` draws from)."""
+    block_size = check_positive_int("block_size", block_size)
+    parts, offsets, counts, seen = [], [], [], {}
+    for tokens in streams:
+        if id(tokens) in seen:  # the same stream for several models: its windows once
+            offsets.append(seen[id(tokens)][0])
+            counts.append(seen[id(tokens)][1])
+            continue
+        n = (tokens.numel() - 1) // block_size
+        if n < 1:
+            raise ValueError(f"the token stream ({tokens.numel()} tokens) is shorter than block_size={block_size} + 1")
+        starts = torch.arange(n, device=tokens.device) * block_size
+        offsets.append(sum(len(part) for part in parts))
+        counts.append(n)
+        seen[id(tokens)] = (offsets[-1], n)
+        parts.append(tokens[starts[:, None] + torch.arange(block_size + 1, device=tokens.device)])
+    return torch.cat(parts), offsets, counts
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of (N, T, V) logits against (N, T) targets."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

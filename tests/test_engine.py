@@ -675,3 +675,79 @@ def test_the_written_out_lstm_backward_is_the_gradient(mask):
     steps = {"none": 0, "tied": 1, "per-step": t}[mask]
     h_mask = None if not steps else (torch.rand(k, n, steps, d, generator=g) < 0.7).double() / 0.7
     assert torch.autograd.gradcheck(lambda *a: engine._LSTMLayer.apply(*a, h_mask, True), (gx, h0, c0, w))
+
+
+# ------------------------------------------------------------------ the GPT group
+
+def _gpts(k=3, seed=0):
+    torch.manual_seed(seed)
+    return [models.GPT(256, 8, 16, 2, 2) for _ in range(k)]
+
+
+def test_stacked_gpt_is_its_k_gpts():
+    """Eval mode, and training without dropout: logits and the gradients (the tied embedding's included)
+    equal the K GPTs'; a model taken out of the group is the same model."""
+    nets = _gpts()
+    stacked = engine.StackedGPT.from_models(nets)
+    ids = torch.randint(0, 256, (3, 4, 8))
+    out = stacked.train()(ids, per_model=True)
+    y = torch.randint(0, 256, (3, 4, 8))
+    sum(F.cross_entropy(out[i].flatten(0, 1), y[i].flatten()) for i in range(3)).backward()
+    for i, net in enumerate(nets):
+        ref = net.train()(ids[i])
+        torch.testing.assert_close(out[i], ref, rtol=1e-4, atol=1e-5)
+        F.cross_entropy(ref.flatten(0, 1), y[i].flatten()).backward()
+        torch.testing.assert_close(stacked.tok.grad[i], net.tok.weight.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(stacked.b1_fc1_w.grad[i], net.blocks[1].mlp[0].weight.grad, rtol=1e-4, atol=1e-6)
+    stacked.eval()
+    shared = torch.randint(0, 256, (2, 6))
+    for i, net in enumerate(nets):
+        torch.testing.assert_close(stacked(shared)[i], net.eval()(shared), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.model(i).eval()(shared), net(shared), rtol=1e-4, atol=1e-5)
+
+
+def test_stacked_gpt_drops_per_model_and_its_written_out_attention_is_sdpa():
+    """With noise sites built (max_rate > 0) but every rate 0, training (the written-out causal softmax) equals
+    eval (SDPA); with per-model rates only the models with a rate are noisy, and set_rates switches a model
+    off in place (early dropout)."""
+    nets = _gpts()
+    stacked = engine.StackedGPT.from_models(nets, max_rate=0.1)
+    ids = torch.randint(0, 256, (4, 8))
+    torch.testing.assert_close(stacked.train()(ids), stacked.eval()(ids), rtol=1e-4, atol=1e-5)
+    stacked.set_rates(p_emb=[0.0, 0.3, 0.0], p_attn=[0.0, 0.0, 0.3], p_resid=[0.0, 0.3, 0.0])
+    clean = stacked.eval()(ids)
+    noisy = stacked.train()(ids, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(noisy[0], clean[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(noisy[1], clean[1], atol=1e-3) and not torch.allclose(noisy[2], clean[2], atol=1e-3)
+    stacked.set_rates(p_emb=0.0, p_attn=0.0, p_resid=0.0)
+    torch.testing.assert_close(stacked.train()(ids), clean, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="without noise sites"):
+        engine.StackedGPT.from_models(nets).set_rates(p_resid=0.1)
+
+
+def test_stacked_gpts_trained_on_their_own_streams_equal_sequential_adamw():
+    """fit_stacked_windows on K GPTs (own token streams, one of them shared; per-model lr; decoupled weight
+    decay; clipping; a per-step lr factor) equals torch.optim.AdamW on each GPT over the batches
+    train.window_batches draws with the same seed, and evaluates every model on the same windows."""
+    nets = _gpts(k=3, seed=4)
+    g = torch.Generator().manual_seed(0)
+    shared, other = torch.randint(0, 256, (300,), generator=g), torch.randint(0, 256, (200,), generator=g)
+    streams, valid = [shared, shared, other], torch.randint(0, 256, (100,), generator=g)
+    stacked = engine.StackedGPT.from_models(nets)
+    lr, factor = [1e-2, 3e-3, 1e-2], (lambda s: [1.0, 0.5, 0.25, 1.0][s])
+    fit = engine.fit_stacked_windows(stacked, streams, valid, steps=4, batch_size=3, lr=lr, lr_factor=factor,
+                                     weight_decay=0.1, betas=(0.9, 0.95), clip=0.5, eval_every=2, seeds=[5, 5, 6])
+    for i, (net, stream, seed) in enumerate(zip(nets, streams, [5, 5, 6])):
+        opt = torch.optim.AdamW(net.parameters(), lr=lr[i], weight_decay=0.1, betas=(0.9, 0.95))
+        net.train()
+        for s, (x, y) in enumerate(train.window_batches(stream, 3, 8, 4, torch.Generator().manual_seed(seed))):
+            opt.param_groups[0]["lr"] = lr[i] * factor(s)
+            opt.zero_grad()
+            train.lm_loss(net(x), y).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 0.5)
+            opt.step()
+        torch.testing.assert_close(stacked.tok[i], net.tok.weight, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(stacked.b0_qkv_w[i], net.blocks[0].attn.qkv.weight, rtol=1e-4, atol=1e-5)
+        ref, _ = train.lm_window_losses(net, valid, 3, 8)
+        torch.testing.assert_close(fit["windows"][4][i], ref, rtol=1e-4, atol=1e-5)
+    assert sorted(fit["windows"]) == [2, 4] and len(fit["history"]) == 6 and fit["died_at_step"] == [-1, -1, -1]

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dropnotes import data, results, train
+from dropnotes import data, engine, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, rate_knob,
@@ -78,7 +78,8 @@ PROFILE_DEFAULTS = {
                   sizes=(2500, 10000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=16384, eval_every=10,
                   amp=False, compile=False),
     # One GPU: nanoGPT's "baby GPT" (6 x 6 x 384, block 256) pretrained on up to 3,000 x 64 x 256 bytes (capped at one
-    # pass), bf16, compiled, fused AdamW; fine-tuning on 100 kB of tiny-shakespeare.
+    # pass), bf16; the three pretraining arms as one batched group, and the full fine-tuning runs (100 kB of
+    # tiny-shakespeare and the crossing's slices) as another, each step graph-captured; the LoRA runs compiled.
     "full": dict(dim=384, layers=6, heads=6, block_size=256, batch_size=64, pretrain_steps=3000, pretrain_lr=1e-3,
                  finetune_steps=1000, finetune_batch=32, finetune_lr=3e-4, finetune_bytes=100000,
                  sizes=(20000, 100000, 400000, 0), lora_rank=8, lora_lr=1e-3, eval_bytes=262144, eval_every=50,
@@ -192,7 +193,7 @@ def _key(cfg: LLMConfig, arm: str, prov: dict) -> str:
     fields = {k: v for k, v in asdict(cfg).items() if k in ("dim", "layers", "heads", "block_size", "batch_size",
                                                               "pretrain_steps", "pretrain_lr", "p", "early_fraction",
                                                               "eval_bytes", "eval_every", "amp", "seed")}
-    blob = json.dumps({"arm": arm, "corpus": prov, **fields}, sort_keys=True)
+    blob = json.dumps({"arm": arm, "corpus": prov, "trainer": "stacked group", **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -203,48 +204,129 @@ def pretrain_steps(cfg: LLMConfig, corpus: data.TokenSplits) -> int:
     return max(1, min(cfg.pretrain_steps, one_pass))
 
 
-def pretrain(cfg: LLMConfig, corpus: data.TokenSplits, arm: str) -> dict:
-    """One pretraining arm (``none``, ``dropout`` or ``early``), from the checkpoint cache when present."""
-    path = results.checkpoint_dir() / CHAPTER / f"{arm}-{_key(cfg, arm, corpus.provenance)}.pt"
-    if (ckpt := results.load_checkpoint(path, map_location=cfg.device)) is not None:
-        state, meta = ckpt
-        model = _model(cfg, 0.0).to(cfg.device)
-        model.load_state_dict(state)
-        return {**meta["result"], "model": model, "cached": True, "path": str(path)}
+ARMS = ("none", "dropout", "early")
+
+
+def _cosine(steps: int):
+    """The learning-rate factor of step s (0-based): 5 % linear warm-up, then cosine to 0."""
+    warm = max(steps // 20, 1)
+    return lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
+
+
+def _group_runs(cfg: LLMConfig, group: engine.StackedGPT, fit: dict, labels: list[str], batch: int,
+                stream_sizes: list[int]) -> list[dict]:
+    """Each model's curve, best and final evaluation and throughput from :func:`fit_stacked_windows`."""
+    h, steps = fit["history"], sorted(fit["windows"])
+    intervals = np.diff([0] + steps)
+    per_model_tps = [n * batch * cfg.block_size / dt for n, dt in zip(intervals, fit["seconds"])]
+    # Throughput: the median over evaluation intervals (the first holds the CUDA-graph capture); the
+    # overall rate, capture included, beside it. Every model of the group trains at the group's rate.
+    tps = float(np.median(per_model_tps))
+    overall = steps[-1] * batch * cfg.block_size / sum(fit["seconds"])
+    one = group.model(0)
+    out = []
+    for m, label in enumerate(labels):
+        rows = h[h.model == m]
+        curve = [{"run": label, "step": int(r.step), "train_loss": r.train_loss, "valid_loss": r.valid_loss,
+                  "valid_bpb": r.valid_loss / LN2, "epochs": r.step * batch * cfg.block_size / stream_sizes[m]}
+                 for r in rows.itertuples()]
+        best = min(curve, key=lambda c: c["valid_loss"])
+        out.append({"curve": curve, "final": curve[-1], "tokens_per_s": tps, "tokens_per_s_overall": overall,
+                    "group_tokens_per_s": tps * group.k, "models": group.k,
+                    "mfu": mfu(cfg, one, tps * group.k), "died_at_step": fit["died_at_step"][m],
+                    "best": {"valid_loss": best["valid_loss"], "step": best["step"],
+                             "windows": fit["windows"][best["step"]][m].tolist()},
+                    "final_windows": fit["windows"][steps[-1]][m].tolist()})
+    return out
+
+
+def pretrain(cfg: LLMConfig, corpus: data.TokenSplits) -> dict[str, dict]:
+    """The three pretraining arms (``none``, ``dropout``, ``early``) from the checkpoint cache when all are
+    there; else trained together as one :class:`~dropnotes.engine.StackedGPT` from one initialisation, on
+    the same batches (the arms differ only in their dropout schedules)."""
+    paths = {arm: results.checkpoint_dir() / CHAPTER / f"{arm}-{_key(cfg, arm, corpus.provenance)}.pt" for arm in ARMS}
+    cached = {arm: results.load_checkpoint(path, map_location=cfg.device) for arm, path in paths.items()}
+    if all(c is not None for c in cached.values()):
+        out = {}
+        for arm, (state, meta) in cached.items():
+            model = _model(cfg, 0.0).to(cfg.device)
+            model.load_state_dict(state)
+            out[arm] = {**meta["result"], "model": model, "cached": True, "path": str(paths[arm])}
+        return out
     seed_everything(cfg.seed)
     dev = torch.device(cfg.device)
-    model = _model(cfg, 0.0).to(dev)
+    init = _model(cfg, 0.0).to(dev)
+    group = engine.StackedGPT.from_models([init] * len(ARMS), max_rate=cfg.p)
     steps = pretrain_steps(cfg, corpus)
     cut = int(cfg.early_fraction * steps)
-    schedule = {"none": lambda s: 0.0, "dropout": lambda s: cfg.p, "early": lambda s: cfg.p if s < cut else 0.0}[arm]
-    valid = corpus.valid[: cfg.eval_bytes].to(dev)
-    out = train_run(cfg, model, corpus.train.to(dev), valid, steps=steps, batch=cfg.batch_size,
-                    lr=cfg.pretrain_lr, p_schedule=schedule, seed=cfg.seed, label=f"pretrain {arm}")
-    _set_p(model, 0.0)
-    results.save_checkpoint(model.state_dict(), {"result": out, "config": asdict(cfg)}, path)
-    return {**out, "model": model, "cached": False, "path": str(path)}
+    p = cfg.p
+    schedule = {0: [0.0, p, p], cut: [0.0, p, 0.0]}  # none, dropout, early: the rates from these steps on
+    rates = lambda s: dict(p_emb=schedule[s], p_attn=schedule[s], p_resid=schedule[s]) if s in schedule else None  # noqa: E731
+    train_stream = corpus.train.to(dev)
+    fit = engine.fit_stacked_windows(group, [train_stream] * len(ARMS), corpus.valid[: cfg.eval_bytes].to(dev),
+                                     steps=steps, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
+                                     lr_factor=_cosine(steps), weight_decay=0.1, betas=(0.9, 0.95), clip=1.0,
+                                     rates=rates, eval_every=cfg.eval_every, seeds=[cfg.seed] * len(ARMS),
+                                     amp_dtype=torch.bfloat16 if cfg.amp else None,
+                                     generator=torch.Generator(dev).manual_seed(cfg.seed),
+                                     desc=f"{group.k} GPTs pretraining (none, dropout, early)")
+    runs = _group_runs(cfg, group, fit, [f"pretrain {arm}" for arm in ARMS], cfg.batch_size,
+                       [train_stream.numel()] * len(ARMS))
+    out = {}
+    for i, (arm, r) in enumerate(zip(ARMS, runs)):
+        model = group.model(i)
+        results.save_checkpoint(model.state_dict(), {"result": r, "config": asdict(cfg)}, paths[arm])
+        out[arm] = {**r, "model": model, "cached": False, "path": str(paths[arm])}
+    return out
 
 
-def finetune(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, *, size: int, p: float, lora: bool = False,
-             seed: int = 0) -> dict:
-    """Fine-tune a copy of ``base`` on the first ``size`` bytes of tiny-shakespeare (0 = all of its
-    training split): every weight with dropout ``p``, or LoRA on the attention's qkv with ``lora_dropout p``."""
+def finetune_group(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, runs: list[tuple[float, int]]) -> dict:
+    """Full fine-tuning runs ``(p, size)`` of copies of ``base``, trained together as one
+    :class:`~dropnotes.engine.StackedGPT`: each on the first ``size`` bytes of tiny-shakespeare (0 = all of
+    its training split) with dropout ``p``, on the batches its sequential run drew (seed ``cfg.seed``)."""
+    dev = torch.device(cfg.device)
+    streams = {size: (shakes.train[:size] if size else shakes.train).to(dev) for _, size in runs}
+    valid = shakes.valid[: cfg.eval_bytes].to(dev)
+    rates = [p for p, _ in runs]
+    group = engine.StackedGPT.from_models([base] * len(runs), p_emb=rates, p_attn=rates, p_resid=rates)
+    fit = engine.fit_stacked_windows(group, [streams[size] for _, size in runs], valid, steps=cfg.finetune_steps,
+                                     batch_size=cfg.finetune_batch, lr=cfg.finetune_lr,
+                                     lr_factor=_cosine(cfg.finetune_steps), weight_decay=0.1, betas=(0.9, 0.95),
+                                     clip=1.0, eval_every=cfg.eval_every, seeds=[cfg.seed] * len(runs),
+                                     amp_dtype=torch.bfloat16 if cfg.amp else None,
+                                     generator=torch.Generator(dev).manual_seed(cfg.seed),
+                                     desc=f"{group.k} GPTs fine-tuning (rates x sizes)")
+    labels = [f"full p={p:g} size={size or 'all'}" for p, size in runs]
+    out = _group_runs(cfg, group, fit, labels, cfg.finetune_batch, [streams[size].numel() for _, size in runs])
+    start = float(train.lm_window_losses(base, valid, cfg.finetune_batch, cfg.block_size)[0].mean()) / LN2
+    done = {}
+    for (p, size), label, r in zip(runs, labels, out):
+        n = streams[size].numel()
+        done["full", p, size] = {**r, "row": {
+            "run": label, "method": "full", "p": p, "size": size or n,
+            "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / n, "start_bpb": start,
+            "best_bpb": r["best"]["valid_loss"] / LN2, "best_step": r["best"]["step"],
+            "final_bpb": r["final"]["valid_loss"] / LN2,
+            "overfit_bpb": (r["final"]["valid_loss"] - r["best"]["valid_loss"]) / LN2,
+            "trainable": sum(q.numel() for q in base.parameters())}}
+    return done
+
+
+def finetune(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, *, size: int, p: float, seed: int = 0) -> dict:
+    """LoRA fine-tuning of a copy of ``base`` on the first ``size`` bytes of tiny-shakespeare (0 = all of its
+    training split): the attention's qkv adapted, with ``lora_dropout p`` (one model: its own step)."""
     seed_everything(seed)
     dev = torch.device(cfg.device)
     model = _model(cfg, 0.0).to(dev)
     model.load_state_dict(base.state_dict())
     stream = (shakes.train[:size] if size else shakes.train).to(dev)
     valid = shakes.valid[: cfg.eval_bytes].to(dev)
-    if lora:
-        add_lora(model, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=p)
-        schedule, lr = (lambda s: 0.0), cfg.lora_lr
-    else:
-        schedule, lr = (lambda s: p), cfg.finetune_lr
-    label = f"{'LoRA' if lora else 'full'} p={p:g} size={size or 'all'}"
-    out = train_run(cfg, model, stream, valid, steps=cfg.finetune_steps, batch=cfg.finetune_batch, lr=lr,
-                    p_schedule=schedule, seed=seed, label=label)
+    add_lora(model, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=p)
+    label = f"LoRA p={p:g} size={size or 'all'}"
+    out = train_run(cfg, model, stream, valid, steps=cfg.finetune_steps, batch=cfg.finetune_batch, lr=cfg.lora_lr,
+                    p_schedule=lambda s: 0.0, seed=seed, label=label)
     start = train.lm_window_losses(base, valid, cfg.finetune_batch, cfg.block_size)[0]
-    return {**out, "row": {"run": label, "method": "LoRA" if lora else "full", "p": p, "size": size or shakes.train.numel(),
+    return {**out, "row": {"run": label, "method": "LoRA", "p": p, "size": size or shakes.train.numel(),
                            "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / stream.numel(),
                            "start_bpb": float(start.mean()) / LN2, "best_bpb": out["best"]["valid_loss"] / LN2,
                            "best_step": out["best"]["step"], "final_bpb": out["final"]["valid_loss"] / LN2,
@@ -252,24 +334,26 @@ def finetune(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, *, size: int, 
                            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad)}}
 
 
+def full_runs(cfg: LLMConfig) -> list[tuple[float, int]]:
+    """The full fine-tuning runs (p, size): every rate on the main slice, then the crossing (0 and p at every
+    size), each once."""
+    runs = [(q, cfg.finetune_bytes) for q in cfg.finetune_rates]
+    runs += [(q, size) for size in cfg.sizes for q in (0.0, cfg.p) if (q, size) not in runs]
+    return runs
+
+
 def run(cfg: LLMConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     corpus = data.load_text(cfg.pretrain_corpus)
     shakes = data.load_tinyshakespeare()
-    pre = {arm: pretrain(cfg, corpus, arm) for arm in ("none", "dropout", "early")}
+    pre = pretrain(cfg, corpus)
     base = pre["none"]["model"]
-    ft = {}
-    for p in cfg.finetune_rates:  # 1. full fine-tuning on the main slice
-        ft["full", p, cfg.finetune_bytes] = finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, seed=cfg.seed)
-    for p in cfg.lora_rates:  # 2. LoRA on the same slice
-        ft["LoRA", p, cfg.finetune_bytes] = finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, lora=True,
-                                                     seed=cfg.seed)
-    for size in cfg.sizes:  # 3. the crossing: growing data at the same number of steps
-        for p in (0.0, cfg.p):
-            if ("full", p, size) not in ft:
-                ft["full", p, size] = finetune(cfg, base, shakes, size=size, p=p, seed=cfg.seed)
+    ft = finetune_group(cfg, base, shakes, full_runs(cfg))  # 1. every rate on the main slice; 3. the crossing
+    for p in cfg.lora_rates:  # 2. LoRA on the main slice
+        ft["LoRA", p, cfg.finetune_bytes] = finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, seed=cfg.seed)
     pre_rows = [{"arm": arm, "final_bpb": r["final"]["valid_loss"] / LN2, "tokens_per_s": r["tokens_per_s"],
-                 "tokens_per_s (with compilation)": r.get("tokens_per_s_overall"), "mfu": r["mfu"],
+                 "tokens_per_s (with capture)": r.get("tokens_per_s_overall"),
+                 "group tokens_per_s": r.get("group_tokens_per_s"), "models": r.get("models"), "mfu": r["mfu"],
                  "cached": r["cached"]} for arm, r in pre.items()]
     rec = {"pretrain": pd.DataFrame(pre_rows),
            "curves": pd.DataFrame([c for r in pre.values() for c in r["curve"]] +

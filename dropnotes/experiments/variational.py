@@ -48,7 +48,6 @@ class VariationalConfig(ChapterConfig):
     eval_tokens: int  # 0: the whole validation and test streams
     dim: int
     layers: int
-    init_range: float  # parameters drawn uniformly from [-init_range, init_range]
     batch_size: int
     seq_len: int
     epochs: int
@@ -65,6 +64,7 @@ class VariationalConfig(ChapterConfig):
     svd_epochs: int
     amp: bool
     speed_steps: int = 20  # training windows timed per scheme for the words/s of one standalone model
+    init_range: float = 0.1  # parameters drawn uniformly from [-init_range, init_range]
 
 
 PROFILE_DEFAULTS = {

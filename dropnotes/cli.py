@@ -319,9 +319,9 @@ def cmd_estimate(args) -> int:
     if args.profile not in ("quick", "full"):
         raise UsageError(f"--profile must be 'quick' or 'full', got {args.profile!r}")
     if args.compare:
-        engine_chapters = [c for c in chapters if c in ("mechanics", "ensembles", "interactions")]
+        engine_chapters = [c for c in chapters if c in est.COMPARE_CHAPTERS]
         if not engine_chapters:
-            raise UsageError("--compare measures the batched engine's chapters: mechanics, ensembles, interactions")
+            raise UsageError(f"--compare measures the batched engine's chapters: {', '.join(est.COMPARE_CHAPTERS)}")
         table = pd.DataFrame([r for c in engine_chapters for r in est.compare_steps(c, args.profile)])
         table["kernels ratio"] = table["sequential kernels/step"] / table["batched kernels/step"]
         table["CPU time ratio"] = table["sequential CPU s/step"] / table["batched CPU s/step"]

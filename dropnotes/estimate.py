@@ -688,12 +688,99 @@ def _engine_groups(chapter: str, cfg) -> list[tuple]:
                 ("MLPs", km, lambda: mlp("dropout", cfg.mlp_hidden, 0.5),
                  lambda: StackedMLP(km, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
                                     p_connect=[0.5] + [0.0] * (km - 1)), (1, 28, 28), True)]
-    raise ValueError(f"chapter must be one of mechanics, ensembles, interactions (the engine's chapters), got {chapter!r}")
+    if chapter == "droppath":
+        from dropnotes.engine import StackedViT
+        from dropnotes.experiments.droppath import arms
+        from dropnotes.models import ViT
+
+        k = len(arms(cfg, 0.1)[cfg.depth])
+        return [(f"ViTs of depth {cfg.depth} (arms x seeds)", k,
+                 lambda: ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, drop_path_rate=0.1),
+                 lambda: StackedViT(k, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, rates=0.1), (3, 32, 32), False)]
+    if chapter in ("variational", "llm"):
+        return []  # their groups are language models: see _lm_steps
+    raise ValueError(f"chapter must be one of {', '.join(COMPARE_CHAPTERS)} (the engine's chapters), got {chapter!r}")
+
+
+def _sequential_classifier_step(nets, x, y, optimizer: str = "sgd", transform=None):
+    """One training step of each of K ordinary models in turn (``torch.optim``), on one shared batch."""
+    if optimizer == "adamw":
+        opts = [torch.optim.AdamW(n.parameters(), lr=1e-3, weight_decay=0.05, foreach=False) for n in nets]
+    else:
+        opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, foreach=False) for n in nets]
+
+    def step():
+        for net, opt in zip(nets, opts):
+            xb = x if transform is None else transform(x)
+            opt.zero_grad(set_to_none=True)
+            F.cross_entropy(net(xb), y).backward()
+            opt.step()
+    return step
+
+
+def _lm_steps(chapter: str, cfg, gen: torch.Generator):
+    """Chapter 3's LSTM group and chapter 5's pretraining group: (name, K, batch, sequential step, batched step)."""
+    from dropnotes import train
+    from dropnotes.engine import StackedGPT, StackedLSTMLM, _adam_step, _sgd_step
+
+    if chapter == "variational":
+        from dropnotes.models import LSTMLM
+        from dropnotes.models.lstm_lm import SCHEMES
+
+        vocab = cfg.vocab_cap or 10000
+        schemes = list(SCHEMES) * cfg.n_seeds
+        k, b, t = len(schemes), cfg.batch_size, cfg.seq_len
+        nets = [LSTMLM(vocab, cfg.dim, cfg.layers, s, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb).train()
+                for s in schemes]
+        group = StackedLSTMLM.from_models(nets).train()
+        lr = 1.0 if cfg.optimizer == "sgd" else 1e-3
+        make_opt = (lambda m: torch.optim.SGD(m.parameters(), lr=lr, foreach=False)) if cfg.optimizer == "sgd" else \
+            (lambda m: torch.optim.Adam(m.parameters(), lr=lr, foreach=False))
+        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in group.parameters()]
+    else:
+        from dropnotes.experiments.llm import _model
+
+        k, b, t, vocab = 3, cfg.batch_size, cfg.block_size, 256
+        nets = [_model(cfg, cfg.p).train() for _ in range(k)]
+        group = StackedGPT.from_models(nets, p_emb=cfg.p, p_attn=cfg.p, p_resid=cfg.p).train()
+        make_opt = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,  # noqa: E731
+                                               foreach=False)
+        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in group.parameters()]
+    x, y = torch.randint(0, vocab, (b, t), generator=gen), torch.randint(0, vocab, (b, t), generator=gen)
+    opts = [make_opt(n) for n in nets]
+    params = list(group.parameters())
+    ones, alive, step_no = torch.ones(k), torch.ones(k, dtype=torch.bool), torch.zeros((), dtype=torch.long)
+    clip = getattr(cfg, "clip", 1.0)
+
+    def sequential():
+        for net, opt in zip(nets, opts):
+            out = net(x)
+            opt.zero_grad(set_to_none=True)
+            train.lm_loss(out[0] if isinstance(out, tuple) else out, y).backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), clip, foreach=False)
+            opt.step()
+
+    def batched():
+        out = group(x, generator=gen)
+        logits = out[0] if isinstance(out, tuple) else out
+        losses = F.cross_entropy(logits.flatten(0, -2), y.expand(k, -1, -1).flatten(), reduction="none")
+        for q in params:
+            q.grad = None
+        losses.view(k, -1).mean(1).sum().backward()
+        step_no.add_(1)
+        if chapter == "variational" and cfg.optimizer == "sgd":
+            _sgd_step(params, [None] * len(params), ones, None, 0.0, alive, ones * clip)
+        else:
+            _adam_step(params, moments, step_no, ones * 1e-3, alive, ones * clip, betas=(0.9, 0.95),
+                       weight_decay=None if chapter == "variational" else ones * 0.1)
+
+    name = "LSTM LMs (schemes x seeds)" if chapter == "variational" else "GPTs (pretraining arms)"
+    return [(name, k, b, sequential, batched)]
 
 
 def compare_steps(chapter: str, profile: str = "quick", repeats: int = 3) -> list[dict]:
     """Kernels and CPU seconds of one training step of a chapter's K models, trained one at a time
-    (``torch.optim.SGD``, K steps) against the batched engine (one step), measured here on the CPU."""
+    (``torch.optim``, K steps) against the batched engine (one step), measured here on the CPU."""
     import importlib
     import time
 
@@ -701,31 +788,30 @@ def compare_steps(chapter: str, profile: str = "quick", repeats: int = 3) -> lis
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")
     cfg = module.configure(profile=profile, device="cpu")
-    rows = []
     gen = torch.Generator().manual_seed(0)
+    steps = []
+    if chapter in ("variational", "llm"):
+        steps = _lm_steps(chapter, cfg, gen)
     for name, k, single, stacked, example, max_norm in _engine_groups(chapter, cfg):
         b = cfg.batch_size
+        optimizer, transform = ("adamw", _vit_transform()) if chapter == "droppath" else ("sgd", None)
         x, y = torch.rand(b, *example, generator=gen), torch.randint(0, 10, (b,), generator=gen)
-        nets = [single().train() for _ in range(k)]
-        opts = [torch.optim.SGD(n.parameters(), lr=0.01, momentum=0.9, foreach=False) for n in nets]
-
-        def sequential():
-            for net, opt in zip(nets, opts):
-                opt.zero_grad(set_to_none=True)
-                F.cross_entropy(net(x), y).backward()
-                opt.step()
-
+        sequential = _sequential_classifier_step([single().train() for _ in range(k)], x, y, optimizer, transform)
         group = stacked().train()
         xs, ys = torch.rand(2 * b, *example, generator=gen), torch.randint(0, 10, (2 * b,), generator=gen)
         idx = torch.randint(0, 2 * b, (k, b), generator=gen)
         vec = torch.full((k,), 0.01)
         constrained = cfg.n_seeds if max_norm else 0  # chapters 2 and 6: one max-norm model per seed
-        batched = make_step(group, xs, ys, idx, lr=vec, weight_decay=None, momentum=0.9,
-                            max_norm=torch.full((constrained,), 3.0) if constrained else None,
+        bufs = ([(torch.zeros_like(p), torch.zeros_like(p)) for p in group.parameters()] if optimizer == "adamw"
+                else [torch.zeros_like(p) for p in group.parameters()])
+        batched = make_step(group, xs, ys, idx, lr=vec, weight_decay=vec if optimizer == "adamw" else None,
+                            momentum=0.9, max_norm=torch.full((constrained,), 3.0) if constrained else None,
                             max_norm_index=torch.arange(constrained) if constrained else None, clip=None, amp_dtype=None,
-                            generator=gen, bufs=[torch.zeros_like(p) for p in group.parameters()],
-                            alive=torch.ones(k, dtype=torch.bool), died=torch.full((k,), -1),
-                            step_no=torch.zeros((), dtype=torch.long))
+                            generator=gen, bufs=bufs, alive=torch.ones(k, dtype=torch.bool), died=torch.full((k,), -1),
+                            step_no=torch.zeros((), dtype=torch.long), optimizer=optimizer, transform=transform)
+        steps.append((name, k, b, sequential, batched))
+    rows = []
+    for name, k, b, sequential, batched in steps:
         row = {"chapter": chapter, "group": f"{k} {name}", "models": k, "batch": b}
         for label, step in (("sequential", sequential), ("batched", batched)):
             with KernelCounter() as counter:
@@ -739,3 +825,11 @@ def compare_steps(chapter: str, profile: str = "quick", repeats: int = 3) -> lis
             row[f"{label} CPU s/step"] = min(times)
         rows.append(row)
     return rows
+
+
+def _vit_transform():
+    from dropnotes.experiments.droppath import augment
+    return augment
+
+
+COMPARE_CHAPTERS = ("mechanics", "ensembles", "variational", "droppath", "llm", "interactions")

@@ -1,9 +1,10 @@
 """The reproduction scorecard: one row per claim of every chapter, from the stored results.
 
-Nothing here decides a verdict. Each chapter computes its verdicts from its measured numbers with
-the rule it states, and stores them with the result. The scorecard shows the full-profile verdict
-where a full result is stored, else the quick one, labelled as such; a full run whose schedule was
-cut from the profile's defaults is labelled "shortened" (other changes: "changed"), with what changed.
+Nothing here decides whether a claim holds. Each chapter computes its verdicts from its measured numbers
+with the rule it states, and stores them with the result. The scorecard shows the full-profile verdict
+where a full result of the chapter's current protocol is stored, else the quick one, labelled as such; a
+full run whose schedule was cut from the profile's defaults is labelled "shortened" (other changes:
+"changed"), with what changed. A run shorter than the paper's schedule never counts as a refutation.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments._base import protocol
 from dropnotes.results import deviations, load_result
 
 # Sources named in the chapters' verdict tables -> bibliography keys (references.bib).
@@ -51,41 +53,112 @@ def _changes(chapter: str, record: dict) -> tuple[str, str]:
     return ", ".join(f"{k} {v} of {d}" for k, (v, d) in changed.items()), "shortened" if cut else "changed"
 
 
+# The verdict categories, in the order the counts are shown. A chapter's verdict text starts with one.
+CATEGORIES = ("reproduced", "reproduced (direction)", "partly", "inconclusive", "not reproduced",
+              "not at paper scale", "not measured")
+
+
+def category(verdict: str) -> str:
+    """The category a chapter's verdict text falls under (``other`` if none)."""
+    v = str(verdict).strip()
+    for c in ("reproduced (direction)", "not reproduced", "not at paper scale", "not measured", "partly",
+              "inconclusive", "reproduced"):
+        if v.startswith(c):
+            return c
+    return "other"
+
+
+def _refutes(cat: str) -> bool:
+    return cat == "not reproduced"
+
+
 def collect() -> pd.DataFrame:
-    """One row per (chapter, claim): source, paper value, our quick and full values, verdict."""
+    """One row per (chapter, claim): the verdict and its category, the paper's value, our quick and full
+    values, the source.
+
+    The verdict is the full run's where one is stored under the chapter's current protocol, else the
+    quick run's, marked "(quick)". A run shorter than the paper's schedule never refutes a claim: a quick
+    run's *not reproduced*, and a shortened full run's *not reproduced* or *inconclusive*, read *not at
+    paper scale*, with the run's own verdict beside it. A full run stored under an older protocol is shown
+    with "protocol changed since this run" and does not decide the verdict."""
     rows = []
     for chapter in CHAPTERS:
         quick, full = load_result(chapter, "quick"), load_result(chapter, "full")
         q, f = _verdict_rows(quick), _verdict_rows(full)
-        for claim in list(dict.fromkeys([*f, *q])):
-            ref = f.get(claim) or q[claim]
+        stale = full is not None and int(full["provenance"].get("protocol", 1)) < protocol(chapter)
+        what, label = _changes(chapter, full) if full is not None else ("", "")
+        for claim in list(dict.fromkeys([*q, *f])):
+            ref = q.get(claim) or f[claim]
+            q_verdict = q[claim]["verdict"] if claim in q else None
             if claim in f:
-                p, (what, label) = full["provenance"], _changes(chapter, full)
-                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}{f'; {label}: {what}' if what else ''}]"
-                verdict = f[claim]["verdict"] + (f" ({label} full run)" if what else "")
+                p = full["provenance"]
+                note = f"; {label}: {what}" if what else ""
+                note += "; protocol changed since this run" if stale else ""
+                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}{note}]"
             else:
-                full_value, verdict = "not run yet", f"{q[claim]['verdict']} (quick)"
-            rows.append({"chapter": chapter, "claim": f"*{chapter}*: {claim}", "source": ref["source"], "paper": ref["paper"],
-                         "ours (quick)": q[claim]["ours"] if claim in q else "not run",
-                         "ours (full)": full_value, "verdict": verdict})
-    return pd.DataFrame(rows, columns=["chapter", "claim", "source", "paper", "ours (quick)", "ours (full)", "verdict"])
+                full_value = "not run yet"
+            if claim in f and not stale:
+                verdict, cat = f[claim]["verdict"], category(f[claim]["verdict"])
+                if label == "shortened" and what and cat in ("not reproduced", "inconclusive"):
+                    cat = "not at paper scale"
+                    verdict = f"not at paper scale (full run cut: {what}; it read: {verdict})"
+                elif what:
+                    verdict += f" ({label} full run)"
+            elif q_verdict is not None:
+                cat = category(q_verdict)
+                if _refutes(cat):
+                    cat, verdict = "not at paper scale", f"not at paper scale (quick run: {q_verdict})"
+                else:
+                    verdict = f"{q_verdict} (quick)"
+            else:
+                cat, verdict = "not measured", "not measured (the full run predates this protocol; no quick run)"
+            rows.append({"chapter": chapter, "claim": claim, "verdict": verdict, "category": cat,
+                         "paper": ref["paper"], "ours (quick)": q[claim]["ours"] if claim in q else "not run",
+                         "ours (full)": full_value, "source": ref["source"]})
+    return pd.DataFrame(rows, columns=["chapter", "claim", "verdict", "category", "paper", "ours (quick)",
+                                       "ours (full)", "source"])
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """A MyST table whose sources are cited from the bibliography."""
+    """The scorecard as MyST: one section per chapter (its title, a link to it), each a table whose second
+    column is the verdict and whose sources are cited from the bibliography."""
+    from dropnotes.experiments import TITLES
+
     def cell(v) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    cols = [c for c in table.columns if c != "chapter"]  # the claim cell names its chapter
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    for _, row in table.iterrows():
-        values = [_cite(row[c]) if c == "source" else row[c] for c in cols]
-        lines.append("| " + " | ".join(cell(v) for v in values) + " |")
-    return "\n".join(lines)
+    cols = ["claim", "verdict", "paper", "ours (quick)", "ours (full)", "source"]
+    out = []
+    for chapter, rows in table.groupby("chapter", sort=False):
+        doc = "/" + CHAPTERS[chapter].removesuffix(".ipynb")
+        out += [f"**{TITLES.get(chapter, chapter)}** (*{chapter}*, {{doc}}`the chapter <{doc}>`)", "",
+                "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        for _, row in rows.iterrows():
+            values = [_cite(row[c]) if c == "source" else f"**{row[c]}**" if c == "verdict" else row[c] for c in cols]
+            out.append("| " + " | ".join(cell(v) for v in values) + " |")
+        out.append("")
+    return "\n".join(out)
 
 
 def counts(table: pd.DataFrame) -> pd.Series:
-    """How many claims fall under each verdict (full where available, else quick)."""
-    kind = table.verdict.str.replace(r" \(quick\)$", "", regex=True).str.extract(
-        r"^(reproduced|partly|not reproduced|not measured|inconclusive)")[0].fillna("other")
-    return kind.value_counts()
+    """How many claims fall under each category (in :data:`CATEGORIES` order, those present)."""
+    c = table["category"].value_counts()
+    return c.reindex([k for k in (*CATEGORIES, "other") if k in c.index])
+
+
+def plot_counts(table: pd.DataFrame):
+    """A small bar chart of the claims per verdict category, stacked by chapter."""
+    import matplotlib.pyplot as plt
+
+    grid = pd.crosstab(table["category"], table["chapter"]).reindex(
+        [k for k in (*CATEGORIES, "other") if k in set(table["category"])])
+    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(grid) + 1.2))
+    left = pd.Series(0, index=grid.index)
+    for chapter in [c for c in CHAPTERS if c in grid.columns]:
+        ax.barh(grid.index, grid[chapter], left=left, label=chapter)
+        left = left + grid[chapter]
+    ax.invert_yaxis()
+    ax.set(xlabel="claims")
+    ax.legend(frameon=False, fontsize=7, ncols=4, loc="lower right")
+    fig.tight_layout()
+    return fig

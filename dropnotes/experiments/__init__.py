@@ -9,3 +9,13 @@ CHAPTERS = {
     "interactions": "chapters/06_interactions.ipynb",
     "cost": "chapters/07_cost.ipynb",
 }
+
+TITLES = {
+    "mechanics": "Dropout, mechanically",
+    "ensembles": "Dropout as an ensemble",
+    "variational": "Variational dropout",
+    "droppath": "DropPath in Vision Transformers",
+    "llm": "Dropout in LLM pretraining versus fine-tuning",
+    "interactions": "Dropout's interactions",
+    "cost": "The cost of dropout",
+}

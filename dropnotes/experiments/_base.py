@@ -375,9 +375,21 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     if cfg.profile == "smoke" and isinstance(tables.get("verdicts"), pd.DataFrame):
         label_smoke(tables["verdicts"])
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
-                              **provenance_extra)
+                              protocol=protocol(chapter), **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
                                tables=tables, defaults=defaults.get(cfg.profile, {}))
+
+
+def protocol(chapter: str) -> int:
+    """The version of ``chapter``'s protocol (its module's ``PROTOCOL``), stored with every result: a stored
+    run of an older version measured something the chapter no longer does (the scorecard says so)."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    except ModuleNotFoundError:  # a chapter without a module of its own (tests' stand-ins)
+        return 1
+    return int(getattr(module, "PROTOCOL", 1))
 
 
 SMOKE_LABEL = "smoke run, not evidence"

@@ -28,6 +28,8 @@ from dropnotes.runtime import Timer
 from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
 
 CHAPTER = "cost"
+# The protocol's version, stored with each result (see _base.protocol).
+PROTOCOL = 1
 SEED_CLAIM = 0.02  # "dropout adds about 1-2 % to an epoch": the upper end is the threshold
 
 

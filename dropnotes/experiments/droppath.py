@@ -29,6 +29,10 @@ from dropnotes.runtime import profile_config, seed_everything, select_device
 from dropnotes.stats import compare_errors, fmt_mean_sd
 
 CHAPTER = "droppath"
+# The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the best rate
+# chosen on a validation split, the test set used once; the arms of a depth as one batched group with a shared
+# initialisation per seed.
+PROTOCOL = 2
 
 # Published values, each from its authors' own code or README (see the chapter).
 HUANG_CIFAR10 = (6.41, 5.25)  # 110-layer ResNet, CIFAR-10+ test error %, constant depth -> stochastic depth

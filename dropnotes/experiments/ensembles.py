@@ -30,6 +30,8 @@ from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import compare_errors, fmt_mean_sd
 
 CHAPTER = "ensembles"
+# The protocol's version, stored with each result (see _base.protocol).
+PROTOCOL = 1
 
 # Published values (see the chapter for sources).
 PAPER_T2 = {"none": 1.60, "dropout_maxnorm": 1.06}  # Srivastava et al. 2014, Table 2, test error %

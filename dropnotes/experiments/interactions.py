@@ -32,6 +32,10 @@ from dropnotes.runtime import profile_config, select_device
 from dropnotes.stats import compare_errors
 
 CHAPTER = "interactions"
+# The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-01): every model's
+# epoch chosen on a validation split, the test set used once; the papers' epochs and 3 seeds; the arms as
+# batched groups.
+PROTOCOL = 2
 LI_DENSENET = (77.42, 68.55)  # Li et al. 2019, Fig. 1: DenseNet CIFAR-100 test accuracy without / with dropout 0.5
 TRAIN_IMAGES = 60000  # MNIST's and Fashion-MNIST's training sets; the validation split comes out of them
 CNN_ARMS = (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "pixel"), ("after-bn", "spatial"),

@@ -31,6 +31,10 @@ from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import compare_paired
 
 CHAPTER = "llm"
+# The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
+# arms and the full fine-tuning runs as batched groups (the same initialisation and batches as before; the
+# dropout masks drawn differently).
+PROTOCOL = 2
 LN2 = math.log(2)
 CORPORA = ("python-stdlib", "enwik8")
 # Dense bf16 peak FLOP/s, for MFU (vendor datasheets); devices not listed report no MFU.

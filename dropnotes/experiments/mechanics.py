@@ -23,6 +23,8 @@ from dropnotes.engine import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, profile_config, select_device, stream, stream_seed
 
 CHAPTER = "mechanics"
+# The protocol's version, stored with each result (see _base.protocol).
+PROTOCOL = 1
 
 # Srivastava et al. (2014), Table 2: permutation-invariant MNIST test error (%).  Checked against
 # two independent secondary sources that agree; the PDF itself was not reachable offline.

@@ -27,6 +27,10 @@ from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import block_se, compare_paired
 
 CHAPTER = "variational"
+# The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): Zaremba et al.'s
+# 39-epoch medium schedule with 3 seeds, bf16, the schemes as one batched group; sparse VD with the authors' 200
+# epochs and schedules, its test set used once.
+PROTOCOL = 2
 
 # Gal & Ghahramani (2016), Table 1, PTB test perplexity, medium LSTM (2 x 650).
 PAPER_ZAREMBA_MEDIUM = 82.7  # naive dropout (Zaremba et al. 2014)

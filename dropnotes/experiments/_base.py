@@ -392,6 +392,13 @@ def protocol(chapter: str) -> int:
     return int(getattr(module, "PROTOCOL", 1))
 
 
+def plain(facts: dict) -> dict:
+    """``facts`` with NumPy scalars as Python numbers, so that myst-nb's ``{glue:text}`` can format them."""
+    import numpy as np
+
+    return {k: v.item() if isinstance(v, np.generic) else v for k, v in facts.items()}
+
+
 SMOKE_LABEL = "smoke run, not evidence"
 
 

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
+from dropnotes.experiments._base import plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
@@ -275,3 +276,23 @@ def plot_bench(table: pd.DataFrame):
 
 def stored_full() -> dict | None:
     return _stored_full(CHAPTER)
+
+
+def stored_facts(stored: dict) -> dict:
+    """The measured numbers the chapter's prose quotes from its stored full run, to be glued (never typed),
+    keyed ``cost-...``."""
+    t = stored["tables"]
+    steps, att, bench = t["steps"], t["attention"].set_index("kernel"), t["bench"]
+    row = lambda model, variant: steps[(steps.model == model) & (steps.variant == variant)].iloc[0]  # noqa: E731
+    p0 = steps[steps.variant == "p=0"]["overhead vs removed %"]
+    big = bench.elements.max()
+    eager = bench[(bench.variant == "dropout") & (bench.elements == big)].iloc[0]
+    compiled = bench[(bench.variant == "dropout (torch.compile)") & (bench.elements == big)].iloc[0]
+    drop = att[att.dropout_p > 0]["overhead of dropout %"]
+    return plain({"cost-gpt": row("GPT", "p=0.1")["overhead vs removed %"], "cost-gpt-spread": row("GPT", "p=0.1")["spread (IQR) %"],
+                  "cost-vit": row("ViT", "p=0.1")["overhead vs removed %"], "cost-mlp": row("MLP", "p=0.1")["overhead vs removed %"],
+                  "cost-p0-min": p0.min(), "cost-p0-max": p0.max(), "cost-flash": drop["flash_attention"],
+                  "cost-efficient": drop["efficient_attention"], "cost-math": drop["math"],
+                  "cost-eager-tbps": eager["GB/s"] / 1000, "cost-copy-tbps": stored["metrics"]["copy_GBps"] / 1000,
+                  "cost-eager-ratio": eager.ratio, "cost-compiled-tbps": compiled["GB/s"] / 1000,
+                  "cost-compiled-ratio": compiled.ratio})

@@ -24,6 +24,7 @@ from dropnotes import functional as DF
 from dropnotes.engine import StackedCNN, StackedMLP, evaluate_stacked, fit_stacked
 from dropnotes.layers import DropConnectLinear, Dropout, GaussianDropout
 from dropnotes.models import SmallCNN
+from dropnotes.experiments._base import plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
                                         size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
@@ -415,4 +416,21 @@ def plot_grid(g: pd.DataFrame):
 
 def stored_full() -> dict | None:
     return _stored_full(CHAPTER)
+
+
+def stored_facts(stored: dict) -> dict:
+    """The measured numbers the chapter's prose quotes from its stored full run, to be glued (never typed),
+    keyed ``int-...``."""
+    t, p, d = stored["tables"], stored["params"], stored.get("defaults") or {}
+    cnn, mlp = t["cnn"], t["mlp"]
+    base = mlp[(mlp.weight_decay == 0) & (mlp.max_norm == 0) & (mlp.lr == mlp.lr.min())]
+    none, drop = base[base.kind == "none"], base[(base.kind == "dropout") & (base.p == 0.5)]
+    before = cnn[cnn.arm == "before-bn (pixel)"]
+    after = cnn[cnn.arm == "after-bn (pixel)"]
+    b, a, r = 100 * before.test_error.mean(), 100 * after.test_error.mean(), 100 * t["reestimated"].test_error.mean()
+    return plain({"int-seeds": p["n_seeds"], "int-cnn-epochs": p["cnn_epochs"], "int-cnn-epochs-default": d.get("cnn_epochs"),
+                  "int-mlp-epochs": p["mlp_epochs"], "int-mlp-epochs-default": d.get("mlp_epochs"),
+                  "int-mlp-none": 100 * none.test_error.mean(), "int-mlp-dropout": 100 * drop.test_error.mean(),
+                  "int-cnn-before": b, "int-cnn-after": a, "int-cnn-gap": b - a, "int-reest-recovered": 100 * (b - r) / (b - a),
+                  "int-shift-before": before["bn2 shift"].mean(), "int-shift-after": after["bn2 shift"].mean()})
 

@@ -22,6 +22,7 @@ import torch
 from dropnotes import data, engine, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
+from dropnotes.experiments._base import plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, rate_knob,
                                         size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
@@ -467,3 +468,32 @@ def plot_finetuning(curves: pd.DataFrame, size: int):
 
 def stored_full() -> dict | None:
     return _stored_full(CHAPTER)
+
+
+def stored_facts(stored: dict) -> dict:
+    """The measured numbers the chapter's prose quotes from its stored full run, to be glued (never typed),
+    keyed ``llm-...``."""
+    from IPython.display import Markdown
+
+    t, p = stored["tables"], stored["params"]
+    pre, ft, curves = t["pretrain"].set_index("arm"), t["finetune"], t["curves"]
+    full = ft[ft.method == "full"]
+    main = full[full["size"] == p["finetune_bytes"]].set_index("p")
+    q = float(p["p"])
+    best = lambda size, rate: float(full[(full["size"] == size) & (full.p == rate)].best_bpb.iloc[0])  # noqa: E731
+    sizes = sorted(full["size"].unique())
+    small, large, whole = sizes[0], sizes[-2], sizes[-1]
+    corpus = stored["provenance"].get("corpus", {})
+    return plain({"llm-python": Markdown(f"Python {corpus.get('python', '?')}"), "llm-corpus-mb": corpus.get("bytes", 0) / 1e6,
+                  "llm-steps-run": int(curves[curves.run == "pretrain none"].step.max()), "llm-steps-allowed": p["pretrain_steps"],
+                  "llm-bpb-none": pre.final_bpb["none"], "llm-bpb-dropout": pre.final_bpb["dropout"],
+                  "llm-bpb-early": pre.final_bpb["early"], "llm-p": q,
+                  "llm-tps-none": pre.tokens_per_s["none"] / 1e6, "llm-mfu-none": 100 * pre.mfu["none"],
+                  "llm-tps-early": pre.tokens_per_s["early"] / 1e6, "llm-mfu-early": 100 * pre.mfu["early"],
+                  "llm-params-m": float(main.trainable.iloc[0]) / 1e6, "llm-ft-steps": p["finetune_steps"],
+                  "llm-ft-kb": p["finetune_bytes"] / 1000, "llm-ft-epochs": float(main.epochs.iloc[0]),
+                  "llm-rise-0": main.overfit_bpb[0.0], "llm-rise-p": main.overfit_bpb[q], "llm-rise-2p": main.overfit_bpb[2 * q],
+                  "llm-best-0": main.best_bpb[0.0], "llm-best-p": main.best_bpb[q], "llm-best-step-0": int(main.best_step[0.0]),
+                  "llm-small-kb": small / 1000, "llm-small-epochs": float(full[full["size"] == small].epochs.iloc[0]),
+                  "llm-small-gain": best(small, 0.0) - best(small, q), "llm-large-kb": large / 1000,
+                  "llm-large-gain": best(large, 0.0) - best(large, q), "llm-all-gain": best(whole, 0.0) - best(whole, q)})

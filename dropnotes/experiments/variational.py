@@ -19,6 +19,7 @@ from dropnotes.engine import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked,
                               lm_window_losses_stacked, lm_windows, mc_window_losses)
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
+from dropnotes.experiments._base import plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
                                         size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
@@ -392,4 +393,29 @@ def plot_sparsity(model: SparseMLP):
 
 def stored_full() -> dict | None:
     return _stored_full(CHAPTER)
+
+
+def stored_facts(stored: dict) -> dict:
+    """The measured numbers the chapter's prose quotes from its stored full run, to be glued (never typed):
+    throughputs, perplexities and sparse VD's result, keyed ``var-...``."""
+    from IPython.display import Markdown
+
+    runs, svd, epochs = stored["tables"]["runs"], stored["tables"]["svd"], stored["params"]["epochs"]
+    wps = runs.groupby("scheme").words_per_s.mean()
+    ppl = runs.groupby("scheme").test_ppl.mean().sort_values()
+    fused = wps.drop(["naive-recurrent", "variational"])
+    epoch_s = runs.groupby("scheme").train_s.mean().sum() / epochs  # the five schemes, one seed each, per epoch
+    last = svd[svd.epoch == svd.epoch.max()].mean(numeric_only=True)
+    order = list(ppl.index)
+    lead = "In this state dropout only slows training: " if order[0] == "none" else ""
+    return plain({"var-epochs-run": epochs, "var-loop-kwps": wps[["naive-recurrent", "variational"]].mean() / 1000,
+                  "var-fused-kwps-min": fused.min() / 1000, "var-fused-kwps-max": fused.max() / 1000,
+                  "var-epoch-s": epoch_s, "var-hours-39": 39 * epoch_s / 3600,
+                  "var-ppl-min": ppl.min(), "var-ppl-max": ppl.max(),
+                  "var-order": Markdown(f"{lead}{order[0]} is best, {order[1]} next, {order[-1]} last."),
+                  "var-wd-speedup": wps["weight-drop"] / wps["variational"],
+                  "var-wd-ppl-gap": 100 * abs(1 - ppl["weight-drop"] / ppl["variational"]),
+                  "var-svd-epochs": int(last.epoch), "var-svd-fc1": 100 * last.sparsity_fc1,
+                  "var-svd-fc2": 100 * last.sparsity_fc2, "var-svd-fc3": 100 * last.sparsity_fc3,
+                  "var-svd-compression": last.compression, "var-svd-error": 100 * last.test_error})
 

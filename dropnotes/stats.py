@@ -7,7 +7,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["binomial_se", "mean_se", "compare_errors", "compare_paired", "block_se", "fmt_mean_sd"]
+__all__ = ["binomial_se", "mean_se", "compare_errors", "compare_paired", "equivalent", "equivalent_errors",
+           "equivalent_paired", "block_se", "fmt_mean_sd"]
+
+Z_ONE_SIDED_5 = 1.6448536269514722  # the standard normal's 95th percentile: TOST at the 5 % level
 
 
 def binomial_se(error: float, n: int) -> float:
@@ -53,6 +56,37 @@ def compare_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[float
     diffs = [np.asarray(b, dtype=float) - np.asarray(n, dtype=float) for b, n in zip(base, new, strict=True)]
     mean, se = _mean_se([d.mean() for d in diffs], float(np.mean([block_se(d) for d in diffs])))
     return mean, se, _verdict(mean, se)
+
+
+def equivalent(diff: float, se: float, margin: float) -> str:
+    """Two one-sided tests (TOST, Schuirmann 1987) at the 5 % level for a claim of *equality*, with a margin
+    stated before the run: the difference is shown equivalent when its 90 % interval
+    ``diff ± 1.645 se`` lies inside ``(-margin, margin)``, and different when the interval lies wholly
+    outside ``[-margin, margin]``. Anything else (a noisy test) is *inconclusive*: failing to separate two
+    arms is never evidence that they are equal."""
+    if not margin > 0:
+        raise ValueError(f"margin must be > 0, got {margin}")
+    low, high = diff - Z_ONE_SIDED_5 * se, diff + Z_ONE_SIDED_5 * se
+    if -margin < low and high < margin:
+        return f"reproduced (equivalent within ±{margin:g})"
+    if low > margin or high < -margin:
+        return f"not reproduced (they differ by more than {margin:g})"
+    return f"inconclusive (equivalence within ±{margin:g} not shown)"
+
+
+def equivalent_errors(base: Sequence[float], new: Sequence[float], n_test: int, margin: float) -> tuple[float, float, str]:
+    """TOST (:func:`equivalent`) on per-seed error rates, with :func:`compare_errors`' standard error:
+    (base - new, its SE, verdict); errors and ``margin`` are fractions."""
+    (mb, sb), (mn, sn) = mean_se(base, n_test), mean_se(new, n_test)
+    diff, se = mb - mn, math.hypot(sb, sn)
+    return diff, se, equivalent(diff, se, margin)
+
+
+def equivalent_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], margin: float) -> tuple[float, float, str]:
+    """TOST (:func:`equivalent`) on per-block losses of the same blocks, with :func:`compare_paired`'s
+    standard error: (mean of base - new, its SE, verdict)."""
+    diff, se, _ = compare_paired(base, new)
+    return diff, se, equivalent(diff, se, margin)
 
 
 def block_se(values: Sequence[float]) -> float:

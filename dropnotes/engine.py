@@ -72,6 +72,17 @@ def _generators(seeds: Sequence[int] | None, k: int) -> list[tuple[int, torch.Ge
     return [(i, torch.Generator().manual_seed(int(s))) for i, s in enumerate(seeds)]
 
 
+def _seeded(seeds: Sequence[int] | None, k: int, make):
+    """(i, model) for each of the K models: ``make()`` on the CPU under ``torch.manual_seed(seeds[i])``
+    (default i), so a stacked model starts as its standalone model of that seed does."""
+    for i, g in _generators(seeds, k):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(g.initial_seed())
+            with torch.device("cpu"):
+                m = make()
+        yield i, m
+
+
 def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian: torch.Tensor | None = None,
                spatial: torch.Tensor | None = None, generator: torch.Generator | None = None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -265,11 +276,7 @@ class StackedSparseMLP(nn.Module):
         """Model k initialised as ``SparseMLP(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
         from dropnotes.models import SparseMLP
 
-        for i, g in _generators(seeds, self.k):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(g.initial_seed())
-                with torch.device("cpu"):
-                    m = SparseMLP(self.widths[0], tuple(self.widths[1:-1]), self.widths[-1])
+        for i, m in _seeded(seeds, self.k, lambda: SparseMLP(self.widths[0], tuple(self.widths[1:-1]), self.widths[-1])):
             self._copy(m, i, into_group=True)
 
     def _copy(self, m: nn.Module, i: int, into_group: bool) -> None:
@@ -1317,6 +1324,29 @@ class _StackedTransformer(nn.Module):
             for name in _BLOCK_TENSORS:
                 self.register_parameter(f"b{j}_{name}", nn.Parameter(torch.empty(k, *shapes[name])))
 
+    def _single(self) -> nn.Module:
+        """One standalone model of the group's shape (its own initialisation)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
+        """Model k initialised as its standalone model is under ``torch.manual_seed(seeds[k])`` (default k)."""
+        for i, m in _seeded(seeds, self.k, self._single):
+            self._copy_in(m, i)
+
+    @torch.no_grad()
+    def _copy_in(self, m: nn.Module, i: int) -> None:
+        """Model ``i`` of the group becomes the standalone model ``m``."""
+        for name, t in self._tensors(m).items():
+            getattr(self, name)[i].copy_(t)
+
+    @torch.no_grad()
+    def _copy_out(self, m: nn.Module, i: int) -> nn.Module:
+        """The standalone model ``m`` becomes model ``i`` of the group; returns it."""
+        for name, t in self._tensors(m).items():
+            t.copy_(getattr(self, name)[i])
+        return m
+
     @staticmethod
     def _block_tensors(j: int, ln1, ln2, attn, fc1, fc2) -> dict[str, torch.Tensor]:
         tensors = (ln1.weight, ln1.bias, attn.qkv.weight, attn.qkv.bias, attn.proj.weight, attn.proj.bias, ln2.weight,
@@ -1398,18 +1428,10 @@ class StackedViT(_StackedTransformer):
             out.update(cls._block_tensors(j, b.norm1, b.norm2, b.attn, b.mlp[0], b.mlp[3]))
         return out
 
-    @torch.no_grad()
-    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
-        """Model k initialised as ``ViT(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
+    def _single(self) -> nn.Module:
         from dropnotes.models import ViT
 
-        for i, g in _generators(seeds, self.k):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(g.initial_seed())
-                with torch.device("cpu"):
-                    m = ViT(**self._shape, drop_path_rate=0.0)
-            for name, t in self._tensors(m).items():
-                getattr(self, name)[i].copy_(t)
+        return ViT(**self._shape, drop_path_rate=0.0)
 
     @classmethod
     def from_models(cls, models: Sequence[nn.Module]) -> "StackedViT":
@@ -1423,23 +1445,16 @@ class StackedViT(_StackedTransformer):
                   patch=first.embed.stride[0], channels=first.embed.in_channels, classes=first.head.out_features,
                   dim=first.pos.shape[2], depth=len(first.blocks), heads=blocks.attn.heads,
                   rates=[[b.drop_path.p for b in m.blocks] for m in models])
-        with torch.no_grad():
-            for i, m in enumerate(models):
-                for name, t in cls._tensors(m).items():
-                    getattr(out, name)[i].copy_(t)
+        for i, m in enumerate(models):
+            out._copy_in(m, i)
         return out.to(first.pos.device)
 
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.ViT` with its per-block rates."""
-        from dropnotes.models import ViT
-
-        m = ViT(**self._shape, drop_path_rate=0.0).to(self.pos.device)
-        with torch.no_grad():
-            for block, r in zip(m.blocks, self.rates[i].tolist()):
-                block.drop_path.p = r
-            for name, t in self._tensors(m).items():
-                t.copy_(getattr(self, name)[i])
-        return m
+        m = self._single().to(self.pos.device)
+        for block, r in zip(m.blocks, self.rates[i].tolist()):
+            block.drop_path.p = r
+        return self._copy_out(m, i)
 
     def extra_repr(self) -> str:
         return f"k={self.k}, depth={self.depth}, dim={self.dim}, heads={self.heads}, tokens={self.tokens}"
@@ -1511,18 +1526,10 @@ class StackedGPT(_StackedTransformer):
             out.update(cls._block_tensors(j, b.ln1, b.ln2, b.attn, b.mlp[0], b.mlp[2]))
         return out
 
-    @torch.no_grad()
-    def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
-        """Model k initialised as ``GPT(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
+    def _single(self) -> nn.Module:
         from dropnotes.models import GPT
 
-        for i, g in _generators(seeds, self.k):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(g.initial_seed())
-                with torch.device("cpu"):
-                    m = GPT(**self._shape)
-            for name, t in self._tensors(m).items():
-                getattr(self, name)[i].copy_(t)
+        return GPT(**self._shape)
 
     @classmethod
     def from_models(cls, models: Sequence[nn.Module], *, p_emb=0.0, p_attn=0.0, p_resid=0.0,
@@ -1533,21 +1540,13 @@ class StackedGPT(_StackedTransformer):
         out = cls(len(models), vocab_size=first.tok.num_embeddings, block_size=first.block_size,
                   dim=first.tok.embedding_dim, layers=len(first.blocks), heads=first.blocks[0].attn.heads,
                   p_emb=p_emb, p_attn=p_attn, p_resid=p_resid, max_rate=max_rate)
-        with torch.no_grad():
-            for i, m in enumerate(models):
-                for name, t in cls._tensors(m).items():
-                    getattr(out, name)[i].copy_(t)
+        for i, m in enumerate(models):
+            out._copy_in(m, i)
         return out.to(first.tok.weight.device)
 
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.GPT` (dropout off)."""
-        from dropnotes.models import GPT
-
-        m = GPT(**self._shape).to(self.tok.device)
-        with torch.no_grad():
-            for name, t in self._tensors(m).items():
-                t.copy_(getattr(self, name)[i])
-        return m
+        return self._copy_out(self._single().to(self.tok.device), i)
 
     def set_rates(self, p_emb=None, p_attn=None, p_resid=None) -> None:
         """Change the per-model rates in place (a scalar or one per model; None leaves one unchanged)."""

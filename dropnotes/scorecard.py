@@ -87,7 +87,10 @@ def collect() -> pd.DataFrame:
         q, f = _verdict_rows(quick), _verdict_rows(full)
         stale = full is not None and int(full["provenance"].get("protocol", 1)) < protocol(chapter)
         what, label = _changes(chapter, full) if full is not None else ("", "")
-        for claim in list(dict.fromkeys([*q, *f])):
+        # A claim only a stale full run holds was renamed or dropped by the protocol change: not shown, unless the
+        # chapter has no quick run to show instead.
+        claims = [*q, *(c for c in f if not (stale and q))]
+        for claim in list(dict.fromkeys(claims)):
             ref = q.get(claim) or f[claim]
             q_verdict = q[claim]["verdict"] if claim in q else None
             if claim in f:

@@ -82,6 +82,10 @@ def test_a_full_run_of_an_older_protocol_does_not_decide(tmp_path, monkeypatch):
     assert row["verdict"] == "inconclusive (within 2 SE) (quick)" and "protocol changed since this run" in row["ours (full)"]
     _store("full", "f1", "reproduced", protocol=2)
     assert scorecard.collect().set_index("claim").loc["c1", "verdict"] == "reproduced"
+    table = pd.DataFrame([{"claim": "renamed", "source": "s", "paper": "1", "ours": "f", "verdict": "reproduced"}])
+    results.save_result("demo", "full", params={}, metrics={}, tables={"verdicts": table},
+                        provenance=results.provenance("cpu", [0], 1.0, "mnist", protocol=1))
+    assert list(scorecard.collect().claim) == ["c1", "c2"], "a claim only the stale run holds is not shown"
     assert _base.protocol("variational") >= 2 and _base.protocol("nosuch") == 1
 
 

@@ -155,13 +155,13 @@ def plot_counts(table: pd.DataFrame):
 
     grid = pd.crosstab(table["category"], table["chapter"]).reindex(
         [k for k in (*CATEGORIES, "other") if k in set(table["category"])])
-    fig, ax = plt.subplots(figsize=(6.4, 0.35 * len(grid) + 1.2))
+    fig, ax = plt.subplots(figsize=(7.2, 0.35 * len(grid) + 1.2))
     left = pd.Series(0, index=grid.index)
     for chapter in [c for c in CHAPTERS if c in grid.columns]:
         ax.barh(grid.index, grid[chapter], left=left, label=chapter)
         left = left + grid[chapter]
     ax.invert_yaxis()
     ax.set(xlabel="claims")
-    ax.legend(frameon=False, fontsize=7, ncols=4, loc="lower right")
+    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
     fig.tight_layout()
     return fig

@@ -900,11 +900,8 @@ class StackedLSTMLM(nn.Module):
                  "h_step": ("naive-recurrent",), "h_tied": ("variational",), "weight_drop": ("weight-drop",)}
         for name, schemes in flags.items():
             self.register_buffer(name, torch.tensor([s in schemes for s in self.schemes]))
-        used = lambda schemes, rate: any(s in schemes and r > 0 for s, r in zip(self.schemes, rates[rate]))  # noqa: E731
-        self._uses = {"emb": used(("variational", "weight-drop"), "p_emb"),
-                      "io_step": used(("naive", "naive-recurrent"), "p_io"), "locked": used(flags["locked"], "p_io"),
-                      "h_step": used(flags["h_step"], "p_rec"), "h_tied": used(flags["h_tied"], "p_rec"),
-                      "w_hh": used(flags["weight_drop"], "p_rec")}
+        per_model = [self._uses_of(i) for i in range(k)]
+        self._uses = {site: any(u[site] for u in per_model) for site in per_model[0]}  # sites some model uses
         d, g = dim, 4 * dim
         self.embed = nn.Parameter(torch.empty(k, vocab_size, d))
         self.w_ih, self.w_hh = nn.ParameterList(), nn.ParameterList()
@@ -983,7 +980,7 @@ class StackedLSTMLM(nn.Module):
         return out
 
     def _uses_of(self, i: int) -> dict[str, bool]:
-        """Which noise sites model ``i`` alone uses (as ``_uses`` records for the whole group)."""
+        """Which noise sites model ``i`` uses; ``_uses`` records those some model of the group uses."""
         s, rate = self.schemes[i], {n: values[i] for n, values in self._rates.items()}
         return {"emb": s in ("variational", "weight-drop") and rate["p_emb"] > 0,
                 "io_step": s in ("naive", "naive-recurrent") and rate["p_io"] > 0,

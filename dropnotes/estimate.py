@@ -456,7 +456,7 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
         corpus_bytes = _stdlib_bytes() if cfg.pretrain_corpus == "python-stdlib" else 90_000_000
         pretrain_steps = int(min(cfg.pretrain_steps, (corpus_bytes * 0.95 // cfg.block_size) // cfg.batch_size))
     dtype = "bf16" if cfg.amp else "fp32"
-    evals = lambda steps: math.ceil(steps / cfg.eval_every) * (cfg.eval_bytes // (cfg.batch_size * cfg.block_size) + 1)  # noqa: E731
+    evals = lambda steps, batch: math.ceil(steps / cfg.eval_every) * (cfg.eval_bytes // (batch * cfg.block_size) + 1)  # noqa: E731
     (f, n, b), (fe, ne, be) = _gpt_group_step(3, cfg, cfg.batch_size, cfg.p)
     k = len(full_runs(cfg))
     (ff, nf, bf), (ffe, nfe, bfe) = _gpt_group_step(k, cfg, cfg.finetune_batch, cfg.p)
@@ -467,11 +467,12 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
         fl, nl, bl = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
     return [Group("llm", f"3 GPTs {cfg.layers}x{cfg.dim} pretraining (none, dropout, early), batched", 1,
                   pretrain_steps, f, n, dtype, captured=True, models_per_step=3, bytes_per_step=b),
-            Group("llm", "pretraining evaluation", 1, evals(pretrain_steps), fe, ne, dtype, models_per_step=3,
+            Group("llm", "pretraining evaluation", 1, evals(pretrain_steps, cfg.batch_size), fe, ne, dtype, models_per_step=3,
                   bytes_per_step=be),
             Group("llm", f"{k} GPTs full fine-tuning (rates x sizes), batched", 1, cfg.finetune_steps, ff, nf, dtype,
                   captured=True, models_per_step=k, bytes_per_step=bf),
-            Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps), ffe, nfe, dtype, models_per_step=k,
+            Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps, cfg.finetune_batch), ffe, nfe, dtype,
+                  models_per_step=k,
                   bytes_per_step=bfe),
             Group("llm", "LoRA fine-tuning runs (one at a time)", len(cfg.lora_rates), cfg.finetune_steps, fl, nl, dtype,
                   bytes_per_step=bl)]

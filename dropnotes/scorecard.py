@@ -68,10 +68,6 @@ def category(verdict: str) -> str:
     return "other"
 
 
-def _refutes(cat: str) -> bool:
-    return cat == "not reproduced"
-
-
 def collect() -> pd.DataFrame:
     """One row per (chapter, claim): the verdict and its category, the paper's value, our quick and full
     values, the source.
@@ -109,7 +105,7 @@ def collect() -> pd.DataFrame:
                     verdict += f" ({label} full run)"
             elif q_verdict is not None:
                 cat = category(q_verdict)
-                if _refutes(cat):
+                if cat == "not reproduced":  # a quick run is shorter than the paper's schedule
                     cat, verdict = "not at paper scale", f"not at paper scale (quick run: {q_verdict})"
                 else:
                     verdict = f"{q_verdict} (quick)"

@@ -58,35 +58,38 @@ def compare_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[float
     return mean, se, _verdict(mean, se)
 
 
-def equivalent(diff: float, se: float, margin: float) -> str:
+def equivalent(diff: float, se: float, margin: float, shown: str | None = None) -> str:
     """Two one-sided tests (TOST, Schuirmann 1987) at the 5 % level for a claim of *equality*, with a margin
     stated before the run: the difference is shown equivalent when its 90 % interval
     ``diff ± 1.645 se`` lies inside ``(-margin, margin)``, and different when the interval lies wholly
     outside ``[-margin, margin]``. Anything else (a noisy test) is *inconclusive*: failing to separate two
-    arms is never evidence that they are equal."""
+    arms is never evidence that they are equal. ``shown``: the margin as the verdict writes it (its value)."""
     if not margin > 0:
         raise ValueError(f"margin must be > 0, got {margin}")
+    m = shown or f"{margin:g}"
     low, high = diff - Z_ONE_SIDED_5 * se, diff + Z_ONE_SIDED_5 * se
     if -margin < low and high < margin:
-        return f"reproduced (equivalent within ±{margin:g})"
+        return f"reproduced (equivalent within ±{m})"
     if low > margin or high < -margin:
-        return f"not reproduced (they differ by more than {margin:g})"
-    return f"inconclusive (equivalence within ±{margin:g} not shown)"
+        return f"not reproduced (they differ by more than {m})"
+    return f"inconclusive (equivalence within ±{m} not shown)"
 
 
 def equivalent_errors(base: Sequence[float], new: Sequence[float], n_test: int, margin: float) -> tuple[float, float, str]:
     """TOST (:func:`equivalent`) on per-seed error rates, with :func:`compare_errors`' standard error:
-    (base - new, its SE, verdict); errors and ``margin`` are fractions."""
+    (base - new, its SE, verdict); errors and ``margin`` are fractions, the verdict gives the margin in
+    percentage points."""
     (mb, sb), (mn, sn) = mean_se(base, n_test), mean_se(new, n_test)
     diff, se = mb - mn, math.hypot(sb, sn)
-    return diff, se, equivalent(diff, se, margin)
+    return diff, se, equivalent(diff, se, margin, shown=f"{100 * margin:g} pt")
 
 
-def equivalent_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], margin: float) -> tuple[float, float, str]:
+def equivalent_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[float]], margin: float,
+                      shown: str | None = None) -> tuple[float, float, str]:
     """TOST (:func:`equivalent`) on per-block losses of the same blocks, with :func:`compare_paired`'s
     standard error: (mean of base - new, its SE, verdict)."""
     diff, se, _ = compare_paired(base, new)
-    return diff, se, equivalent(diff, se, margin)
+    return diff, se, equivalent(diff, se, margin, shown)
 
 
 def block_se(values: Sequence[float]) -> float:

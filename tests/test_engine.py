@@ -719,6 +719,8 @@ def test_stacked_gpt_drops_per_model_and_its_written_out_attention_is_sdpa():
     noisy = stacked.train()(ids, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(noisy[0], clean[0], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(noisy[1], clean[1], atol=1e-3) and not torch.allclose(noisy[2], clean[2], atol=1e-3)
+    for i, net in enumerate(nets):  # eval is the identity whatever the rates: each GPT's deterministic output
+        torch.testing.assert_close(clean[i], net.eval()(ids), rtol=1e-4, atol=1e-5)
     stacked.set_rates(p_emb=0.0, p_attn=0.0, p_resid=0.0)
     torch.testing.assert_close(stacked.train()(ids), clean, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="without noise sites"):

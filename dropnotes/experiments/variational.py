@@ -334,7 +334,7 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
     ours, _ = cmp("variational", "weight-drop")
     seeds = sorted(runs.seed.unique())
     _, _, eq = equivalent_paired([windows["variational", s] for s in seeds], [windows["weight-drop", s] for s in seeds],
-                                 EQUAL_MARGIN_NATS)
+                                 EQUAL_MARGIN_NATS, shown=f"{EQUAL_MARGIN_NATS:g} nats")
     s = rec["summary"].set_index("scheme")["words/s (one model)"]
     speed = s["weight-drop"] / s["variational"]
     verdict = eq if not eq.startswith("reproduced") else "reproduced" if speed > 1.0 else "partly (equivalent, not faster)"

@@ -253,9 +253,13 @@ def _ensembles(cfg) -> list[Group]:
     with torch.device("meta"):
         net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).train()
         fe, ne, be = _meta_forward(net, torch.empty(4096, 784))
-    # MC passes per seed over 10,000 test images, the OOD sets and the k-sweep (batches of 4,096 images).
-    images = cfg.mc_samples * (10000 + 2 * cfg.ood_size) + cfg.mc_repeats * max(cfg.mc_ks) * cfg.mc_test_size
-    passes = cfg.n_seeds * math.ceil(images / 4096)
+    from dropnotes.experiments.ensembles import ROTATION_ANGLES, ROTATION_SAMPLES
+
+    # MC passes per seed over 10,000 test images, the in- and out-of-distribution sets, the k-sweep and the
+    # rotated digits (batches of 4,096 images), and the one rotated digit of the figure.
+    images = (cfg.mc_samples * (10000 + 3 * cfg.ood_size) + cfg.mc_repeats * max(cfg.mc_ks) * cfg.mc_test_size
+              + ROTATION_SAMPLES * len(ROTATION_ANGLES) * cfg.rotation_digits)
+    passes = cfg.n_seeds * math.ceil(images / 4096) + len(ROTATION_ANGLES)
     dtype = "bf16" if cfg.amp else "fp32"
     return [Group("ensembles", f"{k} MLPs (members + dropout nets), batched", 1,
                   cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),

@@ -7,8 +7,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dropnotes.metrics import auroc
+
 __all__ = ["binomial_se", "mean_se", "compare_errors", "compare_paired", "equivalent", "equivalent_errors",
-           "equivalent_paired", "block_se", "fmt_mean_sd"]
+           "equivalent_paired", "mcnemar_exact", "compare_predictions", "paired_bootstrap_auroc",
+           "compare_estimates", "shortfall", "block_se", "fmt_mean_sd"]
 
 Z_ONE_SIDED_5 = 1.6448536269514722  # the standard normal's 95th percentile: TOST at the 5 % level
 
@@ -90,6 +93,101 @@ def equivalent_paired(base: Sequence[Sequence[float]], new: Sequence[Sequence[fl
     standard error: (mean of base - new, its SE, verdict)."""
     diff, se, _ = compare_paired(base, new)
     return diff, se, equivalent(diff, se, margin, shown)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Exact McNemar test (McNemar 1947; the binomial form): the two-sided p-value that ``b`` and ``c``, the
+    discordant pairs (examples that only the first model gets wrong, and only the second), come from a
+    fair coin, i.e. that the two models' error rates on the same examples are equal."""
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError(f"discordant counts must be >= 0, got b={b}, c={c}")
+    n, k = b + c, min(b, c)
+    if n == 0:
+        return 1.0
+    log_half_n = -n * math.log(2.0)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + log_half_n for i in range(k + 1)]
+    top = max(logs)
+    tail = math.exp(top) * sum(math.exp(v - top) for v in logs)
+    return min(1.0, 2.0 * tail)
+
+
+def compare_predictions(base_wrong: Sequence[Sequence[float]], new_wrong: Sequence[Sequence[float]],
+                        alpha: float = 0.05) -> tuple[float, float, str]:
+    """Is ``new`` wrong less often than ``base`` on the *same* test examples? One 0/1 array per seed for each
+    (1 = misclassified; seed ``s`` of both arms on the same examples). Returns (base - new error, its SE,
+    verdict). The test is the exact McNemar test on the discordant pairs pooled over seeds; with three or
+    more seeds the seed-level test (the mean difference over 2 seed-level SE) must agree too, so that seed
+    noise is never hidden behind many examples. *reproduced (direction)* / *not reproduced (the opposite)*
+    when significant at ``alpha`` (two-sided), else *inconclusive*."""
+    pairs = [(np.asarray(b, dtype=float), np.asarray(n, dtype=float)) for b, n in zip(base_wrong, new_wrong, strict=True)]
+    if not pairs or any(b.shape != n.shape or b.size == 0 for b, n in pairs):
+        raise ValueError("base_wrong and new_wrong need one non-empty array per seed, of equal shapes")
+    only_base = int(sum(((b > 0) & (n == 0)).sum() for b, n in pairs))
+    only_new = int(sum(((b == 0) & (n > 0)).sum() for b, n in pairs))
+    per_seed = np.array([b.mean() - n.mean() for b, n in pairs])
+    diff = float(per_seed.mean())
+    paired_se = math.sqrt(sum(float((b - n).var(ddof=1)) / b.size for b, n in pairs if b.size > 1)) / len(pairs)
+    seed_se = float(per_seed.std(ddof=1) / math.sqrt(len(per_seed))) if len(per_seed) >= 3 else 0.0
+    se = max(paired_se, seed_se)
+    p = mcnemar_exact(only_base, only_new)
+    seeds_agree = len(per_seed) < 3 or abs(diff) > 2 * seed_se
+    if p < alpha and seeds_agree:
+        v = "reproduced (direction" if diff > 0 else "not reproduced (the opposite"
+        return diff, se, f"{v}; McNemar p = {p:.2g})"
+    why = f"McNemar p = {p:.2g}" if p >= alpha else "within 2 seed-level SE"
+    return diff, se, f"inconclusive ({why})"
+
+
+def paired_bootstrap_auroc(in_a, out_a, in_b, out_b, n_boot: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """AUROC of score ``a`` minus AUROC of score ``b``, both computed on the *same* in- and out-of-distribution
+    examples, and the standard error of that difference from a paired bootstrap (Efron & Tibshirani 1993):
+    each resample draws the in- and the out-of-distribution examples with replacement, the same indices
+    for both scores. Fixed ``seed``: the same inputs give the same SE."""
+    in_a, out_a, in_b, out_b = (np.asarray(v, dtype=float) for v in (in_a, out_a, in_b, out_b))
+    if in_a.shape != in_b.shape or out_a.shape != out_b.shape:
+        raise ValueError("the two scores must be measured on the same examples (equal shapes)")
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(n_boot)
+    for r in range(n_boot):
+        i, o = rng.integers(0, len(in_a), len(in_a)), rng.integers(0, len(out_a), len(out_a))
+        diffs[r] = auroc(in_a[i], out_a[o]) - auroc(in_b[i], out_b[o])
+    return auroc(in_a, out_a) - auroc(in_b, out_b), float(diffs.std(ddof=1))
+
+
+def compare_estimates(diffs: Sequence[float], ses: Sequence[float]) -> tuple[float, float, str]:
+    """Is a difference (one estimate per seed, each with its measurement SE) above zero? Returns (mean, SE,
+    verdict) with :func:`compare_errors`' 2-SE rule; the SE is the larger of the measurement estimate and,
+    with three or more seeds, the seed-level one."""
+    d = np.asarray(diffs, dtype=float)
+    measurement = math.sqrt(float(np.sum(np.square(ses)))) / len(d)
+    seed_se = float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) >= 3 else 0.0
+    mean, se = float(d.mean()), max(measurement, seed_se)
+    return mean, se, _verdict(mean, se)
+
+
+def shortfall(measured: dict, paper: dict) -> list[str]:
+    """What a run cut from the paper's protocol, from what it measured (never from a profile's name): for
+    each ``paper`` entry, a note such as ``"epochs 40 of 300"`` when ``measured`` falls short of it. Numbers
+    fall short when smaller; other values (a layer shape, a dataset) when different. An empty list: the
+    run is at the paper's scale, so a level it misses is a real miss."""
+    cut = []
+    for name, want in paper.items():
+        got = measured.get(name)
+        if isinstance(want, (int, float)) and not isinstance(want, bool) and isinstance(got, (int, float)):
+            short = got < want
+        else:
+            short = got != want
+        if short:
+            cut.append(f"{name} {_show(got)} of {_show(want)}" if isinstance(want, (int, float)) else
+                       f"{name} {_show(got)} instead of {_show(want)}")
+    return cut
+
+
+def _show(v) -> str:
+    if isinstance(v, (tuple, list)):
+        return " x ".join(map(str, v))
+    return f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
 
 
 def block_se(values: Sequence[float]) -> float:

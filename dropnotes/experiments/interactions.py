@@ -394,7 +394,7 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
     out = pd.DataFrame(rows)
     last = {"cnn": cfg.cnn_epochs, "mlp": cfg.mlp_epochs}
     still = [part for part, runs in (("cnn", cnn), ("mlp", mlp_runs))
-             if cfg.profile == "full" and (runs.best_epoch >= last[part]).any()]
+             if (runs.best_epoch >= last[part]).any()]
     if still:  # a refutation needs models that stopped improving before the schedule ended
         refuted = out.verdict.str.startswith(("not reproduced", "the opposite"))
         out.loc[refuted, "verdict"] = (f"not at paper scale (some {' and '.join(still).upper()} models were still "

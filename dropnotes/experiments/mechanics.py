@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from dropnotes import data, functional as DF, train
-from dropnotes.stats import compare_errors
+from dropnotes.stats import compare_errors, shortfall
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
                                         rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
@@ -30,6 +30,9 @@ PROTOCOL = 1
 # two independent secondary sources that agree; the PDF itself was not reachable offline.
 PAPER_NO_DROPOUT = 1.60  # "Standard neural net" (Simard et al. 2003), 2 x 800 logistic units
 PAPER_DROPOUT_RELU = 1.25  # dropout NN, ReLU, 3 x 1024 units, no max-norm
+# The setting of that 1.25 % (Table 2): the 3 x 1024 ReLU net trained on MNIST's training images (50,000 here,
+# 10,000 held out for validation as in their appendix B.1). A run below it is not judged on the level.
+PAPER_SCALE = {"train_size": 50000, "hidden": (1024, 1024, 1024)}
 
 
 @dataclass(frozen=True)
@@ -207,8 +210,10 @@ def summarize(finals: pd.DataFrame, n_test: int = 10_000) -> pd.DataFrame:
     return out.reset_index()
 
 
-def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame, epochs: int | None = None) -> pd.DataFrame:
-    """The chapter's closing table, computed from the measured numbers with the rules stated in the chapter."""
+def verdicts(summary: pd.DataFrame, cut: list[str], finals: pd.DataFrame, epochs: int | None = None) -> pd.DataFrame:
+    """The chapter's closing table, computed from the measured numbers with the rules stated in the chapter.
+    ``cut``: what the run cut from the paper's setting (:func:`dropnotes.stats.shortfall`); the level claim is
+    judged only when nothing was cut, whatever the profile's name."""
     base = summary[summary.p == 0.0].iloc[0]
     best = summary[summary.p > 0].sort_values("val error %").iloc[0]  # the rate is chosen on validation data
     diff, se, v1 = compare_errors(finals[finals.p == 0.0].test_error.tolist(),
@@ -224,7 +229,7 @@ def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame, epochs: 
         "verdict": v1,
     }]
     at_half = summary[summary.p == 0.5]
-    if profile == "full" and len(at_half):
+    if not cut and len(at_half):
         err = at_half.iloc[0]["test error %"]
         still_improving = epochs is not None and int(finals[finals.p == 0.5].best_epoch.max()) >= epochs
         verdict = "reproduced" if err <= PAPER_DROPOUT_RELU + 0.25 else f"not reproduced ({err:.2f} %)"
@@ -242,7 +247,7 @@ def verdicts(summary: pd.DataFrame, profile: str, finals: pd.DataFrame, epochs: 
             "claim": "3 x 1024 ReLU dropout net reaches the paper's error",
             "source": "Srivastava et al. 2014, Table 2",
             "paper": f"{PAPER_DROPOUT_RELU:.2f} %",
-            "ours": "not measured in this profile (needs the full profile: 50,000 training images, 3 x 1024)",
+            "ours": f"not measured at the paper's size ({', '.join(cut) or 'no p = 0.5 arm'})",
             "verdict": "not measured",
         })
     return pd.DataFrame(rows)
@@ -253,7 +258,8 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
     with Timer(cfg.torch_device) as wall:
         curves, finals = run_mnist_sweep(cfg)
         summary = summarize(finals)
-        table = verdicts(summary, cfg.profile, finals, cfg.epochs)
+        table = verdicts(summary, shortfall({"train_size": cfg.train_size, "hidden": tuple(cfg.hidden)}, PAPER_SCALE),
+                         finals, cfg.epochs)
     record = {"curves": curves, "finals": finals, "summary": summary, "verdicts": table,
               "wall_time_s": wall.seconds}
     if save:

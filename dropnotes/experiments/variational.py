@@ -25,7 +25,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import block_se, compare_paired, equivalent_paired
+from dropnotes.stats import block_se, compare_paired, equivalent_paired, shortfall
 
 CHAPTER = "variational"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): Zaremba et al.'s
@@ -45,6 +45,7 @@ PAPER_ZAREMBA_WPS = 5500  # words per second, Zaremba medium, as reported by Gal
 PAPER_AWD = (61.2, 58.8)  # AWD-LSTM val / test, salesforce/awd-lstm-lm README (500 epochs, full recipe)
 # Molchanov et al. (2017), Table 1 (bayesgroup README): LeNet-300-100 SparseVD.
 PAPER_SVD_ERROR, PAPER_SVD_COMPRESSION = 1.92, 68
+SVD_PAPER_SCALE = {"svd_epochs": 200, "svd_train_size": 60000}  # the authors' lenet300-100-ard.py: 200 epochs on MNIST
 
 
 @dataclass(frozen=True)
@@ -355,7 +356,8 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                               f"({diff:+.4f} ± {se:.4f} nats)"), "verdict": v})
     last = rec["svd"].mean(numeric_only=True)  # over seeds
     err, comp, fc1 = 100 * last.test_error, last.compression, last.sparsity_fc1
-    if cfg.profile != "full":
+    cut = shortfall({"svd_epochs": cfg.svd_epochs, "svd_train_size": cfg.svd_train_size}, SVD_PAPER_SCALE)
+    if cut:  # a shortened schedule is judged on the mechanism only, and never refutes the paper
         rule, ok = "fc1 sparsity >= 0.8 and error <= 3 %", fc1 >= 0.8 and err <= 3.0
     else:
         rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
@@ -365,7 +367,8 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                  "ours": (f"error {err:.2f} %, sparsity {last.sparsity_fc1:.3f} / {last.sparsity_fc2:.3f} / "
                           f"{last.sparsity_fc3:.3f}, {comp:.1f}x ({comp / PAPER_SVD_COMPRESSION:.2f} of the paper's) "
                           f"after {int(last.epoch)} epochs, mean of {len(rec['svd'])} seeds; rule: {rule}"),
-                 "verdict": "reproduced" if ok else "not reproduced"})
+                 "verdict": "reproduced" if ok and not cut else "reproduced (direction)" if ok
+                 else f"not at paper scale ({', '.join(cut)})" if cut else "not reproduced"})
     return pd.DataFrame(rows)
 
 

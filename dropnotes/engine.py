@@ -45,6 +45,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dropnotes.models.lstm_lm import SCHEMES, scheme_rates
 from dropnotes.runtime import Timer, check_choice, check_positive_int, check_probability, progress
 
 
@@ -395,8 +396,9 @@ class StackedCNN(nn.Module):
 
     Every convolution is one grouped convolution over the K models' channel blocks, and every batch-norm
     layer normalises each model's channels over that model's own batch, so the group computes exactly
-    the K separate networks. Model k applies noise with rate ``p1[k]`` after block 1 (before the second
-    BN layer: SmallCNN's ``"before-bn"`` placement) and ``p2[k]`` after block 2 (after the last BN);
+    the K separate networks. Model k applies noise with rate ``p1[k]`` directly before the second BN layer
+    (after the second convolution: SmallCNN's ``"before-bn"`` placement) and ``p2[k]`` after block 2 (after
+    the last BN: ``"after-bn"``);
     ``noise[k]`` is ``"pixel"`` (Bernoulli per unit), ``"spatial"`` (per channel) or ``"gaussian"``.
     Parameters have shape (K, ...); the BN running statistics are (K, channels) buffers.
     """
@@ -456,8 +458,8 @@ class StackedCNN(nn.Module):
     def from_models(cls, models: Sequence[nn.Module]) -> "StackedCNN":
         """Stack K :class:`~dropnotes.models.SmallCNN` (their weights, BN statistics, placements and noise)."""
         first = models[0]
-        conv1, conv2 = first.features[0], first.features[5]
-        sites = [(cls._noise_of(m.features[4]), cls._noise_of(m.features[9])) for m in models]
+        conv1, conv2 = first.features[0], first.features[4]
+        sites = [(cls._noise_of(m.features[5]), cls._noise_of(m.features[9])) for m in models]
         kinds = [s1[1] or s2[1] or "pixel" for s1, s2 in sites]
         out = cls(len(models), conv1.in_channels, first.head.out_features, (conv1.out_channels, conv2.out_channels),
                   int(math.isqrt(first.head.in_features // conv2.out_channels)) * 4,
@@ -465,7 +467,7 @@ class StackedCNN(nn.Module):
         with torch.no_grad():
             for i, m in enumerate(models):
                 bn1, bn2 = m.bn_layers
-                for dst, src in ((out.conv1, m.features[0].weight), (out.conv2, m.features[5].weight),
+                for dst, src in ((out.conv1, m.features[0].weight), (out.conv2, m.features[4].weight),
                                  (out.bn1_weight, bn1.weight), (out.bn1_bias, bn1.bias), (out.bn2_weight, bn2.weight),
                                  (out.bn2_bias, bn2.bias), (out.head_weight, m.head.weight), (out.head_bias, m.head.bias),
                                  (out.running_mean1, bn1.running_mean), (out.running_var1, bn1.running_var),
@@ -479,14 +481,14 @@ class StackedCNN(nn.Module):
         from dropnotes.models import SmallCNN
 
         p1, p2 = float(self.p1[i]), float(self.p2[i])
-        if p1 > 0 and p1 != p2:
-            raise ValueError(f"model {i} has p1={p1:g} != p2={p2:g}: SmallCNN's before-BN placement uses one rate")
+        if p1 > 0 and p2 > 0:
+            raise ValueError(f"model {i} has noise at both sites (p1={p1:g}, p2={p2:g}): a SmallCNN has one dropout layer")
         placement = "before-bn" if p1 > 0 else "after-bn" if p2 > 0 else "none"
         net = SmallCNN(self.in_channels, self.classes, self.channels, placement=placement, p=max(p1, p2),
                        noise=self.noise[i], image_size=self.image_size).to(self.conv1.device)
         bn1, bn2 = net.bn_layers
         with torch.no_grad():
-            for dst, src in ((net.features[0].weight, self.conv1), (net.features[5].weight, self.conv2),
+            for dst, src in ((net.features[0].weight, self.conv1), (net.features[4].weight, self.conv2),
                              (bn1.weight, self.bn1_weight), (bn1.bias, self.bn1_bias), (bn2.weight, self.bn2_weight),
                              (bn2.bias, self.bn2_bias), (net.head.weight, self.head_weight),
                              (net.head.bias, self.head_bias), (bn1.running_mean, self.running_mean1),
@@ -509,8 +511,10 @@ class StackedCNN(nn.Module):
                          gaussian=self.gaussian if self._kinds[1] else None)
         return out.view(h.shape)
 
-    def _block(self, h: torch.Tensor, conv: torch.Tensor, i: int) -> torch.Tensor:
+    def _block(self, h: torch.Tensor, conv: torch.Tensor, i: int, noise=None) -> torch.Tensor:
         h = F.conv2d(h, conv.flatten(0, 1).to(h.dtype), padding=1, groups=self.k)
+        if noise is not None:  # the site directly before this block's BN
+            h = noise(h)
         weight, bias = (self.bn1_weight, self.bn1_bias) if i == 1 else (self.bn2_weight, self.bn2_bias)
         mean, var = getattr(self, f"running_mean{i}"), getattr(self, f"running_var{i}")
         h = F.batch_norm(h, mean.view(-1), var.view(-1), weight.flatten(), bias.flatten(), self.training, 0.1, 1e-5)
@@ -520,15 +524,16 @@ class StackedCNN(nn.Module):
                 masks: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         """``x``: one batch (B, C, H, W) for every model, or with ``per_model`` each model's own (K, B, C, H, W);
         returns (K, B, classes). ``masks`` (optional, for tests): the two sites' keep-masks or multipliers,
-        (B, K, C, H, W)."""
+        (B, K, C, H, W): directly before BN 2 (C = c2 at half resolution) and after block 2."""
         k = self.k
         masks = list(masks) if masks is not None else [None, None]
         if per_model:
             h = x.transpose(0, 1).flatten(1, 2)  # (B, K*C, H, W): model k owns channel block k
         else:
             h = x.repeat(1, k, 1, 1)
-        h = self._site(self._block(h, self.conv1, 1), 0, generator, masks[0])
-        h = self._site(self._block(h, self.conv2, 2), 1, generator, masks[1])
+        h = self._block(h, self.conv1, 1)
+        h = self._site(self._block(h, self.conv2, 2, noise=lambda t: self._site(t, 0, generator, masks[0])), 1,
+                       generator, masks[1])
         h = h.view(h.shape[0], k, -1).transpose(0, 1)  # (K, B, features), SmallCNN's flatten order per model
         return torch.baddbmm(self.head_bias.unsqueeze(2).to(h.dtype), self.head_weight.to(h.dtype),
                              h.transpose(1, 2)).transpose(1, 2)  # (W h^T + b)^T: see StackedMLP._layer
@@ -795,13 +800,20 @@ def _per_model_shape(p: torch.Tensor) -> tuple[int, ...]:
     return (-1,) + (1,) * (p.dim() - 1)
 
 
+def _clip_factor(grads, clip: torch.Tensor | None) -> torch.Tensor | None:
+    """Each model's clipping factor ``min(1, clip[k] / |g_k|)`` over all its gradients (as ``clip_grad_norm_``
+    computes for one model); the norms read each gradient once. None without clipping."""
+    if clip is None:
+        return None
+    sq = sum(torch.linalg.vector_norm(g.flatten(1), dim=1).square() for g in grads)
+    return (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+
+
 def _clipped_grads(params, clip: torch.Tensor | None) -> list[torch.Tensor]:
-    """The parameters' gradients, each model's scaled in place to norm at most ``clip[k]`` (as
-    ``clip_grad_norm_`` does for one model)."""
+    """The parameters' gradients, each model's scaled in place to norm at most ``clip[k]``."""
     grads = [p.grad for p in params]
-    if clip is not None:
-        sq = sum(g.pow(2).flatten(1).sum(1) for g in grads)
-        factor = (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+    factor = _clip_factor(grads, clip)
+    if factor is not None:
         grads = [g.mul_(factor.view(_per_model_shape(g))) for g in grads]
     return grads
 
@@ -813,8 +825,13 @@ def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) 
     updated (their rate is 0; a non-finite gradient can still turn a dead model's parameters NaN, which
     touches no other model, and its best validation state is kept). In place, to keep the passes over the
     parameters few: the step is memory-bound when the models are wide and the batch small."""
-    grads = _clipped_grads(params, clip)
     rate = lr * alive  # a dead model's learning rate is 0 (a (K,) product: no pass over the parameters)
+    if wd is None and not momentum:  # plain SGD: the clipping factor joins the rate, no pass to scale the gradients
+        grads = [p.grad for p in params]
+        factor = _clip_factor(grads, clip)
+        rate = rate if factor is None else rate * factor
+    else:
+        grads = _clipped_grads(params, clip)
     for p, g, buf in zip(params, grads, bufs):
         d = g if wd is None else g.addcmul_(wd.view(_per_model_shape(p)), p)
         if momentum:
@@ -861,20 +878,19 @@ def _max_norm_(model: StackedMLP, max_norm: torch.Tensor, index: torch.Tensor | 
 
 # ------------------------------------------------------------------ the LSTM language models of chapter 3
 
-LM_SCHEMES = ("none", "naive", "naive-recurrent", "variational", "weight-drop")
+LM_SCHEMES = SCHEMES  # chapter 3's ladder of dropout schemes
 
 
 class StackedLSTMLM(nn.Module):
     """K word-level LSTM language models (:class:`~dropnotes.models.LSTMLM`), each with its own dropout
     scheme, as one group: every time step of every layer is one batched cell (a ``bmm`` over the models).
 
-    Model k's ``scheme`` sets where its noise goes, exactly as in :class:`~dropnotes.models.LSTMLM`:
-    ``naive`` masks the non-recurrent connections afresh at every step (rate ``p_io``); ``naive-recurrent``
-    also masks :math:`h_{t-1}` afresh at every step (``p_rec``); ``variational`` ties its masks in time (one per
-    sequence, on inputs, outputs and :math:`h_{t-1}`) and drops word types from the embedding (``p_emb``);
-    ``weight-drop`` ties the input and output masks, drops word types, and applies DropConnect to W_hh
-    with one mask per window (``p_rec``). Parameters have shape (K, ...); the state of each layer is a
-    pair of (K, N, dim) tensors, carried from one BPTT window to the next by the caller.
+    Model k's ``scheme`` sets where its noise goes, exactly as in :class:`~dropnotes.models.LSTMLM`
+    (:data:`~dropnotes.models.lstm_lm.SCHEMES`: masks on the non-recurrent connections fresh at every step or
+    tied in time, rate ``p_io``; masks on :math:`h_{t-1}` fresh or tied, or DropConnect on W_hh with one mask
+    per window, ``p_rec``; word types dropped from the embedding, ``p_emb``). Parameters have shape (K, ...);
+    the state of each layer is a pair of (K, N, dim) tensors, carried from one BPTT window to the next by
+    the caller.
     """
 
     def __init__(self, k: int, vocab_size: int, dim: int, layers: int, *, scheme="none", p_io=0.0, p_rec=0.0,
@@ -887,19 +903,13 @@ class StackedLSTMLM(nn.Module):
         rates = {n: _values(n, v, k, check=check_probability) for n, v in (("p_io", p_io), ("p_rec", p_rec),
                                                                             ("p_emb", p_emb))}
         for i, s in enumerate(self.schemes):  # the rates a scheme does not use are 0, as in LSTMLM
-            if s == "none":
-                rates["p_io"][i] = 0.0
-            if s in ("none", "naive"):
-                rates["p_rec"][i] = 0.0
-            if s in ("none", "naive", "naive-recurrent"):
-                rates["p_emb"][i] = 0.0
+            rates["p_io"][i], rates["p_rec"][i], rates["p_emb"][i] = scheme_rates(
+                LM_SCHEMES[s], rates["p_io"][i], rates["p_rec"][i], rates["p_emb"][i])
         for name, values in rates.items():
             self.register_buffer(name, torch.tensor([float(v) for v in values]))
         self._rates = {name: [float(v) for v in values] for name, values in rates.items()}  # on the host
-        flags = {"locked": ("variational", "weight-drop"), "io_step": ("none", "naive", "naive-recurrent"),
-                 "h_step": ("naive-recurrent",), "h_tied": ("variational",), "weight_drop": ("weight-drop",)}
-        for name, schemes in flags.items():
-            self.register_buffer(name, torch.tensor([s in schemes for s in self.schemes]))
+        for name, (site, kind) in self._FLAGS.items():
+            self.register_buffer(name, torch.tensor([getattr(LM_SCHEMES[s], site) == kind for s in self.schemes]))
         per_model = [self._uses_of(i) for i in range(k)]
         self._uses = {site: any(u[site] for u in per_model) for site in per_model[0]}  # sites some model uses
         d, g = dim, 4 * dim
@@ -979,15 +989,18 @@ class StackedLSTMLM(nn.Module):
             setattr(out, name, tensors)
         return out
 
+    # A flag buffer per kind of noise: (the Scheme field, its value), and the rate it uses.
+    _FLAGS = {"io_step": ("io", "step"), "locked": ("io", "tied"), "h_step": ("rec", "step"), "h_tied": ("rec", "tied"),
+              "weight_drop": ("rec", "weight")}
+    _RATE = {"io": "p_io", "rec": "p_rec"}
+
     def _uses_of(self, i: int) -> dict[str, bool]:
         """Which noise sites model ``i`` uses; ``_uses`` records those some model of the group uses."""
-        s, rate = self.schemes[i], {n: values[i] for n, values in self._rates.items()}
-        return {"emb": s in ("variational", "weight-drop") and rate["p_emb"] > 0,
-                "io_step": s in ("naive", "naive-recurrent") and rate["p_io"] > 0,
-                "locked": s in ("variational", "weight-drop") and rate["p_io"] > 0,
-                "h_step": s == "naive-recurrent" and rate["p_rec"] > 0,
-                "h_tied": s == "variational" and rate["p_rec"] > 0,
-                "w_hh": s == "weight-drop" and rate["p_rec"] > 0}
+        scheme, rate = LM_SCHEMES[self.schemes[i]], {n: values[i] for n, values in self._rates.items()}
+        uses = {name: getattr(scheme, site) == kind and rate[self._RATE[site]] > 0
+                for name, (site, kind) in self._FLAGS.items()}
+        uses["w_hh"] = uses.pop("weight_drop")
+        return {"emb": scheme.emb and rate["p_emb"] > 0, **uses}
 
     def _time_mask(self, p: torch.Tensor, step: str, tied: str, shape, dtype, device, generator) -> torch.Tensor | None:
         """A (K, N, T or 1, D) multiplier: a fresh mask at every step for the models flagged ``step``, one mask

@@ -32,7 +32,9 @@ from torch.utils.flop_counter import FlopCounterMode
 # Dense peaks of one H100 SXM (NVIDIA's datasheet): bf16 tensor cores, and fp32 without TF32 (PyTorch's default).
 PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}
 CUDNN_LSTM_KERNELS = 6  # one cuDNN LSTM layer, forward and backward (data and weights), with its copies
-TIME_LOOP_SCHEMES = ("naive-recurrent", "variational")  # chapter 3's explicit per-step loop (masks on h_{t-1})
+# The five schemes of chapter 3's stored sequential run (before the ladder). Its "naive-recurrent" (fresh masks on
+# the inputs and on h_{t-1}) is counted as "per-step-recurrent", whose kernels differ only in the input masks' shape.
+STORED_SCHEMES = ("none", "naive", "per-step-recurrent", "variational", "weight-drop")
 # One H100 SXM's HBM3, 3.35 TB/s (datasheet). Not fitted: no stored run is memory-bound. A large copy on the
 # H200 machines here reached about 90 % of that chip's datasheet bandwidth (device KINDS.md); the engine's
 # elementwise kernels are smaller, so 80 % is assumed.
@@ -297,14 +299,14 @@ def _variational(cfg) -> list[Group]:
         group.eval()
         fe, ne, be = _meta_forward(group, ids, cfg.amp)
         chunk = min(cfg.mc_samples, MC_CHUNK)
-        reps = group.replicas(SCHEMES.index("variational"), chunk).train()
+        reps = group.replicas(list(SCHEMES).index("variational"), chunk).train()
         fm, nm, bm = _meta_forward(reps, ids, cfg.amp)
     eval_windows = 2 * ((cfg.eval_tokens or 82430) // (cfg.batch_size * cfg.seq_len) + 1)  # validation, test
     groups = [Group("variational", f"{k} LSTM LMs {cfg.layers}x{cfg.dim} (schemes x seeds), batched", 1,
                     windows * cfg.epochs, f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
               Group("variational", "evaluation (validation every epoch, test once)", 1, eval_windows * cfg.epochs // 2
                     + eval_windows // 2, fe, ne, dtype, models_per_step=k, bytes_per_step=be)]
-    for g in _variational_sequential(dataclasses.replace(cfg, epochs=1)):
+    for g in _variational_sequential(dataclasses.replace(cfg, epochs=1), schemes=tuple(SCHEMES)):
         if g.group.startswith("LSTM "):  # the speed table: speed_steps + 2 windows of one model per scheme
             groups.append(dataclasses.replace(g, group=f"speed: {g.group.split(' ', 2)[2]} (one model)", runs=1,
                                               steps=cfg.speed_steps + 2))
@@ -323,9 +325,10 @@ def _variational(cfg) -> list[Group]:
     return groups
 
 
-def _variational_sequential(cfg) -> list[Group]:
+def _variational_sequential(cfg, schemes: tuple[str, ...] = STORED_SCHEMES) -> list[Group]:
     """Chapter 3 as it ran before the batched group (each scheme and seed its own training): what its stored
-    full run measured (its wall time and the words/s of the fused and the time-loop schemes)."""
+    full run measured (its wall time and the words/s of the fused and the time-loop schemes); ``schemes``:
+    those of that run (or, for the speed table, the chapter's ladder)."""
     from dropnotes.models import LSTMLM, SparseMLP
     from dropnotes.models.lstm_lm import SCHEMES
 
@@ -337,13 +340,13 @@ def _variational_sequential(cfg) -> list[Group]:
         lstm = nn.LSTM(cfg.dim, cfg.dim, batch_first=True)
         _, per_layer, _ = measure(lambda: lstm(torch.empty(cfg.batch_size, cfg.seq_len, cfg.dim,
                                                         requires_grad=True))[0].sum().backward())
-    for scheme in SCHEMES:
+    for scheme in schemes:
         with torch.device("meta"):
             m = LSTMLM(vocab, cfg.dim, cfg.layers, scheme, p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb)
             x = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
             f, n, b = _meta_step(m, x, x, loss=_ce, clip=cfg.clip)
         fused = any(isinstance(r, nn.LSTM) or isinstance(getattr(r, "module", None), nn.LSTM) for r in m.rnns)
-        if fused and scheme not in TIME_LOOP_SCHEMES:
+        if fused and not SCHEMES[scheme].time_loop:
             n = n - cfg.layers * per_layer + cfg.layers * CUDNN_LSTM_KERNELS
         groups.append(Group("variational", f"LSTM {cfg.layers}x{cfg.dim} {scheme}", cfg.n_seeds, steps, f, n, bytes_per_step=b))
     with torch.device("meta"):

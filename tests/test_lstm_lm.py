@@ -33,7 +33,7 @@ def test_locked_recurrent_mask_equals_dropping_columns_of_w_hh():
     with torch.no_grad():
         dropped.weight_hh_l0.mul_(mask)
     assert torch.allclose(out, dropped(x)[0], atol=1e-6)
-    # A mask redrawn per step (the naive-recurrent scheme) is not equivalent to any fixed column mask.
+    # A mask redrawn per step (the per-step-recurrent scheme) is not equivalent to any fixed column mask.
     per_step = torch.bernoulli(torch.full((1, 12, 6), 0.5)) * 2
     assert not torch.allclose(lstm_loop(x, lstm, None, per_step)[0], out, atol=1e-4)
 
@@ -51,7 +51,10 @@ def test_schemes_put_noise_where_they_say():
     assert (m["none"].p_io, m["none"].p_rec, m["none"].p_emb) == (0, 0, 0)
     assert (m["naive"].p_rec, m["naive"].p_emb) == (0, 0)
     assert _masks_seen(m["naive"], x) is None and _masks_seen(m["weight-drop"], x) is None
-    assert _masks_seen(m["naive-recurrent"], x).shape == (4, 7, 16)  # a mask per step
+    assert _masks_seen(m["tied"], x) is None and (m["tied"].p_rec, m["tied"].p_emb) == (0, 0) and m["tied"].locked
+    assert not m["naive"].locked and m["per-step-recurrent"].locked  # the rungs differ in one thing each
+    assert _masks_seen(m["per-step-recurrent"], x).shape == (4, 7, 16)  # a mask per step
+    assert _masks_seen(m["tied-recurrent"], x).shape == (4, 1, 16) and m["tied-recurrent"].p_emb == 0
     assert _masks_seen(m["variational"], x).shape == (4, 1, 16)  # one per sequence
     wd = m["weight-drop"]
     assert wd.rnns[0].p == 0.5 and wd.rnns[0].weights == ("weight_hh_l0",)

@@ -1,10 +1,10 @@
 """A small batch-norm CNN with a dropout placement switch (chapter 6).
 
-``conv(1->c1) -> BN -> ReLU -> pool -> [drop1] -> conv(c1->c2) -> BN -> ReLU -> pool -> [drop2] -> linear``.
-``placement="before-bn"`` puts dropout at both marks, so ``drop1`` feeds the second BN layer (the
-variance shift of Li et al. 2019); ``"after-bn"`` keeps only ``drop2``, after the last BN;
-``"none"`` has no dropout. ``noise`` picks Bernoulli (``"pixel"``), channel-wise (``"spatial"``) or
-Gaussian dropout of the same variance.
+``conv(1->c1) -> BN -> ReLU -> pool -> conv(c1->c2) -> [drop1] -> BN -> ReLU -> pool -> [drop2] -> linear``.
+Each placement has one dropout layer, so the placements differ in where it sits and nothing else:
+``placement="before-bn"`` uses ``drop1``, directly before the second BN layer (the setting of Li et al.
+2019's variance shift); ``"after-bn"`` uses ``drop2``, after the last BN; ``"none"`` has no dropout.
+``noise`` picks Bernoulli (``"pixel"``), channel-wise (``"spatial"``) or Gaussian dropout of the same variance.
 """
 
 from __future__ import annotations
@@ -32,9 +32,8 @@ class SmallCNN(nn.Module):
         drop = lambda on: noise_cls(p) if on and p > 0 else nn.Identity()  # noqa: E731
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(), nn.MaxPool2d(2),
-            drop(placement == "before-bn"),
-            nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2),
-            drop(placement != "none"))
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False), drop(placement == "before-bn"),
+            nn.BatchNorm2d(c2), nn.ReLU(), nn.MaxPool2d(2), drop(placement == "after-bn"))
         self.head = nn.Linear(c2 * (image_size // 4) ** 2, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

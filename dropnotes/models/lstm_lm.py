@@ -1,25 +1,29 @@
 """A word-level LSTM language model with every RNN dropout scheme of chapter 3.
 
 ``embedding -> LSTM layers -> linear decoder``; the hidden state is carried from one BPTT window to
-the next (Zaremba et al. 2014). ``scheme`` picks where the noise goes:
+the next (Zaremba et al. 2014). ``scheme`` picks where the noise goes (:data:`SCHEMES`). The schemes form
+a ladder in which each rung changes one thing:
 
 * ``none``: no dropout.
 * ``naive``: a fresh mask at every time step on the non-recurrent connections only (embedding
   output, between layers, before the decoder), rate ``p_io`` (Zaremba et al. 2014).
-* ``naive-recurrent``: ``naive`` plus a fresh mask at every time step on :math:`h_{t-1}` in the
-  recurrence, rate ``p_rec``: the use of dropout that Gal & Ghahramani (2016) argue against.
-* ``variational``: one mask per sequence, the same at every time step, on the inputs, the outputs
-  and :math:`h_{t-1}` (``p_io``, ``p_rec``), and word-type embedding dropout ``p_emb`` (Gal &
-  Ghahramani 2016; "tied" masks, shared by the four gates).
-* ``weight-drop``: ``variational`` masks on inputs and outputs and embedding dropout, but the
-  recurrence is regularised by DropConnect on :math:`W_{hh}` with one mask per window (Merity et
-  al. 2018), so the fused ``nn.LSTM`` kernel still runs.
+* ``tied``: the same connections and rate, with one mask per sequence, the same at every time step.
+* ``tied-recurrent``: ``tied`` plus a tied mask on :math:`h_{t-1}` in the recurrence, rate ``p_rec``.
+* ``variational``: ``tied-recurrent`` plus word-type embedding dropout ``p_emb``: Gal & Ghahramani's
+  (2016) scheme ("tied" masks, shared by the four gates).
+* ``per-step-recurrent``: ``tied-recurrent`` with a fresh mask on :math:`h_{t-1}` at every time step, at the
+  same rate and placement: the use of recurrent dropout that Gal & Ghahramani argue against.
+* ``weight-drop``: ``variational`` with DropConnect on :math:`W_{hh}` (one mask per window, rate
+  ``p_rec``) instead of the masks on :math:`h_{t-1}` (Merity et al. 2018), so the fused ``nn.LSTM``
+  kernel still runs.
 
-The two schemes with masks on :math:`h_{t-1}` run an explicit time loop over the same
-``nn.LSTM`` parameters (:func:`lstm_loop`), which equals ``nn.LSTM`` when no mask is applied.
+The schemes with masks on :math:`h_{t-1}` run an explicit time loop over the same ``nn.LSTM``
+parameters (:func:`lstm_loop`), which equals ``nn.LSTM`` when no mask is applied.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -29,7 +33,29 @@ from dropnotes import functional as DF
 from dropnotes.layers import WeightDrop
 from dropnotes.runtime import check_choice, check_positive_int, check_probability
 
-SCHEMES = ("none", "naive", "naive-recurrent", "variational", "weight-drop")
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """Where one dropout scheme puts its noise. ``io``: on the non-recurrent connections, ``"step"`` (a fresh
+    mask at every time step) or ``"tied"`` (one mask per sequence); ``rec``: on the recurrence, ``"step"`` or
+    ``"tied"`` masks on :math:`h_{t-1}`, or ``"weight"`` (DropConnect on :math:`W_{hh}`, one mask per window);
+    ``emb``: word types dropped from the embedding. None: no noise there."""
+
+    io: str | None = None
+    rec: str | None = None
+    emb: bool = False
+
+    @property
+    def time_loop(self) -> bool:
+        """A mask on :math:`h_{t-1}`: the recurrence runs step by step (no fused kernel)."""
+        return self.rec in ("step", "tied")
+
+
+# Chapter 3's ladder, in training order (see the module docstring).
+SCHEMES = {"none": Scheme(), "naive": Scheme("step"), "tied": Scheme("tied"), "tied-recurrent": Scheme("tied", "tied"),
+           "variational": Scheme("tied", "tied", True), "per-step-recurrent": Scheme("tied", "step"),
+           "weight-drop": Scheme("tied", "weight", True)}
 State = list[tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -52,22 +78,21 @@ def lstm_loop(x: torch.Tensor, lstm: nn.LSTM, state: tuple[torch.Tensor, torch.T
     return torch.stack(outputs, dim=1), (h, c)
 
 
+def scheme_rates(scheme: Scheme, p_io: float, p_rec: float, p_emb: float) -> tuple[float, float, float]:
+    """The rates a scheme uses; those of the sites it leaves alone are 0."""
+    return (p_io if scheme.io else 0.0, p_rec if scheme.rec else 0.0, p_emb if scheme.emb else 0.0)
+
+
 class LSTMLM(nn.Module):
     def __init__(self, vocab_size: int, dim: int = 200, layers: int = 2, scheme: str = "none", p_io: float = 0.0,
                  p_rec: float = 0.0, p_emb: float = 0.0, init_range: float = 0.1, tie_weights: bool = False) -> None:
         super().__init__()
         self.scheme = check_choice("scheme", scheme, SCHEMES)
-        self.p_io, self.p_rec, self.p_emb = (check_probability(n, v) for n, v in
-                                             (("p_io", p_io), ("p_rec", p_rec), ("p_emb", p_emb)))
-        if scheme == "none":
-            self.p_io = self.p_rec = self.p_emb = 0.0
-        if scheme == "naive":
-            self.p_rec = self.p_emb = 0.0
-        if scheme == "naive-recurrent":
-            self.p_emb = 0.0
+        self.p_io, self.p_rec, self.p_emb = scheme_rates(SCHEMES[scheme], *(check_probability(n, v) for n, v in
+                                                                          (("p_io", p_io), ("p_rec", p_rec), ("p_emb", p_emb))))
         self.embed = nn.Embedding(check_positive_int("vocab_size", vocab_size), check_positive_int("dim", dim))
         self.lstms = nn.ModuleList(nn.LSTM(dim, dim, batch_first=True) for _ in range(check_positive_int("layers", layers)))
-        self.rnns = nn.ModuleList(WeightDrop(m, ("weight_hh_l0",), self.p_rec) if scheme == "weight-drop" else m
+        self.rnns = nn.ModuleList(WeightDrop(m, ("weight_hh_l0",), self.p_rec) if SCHEMES[scheme].rec == "weight" else m
                                   for m in self.lstms)
         self.decoder = nn.Linear(dim, vocab_size)
         for prm in self.parameters():  # Zaremba et al.'s uniform initialisation
@@ -77,7 +102,7 @@ class LSTMLM(nn.Module):
 
     @property
     def locked(self) -> bool:
-        return self.scheme in ("variational", "weight-drop")
+        return SCHEMES[self.scheme].io == "tied"
 
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
         if self.locked:
@@ -85,10 +110,11 @@ class LSTMLM(nn.Module):
         return DF.dropout(x, self.p_io, self.training)
 
     def _h_mask(self, x: torch.Tensor) -> torch.Tensor | None:
-        if not self.training or self.p_rec == 0.0 or self.scheme not in ("naive-recurrent", "variational"):
+        rec = SCHEMES[self.scheme].rec
+        if not self.training or self.p_rec == 0.0 or rec not in ("step", "tied"):
             return None
         n, t, _ = x.shape
-        shape = (n, t if self.scheme == "naive-recurrent" else 1, self.embed.embedding_dim)
+        shape = (n, t if rec == "step" else 1, self.embed.embedding_dim)
         return torch.bernoulli(x.new_full(shape, 1.0 - self.p_rec)) / (1.0 - self.p_rec)
 
     def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:

@@ -43,6 +43,20 @@ def _masks_seen(model: LSTMLM, x: torch.Tensor) -> torch.Tensor | None:
     return model._h_mask(model.embed(x))
 
 
+def test_every_compared_pair_of_schemes_differs_in_one_thing():
+    """Chapter 3 compares schemes that differ in one field of their Scheme (where one kind of noise goes):
+    each rung of the ladder, fresh against tied recurrent masks, weight-drop against variational."""
+    from dataclasses import fields
+
+    from dropnotes.experiments.variational import LADDER
+
+    pairs = [("none", "naive"), *[(a, b) for a, b, _ in LADDER], ("per-step-recurrent", "tied-recurrent"),
+             ("variational", "weight-drop")]
+    for a, b in pairs:
+        differ = [f.name for f in fields(SCHEMES[a]) if getattr(SCHEMES[a], f.name) != getattr(SCHEMES[b], f.name)]
+        assert len(differ) == 1, (a, b, differ)
+
+
 def test_schemes_put_noise_where_they_say():
     torch.manual_seed(0)
     x = torch.randint(0, 50, (4, 7))

@@ -396,7 +396,7 @@ def rule_not_better(gain: float, se: float, margin: float = EARLY_MARGIN_BPB) ->
     if high < margin:
         return f"reproduced (gain below {margin:g} bpb)"
     if low > margin:
-        return f"not reproduced (early is better by more than {margin:g} bpb)"
+        return f"not reproduced (a gain above {margin:g} bpb)"
     return f"inconclusive (a gain below {margin:g} bpb not shown)"
 
 

@@ -489,3 +489,19 @@ def test_chapter5_verdicts_on_synthetic_records(gain, expected):
     # every minimum on the first evaluation: the fine-tuning comparisons cannot be judged
     table = llm.verdicts(_chapter5_record(gain, cfg, first_best=True), cfg)
     assert table.verdict.iloc[2].startswith("inconclusive (the minimum") and table.verdict.iloc[4].startswith("inconclusive")
+
+
+def test_chapter5_selects_on_the_validation_half_and_judges_on_the_test_half():
+    """The early-stopping step is the validation half's minimum, whatever the test half says; the numbers
+    reported are the test half's, at that step."""
+    from dropnotes.experiments import llm
+
+    select, judge = llm.split_windows([1.0, 2.0, 3.0, 4.0, 5.0])
+    assert select == [1.0, 2.0] and judge == [3.0, 4.0, 5.0]
+    with pytest.raises(ValueError, match="eval_bytes"):
+        llm.split_windows([1.0])
+    curve = [{"step": 10, "valid_loss": 3.0}, {"step": 20, "valid_loss": 2.0}, {"step": 30, "valid_loss": 2.5}]
+    judged = {10: [1.0, 1.0], 20: [4.0, 4.0], 30: [5.0, 6.0]}  # the test half's minimum is at step 10
+    out = llm._best_and_final(curve, judged)
+    assert out["best"]["step"] == 20 and out["best"]["test_loss"] == 4.0 and out["best"]["windows"] == [4.0, 4.0]
+    assert out["final_windows"] == [5.0, 6.0] and out["final"]["test_loss"] == 5.5

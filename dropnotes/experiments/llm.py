@@ -34,8 +34,9 @@ from dropnotes.stats import Z_ONE_SIDED_5, compare_paired
 CHAPTER = "llm"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
 # arms and the full fine-tuning runs as batched groups (the same initialisation and batches as before; the
-# dropout masks drawn differently).
-PROTOCOL = 2
+# dropout masks drawn differently). Version 3 (2026-12-02): the held-out windows are split in two, the first half
+# selects (the best step, the best rate) and the second half judges, so no selection touches the judging data.
+PROTOCOL = 3
 LN2 = math.log(2)
 CORPORA = ("python-stdlib", "enwik8")
 # Dense bf16 peak FLOP/s, for MFU (vendor datasheets); devices not listed report no MFU.
@@ -142,6 +143,25 @@ def mfu(cfg: LLMConfig, model: GPT, tokens_per_s: float) -> float | None:
     return None if peak is None else model.flops_per_token() * tokens_per_s / peak
 
 
+def split_windows(windows) -> tuple:
+    """The held-out windows' two halves: the first selects (validation: best step, best rate), the second judges
+    (test: read at the selected step only). The halves are contiguous stretches of the held-out text."""
+    n = len(windows) // 2
+    if n == 0:
+        raise ValueError(f"eval_bytes must give at least 2 held-out windows, got {len(windows)}")
+    return windows[:n], windows[n:]
+
+
+def _best_and_final(curve: list[dict], judged: dict) -> dict:
+    """The early-stopped (best) evaluation chosen on the validation half, with its test-half windows, and the
+    final evaluation's test-half windows; ``judged`` maps each evaluated step to its test-half windows."""
+    best = min(curve, key=lambda c: c["valid_loss"])
+    last = curve[-1]["step"]
+    return {"best": {"valid_loss": best["valid_loss"], "step": best["step"], "windows": judged[best["step"]],
+                     "test_loss": float(np.mean(judged[best["step"]]))},
+            "final": {**curve[-1], "test_loss": float(np.mean(judged[last]))}, "final_windows": judged[last]}
+
+
 def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Tensor, *, steps: int, batch: int,
               lr: float, p_schedule, seed: int, label: str) -> dict:
     """Train ``model`` for ``steps`` on random non-overlapping windows of ``stream`` with a cosine learning
@@ -155,7 +175,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
     amp = torch.bfloat16 if cfg.amp else None
-    curve, best, train_s, current_p, rates = [], None, 0.0, None, []
+    curve, judged, train_s, current_p, rates = [], {}, 0.0, None, []
     model.train()
     step = last = 0
     interval = Timer(dev).start()
@@ -179,26 +199,26 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
             rates.append((step - last) * batch * cfg.block_size / dt)
             last = step
             windows, _ = train.lm_window_losses(model, valid, batch, cfg.block_size, amp_dtype=amp)
-            val = float(windows.mean())
+            select, judge = split_windows(windows.tolist())
+            val = float(np.mean(select))
             curve.append({"run": label, "step": step, "train_loss": float(loss.detach()), "valid_loss": val,
                           "valid_bpb": val / LN2, "epochs": step * batch * cfg.block_size / stream.numel()})
-            if best is None or val < best["valid_loss"]:
-                best = {"valid_loss": val, "step": step, "windows": windows.tolist()}
+            judged[step] = judge
             model.train()
             interval = Timer(dev).start()
     # Throughput: the median over evaluation intervals, so that the intervals holding torch.compile's
     # (re)compilations do not count; the overall rate, compilation included, is kept beside it.
     tps = float(np.median(rates))
-    return {"curve": curve, "best": best, "final": curve[-1], "tokens_per_s": tps, "mfu": mfu(cfg, model, tps),
-            "tokens_per_s_overall": steps * batch * cfg.block_size / train_s,
-            "final_windows": train.lm_window_losses(model, valid, batch, cfg.block_size, amp_dtype=amp)[0].tolist()}
+    return {"curve": curve, **_best_and_final(curve, judged), "tokens_per_s": tps, "mfu": mfu(cfg, model, tps),
+            "tokens_per_s_overall": steps * batch * cfg.block_size / train_s}
 
 
 def _key(cfg: LLMConfig, arm: str, prov: dict) -> str:
     fields = {k: v for k, v in asdict(cfg).items() if k in ("dim", "layers", "heads", "block_size", "batch_size",
                                                               "pretrain_steps", "pretrain_lr", "p", "early_fraction",
                                                               "eval_bytes", "eval_every", "amp", "seed")}
-    blob = json.dumps({"arm": arm, "corpus": prov, "trainer": "stacked group", **fields}, sort_keys=True)
+    blob = json.dumps({"arm": arm, "corpus": prov, "trainer": "stacked group", "protocol": PROTOCOL, **fields},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -231,17 +251,16 @@ def _group_runs(cfg: LLMConfig, group: engine.StackedGPT, fit: dict, labels: lis
     one = group.model(0)
     out = []
     for m, label in enumerate(labels):
-        rows = h[h.model == m]
-        curve = [{"run": label, "step": int(r.step), "train_loss": r.train_loss, "valid_loss": r.valid_loss,
-                  "valid_bpb": r.valid_loss / LN2, "epochs": r.step * batch * cfg.block_size / stream_sizes[m]}
-                 for r in rows.itertuples()]
-        best = min(curve, key=lambda c: c["valid_loss"])
-        out.append({"curve": curve, "final": curve[-1], "tokens_per_s": tps, "tokens_per_s_overall": overall,
+        halves = {s: split_windows(fit["windows"][s][m].tolist()) for s in steps}
+        curve = [{"run": label, "step": int(r.step), "train_loss": r.train_loss,
+                  "valid_loss": float(np.mean(halves[int(r.step)][0])),
+                  "valid_bpb": float(np.mean(halves[int(r.step)][0])) / LN2,
+                  "epochs": r.step * batch * cfg.block_size / stream_sizes[m]}
+                 for r in h[h.model == m].itertuples()]
+        out.append({"curve": curve, **_best_and_final(curve, {s: judge for s, (_, judge) in halves.items()}),
+                    "tokens_per_s": tps, "tokens_per_s_overall": overall,
                     "group_tokens_per_s": tps * group.k, "models": group.k,
-                    "mfu": mfu(cfg, one, tps * group.k), "died_at_step": fit["died_at_step"][m],
-                    "best": {"valid_loss": best["valid_loss"], "step": best["step"],
-                             "windows": fit["windows"][best["step"]][m].tolist()},
-                    "final_windows": fit["windows"][steps[-1]][m].tolist()})
+                    "mfu": mfu(cfg, one, tps * group.k), "died_at_step": fit["died_at_step"][m]})
     return out
 
 
@@ -303,16 +322,14 @@ def finetune_group(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, runs: li
                                      desc=f"{group.k} GPTs fine-tuning (rates x sizes)")
     labels = [f"full p={p:g} size={size or 'all'}" for p, size in runs]
     out = _group_runs(cfg, group, fit, labels, cfg.finetune_batch, [streams[size].numel() for _, size in runs])
-    start = float(train.lm_window_losses(base, valid, cfg.finetune_batch, cfg.block_size)[0].mean()) / LN2
+    start = _start_bpb(cfg, base, valid)
     done = {}
     for (p, size), label, r in zip(runs, labels, out):
         n = streams[size].numel()
         done["full", p, size] = {**r, "row": {
             "run": label, "method": "full", "p": p, "size": size or n,
             "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / n, "start_bpb": start,
-            "best_bpb": r["best"]["valid_loss"] / LN2, "best_step": r["best"]["step"],
-            "final_bpb": r["final"]["valid_loss"] / LN2,
-            "overfit_bpb": (r["final"]["valid_loss"] - r["best"]["valid_loss"]) / LN2,
+            **_judged_row(r),
             "trainable": sum(q.numel() for q in base.parameters())}}
     return done
 
@@ -330,13 +347,24 @@ def finetune(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, *, size: int, 
     label = f"LoRA p={p:g} size={size or 'all'}"
     out = train_run(cfg, model, stream, valid, steps=cfg.finetune_steps, batch=cfg.finetune_batch, lr=cfg.lora_lr,
                     p_schedule=lambda s: 0.0, seed=seed, label=label)
-    start = train.lm_window_losses(base, valid, cfg.finetune_batch, cfg.block_size)[0]
     return {**out, "row": {"run": label, "method": "LoRA", "p": p, "size": size or shakes.train.numel(),
                            "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / stream.numel(),
-                           "start_bpb": float(start.mean()) / LN2, "best_bpb": out["best"]["valid_loss"] / LN2,
-                           "best_step": out["best"]["step"], "final_bpb": out["final"]["valid_loss"] / LN2,
-                           "overfit_bpb": (out["final"]["valid_loss"] - out["best"]["valid_loss"]) / LN2,
+                           "start_bpb": _start_bpb(cfg, base, valid), **_judged_row(out),
                            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad)}}
+
+
+def _start_bpb(cfg: LLMConfig, base: GPT, valid: torch.Tensor) -> float:
+    """The pretrained model's bits per byte on the test half of the held-out windows, before fine-tuning."""
+    windows = train.lm_window_losses(base, valid, cfg.finetune_batch, cfg.block_size)[0].tolist()
+    return float(np.mean(split_windows(windows)[1])) / LN2
+
+
+def _judged_row(r: dict) -> dict:
+    """A fine-tuning run's reported numbers, all on the test half: at the step chosen on the validation half
+    (best), at the end (final), and the rise between them (overfitting)."""
+    return {"best_bpb": r["best"]["test_loss"] / LN2, "best_step": r["best"]["step"],
+            "final_bpb": r["final"]["test_loss"] / LN2,
+            "overfit_bpb": (r["final"]["test_loss"] - r["best"]["test_loss"]) / LN2}
 
 
 def full_runs(cfg: LLMConfig) -> list[tuple[float, int]]:
@@ -356,7 +384,7 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
     ft = finetune_group(cfg, base, shakes, full_runs(cfg))  # 1. every rate on the main slice; 3. the crossing
     for p in cfg.lora_rates:  # 2. LoRA on the main slice
         ft["LoRA", p, cfg.finetune_bytes] = finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, seed=cfg.seed)
-    pre_rows = [{"arm": arm, "final_bpb": r["final"]["valid_loss"] / LN2, "tokens_per_s": r["tokens_per_s"],
+    pre_rows = [{"arm": arm, "final_bpb": r["final"]["test_loss"] / LN2, "tokens_per_s": r["tokens_per_s"],
                  "tokens_per_s (with capture)": r.get("tokens_per_s_overall"),
                  "group tokens_per_s": r.get("group_tokens_per_s"), "models": r.get("models"), "mfu": r["mfu"],
                  "cached": r["cached"]} for arm, r in pre.items()]
@@ -379,7 +407,7 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
 
 
 def _cmp(base_windows: list[float], new_windows: list[float]) -> tuple[float, float, str]:
-    """Is ``new`` lower (bits per byte)? Paired over the same validation windows."""
+    """Is ``new`` lower (bits per byte)? Paired over the same test-half windows."""
     diff, se, v = compare_paired([base_windows], [new_windows])
     return diff / LN2, se / LN2, v
 
@@ -431,11 +459,11 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     pre, ft, p = rec["pre"], rec["ft"], cfg.p
     rows = []
     d, se, v = _cmp(pre["dropout"]["final_windows"], pre["none"]["final_windows"])
-    bpb = {a: pre[a]["final"]["valid_loss"] / LN2 for a in pre}
+    bpb = {a: float(np.mean(pre[a]["final_windows"])) / LN2 for a in pre}  # the test half
     single = rec["pretrain_tokens"] <= rec["corpus_tokens"]
     rows.append({"claim": "single-epoch pretraining: dropout only slows learning",
                  "source": "Liu et al. 2025", "paper": "no dropout better on every downstream task (BERT, Pythia 160M/1.4B)",
-                 "ours": (f"validation bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
+                 "ours": (f"test-half bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
                           f"{rec['pretrain_tokens']:,} of {rec['corpus_tokens']:,} bytes seen"
                           + ("" if single else " (more than one epoch!)")),
                  "verdict": v})
@@ -454,7 +482,7 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
                  "source": "nanoGPT shakespeare config; Xue et al. 2023",
                  "paper": "dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
                  "ours": (f"{cfg.finetune_bytes:,} bytes: best bpb " +
-                          ", ".join(f"p={q:g} {main[q]['best']['valid_loss'] / LN2:.3f} (step {steps[q]})"
+                          ", ".join(f"p={q:g} {np.mean(main[q]['best']['windows']) / LN2:.3f} (step {steps[q]})"
                                     for q in cfg.finetune_rates) + f"; p={best_q:g} vs 0: {d:+.3f} ± {se:.3f}; "
                           "rise after the minimum " + ", ".join(f"p={q:g} {main[q]['row']['overfit_bpb']:+.3f}"
                                                                 for q in cfg.finetune_rates)),
@@ -463,8 +491,8 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     d, se, v = _cmp(lora[0.0]["best"]["windows"], lora[p]["best"]["windows"])
     rows.append({"claim": "LoRA dropout helps LoRA fine-tuning on small data",
                  "source": "common LoRA fine-tuning configs", "paper": "lora_dropout 0.05-0.1 used; no ablation value quoted",
-                 "ours": (f"rank {cfg.lora_rank}: best bpb {lora[0.0]['best']['valid_loss'] / LN2:.3f} (p=0) vs "
-                          f"{lora[p]['best']['valid_loss'] / LN2:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
+                 "ours": (f"rank {cfg.lora_rank}: best bpb {np.mean(lora[0.0]['best']['windows']) / LN2:.3f} (p=0) vs "
+                          f"{np.mean(lora[p]['best']['windows']) / LN2:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
                  "verdict": v})
     gains, best_steps = [], {}
     for size in cfg.sizes:

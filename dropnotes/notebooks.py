@@ -41,8 +41,33 @@ def execute(src: str | Path, out: str | Path, parameters: dict[str, Any] | None 
 
     src = Path(src)
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in (parameters or {}).items()}
-    pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
-                        progress_bar=progress_bar, log_output=log_output, kernel_manager_class=IPCKernelManager)
+    try:
+        pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
+                            progress_bar=progress_bar, log_output=log_output, kernel_manager_class=IPCKernelManager)
+    finally:
+        if Path(out).is_file():
+            collapse_injected(out)
+
+
+INJECTED = "injected-parameters"  # papermill's tag on the cell it adds under the parameters cell
+
+
+def collapse_injected(path: str | Path) -> None:
+    """Tag papermill's injected-parameters cell ``hide-input``, so that the book shows it collapsed under the
+    parameters cell (one click opens it) instead of as a second, bare code cell."""
+    import nbformat
+
+    from dropnotes.runtime import atomic_write
+
+    nb = nbformat.read(path, as_version=4)
+    changed = False
+    for cell in nb.cells:
+        tags = cell.metadata.setdefault("tags", [])
+        if INJECTED in tags and "hide-input" not in tags:
+            tags.append("hide-input")
+            changed = True
+    if changed:
+        atomic_write(Path(path), nbformat.writes(nb) + "\n")
 
 
 # ------------------------------------------------------------------ the outputs nbval checks

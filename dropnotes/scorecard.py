@@ -111,11 +111,15 @@ def collect() -> pd.DataFrame:
                     verdict = f"{q_verdict} (quick)"
             else:
                 cat, verdict = "not measured", "not measured (the full run predates this protocol; no quick run)"
+            quick_cat = category(q_verdict) if q_verdict is not None else "not measured"
+            quick_cat = "not at paper scale" if quick_cat == "not reproduced" else quick_cat
+            full_cat = cat if claim in f and not stale else "not measured"
             rows.append({"chapter": chapter, "claim": claim, "verdict": verdict, "category": cat,
+                         "quick category": quick_cat, "full category": full_cat,
                          "paper": ref["paper"], "ours (quick)": q[claim]["ours"] if claim in q else "not run",
                          "ours (full)": full_value, "source": ref["source"]})
-    return pd.DataFrame(rows, columns=["chapter", "claim", "verdict", "category", "paper", "ours (quick)",
-                                       "ours (full)", "source"])
+    return pd.DataFrame(rows, columns=["chapter", "claim", "verdict", "category", "quick category", "full category",
+                                       "paper", "ours (quick)", "ours (full)", "source"])
 
 
 def to_markdown(table: pd.DataFrame) -> str:
@@ -145,19 +149,30 @@ def counts(table: pd.DataFrame) -> pd.Series:
     return c.reindex([k for k in (*CATEGORIES, "other") if k in c.index])
 
 
+# One colour per category, the same in every figure: greens for reproduced, grey for undecided, red for refuted.
+COLOURS = {"reproduced": "#1a9850", "reproduced (direction)": "#91cf60", "partly": "#d9ef8b", "inconclusive": "#bdbdbd",
+           "not reproduced": "#d73027", "not at paper scale": "#fdae61", "not measured": "#f0f0f0", "other": "#756bb1"}
+
+
 def plot_counts(table: pd.DataFrame):
-    """A small bar chart of the claims per verdict category, stacked by chapter."""
+    """Verdict counts per chapter, one panel for the quick runs and one for the stored full runs (claims a full
+    run of the current protocol has not measured count as *not measured*), stacked by category."""
     import matplotlib.pyplot as plt
 
-    grid = pd.crosstab(table["category"], table["chapter"]).reindex(
-        [k for k in (*CATEGORIES, "other") if k in set(table["category"])])
-    fig, ax = plt.subplots(figsize=(7.2, 0.35 * len(grid) + 1.2))
-    left = pd.Series(0, index=grid.index)
-    for chapter in [c for c in CHAPTERS if c in grid.columns]:
-        ax.barh(grid.index, grid[chapter], left=left, label=chapter)
-        left = left + grid[chapter]
-    ax.invert_yaxis()
-    ax.set(xlabel="claims")
-    ax.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the bars
-    fig.tight_layout()
+    chapters = [c for c in CHAPTERS if c in set(table["chapter"])]
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 0.32 * len(chapters) + 1.6), sharey=True)
+    for ax, (column, title) in zip(axes, (("quick category", "quick runs (this build)"),
+                                          ("full category", "stored full runs (GPU)"))):
+        grid = pd.crosstab(table["chapter"], table[column]).reindex(chapters, fill_value=0)
+        left = pd.Series(0, index=grid.index)
+        for cat in [k for k in (*CATEGORIES, "other") if k in grid.columns]:
+            ax.barh(grid.index, grid[cat], left=left, color=COLOURS[cat], edgecolor="#636363", linewidth=0.4,
+                    label=cat)
+            left = left + grid[cat]
+        ax.set(title=title, xlabel="claims")
+        ax.title.set_fontsize(9)
+    axes[0].invert_yaxis()
+    handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
+    fig.legend(handles.values(), handles.keys(), frameon=False, fontsize=7, ncol=4, loc="lower center")
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     return fig

@@ -9,9 +9,7 @@ import json
 import os
 import shutil
 import subprocess
-import re
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
@@ -19,6 +17,7 @@ import papermill as pm
 import pytest
 import yaml
 
+import browser  # tests/browser.py: headless Chromium over the built book
 from dropnotes import notebooks
 from dropnotes.experiments import CHAPTERS
 
@@ -159,38 +158,52 @@ def test_book_builds_from_the_executed_chapters(tmp_path):
     shutil.copytree(html, BOOK)  # kept for the browser test and for inspection
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+def _browser_missing() -> str | None:
+    import importlib.util
+
+    if browser.chromium() is None:
+        return "Chromium is not installed (.ci/run installs it)"
+    if importlib.util.find_spec("playwright") is None:
+        return "playwright is not installed (the test extra)"
+    return None
 
 
-@pytest.mark.skipif(_chromium() is None, reason="Chromium is not installed (.ci/run installs it)")
+@pytest.mark.skipif(_browser_missing() is not None, reason=str(_browser_missing()))
 def test_rendered_pages_in_a_real_browser():
-    """Open every chapter page and the scorecard headless: the page renders, its figures exist and
-    load, and no error output is shown. Screenshots land in _build/screenshots."""
+    """Every page of the book built above, served on localhost and opened in headless Chromium at 1280 and 390 px,
+    light and dark, as a reader without a network sees it: nothing loads from another host, formulas are typeset,
+    figures load, no error output; each chapter offers its executed notebook (with outputs) and its stored full
+    result for download, a Colab launch button, the run box and the provenance box, and hides the injected
+    parameters; the scorecard's verdict column is in view at 1280 px. Screenshots land in _build/screenshots."""
     if not (BOOK / "index.html").is_file():
         pytest.skip("the book was not built in this session")
-    shots = ROOT / "_build" / "screenshots"
-    shots.mkdir(parents=True, exist_ok=True)
     pages = [rel.replace(".ipynb", ".html") for rel in toc_notebooks_in_execution_order()]
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--no-first-run", "--disable-sync", "--hide-scrollbars"]
-    for rel in pages:
-        url = (BOOK / rel).as_uri()
-        with tempfile.TemporaryDirectory() as profile:
-            dom = subprocess.run([_chromium(), *flags, f"--user-data-dir={profile}", "--virtual-time-budget=5000",
-                                  "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
-        assert "<article" in dom and "</html>" in dom, f"{rel} did not render"
-        assert "Traceback (most recent call last)" not in dom and 'class="output error"' not in dom, rel
-        if rel.startswith("chapters/"):
-            srcs = re.findall(r'<img[^>]+src="([^"]+\.png)"', dom)
-            assert srcs, f"{rel}: no figures"
-            for src in srcs:
-                assert (BOOK / rel).parent.joinpath(src).resolve().is_file(), f"{rel}: missing figure {src}"
-        png = shots / (rel.replace("/", "_").replace(".html", ".png"))
-        with tempfile.TemporaryDirectory() as profile:
-            subprocess.run([_chromium(), *flags, f"--user-data-dir={profile}", "--window-size=1280,2400",
-                            f"--screenshot={png}", url], capture_output=True, timeout=120)
-        assert png.is_file() and png.stat().st_size > 20_000, f"{rel}: empty screenshot"
+    pages += [f + ".html" for f in toc_files() if (ROOT / (f + ".md")).is_file()]
+    seen = browser.inspect(BOOK, pages, ROOT / "_build" / "screenshots")
+    for rel, views in seen.items():
+        for name, view in views.items():
+            assert not view["off_host"], f"{rel} ({name}) loads from another host: {view['off_host']}"
+            assert not view["failed"], f"{rel} ({name}): requests failed: {view['failed']}"
+            assert view["theme"] == name.split("-")[1], f"{rel}: the {name} theme did not apply"
+            assert view["overflow_px"] <= 1, f"{rel} ({name}) is wider than the screen by {view['overflow_px']} px"
+        main = views["1280-light"]
+        assert not main["broken_images"] and not main["errors"], (rel, main)
+        if main["has_math"]:
+            assert main["typeset"] > 0 and not main["raw_tex"], f"{rel}: formulas are not typeset"
+        if not rel.startswith("chapters/"):
+            continue
+        chapter = {v: k for k, v in CHAPTERS.items()}[rel.replace(".html", ".ipynb")]
+        assert main["colab"] >= 1, f"{rel}: no Colab launch button"
+        assert main["run_box"] == 1 and main["provenance"] == 1, f"{rel}: the run box or provenance box is missing"
+        assert main["tables"] >= 1 and main["injected_visible"] == 0, rel
+        notebooks_ = {u: d for u, d in main["downloads"].items() if u.endswith(".ipynb")}
+        assert notebooks_ and all(d["status"] == 200 and d["outputs"] >= 3 for d in notebooks_.values()), \
+            f"{rel}: the notebook offered for download is not the executed one: {notebooks_}"
+        if (ROOT / "results" / chapter / "full.json").is_file():
+            assert any(u.endswith(f"results/{chapter}/full.json") and d["status"] == 200 and d["json"]
+                       for u, d in main["downloads"].items()), f"{rel}: no stored full result to download"
+    right = seen["scorecard.html"]["1280-light"].get("verdict_right_px")
+    assert right is not None and right <= 1280, f"the scorecard's verdict column ends at {right} px"
 
 
 TIMING_WORDS = ("ms per step", "relative to", "seconds", "_s\"", "_s'", "words_per_s", "tokens_per_s", "speed",

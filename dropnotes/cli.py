@@ -337,6 +337,12 @@ def cmd_estimate(args) -> int:
               file=sys.stderr)
         print(pd.DataFrame(points).round(1).to_string(index=False), file=sys.stderr)
     rows = est.estimate(chapters, args.profile, fraction, launch)
+    if args.store:
+        if args.profile != "full" or args.calibrate or set(chapters) != set(est.GROUPS):
+            raise UsageError("--store writes the full profile's predictions of every chapter, with the code's "
+                             "constants: use it without chapters, --profile quick or --calibrate")
+        est.store_predictions(rows)
+        print(f"stored {est.predictions_path()}", file=sys.stderr)
     if args.json:
         print(json.dumps([{k: r[k] for k in ("chapter", "group", "runs", "steps", "flops_per_step",
                                              "kernels_per_step", "predicted_s")} for r in rows], indent=1))
@@ -393,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "flops_per_step, kernels_per_step, predicted_s}")
     es.add_argument("--calibrate", action="store_true", help="refit the constants to the stored H100 runs and print "
                     "each calibration point's error")
+    es.add_argument("--store", action="store_true", help="write the full profile's per-chapter predictions to "
+                    "results/estimate-full.json (what the chapters' run boxes quote; a test keeps it current)")
     es.add_argument("--compare", action="store_true", help="measure one step of the engine chapters' groups on this "
                     "CPU, the K models one at a time against batched: kernels and seconds per step")
     es.set_defaults(func=cmd_estimate)

@@ -671,6 +671,42 @@ def estimate(chapters: list[str], profile: str = "full", fraction: float = DEFAU
     return rows
 
 
+def predictions_path():
+    """The committed per-chapter predictions of the full profile (``results/estimate-full.json``), which the
+    chapters' run boxes quote without recomputing them (seconds per chapter); a test keeps them true."""
+    from dropnotes.results import REPO_RESULTS
+
+    return REPO_RESULTS / "estimate-full.json"
+
+
+def per_chapter(rows: list[dict]) -> dict[str, float]:
+    """Predicted seconds per chapter, summed over its groups (rounded to 0.1 s)."""
+    out: dict[str, float] = {}
+    for r in rows:
+        out[r["chapter"]] = out.get(r["chapter"], 0.0) + r["predicted_s"]
+    return {c: round(s, 1) for c, s in out.items()}
+
+
+def store_predictions(rows: list[dict]) -> None:
+    """Write :func:`per_chapter` of the full profile's rows to :func:`predictions_path` (atomically)."""
+    import json
+
+    from dropnotes.runtime import atomic_write
+
+    body = {"profile": "full", "device": "one H100 (predicted by dropnotes estimate)",
+            "predicted_s": per_chapter(rows),
+            "how": "python -m dropnotes estimate --profile full --store"}
+    atomic_write(predictions_path(), json.dumps(body, indent=1) + "\n")
+
+
+def stored_prediction(chapter: str) -> float | None:
+    """The committed full-profile prediction of ``chapter`` in seconds, if there is one."""
+    import json
+
+    path = predictions_path()
+    return json.loads(path.read_text())["predicted_s"].get(chapter) if path.is_file() else None
+
+
 # ------------------------------------------------------------------ sequential against batched, measured here
 
 def _engine_groups(chapter: str, cfg) -> list[tuple]:

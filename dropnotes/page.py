@@ -179,14 +179,11 @@ def provenance_box(this_run: dict | None, stored: dict | None) -> str:
 
 
 def predicted_full_s(chapter: str) -> float | None:
-    """``dropnotes estimate``'s prediction of the chapter's full profile on one H100, in seconds."""
+    """``dropnotes estimate``'s prediction of the chapter's full profile on one H100, in seconds, as committed in
+    ``results/estimate-full.json`` (``tests/test_estimate.py`` checks that it matches a fresh estimate)."""
     from dropnotes import estimate
 
-    try:
-        rows = estimate.estimate([chapter], "full")
-    except Exception:  # noqa: BLE001 - a prediction that fails leaves the box without it, never the page
-        return None
-    return float(sum(r["predicted_s"] for r in rows))
+    return estimate.stored_prediction(chapter)
 
 
 def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | None,

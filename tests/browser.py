@@ -64,7 +64,9 @@ def inspect(book: Path, pages: list[str], shots: Path) -> dict[str, dict]:
                         page.on("request", lambda r: off_host.append(f"{r.resource_type} {r.url}")
                                 if urllib.parse.urlparse(r.url).netloc not in (host, "") else None)
                         page.on("requestfailed", lambda r: failed.append(r.url))
-                        page.goto(base + rel, wait_until="networkidle")
+                        main = width == WIDTHS[0] and scheme == SCHEMES[0]
+                        # the main view waits for the network to fall quiet, so late requests are seen too
+                        page.goto(base + rel, wait_until="networkidle" if main else "load")
                         has_math = page.locator("span.math, div.math").count() > 0
                         if has_math:
                             page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
@@ -74,14 +76,14 @@ def inspect(book: Path, pages: list[str], shots: Path) -> dict[str, dict]:
                                 "theme": page.evaluate("() => document.documentElement.dataset.theme"),
                                 "overflow_px": page.evaluate(
                                     "() => document.documentElement.scrollWidth - window.innerWidth")}
-                        if width == WIDTHS[0] and scheme == SCHEMES[0]:
+                        if main:
                             view.update(_details(page, base, rel))
                         seen.setdefault(rel, {})[f"{width}-{scheme}"] = view
                         name = rel.replace("/", "_").removesuffix(".html")
                         # the whole page in one tall viewport (a full-page capture repeats the sticky header)
                         height = page.evaluate("() => document.documentElement.scrollHeight")
                         page.set_viewport_size({"width": width, "height": min(height, 16_000)})
-                        page.screenshot(path=str(shots / f"{name}-{width}-{scheme}.png"))
+                        page.screenshot(path=str(shots / f"{name}-{width}-{scheme}.jpg"), type="jpeg", quality=75)
                         ctx.close()
         finally:
             browser.close()

@@ -81,6 +81,11 @@ def test_estimate_covers_every_chapter_as_json(capsys):
         assert r["predicted_s"] >= 0 and math.isfinite(r["predicted_s"])
     mech = [r for r in rows if r["chapter"] == "mechanics"]
     assert mech[0]["runs"] == 1 and "batched" in mech[0]["group"]  # all arms x seeds in one group
+    # the committed predictions the chapters' run boxes quote are this estimate's
+    stored = json.loads(estimate.predictions_path().read_text())["predicted_s"]
+    fresh = estimate.per_chapter(rows)
+    assert stored == pytest.approx(fresh, abs=0.11), (
+        "results/estimate-full.json is out of date: run `python -m dropnotes estimate --profile full --store`")
 
 
 def test_estimate_refuses_bad_input(capsys):

@@ -592,23 +592,39 @@ def epoch_orders(k: int, n: int, generator: torch.Generator, device: torch.devic
     return keys.argsort(dim=1).to(device)
 
 
+def _stacked_logits(model: nn.Module, x: torch.Tensor, batch_size: int, amp_dtype: torch.dtype | None):
+    """Every model's logits on ``x`` in eval mode, batch by batch: yields (start, (K, B, classes) float)."""
+    was = model.training
+    model.eval()
+    try:
+        for start in range(0, x.shape[0], batch_size):
+            with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
+                  else contextlib.nullcontext()):
+                yield start, model(x[start:start + batch_size]).float()
+    finally:
+        model.train(was)
+
+
 @torch.no_grad()
 def evaluate_stacked(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096,
                      amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean loss and error rate of every model on (x, y), as (K,) device tensors (eval mode)."""
-    was = model.training
-    model.eval()
     loss = torch.zeros(model.k, device=x.device)
     wrong = torch.zeros(model.k, device=x.device)
-    for start in range(0, x.shape[0], batch_size):
-        xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
-            logits = model(xb).float()
+    for start, logits in _stacked_logits(model, x, batch_size, amp_dtype):
+        yb = y[start:start + batch_size]
         ce = F.cross_entropy(logits.flatten(0, 1), yb.repeat(model.k), reduction="none").view(model.k, -1)
         loss += ce.sum(1)
         wrong += (logits.argmax(-1) != yb).sum(1)
-    model.train(was)
     return loss / x.shape[0], wrong / x.shape[0]
+
+
+@torch.no_grad()
+def predict_stacked(model: nn.Module, x: torch.Tensor, batch_size: int = 4096,
+                    amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Every model's predicted class for every example of ``x``, as a (K, N) device tensor (eval mode): what a
+    paired comparison of two models on the same examples needs."""
+    return torch.cat([logits.argmax(-1) for _, logits in _stacked_logits(model, x, batch_size, amp_dtype)], dim=1)
 
 
 def _per_model_state(model: nn.Module) -> list[torch.Tensor]:

@@ -423,6 +423,18 @@ def _stdlib_bytes() -> int:
                if "site-packages" not in p.parts and "dist-packages" not in p.parts)
 
 
+def _corpus_bytes(name: str) -> int:
+    """The training split of a pretraining corpus on this machine, in bytes (file sizes only; nothing is read)."""
+    if name == "python-stdlib":
+        return int(_stdlib_bytes() * 0.95)
+    if name == "python-sources":
+        from dropnotes.data import python_source_files
+
+        files, _ = python_source_files()
+        return sum(p.stat().st_size for i, (_, p) in enumerate(files) if i % 20 != 19)
+    return 90_000_000  # enwik8
+
+
 def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:
     """One training step of a K-model StackedGPT (gather, forward, loss, backward, clipping, AdamW) and one
     evaluation forward, on meta tensors."""
@@ -454,34 +466,44 @@ def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:
 
 
 def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
-    """Chapter 5 on the engine: the three pretraining arms as one captured StackedGPT, the full fine-tuning
-    runs as another, each evaluated every ``eval_every`` steps; the LoRA runs one at a time."""
+    """Chapter 5 on the engine: the pretraining arms x seeds x rates as one captured StackedGPT, the full
+    fine-tuning runs x seeds as another, each evaluated every ``eval_every`` steps; the LoRA runs one at a time."""
     from dropnotes.experiments.llm import _model, full_runs
     from dropnotes.layers import add_lora
 
     if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
-        corpus_bytes = _stdlib_bytes() if cfg.pretrain_corpus == "python-stdlib" else 90_000_000
-        pretrain_steps = int(min(cfg.pretrain_steps, (corpus_bytes * 0.95 // cfg.block_size) // cfg.batch_size))
+        pretrain_steps = int(min(cfg.pretrain_steps, (_corpus_bytes(cfg.pretrain_corpus) // cfg.block_size)
+                                 // cfg.batch_size))
     dtype = "bf16" if cfg.amp else "fp32"
     evals = lambda steps, batch: math.ceil(steps / cfg.eval_every) * (cfg.eval_bytes // (batch * cfg.block_size) + 1)  # noqa: E731
-    (f, n, b), (fe, ne, be) = _gpt_group_step(3, cfg, cfg.batch_size, cfg.p)
-    k = len(full_runs(cfg))
+    seeds, rates = cfg.n_seeds, len(cfg.lr_factors)
+    kp, kr = 3 * rates, 3 * (seeds - 1)  # the first seed's arms x rates; the other seeds' arms at the chosen rates
+    (f, n, b), (fe, ne, be) = _gpt_group_step(kp, cfg, cfg.batch_size, cfg.p)
+    k = len(full_runs(cfg)) * seeds
     (ff, nf, bf), (ffe, nfe, bfe) = _gpt_group_step(k, cfg, cfg.finetune_batch, cfg.p)
     with torch.device("meta"):
         m = _model(cfg, 0.0)
         add_lora(m, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=cfg.p)
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
         fl, nl, bl = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
-    return [Group("llm", f"3 GPTs {cfg.layers}x{cfg.dim} pretraining (none, dropout, early), batched", 1,
-                  pretrain_steps, f, n, dtype, captured=True, models_per_step=3, bytes_per_step=b),
-            Group("llm", "pretraining evaluation", 1, evals(pretrain_steps, cfg.batch_size), fe, ne, dtype, models_per_step=3,
-                  bytes_per_step=be),
-            Group("llm", f"{k} GPTs full fine-tuning (rates x sizes), batched", 1, cfg.finetune_steps, ff, nf, dtype,
+    groups = [Group("llm", f"{kp} GPTs {cfg.layers}x{cfg.dim} pretraining (arms x rates, first seed), batched", 1,
+                    pretrain_steps, f, n, dtype, captured=True, models_per_step=kp, bytes_per_step=b),
+              Group("llm", "pretraining evaluation", 1, evals(pretrain_steps, cfg.batch_size), fe, ne, dtype,
+                    models_per_step=kp, bytes_per_step=be)]
+    if kr:
+        (fr, nr, br), (fre, nre, bre) = _gpt_group_step(kr, cfg, cfg.batch_size, cfg.p)
+        groups += [Group("llm", f"{kr} GPTs pretraining (arms x the other seeds, chosen rates), batched", 1,
+                         pretrain_steps, fr, nr, dtype, captured=True, models_per_step=kr, bytes_per_step=br),
+                   Group("llm", "pretraining evaluation (the other seeds)", 1, evals(pretrain_steps, cfg.batch_size),
+                         fre, nre, dtype, models_per_step=kr, bytes_per_step=bre)]
+    return groups + [
+            Group("llm", f"{k} GPTs full fine-tuning (rates x sizes x seeds), batched", 1, cfg.finetune_steps, ff, nf, dtype,
                   captured=True, models_per_step=k, bytes_per_step=bf),
             Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps, cfg.finetune_batch), ffe, nfe, dtype,
                   models_per_step=k,
                   bytes_per_step=bfe),
-            Group("llm", "LoRA fine-tuning runs (one at a time)", len(cfg.lora_rates), cfg.finetune_steps, fl, nl, dtype,
+            Group("llm", "LoRA fine-tuning runs (one at a time)", len(cfg.lora_rates) * seeds, cfg.finetune_steps, fl, nl,
+                  dtype,
                   bytes_per_step=bl)]
 
 
@@ -497,8 +519,8 @@ def _llm_sequential(cfg, pretrain_steps: int | None = None) -> list[Group]:
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
         ff, nf, bf = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
     if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
-        corpus_bytes = _stdlib_bytes() if cfg.pretrain_corpus == "python-stdlib" else 90_000_000
-        pretrain_steps = int(min(cfg.pretrain_steps, (corpus_bytes * 0.95 // cfg.block_size) // cfg.batch_size))
+        pretrain_steps = int(min(cfg.pretrain_steps, (_corpus_bytes(cfg.pretrain_corpus) // cfg.block_size)
+                                 // cfg.batch_size))
     pre_steps = pretrain_steps
     finetunes = len(cfg.finetune_rates) + len(cfg.lora_rates) + sum(1 for s in cfg.sizes for _ in (0, 1)
                                                                    if s != cfg.finetune_bytes)

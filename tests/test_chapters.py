@@ -108,7 +108,8 @@ def test_bad_parameter_fails_at_the_first_cell(tmp_path, chapter, params, messag
     with pytest.raises(pm.PapermillExecutionError) as err:
         notebooks.execute(src, tmp_path / "out.ipynb", params)
     assert err.value.ename == "ValueError" and message in err.value.evalue
-    assert err.value.exec_count == 3  # parameters, injected parameters, then the first cell of the chapter
+    # parameters, injected parameters, the (Colab-only) install cell, then the first cell of the chapter
+    assert err.value.exec_count == 4
 
 
 def toc_notebooks_in_execution_order() -> list[str]:

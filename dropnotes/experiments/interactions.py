@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from dropnotes import data, train
 from dropnotes import functional as DF
-from dropnotes.engine import StackedCNN, StackedMLP, evaluate_stacked, fit_stacked
+from dropnotes.engine import StackedCNN, StackedMLP, fit_stacked, predict_stacked
 from dropnotes.layers import DropConnectLinear, Dropout, GaussianDropout
 from dropnotes.models import SmallCNN
 from dropnotes.experiments._base import plain
@@ -30,15 +30,16 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import profile_config, select_device
-from dropnotes.stats import compare_errors, equivalent_errors
+from dropnotes.stats import compare_errors, equivalent_paired
 
 CHAPTER = "interactions"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-01): every model's
 # epoch chosen on a validation split, the test set used once; the papers' epochs and 3 seeds; the arms as
 # batched groups. Version 3 (2026-12-02): Li et al.'s setting, p = 0.5 with the one dropout layer of each arm
 # directly before BN 2 or after the last BN (before, the before-BN arm had two layers, the first behind a
-# convolution, at p = 0.3).
-PROTOCOL = 3
+# convolution, at p = 0.3). Version 4 (2026-12-02): Gaussian against Bernoulli paired over the same test images
+# (the standard error of the per-image difference in mistakes, and the seed-level one, whichever is larger).
+PROTOCOL = 4
 # "Gaussian performs like Bernoulli" is a claim of equality: tested by TOST with this margin on the test error,
 # stated before any run (0.2 percentage points, about a sixth of the full profile's MLP error).
 EQUAL_MARGIN = 0.002
@@ -182,7 +183,9 @@ def reestimate_bn(model: SmallCNN, x: torch.Tensor, batch_size: int = 500) -> Sm
 
 
 def _fit(cfg: InteractionsConfig, group: torch.nn.Module, d, name: str, **hyper):
-    """Train one group on (train, validation), restore each model's best validation epoch, and test once."""
+    """Train one group on (train, validation), restore each model's best validation epoch, and test once; returns
+    the per-model table, the history, the timing and each model's per-example test mistakes ((K, N) bool, for
+    paired comparisons)."""
     xtr, ytr, xva, yva, xte, yte = d
     steps = (xtr.shape[0] // cfg.batch_size) * hyper["epochs"]
     amp = torch.bfloat16 if cfg.amp else None
@@ -191,7 +194,8 @@ def _fit(cfg: InteractionsConfig, group: torch.nn.Module, d, name: str, **hyper)
                           eval_every=cfg.eval_every, generator=stream(cfg.seed, f"train-{name}", cfg.torch_device),
                           amp_dtype=amp, restore_best=True, eval_batch_size=1000,
                           desc=f"{group.k} {name}s (arms x seeds)", **hyper)
-        _, test_err = evaluate_stacked(group, xte, yte, 1000, amp)
+        test_wrong = (predict_stacked(group, xte, 1000, amp) != yte).cpu()
+    test_err = test_wrong.float().mean(1)
     h = fit.history.set_index(["model", "epoch"])
     at_best = [h.loc[(m, e)] if e > 0 else None for m, e in enumerate(fit.best_epoch)]
     cols = pd.DataFrame({"best_epoch": fit.best_epoch, "val_error": fit.best_val_error,
@@ -200,7 +204,7 @@ def _fit(cfg: InteractionsConfig, group: torch.nn.Module, d, name: str, **hyper)
                          "died_at_step": fit.died_at_step})
     timing = {"group": name, "models": group.k, "steps": steps, "seconds (incl. evaluation)": timer.seconds,
               "ms per step (incl. evaluation)": 1000 * timer.seconds / max(steps, 1)}
-    return cols, fit.history, timing
+    return cols, fit.history, timing, test_wrong.numpy()
 
 
 def run_cnns(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
@@ -211,7 +215,7 @@ def run_cnns(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     group = StackedCNN(len(arms), p1=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
                        p2=[cfg.p if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
                        seeds=[stream_seed(s, "init-cnn") for _, _, s in arms]).to(cfg.device)
-    cols, history, timing = _fit(cfg, group, d, "CNN", epochs=cfg.cnn_epochs, lr=cfg.lr)
+    cols, history, timing, _ = _fit(cfg, group, d, "CNN", epochs=cfg.cnn_epochs, lr=cfg.lr)
     rows, reest = [], []
     for i, (placement, noise, seed) in enumerate(arms):
         net = group.model(i)
@@ -254,9 +258,9 @@ def mlp_arms(cfg: InteractionsConfig) -> list[dict]:
     return arms
 
 
-def run_mlps(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def run_mlps(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
     """Every MLP arm x seed as one :class:`StackedMLP` (per-model noise, rate, learning rate, weight decay and
-    max-norm)."""
+    max-norm); the last value holds each model's per-example test mistakes, in the table's row order."""
     d = _split("mnist", cfg.mlp_train_size, cfg.val_size, cfg.seed, cfg.device, standardize=False,  # pixels in [0, 1]
                test_size=cfg.test_size)
     arms = [dict(arm, seed=seed) for seed in cfg.seeds for arm in mlp_arms(cfg)]
@@ -265,20 +269,21 @@ def run_mlps(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict]
                        noise=["gaussian" if a["kind"] == "gaussian" else "bernoulli" for a in arms],
                        p_connect=[a["p"] if a["kind"] == "dropconnect" else 0.0 for a in arms],
                        seeds=[stream_seed(a["seed"], "init-mlp") for a in arms]).to(cfg.device)
-    cols, history, timing = _fit(cfg, group, d, "MLP", epochs=cfg.mlp_epochs, lr=[a["lr"] for a in arms],
+    cols, history, timing, wrong = _fit(cfg, group, d, "MLP", epochs=cfg.mlp_epochs, lr=[a["lr"] for a in arms],
                                  weight_decay=[a["weight_decay"] for a in arms],
                                  max_norm=[a["max_norm"] or math.inf for a in arms])
     runs = pd.concat([pd.DataFrame(arms), cols], axis=1)
     history.insert(0, "kind", [arms[m]["kind"] for m in history.model])
-    return runs, history, timing
+    return runs, history, timing, wrong
 
 
 def run(cfg: InteractionsConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     cnn, reest, cnn_curves, cnn_timing = run_cnns(cfg)
-    mlp_runs, mlp_curves, mlp_timing = run_mlps(cfg)
+    mlp_runs, mlp_curves, mlp_timing, mlp_wrong = run_mlps(cfg)
     rec = {"shift_check": pd.DataFrame([variance_shift_check(c, 1.0, cfg.p) for c in (0.0, 0.5, 1.0)]),
-           "cnn": cnn, "reestimated": reest, "mlp": mlp_runs, "timing": pd.DataFrame([cnn_timing, mlp_timing])}
+           "cnn": cnn, "reestimated": reest, "mlp": mlp_runs, "mlp_wrong": mlp_wrong,
+           "timing": pd.DataFrame([cnn_timing, mlp_timing])}
     rec["grid"] = grid(rec["mlp"])
     rec["verdicts"] = verdicts(rec, cfg)
     rec["wall_time_s"] = wall.elapsed()
@@ -299,11 +304,15 @@ def grid(mlp_runs: pd.DataFrame, value: str = "test_error") -> pd.DataFrame:
     return (100 * sel.pivot_table(index="p", columns="weight_decay", values=value, aggfunc="mean")).round(2)
 
 
-def _err(runs: pd.DataFrame, **where) -> list[float]:
+def _select(runs: pd.DataFrame, **where) -> pd.DataFrame:
     sel = runs
     for k, v in where.items():
         sel = sel[sel[k] == v]
-    return sel.sort_values("seed").test_error.tolist()
+    return sel.sort_values("seed")
+
+
+def _err(runs: pd.DataFrame, **where) -> list[float]:
+    return _select(runs, **where).test_error.tolist()
 
 
 def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
@@ -352,11 +361,17 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
                           f"{100 * d2:+.2f} ± {100 * s2:.2f} pt"),
                  "verdict": "reproduced (DC < none)" if v1.startswith("reproduced") else v1})
     gauss = _err(mlp_runs, kind="gaussian")
-    d, se, v = equivalent_errors(drop, gauss, n, EQUAL_MARGIN)
+    # paired on the same test images: each seed's Bernoulli and Gaussian nets, example by example
+    wrong = rec["mlp_wrong"]
+    drop_idx = _select(mlp_runs[mlp_runs.lr == base_lr], kind="dropout", p=0.5, weight_decay=0.0).index
+    gauss_idx = _select(mlp_runs, kind="gaussian").index
+    d, se, v = equivalent_paired([wrong[i].astype(float) for i in drop_idx], [wrong[i].astype(float) for i in gauss_idx],
+                                 EQUAL_MARGIN, shown=f"{100 * EQUAL_MARGIN:g} pt")
     rows.append({"claim": "Gaussian dropout with variance p/(1-p) performs like Bernoulli dropout",
                  "source": "Srivastava et al. 2014 (Section 10)", "paper": "MNIST: about equal (Table 10)",
                  "ours": (f"Bernoulli {100 * np.mean(drop):.2f} %, Gaussian {100 * np.mean(gauss):.2f} % ({100 * d:+.2f} ± "
-                          f"{100 * se:.2f} pt); equivalence margin ±{100 * EQUAL_MARGIN:g} pt (TOST, 5 %)"),
+                          f"{100 * se:.2f} pt, paired over the same test images); equivalence margin "
+                          f"±{100 * EQUAL_MARGIN:g} pt (TOST, 5 %)"),
                  "verdict": v})
     hi = mlp_runs[mlp_runs.lr > base_lr]
     free_runs, mn_runs = hi[(hi.max_norm == 0) & (hi.kind == "dropout")], hi[(hi.max_norm > 0) & (hi.kind == "dropout")]

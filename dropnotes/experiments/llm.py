@@ -23,8 +23,8 @@ from dropnotes import data, engine, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, rate_knob,
-                                        size_knob)
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
+                                        rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import progress
@@ -35,10 +35,12 @@ CHAPTER = "llm"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
 # arms and the full fine-tuning runs as batched groups (the same initialisation and batches as before; the
 # dropout masks drawn differently). Version 3 (2026-12-02): the held-out windows are split in two, the first half
-# selects (the best step, the best rate) and the second half judges, so no selection touches the judging data.
+# selects (the best step, the best rate) and the second half judges, so no selection touches the judging data;
+# the python-sources corpus (the standard library, torch, numpy, matplotlib; every 20th file held out); in full,
+# a model sized for it (about 20 tokens per parameter), 3 seeds, and each arm's learning rate chosen on validation.
 PROTOCOL = 3
 LN2 = math.log(2)
-CORPORA = ("python-stdlib", "enwik8")
+CORPORA = ("python-sources", "python-stdlib", "enwik8")
 # Dense bf16 peak FLOP/s, for MFU (vendor datasheets); devices not listed report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
@@ -68,6 +70,8 @@ class LLMConfig(ChapterConfig):
     eval_every: int
     amp: bool
     compile: bool
+    n_seeds: int = 1  # seeds of every pretraining arm and fine-tuning run (block ``seed``, see ChapterConfig.seeds)
+    lr_factors: tuple[float, ...] = (1.0,)  # pretraining: each arm's rate is chosen on validation from pretrain_lr x these
 
 
 PROFILE_DEFAULTS = {
@@ -76,29 +80,33 @@ PROFILE_DEFAULTS = {
     "smoke": dict(dim=16, layers=1, heads=1, block_size=16, batch_size=4, pretrain_steps=4, pretrain_lr=3e-3,
                   finetune_steps=4, finetune_batch=4, finetune_lr=3e-3, finetune_bytes=1000,
                   sizes=(500, 1000, 0), lora_rank=2, lora_lr=1e-2, eval_bytes=512, eval_every=2,
-                  amp=False, compile=False),
+                  amp=False, compile=False, n_seeds=1, lr_factors=(1.0,)),
     # CPU, about two minutes: a 2-layer, 64-wide GPT, 400 pretraining steps of 32 x 64 bytes; 300 fine-tuning
     # steps of 16 x 64 bytes, i.e. about 31 epochs of the 10 kB slice, so that the plain net overfits.
     "quick": dict(dim=64, layers=2, heads=2, block_size=64, batch_size=32, pretrain_steps=400, pretrain_lr=3e-3,
                   finetune_steps=300, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
                   sizes=(2500, 10000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=16384, eval_every=10,
-                  amp=False, compile=False),
-    # One GPU: nanoGPT's "baby GPT" (6 x 6 x 384, block 256) pretrained on up to 3,000 x 64 x 256 bytes (capped at one
-    # pass), bf16; the three pretraining arms as one batched group, and the full fine-tuning runs (100 kB of
-    # tiny-shakespeare and the crossing's slices) as another, each step graph-captured; the LoRA runs compiled.
-    "full": dict(dim=384, layers=6, heads=6, block_size=256, batch_size=64, pretrain_steps=3000, pretrain_lr=1e-3,
+                  amp=False, compile=False, n_seeds=1, lr_factors=(1.0,)),
+    # One GPU: a 6 x 4 x 256 GPT (4.8 M parameters, block 256) sized for one pass over the python-sources corpus
+    # (about 90 MB, so about 19 tokens per parameter), bf16; 3 seeds, and each arm's learning rate chosen on
+    # validation from 3 rates: the 3 arms x 3 seeds x 3 rates as one batched group, and the full fine-tuning runs
+    # (100 kB of tiny-shakespeare and the crossing's slices) x 3 seeds as another, each step graph-captured; the
+    # LoRA runs compiled.
+    "full": dict(dim=192, layers=6, heads=3, block_size=256, batch_size=64, pretrain_steps=3400, pretrain_lr=1e-3,
                  finetune_steps=1000, finetune_batch=32, finetune_lr=3e-4, finetune_bytes=100000,
                  sizes=(20000, 100000, 400000, 0), lora_rank=8, lora_lr=1e-3, eval_bytes=262144, eval_every=50,
-                 amp=True, compile=True),
+                 amp=True, compile=True, n_seeds=3, lr_factors=(0.5, 1.0, 2.0)),
 }
 
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    Knob("pretrain_corpus", "str", "python-stdlib", '"python-stdlib" (offline, any machine) or "enwik8" (downloaded)',
-         choices=CORPORA),
+    Knob("pretrain_corpus", "str", "python-sources",
+         '"python-sources" (the standard library, torch, numpy and matplotlib; offline), "python-stdlib" (offline) '
+         'or "enwik8" (downloaded)', choices=CORPORA),
     rate_knob("p", 0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5),
-    size_knob("pretrain_steps", "quick: 400; full: 3,000; never more than one pass over the corpus", high=10**6),
+    size_knob("pretrain_steps", "quick: 400; full: 6,000; never more than one pass over the corpus", high=10**6),
+    size_knob("n_seeds", "seeds of every arm (quick: 1; full: 3)", high=20),
     size_knob("finetune_steps", "quick: 300; full: 1,000", high=10**6),
     # tiny-shakespeare's training split holds 1,003,854 bytes; a slice needs at least a few 256-byte windows.
     size_knob("finetune_bytes", "the main fine-tuning slice (quick: 10,000 bytes; full: 100,000)", low=2048,
@@ -106,14 +114,16 @@ KNOBS = Knobs(
 )
 
 
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretrain_corpus: str = "python-stdlib",
-              p: float = 0.1, pretrain_steps: int | None = None, finetune_steps: int | None = None,
-              finetune_bytes: int | None = None) -> LLMConfig:
+def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretrain_corpus: str = "python-sources",
+              p: float = 0.1, pretrain_steps: int | None = None, n_seeds: int | None = None,
+              finetune_steps: int | None = None, finetune_bytes: int | None = None) -> LLMConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
     v = KNOBS.check(locals())
     dev = select_device(v["device"])
     resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, pretrain_steps=v["pretrain_steps"],
-                                 finetune_steps=v["finetune_steps"], finetune_bytes=v["finetune_bytes"])
+                                 n_seeds=v["n_seeds"], finetune_steps=v["finetune_steps"],
+                                 finetune_bytes=v["finetune_bytes"])
+    check_seed_block(v["seed"], d["n_seeds"])
     if resolved != "full" and dev.type != "cuda":
         d["compile"] = False
     p = v["p"]
@@ -213,12 +223,13 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
             "tokens_per_s_overall": steps * batch * cfg.block_size / train_s}
 
 
-def _key(cfg: LLMConfig, arm: str, prov: dict) -> str:
+def _key(cfg: LLMConfig, arm: str, prov: dict, seed: int) -> str:
     fields = {k: v for k, v in asdict(cfg).items() if k in ("dim", "layers", "heads", "block_size", "batch_size",
                                                               "pretrain_steps", "pretrain_lr", "p", "early_fraction",
-                                                              "eval_bytes", "eval_every", "amp", "seed")}
-    blob = json.dumps({"arm": arm, "corpus": prov, "trainer": "stacked group", "protocol": PROTOCOL, **fields},
-                      sort_keys=True)
+                                                              "eval_bytes", "eval_every", "amp", "n_seeds",
+                                                              "lr_factors")}
+    blob = json.dumps({"arm": arm, "corpus": prov, "trainer": "stacked group", "protocol": PROTOCOL, "seed": seed,
+                       **fields}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -264,73 +275,116 @@ def _group_runs(cfg: LLMConfig, group: engine.StackedGPT, fit: dict, labels: lis
     return out
 
 
-def pretrain(cfg: LLMConfig, corpus: data.TokenSplits) -> dict[str, dict]:
-    """The three pretraining arms (``none``, ``dropout``, ``early``) from the checkpoint cache when all are
-    there; else trained together as one :class:`~dropnotes.engine.StackedGPT` from one initialisation, on
-    the same batches (the arms differ only in their dropout schedules)."""
-    paths = {arm: results.checkpoint_dir() / CHAPTER / f"{arm}-{_key(cfg, arm, corpus.provenance)}.pt" for arm in ARMS}
-    cached = {arm: results.load_checkpoint(path, map_location=cfg.device) for arm, path in paths.items()}
-    if all(c is not None for c in cached.values()):
-        out = {}
-        for arm, (state, meta) in cached.items():
-            model = _model(cfg, 0.0).to(cfg.device)
-            model.load_state_dict(state)
-            out[arm] = {**meta["result"], "model": model, "cached": True, "path": str(paths[arm])}
-        return out
-    seed_everything(cfg.seed)
+def pretrain_lrs(cfg: LLMConfig) -> list[float]:
+    """The pretraining learning rates each arm chooses from (on the validation half): ``pretrain_lr`` x factors."""
+    return [cfg.pretrain_lr * f for f in cfg.lr_factors]
+
+
+def _label(prefix: str, cfg: LLMConfig, seed: int, lr: float | None = None) -> str:
+    """A run's name; the seed and rate appear only where the profile trains several of them."""
+    return prefix + (f" seed={seed}" if cfg.n_seeds > 1 else "") + (f" lr={lr:g}" if lr is not None and
+                                                                    len(cfg.lr_factors) > 1 else "")
+
+
+def _pretrain_group(cfg: LLMConfig, corpus: data.TokenSplits, spec: list[tuple[str, int, float]]) -> list[dict]:
+    """Train the pretraining models ``spec`` = [(arm, seed, rate), ...] together as one
+    :class:`~dropnotes.engine.StackedGPT`: the models of one seed share their initialisation and batches, so arms
+    differ only in their dropout schedules and rates only in their rate. Returns each model's run, with its model."""
     dev = torch.device(cfg.device)
-    init = _model(cfg, 0.0).to(dev)
-    group = engine.StackedGPT.from_models([init] * len(ARMS), max_rate=cfg.p)
+    inits = {}
+    for s in dict.fromkeys(s for _, s, _ in spec):
+        seed_everything(s)
+        inits[s] = _model(cfg, 0.0).to(dev)
+    group = engine.StackedGPT.from_models([inits[s] for _, s, _ in spec], max_rate=cfg.p)
     steps = pretrain_steps(cfg, corpus)
     cut = int(cfg.early_fraction * steps)
     p = cfg.p
-    schedule = {0: [0.0, p, p], cut: [0.0, p, 0.0]}  # none, dropout, early: the rates from these steps on
-    rates = lambda s: dict(p_emb=schedule[s], p_attn=schedule[s], p_resid=schedule[s]) if s in schedule else None  # noqa: E731
+    on = {"none": (0.0, 0.0), "dropout": (p, p), "early": (p, 0.0)}  # each arm's rate before and after the cut
+    schedule = {0: [on[a][0] for a, _, _ in spec], cut: [on[a][1] for a, _, _ in spec]}
+    rates = lambda t: dict(p_emb=schedule[t], p_attn=schedule[t], p_resid=schedule[t]) if t in schedule else None  # noqa: E731
     train_stream = corpus.train.to(dev)
-    fit = engine.fit_stacked_windows(group, [train_stream] * len(ARMS), corpus.valid[: cfg.eval_bytes].to(dev),
-                                     steps=steps, batch_size=cfg.batch_size, lr=cfg.pretrain_lr,
+    fit = engine.fit_stacked_windows(group, [train_stream] * group.k, corpus.valid[: cfg.eval_bytes].to(dev),
+                                     steps=steps, batch_size=cfg.batch_size, lr=[lr for _, _, lr in spec],
                                      lr_factor=_cosine(steps), weight_decay=0.1, betas=(0.9, 0.95), clip=1.0,
-                                     rates=rates, eval_every=cfg.eval_every, seeds=[cfg.seed] * len(ARMS),
+                                     rates=rates, eval_every=cfg.eval_every, seeds=[s for _, s, _ in spec],
                                      amp_dtype=torch.bfloat16 if cfg.amp else None,
-                                     generator=torch.Generator(dev).manual_seed(cfg.seed),
-                                     desc=f"{group.k} GPTs pretraining (none, dropout, early)")
-    runs = _group_runs(cfg, group, fit, [f"pretrain {arm}" for arm in ARMS], cfg.batch_size,
-                       [train_stream.numel()] * len(ARMS))
-    out = {}
-    for i, (arm, r) in enumerate(zip(ARMS, runs)):
-        model = group.model(i)
-        results.save_checkpoint(model.state_dict(), {"result": r, "config": asdict(cfg)}, paths[arm])
-        out[arm] = {**r, "model": model, "cached": False, "path": str(paths[arm])}
+                                     generator=torch.Generator(dev).manual_seed(spec[0][1]),
+                                     desc=f"{group.k} GPTs pretraining (arms x seeds x rates)")
+    runs = _group_runs(cfg, group, fit, [_label(f"pretrain {a}", cfg, s, lr) for a, s, lr in spec], cfg.batch_size,
+                       [train_stream.numel()] * group.k)
+    for i, ((arm, s, lr), r) in enumerate(zip(spec, runs)):
+        r.update(arm=arm, seed=s, lr=lr, chosen=False, model=group.model(i))
+    return runs
+
+
+def pretrain(cfg: LLMConfig, corpus: data.TokenSplits) -> dict[str, list[dict]]:
+    """The three pretraining arms (``none``, ``dropout``, ``early``) at every seed. Each arm's learning rate is
+    chosen from :func:`pretrain_lrs` on the first seed, by the final loss on the validation half: that seed's
+    arms x rates train as one group; the other seeds' arms then train, as a second group, at the rates chosen.
+    Returns, per arm, one run per seed (at its chosen rate); every model trained is under ``"all"``. From the
+    checkpoint cache when every kept model is there."""
+    seeds, lrs = cfg.seeds, pretrain_lrs(cfg)
+    paths = {(arm, s): results.checkpoint_dir() / CHAPTER / f"{arm}-{_key(cfg, arm, corpus.provenance, s)}.pt"
+             for arm in ARMS for s in seeds}
+    cached = {k: results.load_checkpoint(path, map_location=cfg.device) for k, path in paths.items()}
+    if all(c is not None for c in cached.values()):
+        out = {arm: [] for arm in ARMS}
+        for (arm, s), (state, meta) in cached.items():
+            model = _model(cfg, 0.0).to(cfg.device)
+            model.load_state_dict(state)
+            out[arm].append({**meta["result"], "model": model, "cached": True, "path": str(paths[arm, s])})
+        out["all"] = [r for arm in ARMS for r in out[arm]]
+        return out
+    first = _pretrain_group(cfg, corpus, [(arm, seeds[0], lr) for lr in lrs for arm in ARMS])
+    chosen = {}
+    for arm in ARMS:  # chosen on the validation half, never on the test half that judges
+        best = min((r for r in first if r["arm"] == arm), key=lambda r: r["final"]["valid_loss"])
+        best["chosen"], chosen[arm] = True, best["lr"]
+    rest = _pretrain_group(cfg, corpus, [(arm, s, chosen[arm]) for s in seeds[1:] for arm in ARMS]) if seeds[1:] else []
+    for r in rest:
+        r["chosen"] = True
+    out = {arm: [] for arm in ARMS}
+    for r in first + rest:
+        if r["chosen"]:
+            path = paths[r["arm"], r["seed"]]
+            result = {k: v for k, v in r.items() if k != "model"}
+            results.save_checkpoint(r["model"].state_dict(), {"result": result, "config": asdict(cfg)}, path)
+            out[r["arm"]].append({**r, "cached": False, "path": str(path)})
+    for arm in ARMS:
+        out[arm].sort(key=lambda r: r["seed"])
+    out["all"] = first + rest
     return out
 
 
-def finetune_group(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, runs: list[tuple[float, int]]) -> dict:
-    """Full fine-tuning runs ``(p, size)`` of copies of ``base``, trained together as one
+def finetune_group(cfg: LLMConfig, bases: list[GPT], shakes: data.TokenSplits, runs: list[tuple[float, int]]) -> dict:
+    """Full fine-tuning runs ``(p, size)`` of copies of each seed's pretrained ``bases[k]``, trained together as one
     :class:`~dropnotes.engine.StackedGPT`: each on the first ``size`` bytes of tiny-shakespeare (0 = all of
-    its training split) with dropout ``p``, on the batches its sequential run drew (seed ``cfg.seed``)."""
+    its training split) with dropout ``p``, on the batches its sequential run drew (its seed). Returns, per run,
+    one result per seed."""
     dev = torch.device(cfg.device)
     streams = {size: (shakes.train[:size] if size else shakes.train).to(dev) for _, size in runs}
     valid = shakes.valid[: cfg.eval_bytes].to(dev)
-    rates = [p for p, _ in runs]
-    group = engine.StackedGPT.from_models([base] * len(runs), p_emb=rates, p_attn=rates, p_resid=rates)
-    fit = engine.fit_stacked_windows(group, [streams[size] for _, size in runs], valid, steps=cfg.finetune_steps,
+    spec = [(p, size, s, base) for s, base in zip(cfg.seeds, bases, strict=True) for p, size in runs]
+    rates = [p for p, _, _, _ in spec]
+    group = engine.StackedGPT.from_models([base for *_, base in spec], p_emb=rates, p_attn=rates, p_resid=rates)
+    fit = engine.fit_stacked_windows(group, [streams[size] for _, size, _, _ in spec], valid, steps=cfg.finetune_steps,
                                      batch_size=cfg.finetune_batch, lr=cfg.finetune_lr,
                                      lr_factor=_cosine(cfg.finetune_steps), weight_decay=0.1, betas=(0.9, 0.95),
-                                     clip=1.0, eval_every=cfg.eval_every, seeds=[cfg.seed] * len(runs),
+                                     clip=1.0, eval_every=cfg.eval_every, seeds=[s for _, _, s, _ in spec],
                                      amp_dtype=torch.bfloat16 if cfg.amp else None,
                                      generator=torch.Generator(dev).manual_seed(cfg.seed),
-                                     desc=f"{group.k} GPTs fine-tuning (rates x sizes)")
-    labels = [f"full p={p:g} size={size or 'all'}" for p, size in runs]
-    out = _group_runs(cfg, group, fit, labels, cfg.finetune_batch, [streams[size].numel() for _, size in runs])
-    start = _start_bpb(cfg, base, valid)
-    done = {}
-    for (p, size), label, r in zip(runs, labels, out):
+                                     desc=f"{group.k} GPTs fine-tuning (rates x sizes x seeds)")
+    labels = [_label(f"full p={p:g} size={size or 'all'}", cfg, s) for p, size, s, _ in spec]
+    out = _group_runs(cfg, group, fit, labels, cfg.finetune_batch, [streams[size].numel() for _, size, _, _ in spec])
+    start = {s: _start_bpb(cfg, base, valid) for s, base in zip(cfg.seeds, bases)}
+    done: dict = {}
+    for (p, size, s, _), label, r in zip(spec, labels, out):
         n = streams[size].numel()
-        done["full", p, size] = {**r, "row": {
-            "run": label, "method": "full", "p": p, "size": size or n,
-            "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / n, "start_bpb": start,
+        done.setdefault(("full", p, size), []).append({**r, "seed": s, "row": {
+            "run": label, "method": "full", "p": p, "size": size or n, "seed": s,
+            "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / n, "start_bpb": start[s],
             **_judged_row(r),
-            "trainable": sum(q.numel() for q in base.parameters())}}
+            "trainable": sum(q.numel() for q in bases[0].parameters())}})
     return done
 
 
@@ -344,10 +398,11 @@ def finetune(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits, *, size: int, 
     stream = (shakes.train[:size] if size else shakes.train).to(dev)
     valid = shakes.valid[: cfg.eval_bytes].to(dev)
     add_lora(model, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=p)
-    label = f"LoRA p={p:g} size={size or 'all'}"
+    label = _label(f"LoRA p={p:g} size={size or 'all'}", cfg, seed)
     out = train_run(cfg, model, stream, valid, steps=cfg.finetune_steps, batch=cfg.finetune_batch, lr=cfg.lora_lr,
                     p_schedule=lambda s: 0.0, seed=seed, label=label)
-    return {**out, "row": {"run": label, "method": "LoRA", "p": p, "size": size or shakes.train.numel(),
+    return {**out, "seed": seed, "row": {"run": label, "method": "LoRA", "p": p, "size": size or shakes.train.numel(),
+                                         "seed": seed,
                            "epochs": cfg.finetune_steps * cfg.finetune_batch * cfg.block_size / stream.numel(),
                            "start_bpb": _start_bpb(cfg, base, valid), **_judged_row(out),
                            "trainable": sum(q.numel() for q in model.parameters() if q.requires_grad)}}
@@ -380,18 +435,21 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
     corpus = data.load_text(cfg.pretrain_corpus)
     shakes = data.load_tinyshakespeare()
     pre = pretrain(cfg, corpus)
-    base = pre["none"]["model"]
-    ft = finetune_group(cfg, base, shakes, full_runs(cfg))  # 1. every rate on the main slice; 3. the crossing
+    bases = [r["model"] for r in pre["none"]]  # each seed's pretrained net without dropout
+    ft = finetune_group(cfg, bases, shakes, full_runs(cfg))  # 1. every rate on the main slice; 3. the crossing
     for p in cfg.lora_rates:  # 2. LoRA on the main slice
-        ft["LoRA", p, cfg.finetune_bytes] = finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, seed=cfg.seed)
-    pre_rows = [{"arm": arm, "final_bpb": r["final"]["test_loss"] / LN2, "tokens_per_s": r["tokens_per_s"],
-                 "tokens_per_s (with capture)": r.get("tokens_per_s_overall"),
+        ft["LoRA", p, cfg.finetune_bytes] = [finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, seed=s)
+                                             for s, base in zip(cfg.seeds, bases)]
+    cached = all(r["cached"] for arm in ARMS for r in pre[arm])
+    pre_rows = [{"arm": r["arm"], "seed": r["seed"], "lr": r["lr"], "chosen": r["chosen"],
+                 "valid_bpb": r["final"]["valid_loss"] / LN2, "final_bpb": r["final"]["test_loss"] / LN2,
+                 "tokens_per_s": r["tokens_per_s"], "tokens_per_s (with capture)": r.get("tokens_per_s_overall"),
                  "group tokens_per_s": r.get("group_tokens_per_s"), "models": r.get("models"), "mfu": r["mfu"],
-                 "cached": r["cached"]} for arm, r in pre.items()]
-    rec = {"pretrain": pd.DataFrame(pre_rows),
-           "curves": pd.DataFrame([c for r in pre.values() for c in r["curve"]] +
-                                  [c for r in ft.values() for c in r["curve"]]),
-           "finetune": pd.DataFrame([r["row"] for r in ft.values()]), "pre": pre, "ft": ft,
+                 "cached": cached} for r in pre["all"]]
+    curves = [{**c, "chosen": r["chosen"], "seed": r["seed"]} for r in pre["all"] for c in r["curve"]]
+    curves += [{**c, "chosen": True, "seed": r["seed"]} for runs in ft.values() for r in runs for c in r["curve"]]
+    rec = {"pretrain": pd.DataFrame(pre_rows), "curves": pd.DataFrame(curves),
+           "finetune": pd.DataFrame([r["row"] for runs in ft.values() for r in runs]), "pre": pre, "ft": ft,
            "corpus": corpus.provenance, "pretrain_tokens": pretrain_steps(cfg, corpus) * cfg.batch_size * cfg.block_size,
            "corpus_tokens": int(corpus.train.numel())}
     rec["verdicts"] = verdicts(rec, cfg)
@@ -400,15 +458,18 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
         rec["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.pretrain_corpus,
             corpus=corpus.provenance, finetune_dataset="tinyshakespeare",
-            metrics={"pretrain_bpb": {r["arm"]: r["final_bpb"] for r in pre_rows},
-                     "tokens_per_s": pre["none"]["tokens_per_s"], "mfu": pre["none"]["mfu"]},
+            metrics={"pretrain_bpb": {arm: float(np.mean([r["final"]["test_loss"] for r in pre[arm]])) / LN2
+                                      for arm in ARMS},
+                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"]},
             tables={k: rec[k] for k in ("pretrain", "curves", "finetune", "verdicts")})
     return rec
 
 
-def _cmp(base_windows: list[float], new_windows: list[float]) -> tuple[float, float, str]:
-    """Is ``new`` lower (bits per byte)? Paired over the same test-half windows."""
-    diff, se, v = compare_paired([base_windows], [new_windows])
+def _cmp(base: list[list[float]], new: list[list[float]]) -> tuple[float, float, str]:
+    """Is ``new`` lower (bits per byte)? One list of test-half window losses per seed, paired over the same
+    windows (:func:`~dropnotes.stats.compare_paired`: the SE is the larger of the per-window and the seed-level
+    one)."""
+    diff, se, v = compare_paired(base, new)
     return diff / LN2, se / LN2, v
 
 
@@ -454,20 +515,35 @@ def rule_crossing(gains: list[tuple[float, float]]) -> str:
     return "inconclusive (not monotone: a rise within noise)" if rises else "reproduced"
 
 
+def _bpb(runs: list[dict], key: str = "final_windows") -> float:
+    """Mean bits per byte over seeds, on the test half (``final_windows``, or the best step's ``windows``)."""
+    return float(np.mean([np.mean(r["best"]["windows"] if key == "best" else r[key]) for r in runs])) / LN2
+
+
+def _steps(runs: list[dict]) -> str:
+    return "/".join(str(r["best"]["step"]) for r in runs)
+
+
 def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
-    """The closing table, with the rules stated in the chapter (one seed: paired per-window SE)."""
+    """The closing table, with the rules stated in the chapter: paired per window on the test half, each seed's
+    arms on the same windows; the SE is the larger of the per-window and the seed-level one."""
     pre, ft, p = rec["pre"], rec["ft"], cfg.p
+    seeds = len(pre["none"])
     rows = []
-    d, se, v = _cmp(pre["dropout"]["final_windows"], pre["none"]["final_windows"])
-    bpb = {a: float(np.mean(pre[a]["final_windows"])) / LN2 for a in pre}  # the test half
+    fw = lambda arm: [r["final_windows"] for r in pre[arm]]  # noqa: E731
+    bw = lambda runs: [r["best"]["windows"] for r in runs]  # noqa: E731
+    d, se, v = _cmp(fw("dropout"), fw("none"))
+    bpb = {a: _bpb(pre[a]) for a in ARMS}
+    lrs = {a: "/".join(f"{r['lr']:g}" for r in pre[a]) for a in ARMS}
+    chose = f"; rates chosen on validation: none {lrs['none']}, dropout {lrs['dropout']}" if len(cfg.lr_factors) > 1 else ""
     single = rec["pretrain_tokens"] <= rec["corpus_tokens"]
     rows.append({"claim": "single-epoch pretraining: dropout only slows learning",
                  "source": "Liu et al. 2025", "paper": "no dropout better on every downstream task (BERT, Pythia 160M/1.4B)",
                  "ours": (f"test-half bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
-                          f"{rec['pretrain_tokens']:,} of {rec['corpus_tokens']:,} bytes seen"
-                          + ("" if single else " (more than one epoch!)")),
+                          f"{seeds} seed{'s' if seeds > 1 else ''}; {rec['pretrain_tokens']:,} of "
+                          f"{rec['corpus_tokens']:,} bytes seen" + ("" if single else " (more than one epoch!)") + chose),
                  "verdict": v})
-    d, se, v = _cmp(pre["none"]["final_windows"], pre["early"]["final_windows"])  # is early better than none?
+    d, se, v = _cmp(fw("none"), fw("early"))  # is early better than none?
     rows.append({"claim": "early dropout does not beat no dropout in single-epoch pretraining",
                  "source": "Liu et al. 2025 (against Liu et al. 2023)",
                  "paper": "early dropout also degrades results",
@@ -475,30 +551,33 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
                          f"({d:+.3f} ± {se:.3f} in favour of early; margin {EARLY_MARGIN_BPB:g} bpb)",
                  "verdict": rule_not_better(d, se)})
     main = {q: ft["full", q, cfg.finetune_bytes] for q in cfg.finetune_rates}
-    best_q = min((q for q in cfg.finetune_rates if q > 0), key=lambda q: main[q]["best"]["valid_loss"])
-    d, se, v = _cmp(main[0.0]["best"]["windows"], main[best_q]["best"]["windows"])
-    steps = {q: main[q]["best"]["step"] for q in cfg.finetune_rates}
+    # the rate compared is chosen on the validation half (mean over seeds of each run's early-stopped value)
+    best_q = min((q for q in cfg.finetune_rates if q > 0),
+                 key=lambda q: np.mean([r["best"]["valid_loss"] for r in main[q]]))
+    d, se, v = _cmp(bw(main[0.0]), bw(main[best_q]))
+    rise = {q: float(np.mean([r["row"]["overfit_bpb"] for r in main[q]])) for q in cfg.finetune_rates}
     rows.append({"claim": "fine-tuning many epochs on small data: dropout lowers the best validation loss",
                  "source": "nanoGPT shakespeare config; Xue et al. 2023",
                  "paper": "dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
                  "ours": (f"{cfg.finetune_bytes:,} bytes: best bpb " +
-                          ", ".join(f"p={q:g} {np.mean(main[q]['best']['windows']) / LN2:.3f} (step {steps[q]})"
+                          ", ".join(f"p={q:g} {_bpb(main[q], 'best'):.3f} (step {_steps(main[q])})"
                                     for q in cfg.finetune_rates) + f"; p={best_q:g} vs 0: {d:+.3f} ± {se:.3f}; "
-                          "rise after the minimum " + ", ".join(f"p={q:g} {main[q]['row']['overfit_bpb']:+.3f}"
-                                                                for q in cfg.finetune_rates)),
-                 "verdict": rule_resolved(v, {f"p={q:g}": s for q, s in steps.items()}, cfg.eval_every)})
+                          "rise after the minimum " + ", ".join(f"p={q:g} {rise[q]:+.3f}" for q in cfg.finetune_rates)),
+                 "verdict": rule_resolved(v, {f"p={q:g} (seed {r['seed']})": r["best"]["step"]
+                                              for q in cfg.finetune_rates for r in main[q]}, cfg.eval_every)})
     lora = {q: ft["LoRA", q, cfg.finetune_bytes] for q in cfg.lora_rates}
-    d, se, v = _cmp(lora[0.0]["best"]["windows"], lora[p]["best"]["windows"])
+    d, se, v = _cmp(bw(lora[0.0]), bw(lora[p]))
     rows.append({"claim": "LoRA dropout helps LoRA fine-tuning on small data",
                  "source": "common LoRA fine-tuning configs", "paper": "lora_dropout 0.05-0.1 used; no ablation value quoted",
-                 "ours": (f"rank {cfg.lora_rank}: best bpb {np.mean(lora[0.0]['best']['windows']) / LN2:.3f} (p=0) vs "
-                          f"{np.mean(lora[p]['best']['windows']) / LN2:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
+                 "ours": (f"rank {cfg.lora_rank}: best bpb {_bpb(lora[0.0], 'best'):.3f} (p=0) vs "
+                          f"{_bpb(lora[p], 'best'):.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
                  "verdict": v})
     gains, best_steps = [], {}
     for size in cfg.sizes:
-        g, gse, _ = _cmp(ft["full", 0.0, size]["best"]["windows"], ft["full", p, size]["best"]["windows"])
-        gains.append((size, g, gse, ft["full", 0.0, size]["row"]["epochs"]))
-        best_steps.update({f"p={q:g} on {size or 'all'} bytes": ft["full", q, size]["best"]["step"] for q in (0.0, p)})
+        g, gse, _ = _cmp(bw(ft["full", 0.0, size]), bw(ft["full", p, size]))
+        gains.append((size, g, gse, ft["full", 0.0, size][0]["row"]["epochs"]))
+        best_steps.update({f"p={q:g} on {size or 'all'} bytes (seed {r['seed']})": r["best"]["step"]
+                           for q in (0.0, p) for r in ft["full", q, size]})
     rows.append({"claim": "dropout's benefit shrinks as the data grow, and vanishes near one epoch",
                  "source": "Xue et al. 2023; Liu et al. 2025",
                  "paper": "helps with repeated data, not in single-epoch training",
@@ -508,11 +587,18 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _first_seed(curves: pd.DataFrame) -> pd.DataFrame:
+    """The curves the figures draw: the first seed's, at each arm's chosen rate (older records: all of them)."""
+    if "seed" in curves:
+        curves = curves[(curves.seed == curves.seed.min()) & curves.chosen.astype(bool)]
+    return curves.assign(run=curves.run.str.replace(r" (seed|lr)=\S+", "", regex=True))
+
+
 def plot_pretraining(curves: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.4, 3.4))
-    for run, g in curves[curves.run.str.startswith("pretrain")].groupby("run", sort=False):
+    for run, g in _first_seed(curves[curves.run.str.startswith("pretrain")]).groupby("run", sort=False):
         ax.plot(g.step, g.valid_bpb, label=run.replace("pretrain ", ""))
     ax.set(xlabel="step", ylabel="validation bits per byte")
     ax.legend(frameon=False)
@@ -525,7 +611,8 @@ def plot_finetuning(curves: pd.DataFrame, size: int):
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
     for ax, method in zip(axes, ("full", "LoRA")):
-        sel = curves[curves.run.str.startswith(method) & curves.run.str.endswith(f"size={size}")]
+        sel = _first_seed(curves[curves.run.str.startswith(method)])
+        sel = sel[sel.run.str.endswith(f"size={size}")]
         for run, g in sel.groupby("run", sort=False):
             ax.plot(g.epochs, g.valid_bpb, marker="o", ms=2, label=run.split(" size")[0])
         ax.set(xlabel="epochs over the fine-tuning slice", title=f"{method} fine-tuning")
@@ -545,7 +632,12 @@ def stored_facts(stored: dict) -> dict:
     from IPython.display import Markdown
 
     t, p = stored["tables"], stored["params"]
-    pre, ft, curves = t["pretrain"].set_index("arm"), t["finetune"], t["curves"]
+    pre, ft, curves = t["pretrain"], t["finetune"], _first_seed(t["curves"])
+    if "chosen" in pre:  # several seeds and rates: each arm's kept runs, averaged over seeds
+        pre = pre[pre.chosen.astype(bool)].groupby("arm", sort=False).mean(numeric_only=True).reset_index()
+    if "seed" in ft:
+        ft = ft.groupby(["method", "p", "size"], as_index=False, sort=False).mean(numeric_only=True)
+    pre = pre.set_index("arm")
     full = ft[ft.method == "full"]
     main = full[full["size"] == p["finetune_bytes"]].set_index("p")
     q = float(p["p"])

@@ -1629,14 +1629,14 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
                         rates: Callable[[int], dict | None] | None = None, eval_every: int,
                         seeds: Sequence[int], amp_dtype: torch.dtype | None = None,
                         generator: torch.Generator | None = None, capture: bool = True,
-                        desc: str = "GPTs") -> dict:
+                        desc: str = "GPTs", eval_also: Sequence[int] = ()) -> dict:
     """Train the K language models of ``model`` together on windows of their own token streams (model k on
     ``streams[k]``, batches from :func:`window_orders`), with AdamW per model (``lr``, decoupled
     ``weight_decay``, ``betas``, gradient clipping at ``clip[k]``), the rate multiplied by ``lr_factor(step)``
     (0-based) and the dropout rates set by ``rates(step)`` (keyword arguments of :meth:`StackedGPT.set_rates`,
     or None to leave them) before each step.
 
-    Every ``eval_every`` steps and at the end, each model's per-window validation losses on ``valid`` are
+    Every ``eval_every`` steps, at the steps ``eval_also`` and at the end, each model's per-window validation losses on ``valid`` are
     measured in eval mode (the one host read). On CUDA the step (gather, forward, backward, clipping, AdamW) is
     captured once as a CUDA graph and replayed; the schedules write into tensors the graph reads. Returns the
     history (``model``, ``step``, ``train_loss`` of that step, ``valid_loss``), each evaluation's (K, windows)
@@ -1646,6 +1646,7 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
     k = model.k
     steps, eval_every = check_positive_int("steps", steps), check_positive_int("eval_every", eval_every)
     batch_size = check_positive_int("batch_size", batch_size)
+    extra = {check_positive_int("eval_also", int(t)) for t in eval_also}
     if len(streams) != k:
         raise ValueError(f"streams must give one token stream per model ({k}), got {len(streams)}")
     dev = valid.device
@@ -1692,7 +1693,7 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
         torch.mul(lr_k, float(lr_factor(s)), out=lr_now)
         idx.copy_(orders[:, s])
         run_step()
-        if (s + 1) % eval_every == 0 or s + 1 == steps:
+        if (s + 1) % eval_every == 0 or s + 1 == steps or s + 1 in extra:
             seconds.append(timer.elapsed())
             losses, _ = lm_window_losses_stacked(model, valid, batch_size, model.block_size, amp_dtype)
             evals[s + 1] = losses

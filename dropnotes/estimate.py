@@ -468,7 +468,7 @@ def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:
 def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
     """Chapter 5 on the engine: the pretraining arms x seeds x rates as one captured StackedGPT, the full
     fine-tuning runs x seeds as another, each evaluated every ``eval_every`` steps; the LoRA runs one at a time."""
-    from dropnotes.experiments.llm import _model, full_runs
+    from dropnotes.experiments.llm import _model, early_evals, full_runs
     from dropnotes.layers import add_lora
 
     if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
@@ -499,7 +499,8 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
     return groups + [
             Group("llm", f"{k} GPTs full fine-tuning (rates x sizes x seeds), batched", 1, cfg.finetune_steps, ff, nf, dtype,
                   captured=True, models_per_step=k, bytes_per_step=bf),
-            Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps, cfg.finetune_batch), ffe, nfe, dtype,
+            Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps, cfg.finetune_batch)
+                  + len(early_evals(cfg)) * (cfg.eval_bytes // (cfg.finetune_batch * cfg.block_size) + 1), ffe, nfe, dtype,
                   models_per_step=k,
                   bytes_per_step=bfe),
             Group("llm", "LoRA fine-tuning runs (one at a time)", len(cfg.lora_rates) * seeds, cfg.finetune_steps, fl, nl,

@@ -476,7 +476,9 @@ def _chapter5_record(gain: float, cfg, first_best: bool = False) -> dict:
                  for s in seeds] for arm, d in (("none", 0.0), ("dropout", gain), ("early", gain / 2))}
     ft = {}
     sizes = list(cfg.sizes)
-    step = cfg.eval_every if first_best else 5 * cfg.eval_every
+    from dropnotes.experiments.llm import first_eval
+
+    step = first_eval(cfg) if first_best else 5 * cfg.eval_every
 
     def run(s, w, epochs):
         return {"best": {"windows": w.tolist(), "valid_loss": float(w.mean()), "step": step}, "seed": s,

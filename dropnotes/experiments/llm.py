@@ -153,6 +153,17 @@ def mfu(cfg: LLMConfig, model: GPT, tokens_per_s: float) -> float | None:
     return None if peak is None else model.flops_per_token() * tokens_per_s / peak
 
 
+def early_evals(cfg: LLMConfig) -> list[int]:
+    """Fine-tuning's extra evaluations before the first regular one (at 20, 40, 60 and 80 % of ``eval_every``):
+    a run that overfits within its first steps has its minimum resolved, not stuck on the first evaluation."""
+    return sorted({max(1, round(cfg.eval_every * f)) for f in (0.2, 0.4, 0.6, 0.8)} - {cfg.eval_every})
+
+
+def first_eval(cfg: LLMConfig) -> int:
+    """The first step at which fine-tuning evaluates."""
+    return min(early_evals(cfg) + [cfg.eval_every])
+
+
 def split_windows(windows) -> tuple:
     """The held-out windows' two halves: the first selects (validation: best step, best rate), the second judges
     (test: read at the selected step only). The halves are contiguous stretches of the held-out text."""
@@ -203,7 +214,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
         opt.step()
         sched.step()
         step += 1
-        if step % cfg.eval_every == 0 or step == steps:
+        if step % cfg.eval_every == 0 or step == steps or step in early_evals(cfg):
             dt = interval.elapsed()
             train_s += dt
             rates.append((step - last) * batch * cfg.block_size / dt)
@@ -370,7 +381,8 @@ def finetune_group(cfg: LLMConfig, bases: list[GPT], shakes: data.TokenSplits, r
     fit = engine.fit_stacked_windows(group, [streams[size] for _, size, _, _ in spec], valid, steps=cfg.finetune_steps,
                                      batch_size=cfg.finetune_batch, lr=cfg.finetune_lr,
                                      lr_factor=_cosine(cfg.finetune_steps), weight_decay=0.1, betas=(0.9, 0.95),
-                                     clip=1.0, eval_every=cfg.eval_every, seeds=[s for _, _, s, _ in spec],
+                                     clip=1.0, eval_every=cfg.eval_every, eval_also=early_evals(cfg),
+                                     seeds=[s for _, _, s, _ in spec],
                                      amp_dtype=torch.bfloat16 if cfg.amp else None,
                                      generator=torch.Generator(dev).manual_seed(cfg.seed),
                                      desc=f"{group.k} GPTs fine-tuning (rates x sizes x seeds)")
@@ -564,7 +576,7 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
                                     for q in cfg.finetune_rates) + f"; p={best_q:g} vs 0: {d:+.3f} ± {se:.3f}; "
                           "rise after the minimum " + ", ".join(f"p={q:g} {rise[q]:+.3f}" for q in cfg.finetune_rates)),
                  "verdict": rule_resolved(v, {f"p={q:g} (seed {r['seed']})": r["best"]["step"]
-                                              for q in cfg.finetune_rates for r in main[q]}, cfg.eval_every)})
+                                              for q in cfg.finetune_rates for r in main[q]}, first_eval(cfg))})
     lora = {q: ft["LoRA", q, cfg.finetune_bytes] for q in cfg.lora_rates}
     d, se, v = _cmp(bw(lora[0.0]), bw(lora[p]))
     rows.append({"claim": "LoRA dropout helps LoRA fine-tuning on small data",
@@ -583,7 +595,8 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
                  "paper": "helps with repeated data, not in single-epoch training",
                  "ours": "; ".join(f"{s or 'all'} bytes ({e:.1f} epochs): gain {g:+.3f} ± {se_:.3f} bpb"
                                    for s, g, se_, e in gains),
-                 "verdict": rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains]), best_steps, cfg.eval_every)})
+                 "verdict": rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains]), best_steps,
+                                          first_eval(cfg))})
     return pd.DataFrame(rows)
 
 

@@ -484,6 +484,11 @@ def python_source_files(packages: tuple[str, ...] = SOURCE_PACKAGES) -> tuple[li
     return files, {label: version for label, _, version in sources}
 
 
+def held_out_file(index: int, holdout_every: int = 20) -> bool:
+    """Whether the python-sources corpus holds out its ``index``-th file (every ``holdout_every``-th is held out)."""
+    return index % holdout_every == holdout_every - 1
+
+
 def load_python_sources(holdout_every: int = 20, packages: tuple[str, ...] = SOURCE_PACKAGES) -> TokenSplits:
     """The Python sources of the standard library, torch, numpy and matplotlib as one byte corpus (about 90 MB
     with torch 2.13 on Python 3.11): a larger offline pretraining corpus, built the same way on every machine
@@ -493,7 +498,7 @@ def load_python_sources(holdout_every: int = 20, packages: tuple[str, ...] = SOU
     files, versions = python_source_files(packages)
     train, held = [], []
     for i, (_, path) in enumerate(files):
-        (held if i % holdout_every == holdout_every - 1 else train).append(path.read_bytes())
+        (held if held_out_file(i, holdout_every) else train).append(path.read_bytes())
     train_raw, held_raw = b"".join(train), b"".join(held)
     prov = {"dataset": "python-sources", "python": platform.python_version(), "versions": versions,
             "files": len(files), "held_out_files": len(held), "bytes": len(train_raw) + len(held_raw),

@@ -428,10 +428,10 @@ def _corpus_bytes(name: str) -> int:
     if name == "python-stdlib":
         return int(_stdlib_bytes() * 0.95)
     if name == "python-sources":
-        from dropnotes.data import python_source_files
+        from dropnotes.data import held_out_file, python_source_files
 
         files, _ = python_source_files()
-        return sum(p.stat().st_size for i, (_, p) in enumerate(files) if i % 20 != 19)
+        return sum(p.stat().st_size for i, (_, p) in enumerate(files) if not held_out_file(i))
     return 90_000_000  # enwik8
 
 

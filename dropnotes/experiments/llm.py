@@ -197,6 +197,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
         opt, lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))))
     amp = torch.bfloat16 if cfg.amp else None
     curve, judged, train_s, current_p, rates = [], {}, 0.0, None, []
+    early = set(early_evals(cfg))
     model.train()
     step = last = 0
     interval = Timer(dev).start()
@@ -214,7 +215,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
         opt.step()
         sched.step()
         step += 1
-        if step % cfg.eval_every == 0 or step == steps or step in early_evals(cfg):
+        if step % cfg.eval_every == 0 or step == steps or step in early:
             dt = interval.elapsed()
             train_s += dt
             rates.append((step - last) * batch * cfg.block_size / dt)

@@ -35,7 +35,6 @@ device and are read at the evaluation points only.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes.models.lstm_lm import SCHEMES, scheme_rates
-from dropnotes.runtime import Timer, check_choice, check_positive_int, check_probability, progress
+from dropnotes.runtime import MetaAutocast, Timer, autocast, check_choice, check_positive_int, check_probability, progress
 
 
 def _values(name: str, value, k: int, *, check=None) -> list:
@@ -84,6 +83,22 @@ def _seeded(seeds: Sequence[int] | None, k: int, make):
         yield i, m
 
 
+def dropout_mult(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Inverted dropout's multiplier for every element of ``h`` (its axis ``model_dim`` the K models): 0 or
+    1/(1-p_k), Bernoulli(1-p_k), in ``h``'s dtype; what :func:`unit_noise` multiplies by."""
+    view = [1] * h.dim()
+    view[model_dim] = h.shape[model_dim]
+    return _keep_mult(h, (1.0 - p).view(view), generator)
+
+
+def _keep_mult(h: torch.Tensor, keep: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The Bernoulli(keep) multiplier scaled by 1/keep, in ``h``'s dtype. ``keep`` stays in the rate's dtype
+    (float32), so that a bf16 ``h`` is dropped at the exact rate, and only the (K, 1, ...) scale is cast: the
+    full-size multiplier is written in ``h``'s dtype (under autocast a reciprocal runs in float32)."""
+    return (torch.rand(h.shape, device=h.device, generator=generator) < keep) * (1.0 / keep).to(h.dtype)
+
+
 def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian: torch.Tensor | None = None,
                spatial: torch.Tensor | None = None, generator: torch.Generator | None = None,
                mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -96,13 +111,13 @@ def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian
     (Tompson et al. 2015). ``mask`` replaces the draw: a boolean keep-mask, or the multiplier itself."""
     view = [1] * h.dim()
     view[model_dim] = h.shape[model_dim]
-    keep = (1.0 - p).to(h.dtype).view(view)
+    keep = (1.0 - p).view(view)
     if mask is not None:
-        return h * mask * (1.0 / keep) if mask.dtype == torch.bool else h * mask
-    mult = (torch.rand(h.shape, device=h.device, generator=generator) < keep) * (1.0 / keep)
+        return h * mask * (1.0 / keep).to(h.dtype) if mask.dtype == torch.bool else h * mask
+    mult = _keep_mult(h, keep, generator)
     if spatial is not None:
         shared = torch.rand(h.shape[:3] + (1,) * (h.dim() - 3), device=h.device, generator=generator) < keep
-        mult = torch.where(spatial.view(view), (shared * (1.0 / keep)).expand_as(h), mult)
+        mult = torch.where(spatial.view(view), (shared * (1.0 / keep).to(h.dtype)).expand_as(h), mult)
     if gaussian is not None:
         sigma = (p / (1.0 - p)).sqrt().to(h.dtype).view(view)
         xi = torch.randn(h.shape, device=h.device, generator=generator, dtype=h.dtype) * sigma + 1.0
@@ -311,31 +326,35 @@ class StackedSparseMLP(nn.Module):
         return (self.log_sigma2[j] - torch.log(self.weights[j] ** 2 + 1e-8)).clamp(-10.0, 10.0)
 
     def forward(self, x: torch.Tensor, per_model: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``x``: (N, ...) for every model or, with ``per_model``, each model's own (K, N, ...); logits (K, N, out)."""
+        """``x``: (N, ...) for every model or, with ``per_model``, each model's own (K, N, ...); logits (K, N, out).
+        In training, the layers' KL terms are computed with the variances (:class:`_SparseWeights`) and kept
+        for the next :meth:`penalty` of the same weights."""
         h = x.flatten(2) if per_model else x.flatten(1).unsqueeze(0).expand(self.k, -1, -1)
         last = len(self.weights) - 1
+        kls = []
         for j, (w, b) in enumerate(zip(self.weights, self.biases)):
-            la = self.log_alpha(j)
             if self.training:  # local reparameterisation: Gaussian pre-activations
+                w_var, kl = _SparseWeights.apply(w, self.log_sigma2[j], self.kl_consts)
+                kls.append(kl)
                 mean = torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
-                var = torch.bmm(h * h, (torch.exp(la) * w * w).transpose(1, 2))
+                var = torch.bmm(h * h, w_var.transpose(1, 2))
                 noise = torch.randn(mean.shape, device=mean.device, generator=generator, dtype=mean.dtype)
-                h = mean + torch.sqrt(var + 1e-8) * noise
+                h = torch.addcmul(mean, torch.sqrt(var + 1e-8), noise)
             else:
-                h = torch.baddbmm(b.unsqueeze(1), h, (w * (la < self.threshold)).transpose(1, 2))
+                h = torch.baddbmm(b.unsqueeze(1), h, (w * (self.log_alpha(j) < self.threshold)).transpose(1, 2))
             if j < last:
                 h = torch.relu(h)
+        self._kl = (kls, [w._version for w in self.weights]) if self.training else None
         return h
 
     def penalty(self) -> torch.Tensor:
-        """Each model's KL term (nats), Molchanov et al.'s approximation under the log-uniform prior: (K,)."""
-        k1, k2, k3 = self.kl_consts
-        total = 0.0
-        for j in range(len(self.weights)):
-            la = self.log_alpha(j)
-            neg_kl = k1 * torch.sigmoid(k2 + k3 * la) - 0.5 * F.softplus(-la) - k1
-            total = total - neg_kl.flatten(1).sum(1)
-        return total
+        """Each model's KL term (nats), Molchanov et al.'s approximation under the log-uniform prior: (K,).
+        After a training forward of the same weights, its terms are reused (no second pass over them)."""
+        kept = getattr(self, "_kl", None)
+        if kept is not None and kept[1] == [w._version for w in self.weights]:
+            self._kl = None
+            return sum(kept[0])
+        return sum(_SparseWeights.apply(w, s, self.kl_consts)[1] for w, s in zip(self.weights, self.log_sigma2))
 
     @torch.no_grad()
     def sparsity(self) -> list[list[float]]:
@@ -351,11 +370,49 @@ class StackedSparseMLP(nn.Module):
         return [total / max(int(n), 1) for n in kept]
 
 
+class _SparseWeights(torch.autograd.Function):
+    r"""What a sparse variational layer computes from its weights ``w`` and ``log_sigma2`` (K, out, in), in one
+    pass with a written-out backward: the weight variances :math:`\alpha w^2` that the local reparameterisation
+    trick needs, and each model's KL term (K,) of Molchanov et al.'s approximation,
+    :math:`-\sum [k_1 \sigma(k_2 + k_3 \log\alpha) - \tfrac12 \log(1 + \alpha^{-1}) - k_1]`, with
+    :math:`\log\alpha = \mathrm{clamp}(\log\sigma^2 - \log(w^2 + 10^{-8}), -10, 10)` (as
+    :class:`~dropnotes.layers.SparseVariationalLinear`). Autograd's own backward of these few lines launches
+    about three times the kernels, which bounds the step's time on a GPU."""
+
+    @staticmethod
+    def forward(ctx, w, log_sigma2, consts):
+        k1, k2, k3 = consts
+        s = w * w
+        u = log_sigma2 - torch.log(s + 1e-8)
+        la = u.clamp(-10.0, 10.0)
+        e = torch.exp(la)
+        w_var = e * s
+        z = torch.sigmoid(la * k3 + k2)
+        kl = (0.5 * F.softplus(-la) - k1 * z).flatten(1).sum(1) + k1 * la[0].numel()
+        ctx.save_for_backward(w, s, u, la, e, w_var, z)
+        ctx.k1k3 = k1 * k3
+        return w_var, kl
+
+    @staticmethod
+    def backward(ctx, g_var, g_kl):
+        w, s, u, la, e, w_var, z = ctx.saved_tensors
+        d_la = torch.zeros_like(la) if g_var is None else g_var * w_var  # d(alpha w^2)/d log(alpha) = alpha w^2
+        if g_kl is not None:  # d KL / d log(alpha) = -(k1 k3 z (1 - z) + sigma(-log alpha) / 2)
+            slope = torch.addcmul(0.5 * torch.sigmoid(-la), z, 1.0 - z, value=ctx.k1k3)
+            d_la = torch.addcmul(d_la, slope, g_kl.view(-1, *(1,) * (la.dim() - 1)), value=-1.0)
+        d_u = d_la * ((u >= -10.0) & (u <= 10.0))  # the clamp passes the gradient inside its range
+        d_s = -d_u / (s + 1e-8) if g_var is None else torch.addcdiv(g_var * e, d_u, s + 1e-8, value=-1.0)
+        return 2.0 * w * d_s, d_u, None
+
+
 def _autocast_dtype(device_type: str) -> torch.dtype | None:
     """The autocast dtype in force for ``device_type``, or None (also for devices autocast does not know)."""
+    if device_type == "meta":  # `dropnotes estimate`: the emulated autocast, if one is active
+        modes = [m for m in torch.overrides._get_current_function_mode_stack() if isinstance(m, MetaAutocast)]
+        return modes[-1].dtype if modes else None
     try:
         return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
-    except RuntimeError:  # e.g. the meta device of `dropnotes estimate`
+    except RuntimeError:  # a device autocast does not know
         return None
 
 
@@ -598,8 +655,7 @@ def _stacked_logits(model: nn.Module, x: torch.Tensor, batch_size: int, amp_dtyp
     model.eval()
     try:
         for start in range(0, x.shape[0], batch_size):
-            with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None
-                  else contextlib.nullcontext()):
+            with autocast(x.device.type, amp_dtype):
                 yield start, model(x[start:start + batch_size]).float()
     finally:
         model.train(was)
@@ -754,8 +810,7 @@ def make_step(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, id
     dev_type = x_train.device.type
 
     def step() -> None:
-        amp = (torch.autocast(dev_type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
-               else contextlib.nullcontext())
+        amp = autocast(dev_type, amp_dtype, cache_enabled=False)
         xb = x_train[idx]
         if transform is not None:
             xb = transform(xb.flatten(0, 1)).view_as(xb)
@@ -836,7 +891,8 @@ def _clipped_grads(params, clip: torch.Tensor | None) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) -> None:
-    """``torch.optim.SGD`` (momentum, dampening 0, weight decay added to the gradient), per model:
+    """``torch.optim.SGD`` (momentum, dampening 0, weight decay added to the gradient), per model (``bufs``
+    holds each momentum buffer times ``1 - momentum``):
     lr, weight decay (None: none) and the clipping threshold are (K,) tensors, and dead models are not
     updated (their rate is 0; a non-finite gradient can still turn a dead model's parameters NaN, which
     touches no other model, and its best validation state is kept). In place, to keep the passes over the
@@ -848,10 +904,13 @@ def _sgd_step(params, bufs, lr, wd, momentum: float, alive: torch.Tensor, clip) 
         rate = rate if factor is None else rate * factor
     else:
         grads = _clipped_grads(params, clip)
-    for p, g, buf in zip(params, grads, bufs):
-        d = g if wd is None else g.addcmul_(wd.view(_per_model_shape(p)), p)
-        if momentum:
-            d = torch.add(d, buf, alpha=momentum, out=buf)  # buf = momentum * buf + d
+    ds = grads if wd is None else [g.addcmul_(wd.view(_per_model_shape(p)), p) for p, g in zip(params, grads)]
+    if momentum:
+        # torch.optim.SGD's buffer b <- momentum * b + d, kept as (1 - momentum) * b: then the update is one
+        # lerp over all parameters at once (multi-tensor kernels, one pass), and the step divides by 1 - momentum
+        torch._foreach_lerp_(bufs, ds, 1.0 - momentum)
+        ds, rate = bufs, rate / (1.0 - momentum)
+    for p, d in zip(params, ds):  # a per-model rate broadcasts differently for every shape: one kernel each
         p.addcmul_(rate.view(_per_model_shape(p)), d, value=-1.0)  # p -= lr * d
 
 
@@ -861,20 +920,27 @@ def _adam_step(params, moments, step: torch.Tensor, lr: torch.Tensor, alive: tor
                weight_decay: torch.Tensor | None = None) -> None:
     """``torch.optim.Adam`` per model, or ``torch.optim.AdamW`` with a (K,) ``weight_decay`` (decoupled:
     each parameter first shrinks by ``1 - lr_k * wd_k``): lr and the clipping threshold are (K,) tensors;
-    ``moments`` holds each parameter's (m, v); ``step`` is the step count, already advanced."""
+    ``moments`` holds each parameter's (m, v); ``step`` is the step count, already advanced. The moment
+    updates run over all parameters at once (multi-tensor ``torch._foreach_*`` kernels, as
+    ``torch.optim.Adam(foreach=True)`` does); only the per-model rates take one kernel per parameter."""
     grads = _clipped_grads(params, clip)
     b1, b2 = betas
     t = step.to(torch.float32)
     correction1, correction2 = 1 - torch.pow(b1, t), 1 - torch.pow(b2, t)
     shrink = None if weight_decay is None else 1 - lr * alive * weight_decay  # (K,)
     rate = lr * alive / correction1  # (K,): a dead model's rate is 0
-    for p, g, (m, v) in zip(params, grads, moments):
+    ms, vs = [m for m, _ in moments], [v for _, v in moments]
+    torch._foreach_lerp_(ms, grads, 1 - b1)
+    torch._foreach_mul_(vs, b2)
+    torch._foreach_addcmul_(vs, grads, grads, value=1 - b2)
+    denoms = torch._foreach_div(vs, correction2)
+    torch._foreach_sqrt_(denoms)
+    torch._foreach_add_(denoms, eps)
+    updates = torch._foreach_div(ms, denoms)  # m / (sqrt(v / c2) + eps)
+    for p, u in zip(params, updates):
         if shrink is not None:
             p.mul_(shrink.view(_per_model_shape(p)))
-        m.lerp_(g, 1 - b1)
-        v.mul_(b2).addcmul_(g, g, value=1 - b2)
-        denom = (v / correction2).sqrt_().add_(eps)
-        p.addcdiv_(m * rate.view(_per_model_shape(p)), denom, value=-1.0)
+        p.addcmul_(rate.view(_per_model_shape(p)), u, value=-1.0)
 
 
 @torch.no_grad()
@@ -1193,7 +1259,7 @@ def lm_window_losses_stacked(model: StackedLSTMLM, tokens: torch.Tensor, batch_s
     losses, counts, state = [], [], None
     recurrent = isinstance(model, StackedLSTMLM)  # a GPT group has no state: each window on its own
     for x, y in lm_batches(tokens, batch_size, seq_len):
-        with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
+        with autocast(x.device.type, amp_dtype):
             logits, state = model(x, state) if recurrent else (model(x), None)
         ce = F.cross_entropy(logits.float().flatten(0, 2), y.expand(model.k, -1, -1).flatten(), reduction="none")
         losses.append(ce.view(model.k, -1).mean(1))
@@ -1220,7 +1286,7 @@ def mc_window_losses(model: StackedLSTMLM, i: int, tokens: torch.Tensor, batch_s
         group = model.replicas(i, s).train()  # training mode: the masks are on
         state, lse = None, []
         for x, y in lm_batches(tokens, batch_size, seq_len):
-            with (torch.autocast(x.device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()):
+            with autocast(x.device.type, amp_dtype):
                 logits, state = group(x, state, generator=generator)
             logp = torch.log_softmax(logits.float(), -1).gather(-1, y.expand(s, -1, -1).unsqueeze(-1)).squeeze(-1)
             lse.append(torch.logsumexp(logp, 0))  # (N, T): log of the summed probabilities of this chunk
@@ -1268,8 +1334,7 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
     mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
 
     def step() -> None:
-        with (torch.autocast(dev.type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
-              else contextlib.nullcontext()):
+        with autocast(dev.type, amp_dtype, cache_enabled=False):
             logits, new = model(ids, list(zip(hs, cs)), generator=mask_gen)
         losses = F.cross_entropy(logits.float().flatten(0, 2), tgt.expand(k, -1, -1).flatten(), reduction="none")
         losses = losses.view(k, -1).mean(1)
@@ -1321,6 +1386,16 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.T
     return torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
 
 
+def _norm_linear(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    r"""Each model's ``nn.Linear(nn.LayerNorm(x))``, the norm's (K, D) affine folded into the linear layer:
+    :math:`(\hat x \odot \gamma + \beta) W^\top + c = \hat x (W \odot \gamma)^\top + (W\beta + c)`. The same
+    function, with one pass fewer over the (K, M, D) activations forward and backward (the products with
+    the weights are (K, out, D), a small fraction of them); gradients reach gamma and beta through the fold."""
+    w_folded = w * ln_w.unsqueeze(1)
+    b_folded = torch.baddbmm(b.unsqueeze(2), w, ln_b.unsqueeze(2)).squeeze(2)
+    return torch.baddbmm(b_folded.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w_folded.transpose(1, 2))
+
+
 def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Each model's ``nn.LayerNorm`` over the last axis of x (K, M, D), with its own (K, D) affine."""
     return torch.addcmul(b.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w.unsqueeze(1))
@@ -1330,6 +1405,30 @@ def _drop_path_mult(rate: torch.Tensor, n: int, device, generator) -> torch.Tens
     """Stochastic depth per model and sample: a (K, N, 1) multiplier, 0 or 1/(1-r_k) (Huang et al. 2016);
     None when no model drops."""
     return unit_noise(torch.ones(len(rate), n, 1, device=device), rate.to(device), generator=generator)
+
+
+def _dropped_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, p: torch.Tensor, causal: bool,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    r"""Attention whose probabilities model k drops at its own rate ``p[k]`` (SDPA takes one rate):
+    :math:`\mathrm{softmax}(QK^\top/\sqrt{d} + M)` times a Bernoulli(1 - p_k) keep-mask, times V, over
+    1 - p_k. ``q``, ``key``, ``v``: (K·N, heads, T, d), model-major. Written for few passes over the
+    (K·N·heads, T, T) probabilities, the largest tensors of the step: the scale and the causal mask enter the
+    score product (one ``baddbmm``), the softmax stays in the scores' dtype, the mask is drawn as booleans in
+    one kernel, and the 1/(1-p_k) scale goes on the output, which is T/d times smaller."""
+    b, heads, t, hd = q.shape
+    k = p.shape[0]
+    bias = torch.zeros((), dtype=q.dtype, device=q.device)
+    if causal:
+        bias = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
+    scores = torch.baddbmm(bias, q.reshape(b * heads, t, hd), key.reshape(b * heads, t, hd).transpose(1, 2),
+                           alpha=1.0 / math.sqrt(hd))
+    # torch._softmax keeps the scores' dtype (bf16 under autocast, accumulating in fp32 on a GPU), where autocast
+    # would run softmax in fp32 and write, then cast, fp32 probabilities: the same bf16 values, two passes fewer
+    probs = torch._softmax(scores, -1, False).to(v.dtype).view(k, -1, t, t)
+    keep = (1.0 - p).view(k, 1, 1, 1)
+    mask = torch.empty(probs.shape, dtype=torch.bool, device=q.device).bernoulli_(keep, generator=generator)
+    y = torch.bmm((probs * mask).view(b * heads, t, t), v.reshape(b * heads, t, hd))
+    return (y.view(k, -1) * (1.0 / keep).view(k, 1).to(y.dtype)).view(b, heads, t, hd)
 
 
 _BLOCK_TENSORS = ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b", "fc1_w", "fc1_b",
@@ -1381,29 +1480,27 @@ class _StackedTransformer(nn.Module):
 
     def _attention(self, h: torch.Tensor, j: int, n: int, t: int, causal: bool, attn_p: torch.Tensor | None,
                    generator) -> torch.Tensor:
+        """Attention of the block's first layer norm of ``h``."""
         k, d, heads = self.k, self.dim, self.heads
-        qkv = _linear(h, getattr(self, f"b{j}_qkv_w"), getattr(self, f"b{j}_qkv_b"))
+        g = lambda name: getattr(self, f"b{j}_{name}")  # noqa: E731
+        qkv = _norm_linear(h, g("ln1_w"), g("ln1_b"), g("qkv_w"), g("qkv_b"))
         q, key, v = qkv.view(k * n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
         if attn_p is None:
             y = F.scaled_dot_product_attention(q, key, v, is_causal=causal)
-        else:  # each model drops its own attention probabilities (SDPA takes one rate)
-            scores = torch.matmul(q, key.transpose(-2, -1)) * (1.0 / math.sqrt(d // heads))
-            if causal:
-                future = torch.ones(t, t, dtype=torch.bool, device=h.device).triu(1)
-                scores = scores.masked_fill(future, float("-inf"))
-            probs = unit_noise(scores.softmax(-1).view(k, -1), attn_p, generator=generator).view_as(scores)
-            y = torch.matmul(probs.to(v.dtype), v)
+        else:
+            y = _dropped_attention(q, key, v, attn_p, causal, generator)
         y = y.transpose(1, 2).reshape(k, n * t, d)
         return _linear(y, getattr(self, f"b{j}_proj_w"), getattr(self, f"b{j}_proj_b"))
 
-    def _block(self, h: torch.Tensor, j: int, n: int, t: int, *, causal: bool, branch, attn_p=None,
+    def _block(self, h: torch.Tensor, j: int, n: int, t: int, *, causal: bool, residual=None, attn_p=None,
                generator=None) -> torch.Tensor:
-        """One block; ``branch(out, which)`` applies the models' noise to the attention (0) or MLP (1) branch."""
+        """One block; ``residual(h, out, which)`` adds the attention (0) or MLP (1) branch ``out`` to ``h`` with
+        the models' noise on it (None: plain sums)."""
         g = lambda name: getattr(self, f"b{j}_{name}")  # noqa: E731
-        a = self._attention(_layer_norm(h, g("ln1_w"), g("ln1_b")), j, n, t, causal, attn_p, generator)
-        h = h + branch(a, 0)
-        m = _linear(F.gelu(_linear(_layer_norm(h, g("ln2_w"), g("ln2_b")), g("fc1_w"), g("fc1_b"))), g("fc2_w"), g("fc2_b"))
-        return h + branch(m, 1)
+        add = residual or (lambda h_, out, _: h_ + out)
+        h = add(h, self._attention(h, j, n, t, causal, attn_p, generator), 0)
+        m = _linear(F.gelu(_norm_linear(h, g("ln2_w"), g("ln2_b"), g("fc1_w"), g("fc1_b"))), g("fc2_w"), g("fc2_b"))
+        return add(h, m, 1)
 
 
 class StackedViT(_StackedTransformer):
@@ -1503,16 +1600,15 @@ class StackedViT(_StackedTransformer):
         h = (h.view(k, n, t, d) + self.pos.unsqueeze(1)).view(k, n * t, d)
         drops = self.training and (self._drops or masks is not None)
         for j in range(self.depth):
-            def branch(out: torch.Tensor, which: int) -> torch.Tensor:
-                if not drops:
-                    return out
+            def residual(h: torch.Tensor, out: torch.Tensor, which: int) -> torch.Tensor:
                 mult = masks[2 * j + which] if masks is not None else _drop_path_mult(
-                    self.rates[:, j], n, out.device, generator)
-                return (out.view(k, n, t * d) * mult.to(out.dtype)).view(k, n * t, d)
+                    self.rates[:, j], n, out.device, generator)  # (K, N, 1): one draw per model and sample
+                return torch.addcmul(h.view(k, n, t * d), out.view(k, n, t * d), mult.to(out.dtype)).view(k, n * t, d)
 
-            h = self._block(h, j, n, t, causal=False, branch=branch)
-        pooled = _layer_norm(h, self.norm_w, self.norm_b).view(k, n, t, d).mean(2)
-        return _linear(pooled, self.head_w, self.head_b)
+            h = self._block(h, j, n, t, causal=False, residual=residual if drops else None)
+        # the final norm's affine commutes with the mean over tokens: applied to the (K, N, D) pooled features
+        pooled = F.layer_norm(h, (d,)).view(k, n, t, d).mean(2)
+        return _linear(torch.addcmul(self.norm_b.unsqueeze(1), pooled, self.norm_w.unsqueeze(1)), self.head_w, self.head_b)
 
 
 class StackedGPT(_StackedTransformer):
@@ -1599,12 +1695,15 @@ class StackedGPT(_StackedTransformer):
         if drops:
             x = unit_noise(x, self.p_emb, generator=generator)
         h = x.view(k, n * t, d)
-        branch = (lambda out, _: unit_noise(out, self.p_resid, generator=generator)) if drops else (lambda out, _: out)
+        residual = None
+        if drops:
+            residual = lambda h_, out, _: torch.addcmul(h_, out, dropout_mult(out, self.p_resid, generator=generator))  # noqa: E731
         for j in range(self.depth):
-            h = self._block(h, j, n, t, causal=True, branch=branch, attn_p=self.p_attn if drops else None,
+            h = self._block(h, j, n, t, causal=True, residual=residual, attn_p=self.p_attn if drops else None,
                             generator=generator)
-        h = _layer_norm(h, self.lnf_w, self.lnf_b)
-        return torch.bmm(h, self.tok.transpose(1, 2)).view(k, n, t, self.vocab)  # the head tied to the embedding
+        # the head is tied to the token embedding; the final norm's affine folded into it (its bias: tok @ beta)
+        return _norm_linear(h, self.lnf_w, self.lnf_b, self.tok, torch.zeros_like(self.tok[..., 0])).view(
+            k, n, t, self.vocab)
 
 
 def window_orders(counts: Sequence[int], steps: int, batch_size: int, seeds: Sequence[int]) -> torch.Tensor:
@@ -1668,8 +1767,7 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
 
     def step() -> None:
         w = table[idx]  # (K, B, T + 1): each model's own windows
-        with (torch.autocast(dev.type, dtype=amp_dtype, cache_enabled=False) if amp_dtype is not None
-              else contextlib.nullcontext()):
+        with autocast(dev.type, amp_dtype, cache_enabled=False):
             logits = model(w[..., :-1], per_model=True, generator=mask_gen)
         losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
         losses = losses.view(k, -1).mean(1)

@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from dropnotes.runtime import autocast
+
 # Dense peaks of one H100 SXM (NVIDIA's datasheet): bf16 tensor cores, and fp32 without TF32 (PyTorch's default).
 PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}
 CUDNN_LSTM_KERNELS = 6  # one cuDNN LSTM layer, forward and backward (data and weights), with its copies
@@ -51,30 +53,48 @@ _NO_LAUNCH = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "de
               "chunk", "narrow", "view_as", "_reshape_alias", "lift_fresh", "_to_copy_meta", "empty",
               "empty_like", "empty_strided", "new_empty", "new_empty_strided", "_local_scalar_dense", "is_same_size",
               "sym_size", "sym_stride", "numel", "dim", "size", "stride", "_has_compatible_shallow_copy_type",
-              "set_", "resize_", "contiguous"}
+              "set_", "resize_", "contiguous", "_record_function_enter_new", "_record_function_exit"}
 
 
 class KernelCounter(TorchDispatchMode):
     """Counts the aten operations dispatched inside it that launch device work."""
 
-    def __init__(self, amp_params: list[torch.Tensor] | None = None) -> None:
+    def __init__(self) -> None:
         super().__init__()
         self.count = 0
         self.bytes = 0
         self.by_op: dict[str, int] = {}
-        # Under bf16 autocast the activations are bf16: an fp32 tensor that is not parameter-sized (a parameter,
-        # its gradient, its optimizer state) is counted at 2 bytes an element. A floor: autocast keeps the
-        # normalisations and softmax in fp32, and casts every weight once per use.
-        self.param_sizes = None if amp_params is None else {p.numel() for p in amp_params}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         out = func(*args, **(kwargs or {}))
         if name not in _NO_LAUNCH:
-            self.count += 1
-            self.by_op[name] = self.by_op.get(name, 0) + 1
-            self.bytes += _moved_bytes(name, args, kwargs or {}, out, self.param_sizes)
+            launches = _foreach_launches(name, args) if name.startswith("_foreach_") else 1
+            self.count += launches
+            self.by_op[name] = self.by_op.get(name, 0) + launches
+            self.bytes += _moved_bytes(name, args, kwargs or {}, out)
         return out
+
+
+# PyTorch's multi-tensor apply (ATen/native/cuda/MultiTensorApply.cuh, 4 KB kernel arguments): one launch serves
+# up to this many tensors per list depth (the lists a kernel reads and writes), and 320 blocks of 65,536 elements.
+_MTA_MAX_TENSORS = {1: 110, 2: 64, 3: 48, 4: 36, 5: 30}
+_MTA_MAX_BLOCKS, _MTA_CHUNK = 320, 65536
+
+
+def _foreach_launches(name: str, args) -> int:
+    """The kernels a ``torch._foreach_*`` operation launches on a GPU. Its fast path (every list one dtype, each
+    position's tensors of one shape) packs the lists into multi-tensor launches; otherwise it falls back to
+    one kernel per tensor."""
+    lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+    first = lists[0]
+    fast = all(len(lst) == len(first) and all(t.shape == u.shape and t.dtype == first[0].dtype
+                                               for t, u in zip(lst, first)) for lst in lists)
+    if not fast:
+        return len(first)
+    depth = min(len(lists) + (0 if name.endswith("_") else 1), 5)  # an out-of-place op writes one more list
+    chunks = sum(math.ceil(t.numel() / _MTA_CHUNK) for t in first)
+    return max(math.ceil(len(first) / _MTA_MAX_TENSORS[depth]), math.ceil(chunks / _MTA_MAX_BLOCKS), 1)
 
 
 def _tensors(tree):
@@ -92,12 +112,14 @@ _GATHERS = {"index", "index_select", "gather", "embedding"}  # read only the row
 _SCATTERS = {"index_copy_", "index_put_", "index_add_", "index_fill_"}  # in place: touch only the rows they write
 
 
-def _moved_bytes(name: str, args, kwargs: dict, out, param_sizes: set[int] | None = None) -> int:
+def _moved_bytes(name: str, args, kwargs: dict, out) -> int:
     """A kernel's bytes: its tensor arguments read and its outputs written (an ``out=`` argument counted
     as the output); a gather reads the rows it returns, not its whole source."""
     kwargs = {k: v for k, v in kwargs.items() if k != "out"}
-    size = lambda t: _distinct_bytes(t, param_sizes)  # noqa: E731
+    size = _distinct_bytes
     written = sum(size(t) for t in _tensors(out))
+    if name.startswith("_foreach_") and name.endswith("_"):  # in place: returns nothing, writes its first list
+        written = sum(size(t) for t in _tensors(args[0]))
     if name in _SCATTERS:
         return 2 * sum(size(t) for t in _tensors(args[1:]))
     if name in _GATHERS:
@@ -107,13 +129,10 @@ def _moved_bytes(name: str, args, kwargs: dict, out, param_sizes: set[int] | Non
     return read + written
 
 
-def _distinct_bytes(t: torch.Tensor, param_sizes: set[int] | None = None) -> int:
+def _distinct_bytes(t: torch.Tensor) -> int:
     """The bytes a kernel must move for ``t`` at least: its distinct elements (a broadcast axis, stride 0,
-    is read once); with ``param_sizes`` (bf16 autocast), an fp32 activation at 2 bytes an element."""
-    n = math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0)
-    if param_sizes is not None and t.dtype == torch.float32 and t.numel() not in param_sizes:
-        return 2 * n
-    return t.element_size() * n
+    is read once), at its dtype (a bf16 step runs under :class:`~dropnotes.runtime.MetaAutocast`)."""
+    return t.element_size() * math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0)
 
 
 @dataclass
@@ -129,11 +148,31 @@ class Cost:
         return iter((self.flops, self.kernels, self.bytes))
 
 
-def measure(step: Callable[[], None], amp_params: list[torch.Tensor] | None = None) -> Cost:
-    """FLOPs, launched kernels and bytes moved of one call of ``step`` (run it on meta tensors); with
-    ``amp_params`` (the parameters of a bf16-autocast step), activations are counted at 2 bytes."""
-    with FlopCounterMode(display=False) as flops, KernelCounter(amp_params) as kernels:
-        step()
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
+    """``scaled_dot_product_attention`` as a GPU runs it: one fused kernel forward and one backward (PyTorch's
+    memory-efficient attention; flash attention in bf16 moves the same tensors). On the meta device PyTorch
+    would pick its math fallback instead, which writes out the (N, heads, T, T) scores and their softmax."""
+    if attn_mask is not None or dropout_p or enable_gqa:
+        return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                     enable_gqa=enable_gqa)
+    grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, grad, 0.0, is_causal,
+                                                                   scale=scale)[0]
+
+
+_SDPA = F.scaled_dot_product_attention
+
+
+def measure(step: Callable[[], None]) -> Cost:
+    """FLOPs, launched kernels and bytes moved of one call of ``step`` (run it on meta tensors; a bf16 step
+    enters :func:`dropnotes.runtime.autocast` on the meta device, which counts the casts and every tensor at
+    its dtype). Attention is counted as the fused kernels a GPU runs (:func:`_fused_sdpa`)."""
+    F.scaled_dot_product_attention = _fused_sdpa
+    try:
+        with FlopCounterMode(display=False) as flops, KernelCounter() as kernels:
+            step()
+    finally:
+        F.scaled_dot_product_attention = _SDPA
     return Cost(float(flops.get_total_flops()), kernels.count, float(kernels.bytes))
 
 
@@ -171,33 +210,42 @@ class Group:
 # ------------------------------------------------------------------------------------------ measuring steps
 
 def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: str = "sgd", amp: bool = False,
-               clip: float | None = None) -> Cost:
-    """FLOPs and kernels of forward + loss + backward + (clip) + optimizer step of ``model`` on meta tensors."""
+               clip: float | None = None, multi_tensor: bool = False) -> Cost:
+    """FLOPs and kernels of forward + loss + backward + (clip) + optimizer step of ``model`` on meta tensors
+    (with ``amp``, the forward under bf16 autocast; with ``multi_tensor``, torch.optim's multi-tensor
+    implementation, which stands for the fused AdamW a chapter runs on CUDA, a few launches fewer). The
+    optimizer's state is created by a first, unmeasured step."""
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=1e-3, foreach=False)
+        opt = torch.optim.AdamW(params, lr=1e-3, foreach=multi_tensor)
     else:
-        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=False)
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, foreach=multi_tensor)
 
     def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=False):
+        with autocast("meta", torch.bfloat16 if amp else None):
             out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
         out = out[0] if isinstance(out, tuple) else out
         value = loss(out, targets)
         opt.zero_grad(set_to_none=True)
         value.backward()
         if clip is not None:
-            torch.nn.utils.clip_grad_norm_(params, clip, foreach=False)
+            if multi_tensor:  # clip_grad_norm_'s CUDA path (its foreach flag is refused on the meta device)
+                grads = [q.grad for q in params]
+                norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+                torch._foreach_mul_(grads, (clip / (norm + 1e-6)).clamp(max=1.0))
+            else:
+                torch.nn.utils.clip_grad_norm_(params, clip, foreach=False)
         opt.step()
 
+    step()
     return measure(step)
 
 
 def _meta_forward(model: nn.Module, inputs, amp: bool = False) -> Cost:
     def step():
-        with torch.no_grad():
+        with torch.no_grad(), autocast("meta", torch.bfloat16 if amp else None):
             model(inputs)
-    return measure(step, list(model.parameters()) if amp else None)
+    return measure(step)
 
 
 def _ce(out, y):
@@ -226,11 +274,12 @@ def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, exa
         step = make_step(model, x, y, idx, lr=vec, weight_decay=vec if weight_decay else None,
                          momentum=cfg.momentum if momentum is None else momentum,
                          max_norm=torch.ones(max_norm) if max_norm else None, max_norm_index=index, clip=None,
-                         amp_dtype=None, generator=None, bufs=bufs, alive=torch.ones(k, dtype=torch.bool),
+                         amp_dtype=torch.bfloat16 if getattr(cfg, "amp", False) else None, generator=None, bufs=bufs,
+                         alive=torch.ones(k, dtype=torch.bool),
                          died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long),
                          optimizer=optimizer, transform=transform,
                          penalty=torch.ones(()) if penalty else None)
-        f, n, b = measure(step, params if getattr(cfg, "amp", False) else None)
+        f, n, b = measure(step)
     return Cost(f, n, b), model
 
 
@@ -289,13 +338,14 @@ def _variational(cfg) -> list[Group]:
         params = list(group.parameters())
 
         def step():
-            logits, _ = group(ids)
-            losses = F.cross_entropy(logits.flatten(0, 2), ids.expand(k, -1, -1).flatten(), reduction="none")
+            with autocast("meta", torch.bfloat16 if cfg.amp else None):
+                logits, _ = group(ids)
+            losses = F.cross_entropy(logits.float().flatten(0, 2), ids.expand(k, -1, -1).flatten(), reduction="none")
             losses.view(k, -1).mean(1).sum().backward()
             _sgd_step(params, [None] * len(params), torch.ones(k), None, 0.0, torch.ones(k, dtype=torch.bool),
                       torch.ones(k))
 
-        f, n, b = measure(step, params if cfg.amp else None)
+        f, n, b = measure(step)
         group.eval()
         fe, ne, be = _meta_forward(group, ids, cfg.amp)
         chunk = min(cfg.mc_samples, MC_CHUNK)
@@ -391,7 +441,7 @@ def _droppath(cfg) -> list[Group]:
     with torch.device("meta"):  # the speed table: 3 variants x 28 steps of one deep ViT, eager
         m = ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, drop_path_rate=0.5)
         f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
-                             loss=F.cross_entropy, optimizer="adamw")
+                             loss=F.cross_entropy, optimizer="adamw", amp=cfg.amp)
     out.append(Group("droppath", "speed: one deep ViT, 3 variants", 3, 28, f, n, dtype, bytes_per_step=b))
     return out
 
@@ -407,7 +457,7 @@ def _droppath_sequential(cfg) -> list[Group]:
         with torch.device("meta"):
             m = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=0.1)
             f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
-                                 loss=F.cross_entropy, optimizer="adamw")
+                                 loss=F.cross_entropy, optimizer="adamw", amp=cfg.amp)
         out.append(Group("droppath", f"ViT depth {depth} dim {cfg.dim}", runs * cfg.n_seeds, steps, f, n,
                          dtype="bf16" if cfg.amp else "fp32", bytes_per_step=b))
     return out
@@ -452,14 +502,15 @@ def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:
 
         def step():
             w = table[idx]
-            logits = group(w[..., :-1], per_model=True)
+            with autocast("meta", torch.bfloat16 if cfg.amp else None):
+                logits = group(w[..., :-1], per_model=True)
             losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
             losses = losses.view(k, -1).mean(1)
             losses.sum().backward()
             _mark_dead(losses, alive, died, step_no)
             _adam_step(params, moments, step_no, vec, alive, vec, betas=(0.9, 0.95), weight_decay=vec)
 
-        train_cost = measure(step, params if cfg.amp else None)
+        train_cost = measure(step)
         group.eval()
         eval_cost = _meta_forward(group, torch.zeros(batch, cfg.block_size, dtype=torch.long), cfg.amp)
     return train_cost, eval_cost
@@ -485,7 +536,7 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
         m = _model(cfg, 0.0)
         add_lora(m, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=cfg.p)
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
-        fl, nl, bl = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
+        fl, nl, bl = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0, amp=cfg.amp, multi_tensor=True)
     groups = [Group("llm", f"{kp} GPTs {cfg.layers}x{cfg.dim} pretraining (arms x rates, first seed), batched", 1,
                     pretrain_steps, f, n, dtype, captured=True, models_per_step=kp, bytes_per_step=b),
               Group("llm", "pretraining evaluation", 1, evals(pretrain_steps, cfg.batch_size), fe, ne, dtype,
@@ -516,9 +567,9 @@ def _llm_sequential(cfg, pretrain_steps: int | None = None) -> list[Group]:
     with torch.device("meta"):
         m = _model(cfg, cfg.p)
         x = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long)
-        f, n, b = _meta_step(m, x, x, loss=_ce, optimizer="adamw", clip=1.0)
+        f, n, b = _meta_step(m, x, x, loss=_ce, optimizer="adamw", clip=1.0, amp=cfg.amp)
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
-        ff, nf, bf = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0)
+        ff, nf, bf = _meta_step(m, xf, xf, loss=_ce, optimizer="adamw", clip=1.0, amp=cfg.amp)
     if pretrain_steps is None:  # capped at one pass over the corpus, as the chapter does (this machine's corpus)
         pretrain_steps = int(min(cfg.pretrain_steps, (_corpus_bytes(cfg.pretrain_corpus) // cfg.block_size)
                                  // cfg.batch_size))
@@ -597,7 +648,8 @@ def _cost(cfg) -> list[Group]:
         for name, (model, x, y, loss_fn) in _models(dataclasses.replace(cfg, device="meta"), 0.1).items():
             if y is None:
                 x, y = x[:, :-1], x[:, 1:]
-            f, n, b = _meta_step(model, x, y, loss=lambda out, t, fn=loss_fn: fn(out.float(), t), optimizer="adamw")
+            f, n, b = _meta_step(model, x, y, loss=lambda out, t, fn=loss_fn: fn(out.float(), t), optimizer="adamw",
+                                 amp=cfg.amp)
             groups.append(Group("cost", f"{name} training step (3 variants, interleaved rounds)", 3,
                                 cfg.rounds * cfg.steps_per_round + 3, f, n, dtype, bytes_per_step=b))
     return groups

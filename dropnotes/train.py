@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dropnotes.runtime import autocast as runtime_autocast
 from dropnotes.runtime import check_positive_int, progress, show_progress  # noqa: F401  (show_progress: API)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -126,7 +127,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return runtime_autocast(device.type, dtype)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],

@@ -675,6 +675,25 @@ def test_stacked_sparse_mlp_trains_like_each_sparse_mlp(monkeypatch):
         torch.testing.assert_close(back.eval()(x), stacked.eval()(x)[i], rtol=1e-5, atol=1e-6)
 
 
+def test_the_written_out_sparse_vd_backward_is_the_gradient():
+    """torch.autograd.gradcheck (float64) of the sparse VD weights' written-out backward (the variances and the
+    KL terms), with log alpha on both sides of the clamp, and its outputs against the layer's own formulas."""
+    from dropnotes.layers import SparseVariationalLinear as SVL
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(2, 4, 5, dtype=torch.float64, generator=g)
+    s = torch.randn(2, 4, 5, dtype=torch.float64, generator=g) * 3
+    s[0, 0, :2] = torch.tensor([-30.0, 30.0], dtype=torch.float64)  # log alpha clamped at -10 and at 10
+    w, s = w.requires_grad_(), s.requires_grad_()
+    consts = (SVL.K1, SVL.K2, SVL.K3)
+    assert torch.autograd.gradcheck(lambda a, b: engine._SparseWeights.apply(a, b, consts), (w, s))
+    var, kl = engine._SparseWeights.apply(w, s, consts)
+    la = (s - torch.log(w ** 2 + 1e-8)).clamp(-10.0, 10.0)
+    torch.testing.assert_close(var, torch.exp(la) * w * w)
+    neg_kl = SVL.K1 * torch.sigmoid(SVL.K2 + SVL.K3 * la) - 0.5 * F.softplus(-la) - SVL.K1
+    torch.testing.assert_close(kl, -neg_kl.flatten(1).sum(1))
+
+
 @pytest.mark.parametrize("mask", ["none", "tied", "per-step"])
 def test_the_written_out_lstm_backward_is_the_gradient(mask):
     """torch.autograd.gradcheck (float64, finite differences) of the LSTM layer's hand-written backward:
@@ -738,6 +757,26 @@ def test_stacked_gpt_drops_per_model_and_its_written_out_attention_is_sdpa():
     torch.testing.assert_close(stacked.train()(ids), clean, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="without noise sites"):
         engine.StackedGPT.from_models(nets).set_rates(p_resid=0.1)
+
+
+def test_dropped_attention_is_the_written_out_formula():
+    """Model k's attention probabilities times a Bernoulli(1 - p_k) keep-mask over 1 - p_k, then V (the mask the
+    same draw), causal; with every rate 0 it is SDPA."""
+    g = torch.Generator().manual_seed(0)
+    k, n, heads, t, hd = 2, 3, 2, 5, 4
+    q, key, v = (torch.randn(k * n, heads, t, hd, generator=g) for _ in range(3))
+    p = torch.tensor([0.0, 0.4])
+    y = engine._dropped_attention(q, key, v, p, True, torch.Generator().manual_seed(1))
+    scores = q @ key.transpose(-2, -1) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
+    probs = scores.softmax(-1).view(k, n * heads, t, t)
+    keep = (1 - p).view(k, 1, 1, 1)
+    mask = torch.empty(probs.shape, dtype=torch.bool).bernoulli_(keep, generator=torch.Generator().manual_seed(1))
+    ref = ((probs * mask / keep).view(k * n, heads, t, t)) @ v
+    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
+    assert not mask[1].all() and mask[0].all()
+    none = engine._dropped_attention(q, key, v, torch.zeros(k), True, None)
+    torch.testing.assert_close(none, F.scaled_dot_product_attention(q, key, v, is_causal=True), rtol=1e-5, atol=1e-6)
 
 
 def test_stacked_gpts_trained_on_their_own_streams_equal_sequential_adamw():

@@ -104,3 +104,54 @@ def test_the_engine_chapters_fit_in_three_h100_minutes():
         assert sum(r["predicted_s"] for r in mine) <= 180, (chapter, mine)
         trained = [r for r in mine if "batched" in r["group"]]
         assert trained and all(r["runs"] == 1 for r in trained)
+
+
+def test_meta_autocast_casts_as_cuda_autocast_does():
+    """On the meta device the estimate runs a bf16 step under MetaAutocast: a matmul casts its fp32 inputs
+    (one copy each, every use: the engine disables autocast's cache) and returns bf16, layer_norm and softmax
+    run in fp32, and the backward returns fp32 gradients to fp32 weights."""
+    from dropnotes.runtime import autocast
+
+    with torch.device("meta"):
+        w = torch.empty(64, 32, requires_grad=True)
+        x = torch.empty(8, 32)
+        with estimate.KernelCounter() as k:
+            with autocast("meta", torch.bfloat16):
+                y = torch.nn.functional.linear(x, w)
+                z = torch.nn.functional.layer_norm(y, (64,))
+                y2 = x @ w.t()
+            y.float().sum().backward()
+    assert (y.dtype, y2.dtype, z.dtype, w.grad.dtype) == (torch.bfloat16, torch.bfloat16, torch.float32, torch.float32)
+    assert k.by_op["_to_copy"] >= 5  # x and w twice, y up for layer_norm, y up for the loss, the gradient back
+
+
+def test_foreach_ops_count_their_multi_tensor_launches():
+    """A torch._foreach_* op is one launch per 110 tensors (or 320 x 65,536 elements) on its fast path, and one
+    kernel per tensor when its lists' shapes or dtypes differ (PyTorch's slow path)."""
+    with torch.device("meta"):
+        small = [torch.empty(3, 100) for _ in range(120)]
+        with estimate.KernelCounter() as k:
+            torch._foreach_mul_(small, 0.5)
+        assert k.count == 2
+        big = [torch.empty(40 * 65536)]
+        with estimate.KernelCounter() as k:
+            torch._foreach_add_(big, big)
+        assert k.count == 1
+        with estimate.KernelCounter() as k:
+            torch._foreach_add_([torch.empty(400 * 65536)], 1.0)  # 400 chunks: two launches of 320 blocks
+        assert k.count == 2
+        with estimate.KernelCounter() as k:
+            torch._foreach_add_(small[:4], [torch.empty(3, 1)] * 4)  # broadcasting: the slow path
+        assert k.count == 4
+        with estimate.KernelCounter() as k:
+            torch._foreach_lerp_(small[:2], small[2:4], 0.1)
+        assert k.bytes == 3 * 2 * 300 * 4  # two lists read, the first written
+
+
+def test_attention_is_counted_as_the_fused_kernels_of_a_gpu():
+    q = torch.empty(2, 3, 64, 16, device="meta", requires_grad=True)
+    with estimate.KernelCounter() as k:
+        estimate.measure(lambda: torch.nn.functional.scaled_dot_product_attention(q, q, q, is_causal=True).sum().backward())
+    ops = set(k.by_op)
+    assert {"_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward"} <= ops
+    assert not ops & {"bmm", "_softmax", "_safe_softmax"}  # no (T x T) scores written out

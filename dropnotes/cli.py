@@ -309,6 +309,36 @@ def cmd_compute(args) -> int:
     return 0
 
 
+def _device_check(est, chapters: list[str], args) -> int:
+    """``dropnotes estimate --device-check``: the batched steps timed on a device against their predictions."""
+    import datetime
+
+    import torch
+
+    from dropnotes.runtime import atomic_write
+
+    if args.steps < 1:
+        raise UsageError(f"--steps must be a positive integer, got {args.steps}")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cuda", "cpu"):
+        raise UsageError(f"--device must be 'cuda' or 'cpu', got {device!r}")
+    rows = []
+    for chapter in chapters:  # one chapter at a time, its rows written as soon as they exist
+        rows += est.device_check([chapter], args.profile, device, args.steps)
+        if args.out:
+            body = {"profile": args.profile, "torch": torch.__version__, "steps": args.steps,
+                    "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "rows": rows}
+            atomic_write(args.out, json.dumps(body, indent=1) + "\n")
+    table = pd.DataFrame(rows)
+    table["measured/predicted"] = table.measured_s / table.predicted_s
+    table["GB"], table["GFLOP"] = table.bytes / 1e9, table.flops / 1e9
+    print(f"one training step of each batched group, {args.profile} profile, on {rows[0]['device'] if rows else device}:")
+    with pd.option_context("display.width", 200):
+        print(table[["chapter", "group", "dtype", "kernels", "GB", "GFLOP", "predicted_s", "measured_s",
+                     "measured/predicted", "graphed"]].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    return 0
+
+
 def cmd_estimate(args) -> int:
     from dropnotes import estimate as est
 
@@ -329,6 +359,8 @@ def cmd_estimate(args) -> int:
         with pd.option_context("display.width", 200):
             print(table.round(4).to_string(index=False))
         return 0
+    if args.device_check:
+        return _device_check(est, chapters, args)
     fraction, launch = est.DEFAULT_FRACTION, est.DEFAULT_LAUNCH_S
     if args.calibrate:
         fraction, launch, points = est.calibrate()
@@ -403,6 +435,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "results/estimate-full.json (what the chapters' run boxes quote; a test keeps it current)")
     es.add_argument("--compare", action="store_true", help="measure one step of the engine chapters' groups on this "
                     "CPU, the K models one at a time against batched: kernels and seconds per step")
+    es.add_argument("--device-check", action="store_true", help="time each chapter's batched training steps on a "
+                    "device (captured as CUDA graphs on a GPU) against their predicted seconds per step; the rows "
+                    "are calibration points once stored as results/device-check.json")
+    es.add_argument("--device", default=None, help="with --device-check: cuda or cpu (default: cuda if present)")
+    es.add_argument("--steps", type=int, default=20, help="with --device-check: timed steps per group (default 20)")
+    es.add_argument("--out", default=None, help="with --device-check: write the rows to this JSON file, chapter by chapter")
     es.set_defaults(func=cmd_estimate)
     return parser
 

@@ -254,33 +254,81 @@ def _ce(out, y):
 
 # ------------------------------------------------------------------------------------------ the chapters
 
-def _engine_step(k: int, cfg, max_norm: int, model: nn.Module | None = None, example=(784,),
-                 momentum: float | None = None, weight_decay: bool = False, optimizer: str = "sgd",
-                 transform=None, penalty: bool = False):
-    """FLOPs and kernels of one step of the batched engine for a group of K models (by default K MLPs of the
-    chapter's size), and the group; ``max_norm`` of them are projected, and the group decays or not."""
-    from dropnotes.engine import StackedMLP, make_step
+def _on(device, make: Callable[[], nn.Module]) -> nn.Module:
+    """``make()`` on ``device``: built on the meta device directly, else on the CPU (the groups seed their
+    initialisation with CPU generators) and moved."""
+    if str(device) == "meta":
+        with torch.device("meta"):
+            return make()
+    return make().to(device)
 
-    with torch.device("meta"):
-        if model is None:
-            model = StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)
-        x, y = torch.empty(cfg.batch_size * 2, *example), torch.zeros(cfg.batch_size * 2, dtype=torch.long)
-        idx = torch.zeros(k, cfg.batch_size, dtype=torch.long)
-        vec = torch.zeros(k)
+
+def _engine_step_fn(k: int, cfg, max_norm: int, make_model: Callable[[], nn.Module] | None = None, example=(784,),
+                    momentum: float | None = None, weight_decay: bool = False, optimizer: str = "sgd",
+                    transform=None, penalty: bool = False, device="meta"):
+    """One step of the batched engine for a group of K models (``make_model()``; by default K MLPs of the
+    chapter's size) on ``device``, as the chapter runs it (:func:`dropnotes.engine.make_step`, bf16 autocast
+    with ``cfg.amp``); ``max_norm`` of them are projected, and the group decays or not. Returns the step, the
+    group and the tensors the step updates."""
+    from dropnotes.engine import StackedMLP, _flat, make_step
+
+    if make_model is None:
+        make_model = lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)  # noqa: E731
+    model = _on(device, make_model).train()
+    with torch.device(device):
+        x, y = torch.rand(cfg.batch_size * 2, *example), torch.zeros(cfg.batch_size * 2, dtype=torch.long)
+        idx = torch.randint(0, cfg.batch_size * 2, (k, cfg.batch_size))
+        vec = torch.full((k,), 1e-3)
         index = None if max_norm in (0, k) else torch.arange(max_norm)
         params = list(model.parameters())
         bufs = ([(torch.zeros_like(p), torch.zeros_like(p)) for p in params] if optimizer == "adamw"
                 else [torch.zeros_like(p) for p in params])
+        alive, died = torch.ones(k, dtype=torch.bool), torch.full((k,), -1, dtype=torch.long)
+        step_no = torch.zeros((), dtype=torch.long)
         step = make_step(model, x, y, idx, lr=vec, weight_decay=vec if weight_decay else None,
                          momentum=cfg.momentum if momentum is None else momentum,
                          max_norm=torch.ones(max_norm) if max_norm else None, max_norm_index=index, clip=None,
                          amp_dtype=torch.bfloat16 if getattr(cfg, "amp", False) else None, generator=None, bufs=bufs,
-                         alive=torch.ones(k, dtype=torch.bool),
-                         died=torch.zeros(k, dtype=torch.long), step_no=torch.zeros((), dtype=torch.long),
-                         optimizer=optimizer, transform=transform,
+                         alive=alive, died=died, step_no=step_no, optimizer=optimizer, transform=transform,
                          penalty=torch.ones(()) if penalty else None)
-        f, n, b = measure(step)
-    return Cost(f, n, b), model
+    return step, model, params + _flat(bufs) + list(model.buffers()) + [alive, died, step_no]
+
+
+def _engine_step(k: int, cfg, max_norm: int, make_model: Callable[[], nn.Module] | None = None, example=(784,), **kw):
+    """FLOPs, kernels and bytes of :func:`_engine_step_fn`'s step on the meta device, and the group."""
+    step, model, _ = _engine_step_fn(k, cfg, max_norm, make_model, example, **kw)
+    with torch.device("meta"):
+        return measure(step), model
+
+
+def _svd_args(cfg) -> tuple:
+    """Chapter 3's sparse VD group for :func:`_engine_step_fn`: the seeds' LeNet-300-100s, Adam, batch 100, fp32."""
+    from dropnotes.engine import StackedSparseMLP
+
+    ks = cfg.n_seeds
+    return ((dataclasses.replace(cfg, batch_size=100, amp=False), 0, lambda: StackedSparseMLP(ks, seeds=[0] * ks), (784,)),
+            dict(momentum=0.0, optimizer="adamw", penalty=True))
+
+
+def _vit_args(cfg, depth: int, k: int) -> tuple:
+    """Chapter 4's group of ``k`` ViTs of one depth for :func:`_engine_step_fn` (AdamW, decay, augmentation)."""
+    from dropnotes.engine import StackedViT
+    from dropnotes.experiments.droppath import augment
+
+    return ((lambda: StackedViT(k, dim=cfg.dim, depth=depth, heads=cfg.heads, rates=0.1, seeds=[0] * k), (3, 32, 32)),
+            dict(momentum=0.0, weight_decay=True, optimizer="adamw", transform=augment))
+
+
+def _interaction_model(cfg, name: str, k: int) -> Callable[[], nn.Module]:
+    """Chapter 6's CNN or MLP group of ``k`` models (their noise kinds in the chapter's proportions)."""
+    from dropnotes.engine import StackedCNN, StackedMLP
+
+    if name == "CNN":
+        return lambda: StackedCNN(k, p1=cfg.p, p2=cfg.p, noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
+                                  seeds=[0] * k)
+    return lambda: StackedMLP(k, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
+                              noise=["bernoulli", "gaussian"] * (k // 2) + ["bernoulli"] * (k % 2),
+                              p_connect=[0.5] + [0.0] * (k - 1), seeds=[0] * k)
 
 
 def _mechanics(cfg) -> list[Group]:
@@ -322,29 +370,16 @@ def _variational(cfg) -> list[Group]:
     the step graph-captured), its validation and test passes, one standalone model per scheme timed for
     ``speed_steps`` windows, MC dropout per variational model (its passes ``MC_CHUNK`` at a time as one
     group), and the sparse VD seeds as one captured StackedSparseMLP."""
-    from dropnotes.engine import StackedLSTMLM, StackedSparseMLP, _sgd_step
     from dropnotes.experiments.variational import MC_CHUNK
     from dropnotes.models.lstm_lm import SCHEMES
 
-    vocab = cfg.vocab_cap or 10000
     tokens = cfg.train_tokens or 929589
     windows = (tokens - 1) // cfg.batch_size // cfg.seq_len
     k = len(SCHEMES) * cfg.n_seeds
     dtype = "bf16" if cfg.amp else "fp32"
+    step, group, _ = _lstm_step_fn(cfg)
     with torch.device("meta"):
-        group = StackedLSTMLM(k, vocab, cfg.dim, cfg.layers, scheme=list(SCHEMES) * cfg.n_seeds, p_io=cfg.p_io,
-                              p_rec=cfg.p_rec, p_emb=cfg.p_emb, seeds=[0] * k)
         ids = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
-        params = list(group.parameters())
-
-        def step():
-            with autocast("meta", torch.bfloat16 if cfg.amp else None):
-                logits, _ = group(ids)
-            losses = F.cross_entropy(logits.float().flatten(0, 2), ids.expand(k, -1, -1).flatten(), reduction="none")
-            losses.view(k, -1).mean(1).sum().backward()
-            _sgd_step(params, [None] * len(params), torch.ones(k), None, 0.0, torch.ones(k, dtype=torch.bool),
-                      torch.ones(k))
-
         f, n, b = measure(step)
         group.eval()
         fe, ne, be = _meta_forward(group, ids, cfg.amp)
@@ -365,14 +400,40 @@ def _variational(cfg) -> list[Group]:
                         cfg.n_seeds, test_windows * math.ceil(cfg.mc_samples / chunk), fm, nm, dtype,
                         models_per_step=chunk, bytes_per_step=bm))
     ks = cfg.n_seeds
-    with torch.device("meta"):
-        svd = StackedSparseMLP(ks, seeds=[0] * ks)
-    (fs, ns, bs), _ = _engine_step(ks, dataclasses.replace(cfg, batch_size=100, amp=False), 0, svd, (784,),
-                                   momentum=0.0, optimizer="adamw", penalty=True)
+    a, kw = _svd_args(cfg)
+    (fs, ns, bs), _ = _engine_step(ks, *a, **kw)
     groups.append(Group("variational", f"sparse VD LeNet-300-100, {ks} seeds, batched", 1,
                         cfg.svd_epochs * (cfg.svd_train_size // 100), fs, ns, captured=True, models_per_step=ks,
                         bytes_per_step=bs))
     return groups
+
+
+def _lstm_step_fn(cfg, device="meta"):
+    """Chapter 3's training step of every scheme x seed as one StackedLSTMLM on ``device``, as
+    :func:`dropnotes.engine.fit_stacked_lm` runs it (bf16 autocast with ``cfg.amp``, clipping, SGD);
+    the step, the group and the tensors it updates."""
+    from dropnotes.engine import StackedLSTMLM, _sgd_step
+    from dropnotes.models.lstm_lm import SCHEMES
+
+    vocab, k = cfg.vocab_cap or 10000, len(SCHEMES) * cfg.n_seeds
+    group = _on(device, lambda: StackedLSTMLM(k, vocab, cfg.dim, cfg.layers, scheme=list(SCHEMES) * cfg.n_seeds,
+                                              p_io=cfg.p_io, p_rec=cfg.p_rec, p_emb=cfg.p_emb, seeds=[0] * k)).train()
+    dev = torch.device(device)
+    with dev:
+        ids = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len))
+        params = list(group.parameters())
+        ones, alive, clip = torch.ones(k), torch.ones(k, dtype=torch.bool), torch.full((k,), float(cfg.clip or 5.0))
+
+    def step():
+        with autocast(dev.type, torch.bfloat16 if cfg.amp else None, cache_enabled=False):
+            logits, _ = group(ids)
+        losses = F.cross_entropy(logits.float().flatten(0, 2), ids.expand(k, -1, -1).flatten(), reduction="none")
+        for q in params:
+            q.grad = None
+        losses.view(k, -1).mean(1).sum().backward()
+        _sgd_step(params, [None] * len(params), ones, None, 0.0, alive, clip)
+
+    return step, group, params
 
 
 def _variational_sequential(cfg, schemes: tuple[str, ...] = STORED_SCHEMES) -> list[Group]:
@@ -417,8 +478,7 @@ def _variational_sequential(cfg, schemes: tuple[str, ...] = STORED_SCHEMES) -> l
 def _droppath(cfg) -> list[Group]:
     """Chapter 4 on the engine: the arms x seeds of each depth as one StackedViT (AdamW, augmentation, the
     step graph-captured), evaluated once on train, validation and test; and the single-ViT speed table."""
-    from dropnotes.engine import StackedViT
-    from dropnotes.experiments.droppath import EVAL_BATCH, arms, augment
+    from dropnotes.experiments.droppath import EVAL_BATCH, arms
     from dropnotes.models import ViT
 
     steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
@@ -426,10 +486,8 @@ def _droppath(cfg) -> list[Group]:
     out = []
     for depth, models in arms(cfg, 0.1).items():
         k = len(models)
-        with torch.device("meta"):
-            group = StackedViT(k, dim=cfg.dim, depth=depth, heads=cfg.heads, rates=0.1, seeds=[0] * k)
-        (f, n, b), group = _engine_step(k, cfg, 0, group, (3, 32, 32), momentum=0.0, weight_decay=True,
-                                        optimizer="adamw", transform=augment)
+        a, kw = _vit_args(cfg, depth, k)
+        (f, n, b), group = _engine_step(k, cfg, 0, *a, **kw)
         with torch.device("meta"):
             group.eval()
             fe, ne, be = _meta_forward(group, torch.empty(EVAL_BATCH, 3, 32, 32), cfg.amp)
@@ -485,31 +543,44 @@ def _corpus_bytes(name: str) -> int:
     return 90_000_000  # enwik8
 
 
+def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
+    """Chapter 5's training step of K GPTs as one StackedGPT on ``device``, as
+    :func:`dropnotes.engine.fit_stacked_windows` runs it (each model's windows gathered, bf16 autocast with
+    ``cfg.amp``, clipping, AdamW); the step, the group and the tensors it updates."""
+    from dropnotes.engine import StackedGPT, _adam_step, _flat, _mark_dead
+
+    group = _on(device, lambda: StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers,
+                                           heads=cfg.heads, p_emb=p, p_attn=p, p_resid=p, seeds=[0] * k)).train()
+    dev = torch.device(device)
+    with dev:
+        params = list(group.parameters())
+        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
+        table = torch.randint(0, 256, (1000, cfg.block_size + 1))
+        idx = torch.randint(0, 1000, (k, batch))
+        vec, alive = torch.full((k,), 1e-3), torch.ones(k, dtype=torch.bool)
+        died, step_no = torch.full((k,), -1, dtype=torch.long), torch.zeros((), dtype=torch.long)
+
+    def step():
+        w = table[idx]
+        with autocast(dev.type, torch.bfloat16 if cfg.amp else None, cache_enabled=False):
+            logits = group(w[..., :-1], per_model=True)
+        losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for q in params:
+            q.grad = None
+        losses.sum().backward()
+        step_no.add_(1)
+        _mark_dead(losses, alive, died, step_no)
+        _adam_step(params, moments, step_no, vec, alive, vec, betas=(0.9, 0.95), weight_decay=vec)
+
+    return step, group, params + _flat(moments) + [alive, died, step_no]
+
+
 def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:
     """One training step of a K-model StackedGPT (gather, forward, loss, backward, clipping, AdamW) and one
     evaluation forward, on meta tensors."""
-    from dropnotes.engine import StackedGPT, _adam_step, _mark_dead
-
+    step, group, _ = _gpt_step_fn(k, cfg, batch, p)
     with torch.device("meta"):
-        group = StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
-                           p_emb=p, p_attn=p, p_resid=p, seeds=[0] * k)
-        params = list(group.parameters())
-        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
-        table = torch.zeros(1000, cfg.block_size + 1, dtype=torch.long)
-        idx = torch.zeros(k, batch, dtype=torch.long)
-        vec, alive = torch.ones(k), torch.ones(k, dtype=torch.bool)
-        died, step_no = torch.zeros(k, dtype=torch.long), torch.zeros((), dtype=torch.long)
-
-        def step():
-            w = table[idx]
-            with autocast("meta", torch.bfloat16 if cfg.amp else None):
-                logits = group(w[..., :-1], per_model=True)
-            losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
-            losses = losses.view(k, -1).mean(1)
-            losses.sum().backward()
-            _mark_dead(losses, alive, died, step_no)
-            _adam_step(params, moments, step_no, vec, alive, vec, betas=(0.9, 0.95), weight_decay=vec)
-
         train_cost = measure(step)
         group.eval()
         eval_cost = _meta_forward(group, torch.zeros(batch, cfg.block_size, dtype=torch.long), cfg.amp)
@@ -585,7 +656,6 @@ def _llm_sequential(cfg, pretrain_steps: int | None = None) -> list[Group]:
 def _interactions(cfg) -> list[Group]:
     """Chapter 6 on the engine: the CNN arms x seeds as one StackedCNN, the MLP arms x seeds as one StackedMLP,
     each evaluated on train + validation every ``eval_every`` epochs and on the test set once."""
-    from dropnotes.engine import StackedCNN, StackedMLP
     from dropnotes.experiments.interactions import CNN_ARMS, mlp_arms
 
     dtype = "bf16" if cfg.amp else "fp32"
@@ -593,16 +663,8 @@ def _interactions(cfg) -> list[Group]:
     for name, k, size, epochs, example in (
             ("CNN", len(CNN_ARMS) * cfg.n_seeds, cfg.cnn_train_size, cfg.cnn_epochs, (1, 28, 28)),
             ("MLP", len(mlp_arms(cfg)) * cfg.n_seeds, cfg.mlp_train_size, cfg.mlp_epochs, (1, 28, 28))):
-        with torch.device("meta"):
-            if name == "CNN":
-                model = StackedCNN(k, p1=cfg.p, p2=cfg.p, noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
-                                   seeds=[0] * k)
-            else:
-                model = StackedMLP(k, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
-                                   noise=["bernoulli", "gaussian"] * (k // 2) + ["bernoulli"] * (k % 2),
-                                   p_connect=[0.5] + [0.0] * (k - 1), seeds=[0] * k)
-        (f, n, b), model = _engine_step(k, cfg, cfg.n_seeds if name == "MLP" else 0, model, example,
-                                   weight_decay=name == "MLP")
+        (f, n, b), model = _engine_step(k, cfg, cfg.n_seeds if name == "MLP" else 0, _interaction_model(cfg, name, k),
+                                        example, weight_decay=name == "MLP")
         with torch.device("meta"):
             model.eval()
             fe, ne, be = _meta_forward(model, torch.empty(1000, *example), cfg.amp)
@@ -712,7 +774,7 @@ def calibration_points() -> list[dict]:
             tokens = cfg.batch_size * cfg.block_size
             points.append({"chapter": chapter, "what": "tokens/s, pretraining", "measured": tps,
                            "predict": lambda f, c, g=g, t=tokens: t / g.step_s(f, c)})
-    return points
+    return points + device_check_points()
 
 
 def calibrate(points: list[dict] | None = None) -> tuple[float, float, list[dict]]:
@@ -952,3 +1014,130 @@ def _vit_transform():
 
 
 COMPARE_CHAPTERS = ("mechanics", "ensembles", "variational", "droppath", "llm", "interactions")
+
+
+# ------------------------------------------------------------------ the device check: predicted against measured
+
+DEVICE_CHECK_PATH = "device-check.json"  # under results/: a GPU run's measured step times, a calibration source
+
+
+def checked_steps(chapter: str, cfg) -> list[tuple[str, int, str, Callable]]:
+    """The batched training steps of a chapter that carry its predicted time: (group, models, dtype,
+    ``build(device) -> (step, group, state)``), each built by the same function the prediction measures."""
+    dtype = "bf16" if getattr(cfg, "amp", False) else "fp32"
+    if chapter == "mechanics":
+        k = len(cfg.rates) * cfg.n_seeds
+        return [(f"{k} MLPs {cfg.hidden}", k, dtype, lambda dev: _engine_step_fn(k, cfg, 0, device=dev))]
+    if chapter == "ensembles":
+        k = cfg.n_seeds * (cfg.members + 1)
+        return [(f"{k} MLPs {cfg.hidden}", k, dtype, lambda dev: _engine_step_fn(k, cfg, cfg.n_seeds, device=dev))]
+    if chapter == "variational":
+        from dropnotes.models.lstm_lm import SCHEMES
+
+        k, (a, kw) = len(SCHEMES) * cfg.n_seeds, _svd_args(cfg)
+        return [(f"{k} LSTM LMs {cfg.layers}x{cfg.dim}", k, dtype, lambda dev: _lstm_step_fn(cfg, dev)),
+                (f"sparse VD, {cfg.n_seeds} LeNet-300-100", cfg.n_seeds, "fp32",
+                 lambda dev: _engine_step_fn(cfg.n_seeds, *a, **kw, device=dev))]
+    if chapter == "droppath":
+        from dropnotes.experiments.droppath import arms
+
+        out = []
+        for depth, models in arms(cfg, 0.1).items():
+            k, (a, kw) = len(models), _vit_args(cfg, depth, len(models))
+            out.append((f"{k} ViTs depth {depth} dim {cfg.dim}", k, dtype,
+                        lambda dev, k=k, a=a, kw=kw: _engine_step_fn(k, cfg, 0, *a, **kw, device=dev)))
+        return out
+    if chapter == "llm":
+        k = 3 * len(cfg.lr_factors)
+        return [(f"{k} GPTs {cfg.layers}x{cfg.dim} pretraining", k, dtype,
+                 lambda dev: _gpt_step_fn(k, cfg, cfg.batch_size, cfg.p, dev))]
+    if chapter == "interactions":
+        from dropnotes.experiments.interactions import CNN_ARMS, mlp_arms
+
+        kc, km = len(CNN_ARMS) * cfg.n_seeds, len(mlp_arms(cfg)) * cfg.n_seeds
+        return [(f"{kc} CNNs", kc, dtype, lambda dev: _engine_step_fn(kc, cfg, 0, _interaction_model(cfg, "CNN", kc),
+                                                                      (1, 28, 28), device=dev)),
+                (f"{km} MLPs", km, dtype, lambda dev: _engine_step_fn(km, cfg, cfg.n_seeds, _interaction_model(cfg, "MLP", km),
+                                                                      (1, 28, 28), weight_decay=True, device=dev))]
+    return []
+
+
+def _time_step(step, state: list[torch.Tensor], device: torch.device, steps: int) -> tuple[float, bool]:
+    """Seconds per call of ``step`` on ``device``: on CUDA captured as the engine captures it and timed with
+    CUDA events over ``steps`` replays (no host sync between them); elsewhere eager, by the wall clock.
+    Returns the time and whether the step ran as a CUDA graph."""
+    import time
+
+    if device.type == "cuda":
+        from dropnotes.engine import _captured
+
+        run = _captured(step, state, device)
+        run()
+        torch.cuda.synchronize(device)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            run()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000 / steps, run is not step
+    step()
+    begin = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return (time.perf_counter() - begin) / steps, False
+
+
+def device_check(chapters: list[str], profile: str = "full", device: str = "cuda", steps: int = 20) -> list[dict]:
+    """Each chapter's batched training steps (:func:`checked_steps`) at ``profile``'s sizes: FLOPs, kernels
+    and bytes counted on the meta device with the predicted seconds per step, against the seconds measured
+    on ``device`` (one short run: ``steps`` replays of each step; the data are random)."""
+    import importlib
+
+    dev = torch.device(device)
+    rows = []
+    for chapter in chapters:
+        cfg = importlib.import_module(f"dropnotes.experiments.{chapter}").configure(profile=profile, device="cpu")
+        for name, k, dtype, build in checked_steps(chapter, cfg):
+            step, _, _ = build("meta")
+            with torch.device("meta"):
+                cost = measure(step)
+            g = Group(chapter, name, 1, 1, cost.flops, cost.kernels, dtype, captured=True, models_per_step=k,
+                      bytes_per_step=cost.bytes)
+            step, group, state = build(dev)
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(dev)
+            seconds, graphed = _time_step(step, state, dev, steps)
+            rows.append({"chapter": chapter, "group": name, "models": k, "dtype": dtype, "flops": cost.flops,
+                         "kernels": cost.kernels, "bytes": cost.bytes, "predicted_s": g.step_s(DEFAULT_FRACTION, DEFAULT_LAUNCH_S),
+                         "measured_s": seconds, "graphed": graphed, "steps": steps, "device": _device_label(dev),
+                         "peak_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None})
+            del step, group, state
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+    return rows
+
+
+def _device_label(dev: torch.device) -> str:
+    return torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+
+
+def device_check_points(path=None) -> list[dict]:
+    """Calibration points from a stored device check (``results/device-check.json``, a GPU run's rows):
+    each group's measured seconds per step against the model's, at the constants being fitted."""
+    import json
+
+    from dropnotes.results import REPO_RESULTS
+
+    path = REPO_RESULTS / DEVICE_CHECK_PATH if path is None else path
+    if not path.is_file():
+        return []
+    points = []
+    for r in json.loads(path.read_text())["rows"]:
+        if r["device"] == "cpu":
+            continue
+        g = Group(r["chapter"], r["group"], 1, 1, r["flops"], r["kernels"], r["dtype"], captured=r["graphed"],
+                  bytes_per_step=r["bytes"])
+        points.append({"chapter": r["chapter"], "what": f"s/step, {r['group']} ({r['device']})", "measured": r["measured_s"],
+                       "predict": lambda f, c, g=g: g.step_s(f, c)})
+    return points

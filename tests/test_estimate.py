@@ -155,3 +155,21 @@ def test_attention_is_counted_as_the_fused_kernels_of_a_gpu():
     ops = set(k.by_op)
     assert {"_scaled_dot_product_efficient_attention", "_scaled_dot_product_efficient_attention_backward"} <= ops
     assert not ops & {"bmm", "_softmax", "_safe_softmax"}  # no (T x T) scores written out
+
+
+def test_device_check_times_the_predicted_steps_and_feeds_calibration(tmp_path, capsys):
+    """`estimate --device-check` builds each batched step with the function the prediction measures, times it
+    (here on the CPU, eagerly) and writes its rows; rows measured on a GPU become calibration points."""
+    out = tmp_path / "check.json"
+    assert cli.main(["estimate", "mechanics", "--device-check", "--profile", "quick", "--steps", "1",
+                     "--device", "cpu", "--out", str(out)]) == 0
+    assert "measured/predicted" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["chapter"] for r in rows] == ["mechanics"] and rows[0]["measured_s"] > 0 and rows[0]["predicted_s"] > 0
+    assert estimate.device_check_points(out) == []  # a CPU's timings are not an H100's
+    gpu = dict(rows[0], device="NVIDIA H100 80GB HBM3", graphed=True, measured_s=2 * rows[0]["predicted_s"])
+    out.write_text(json.dumps({"rows": [gpu]}))
+    (point,) = estimate.device_check_points(out)
+    assert point["predict"](estimate.DEFAULT_FRACTION, estimate.DEFAULT_LAUNCH_S) == pytest.approx(rows[0]["predicted_s"])
+    assert cli.main(["estimate", "--device-check", "--steps", "0"]) == 2
+    assert "--steps must be a positive integer" in capsys.readouterr().err

@@ -1246,23 +1246,78 @@ def lm_windows(tokens: torch.Tensor, batch_size: int, seq_len: int) -> tuple[tor
     return cut(x), cut(y)
 
 
+def _graphed(fn: Callable, inputs: Sequence[torch.Tensor], capture: bool) -> Callable:
+    """``fn`` of static copies of ``inputs``: ``call(*new)`` copies ``new`` into them and runs ``fn``, or, with
+    ``capture`` (CUDA), replays ``fn`` captured once as a CUDA graph and returns its static outputs (valid
+    until the next call). The same copies run on every device, so the CPU exercises the data flow the GPU
+    replays; ``fn`` must draw no random numbers and keep no Python state."""
+    import warnings
+
+    static = [t.clone() for t in inputs]
+    graph, out = None, None
+    if capture:
+        try:
+            dev = static[0].device
+            side = torch.cuda.Stream(dev)
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn(*static)
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                out = fn(*static)
+        except Exception as err:  # noqa: BLE001 - any capture failure falls back to the eager function
+            warnings.warn(f"CUDA graph capture of an evaluation pass failed ({type(err).__name__}: {err}); "
+                          "running it eagerly", RuntimeWarning, stacklevel=3)
+            graph = None
+
+    def call(*new: torch.Tensor):
+        for s, t in zip(static, new):
+            s.copy_(t)
+        if graph is None:
+            return fn(*static)
+        graph.replay()
+        return out
+
+    return call
+
+
 @torch.no_grad()
 def lm_window_losses_stacked(model: StackedLSTMLM, tokens: torch.Tensor, batch_size: int, seq_len: int,
                              amp_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every model's mean next-token cross-entropy (nats) per window over a token stream, in eval mode, an
     LSTM group's state carried across windows (the windows of :func:`dropnotes.train.lm_batches`, the last one
-    included): (K, windows) losses and each window's token count."""
+    included): (K, windows) losses and each window's token count. On CUDA the pass over one full window is
+    captured once as a CUDA graph (:func:`_graphed`) and replayed for each; a shorter last window runs eagerly."""
     from dropnotes.train import lm_batches
 
     was = model.training
     model.eval()
-    losses, counts, state = [], [], None
+    k = model.k
     recurrent = isinstance(model, StackedLSTMLM)  # a GPT group has no state: each window on its own
-    for x, y in lm_batches(tokens, batch_size, seq_len):
-        with autocast(x.device.type, amp_dtype):
-            logits, state = model(x, state) if recurrent else (model(x), None)
-        ce = F.cross_entropy(logits.float().flatten(0, 2), y.expand(model.k, -1, -1).flatten(), reduction="none")
-        losses.append(ce.view(model.k, -1).mean(1))
+
+    def window(x: torch.Tensor, y: torch.Tensor, *flat: torch.Tensor):
+        state = [(flat[2 * j], flat[2 * j + 1]) for j in range(len(flat) // 2)] if recurrent else None
+        with autocast(x.device.type, amp_dtype, cache_enabled=False):
+            logits, new = model(x, state) if recurrent else (model(x), [])
+        ce = F.cross_entropy(logits.float().flatten(0, 2), y.expand(k, -1, -1).flatten(), reduction="none")
+        return (ce.view(k, -1).mean(1), *[t for pair in new for t in pair])
+
+    batches = list(lm_batches(tokens, batch_size, seq_len))
+    losses, counts, run = [], [], None
+    state = []
+    if recurrent and batches:
+        n = batches[0][0].shape[0]
+        state = [tokens.new_zeros((k, n, model.dim), dtype=torch.float32) for _ in range(2 * model.layers)]
+    for x, y in batches:
+        if x.shape == batches[0][0].shape:
+            run = run or _graphed(window, [x, y, *state], capture=x.is_cuda)
+            out = run(x, y, *state)
+        else:
+            out = window(x, y, *state)
+        losses.append(out[0].clone())
+        state = list(out[1:])
         counts.append(y.numel())
     model.train(was)
     return torch.stack(losses, 1).double().cpu(), torch.tensor(counts, dtype=torch.float64)

@@ -382,7 +382,13 @@ def _variational(cfg) -> list[Group]:
         ids = torch.zeros(cfg.batch_size, cfg.seq_len, dtype=torch.long)
         f, n, b = measure(step)
         group.eval()
-        fe, ne, be = _meta_forward(group, ids, cfg.amp)
+
+        def window():  # what lm_window_losses_stacked runs per window: the forward and each model's loss
+            with torch.no_grad(), autocast("meta", torch.bfloat16 if cfg.amp else None):
+                logits, _ = group(ids)
+                F.cross_entropy(logits.float().flatten(0, 2), ids.expand(k, -1, -1).flatten(), reduction="none")
+
+        fe, ne, be = measure(window)
         chunk = min(cfg.mc_samples, MC_CHUNK)
         reps = group.replicas(list(SCHEMES).index("variational"), chunk).train()
         fm, nm, bm = _meta_forward(reps, ids, cfg.amp)
@@ -390,7 +396,7 @@ def _variational(cfg) -> list[Group]:
     groups = [Group("variational", f"{k} LSTM LMs {cfg.layers}x{cfg.dim} (schemes x seeds), batched", 1,
                     windows * cfg.epochs, f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
               Group("variational", "evaluation (validation every epoch, test once)", 1, eval_windows * cfg.epochs // 2
-                    + eval_windows // 2, fe, ne, dtype, models_per_step=k, bytes_per_step=be)]
+                    + eval_windows // 2, fe, ne, dtype, captured=True, models_per_step=k, bytes_per_step=be)]
     for g in _variational_sequential(dataclasses.replace(cfg, epochs=1), schemes=tuple(SCHEMES)):
         if g.group.startswith("LSTM "):  # the speed table: speed_steps + 2 windows of one model per scheme
             groups.append(dataclasses.replace(g, group=f"speed: {g.group.split(' ', 2)[2]} (one model)", runs=1,
@@ -611,19 +617,19 @@ def _llm(cfg, pretrain_steps: int | None = None) -> list[Group]:
     groups = [Group("llm", f"{kp} GPTs {cfg.layers}x{cfg.dim} pretraining (arms x rates, first seed), batched", 1,
                     pretrain_steps, f, n, dtype, captured=True, models_per_step=kp, bytes_per_step=b),
               Group("llm", "pretraining evaluation", 1, evals(pretrain_steps, cfg.batch_size), fe, ne, dtype,
-                    models_per_step=kp, bytes_per_step=be)]
+                    captured=True, models_per_step=kp, bytes_per_step=be)]
     if kr:
         (fr, nr, br), (fre, nre, bre) = _gpt_group_step(kr, cfg, cfg.batch_size, cfg.p)
         groups += [Group("llm", f"{kr} GPTs pretraining (arms x the other seeds, chosen rates), batched", 1,
                          pretrain_steps, fr, nr, dtype, captured=True, models_per_step=kr, bytes_per_step=br),
                    Group("llm", "pretraining evaluation (the other seeds)", 1, evals(pretrain_steps, cfg.batch_size),
-                         fre, nre, dtype, models_per_step=kr, bytes_per_step=bre)]
+                         fre, nre, dtype, captured=True, models_per_step=kr, bytes_per_step=bre)]
     return groups + [
             Group("llm", f"{k} GPTs full fine-tuning (rates x sizes x seeds), batched", 1, cfg.finetune_steps, ff, nf, dtype,
                   captured=True, models_per_step=k, bytes_per_step=bf),
             Group("llm", "fine-tuning evaluation", 1, evals(cfg.finetune_steps, cfg.finetune_batch)
                   + len(early_evals(cfg)) * (cfg.eval_bytes // (cfg.finetune_batch * cfg.block_size) + 1), ffe, nfe, dtype,
-                  models_per_step=k,
+                  captured=True, models_per_step=k,
                   bytes_per_step=bfe),
             Group("llm", "LoRA fine-tuning runs (one at a time)", len(cfg.lora_rates) * seeds, cfg.finetune_steps, fl, nl,
                   dtype,

@@ -1462,30 +1462,6 @@ def _drop_path_mult(rate: torch.Tensor, n: int, device, generator) -> torch.Tens
     return unit_noise(torch.ones(len(rate), n, 1, device=device), rate.to(device), generator=generator)
 
 
-def _dropped_attention(q: torch.Tensor, key: torch.Tensor, v: torch.Tensor, p: torch.Tensor, causal: bool,
-                       generator: torch.Generator | None) -> torch.Tensor:
-    r"""Attention whose probabilities model k drops at its own rate ``p[k]`` (SDPA takes one rate):
-    :math:`\mathrm{softmax}(QK^\top/\sqrt{d} + M)` times a Bernoulli(1 - p_k) keep-mask, times V, over
-    1 - p_k. ``q``, ``key``, ``v``: (K·N, heads, T, d), model-major. Written for few passes over the
-    (K·N·heads, T, T) probabilities, the largest tensors of the step: the scale and the causal mask enter the
-    score product (one ``baddbmm``), the softmax stays in the scores' dtype, the mask is drawn as booleans in
-    one kernel, and the 1/(1-p_k) scale goes on the output, which is T/d times smaller."""
-    b, heads, t, hd = q.shape
-    k = p.shape[0]
-    bias = torch.zeros((), dtype=q.dtype, device=q.device)
-    if causal:
-        bias = torch.full((t, t), float("-inf"), dtype=q.dtype, device=q.device).triu(1)
-    scores = torch.baddbmm(bias, q.reshape(b * heads, t, hd), key.reshape(b * heads, t, hd).transpose(1, 2),
-                           alpha=1.0 / math.sqrt(hd))
-    # torch._softmax keeps the scores' dtype (bf16 under autocast, accumulating in fp32 on a GPU), where autocast
-    # would run softmax in fp32 and write, then cast, fp32 probabilities: the same bf16 values, two passes fewer
-    probs = torch._softmax(scores, -1, False).to(v.dtype).view(k, -1, t, t)
-    keep = (1.0 - p).view(k, 1, 1, 1)
-    mask = torch.empty(probs.shape, dtype=torch.bool, device=q.device).bernoulli_(keep, generator=generator)
-    y = torch.bmm((probs * mask).view(b * heads, t, t), v.reshape(b * heads, t, hd))
-    return (y.view(k, -1) * (1.0 / keep).view(k, 1).to(y.dtype)).view(b, heads, t, hd)
-
-
 _BLOCK_TENSORS = ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w", "ln2_b", "fc1_w", "fc1_b",
                   "fc2_w", "fc2_b")
 
@@ -1493,8 +1469,8 @@ _BLOCK_TENSORS = ("ln1_w", "ln1_b", "qkv_w", "qkv_b", "proj_w", "proj_b", "ln2_w
 class _StackedTransformer(nn.Module):
     """What :class:`StackedViT` and :class:`StackedGPT` share: ``depth`` pre-norm blocks of K models,
     ``x + branch(Attn(LN(x)))`` then ``x + branch(MLP(LN(x)))``, every linear layer a ``bmm`` over the models
-    and the attention of all K x N sequences one ``scaled_dot_product_attention`` call (a written-out
-    softmax when a model drops attention probabilities). Activations are (K, N·T, D)."""
+    and the attention of all K x N sequences one ``scaled_dot_product_attention`` call (one per run of models
+    sharing an attention-dropout rate). Activations are (K, N·T, D)."""
 
     def _add_blocks(self, k: int, depth: int, d: int) -> None:
         shapes = {"ln1_w": (d,), "ln1_b": (d,), "qkv_w": (3 * d, d), "qkv_b": (3 * d,), "proj_w": (d, d),
@@ -1533,27 +1509,29 @@ class _StackedTransformer(nn.Module):
                    ln2.bias, fc1.weight, fc1.bias, fc2.weight, fc2.bias)
         return {f"b{j}_{name}": t for name, t in zip(_BLOCK_TENSORS, tensors)}
 
-    def _attention(self, h: torch.Tensor, j: int, n: int, t: int, causal: bool, attn_p: torch.Tensor | None,
-                   generator) -> torch.Tensor:
-        """Attention of the block's first layer norm of ``h``."""
+    def _attention(self, h: torch.Tensor, j: int, n: int, t: int, causal: bool, attn_runs: tuple | None) -> torch.Tensor:
+        """Attention of the block's first layer norm of ``h``; ``attn_runs``: the models' attention-dropout
+        rates as runs (first model, end, rate) of neighbours with one rate, each run one fused SDPA call."""
         k, d, heads = self.k, self.dim, self.heads
         g = lambda name: getattr(self, f"b{j}_{name}")  # noqa: E731
         qkv = _norm_linear(h, g("ln1_w"), g("ln1_b"), g("qkv_w"), g("qkv_b"))
         q, key, v = qkv.view(k * n, t, 3, heads, d // heads).permute(2, 0, 3, 1, 4)
-        if attn_p is None:
+        if attn_runs is None:
             y = F.scaled_dot_product_attention(q, key, v, is_causal=causal)
-        else:
-            y = _dropped_attention(q, key, v, attn_p, causal, generator)
+        else:  # SDPA takes one rate: one call per run of models sharing one (model-major rows: slices, no copies)
+            parts = [F.scaled_dot_product_attention(q[a * n:b * n], key[a * n:b * n], v[a * n:b * n], dropout_p=p,
+                                                    is_causal=causal) for a, b, p in attn_runs]
+            y = parts[0] if len(parts) == 1 else torch.cat(parts, 0)
         y = y.transpose(1, 2).reshape(k, n * t, d)
         return _linear(y, getattr(self, f"b{j}_proj_w"), getattr(self, f"b{j}_proj_b"))
 
-    def _block(self, h: torch.Tensor, j: int, n: int, t: int, *, causal: bool, residual=None, attn_p=None,
-               generator=None) -> torch.Tensor:
+    def _block(self, h: torch.Tensor, j: int, n: int, t: int, *, causal: bool, residual=None,
+               attn_runs: tuple | None = None) -> torch.Tensor:
         """One block; ``residual(h, out, which)`` adds the attention (0) or MLP (1) branch ``out`` to ``h`` with
         the models' noise on it (None: plain sums)."""
         g = lambda name: getattr(self, f"b{j}_{name}")  # noqa: E731
         add = residual or (lambda h_, out, _: h_ + out)
-        h = add(h, self._attention(h, j, n, t, causal, attn_p, generator), 0)
+        h = add(h, self._attention(h, j, n, t, causal, attn_runs), 0)
         m = _linear(F.gelu(_norm_linear(h, g("ln2_w"), g("ln2_b"), g("fc1_w"), g("fc1_b"))), g("fc2_w"), g("fc2_b"))
         return add(h, m, 1)
 
@@ -1666,13 +1644,26 @@ class StackedViT(_StackedTransformer):
         return _linear(torch.addcmul(self.norm_b.unsqueeze(1), pooled, self.norm_w.unsqueeze(1)), self.head_w, self.head_b)
 
 
+def _runs(rates: Sequence[float]) -> tuple[tuple[int, int, float], ...]:
+    """Runs (first, end, rate) of neighbouring models that share one rate."""
+    out: list[list] = []
+    for i, r in enumerate(rates):
+        if out and out[-1][2] == r:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1, r])
+    return tuple(tuple(run) for run in out)
+
+
 class StackedGPT(_StackedTransformer):
     """K byte-level GPTs (:class:`~dropnotes.models.GPT`: token and position embeddings, pre-norm causal
     blocks, a head tied to the token embedding) as one group, for chapter 5's pretraining and fine-tuning
     arms. Model k has its own dropout rates on the embedding (``p_emb``), the attention probabilities
     (``p_attn``) and the residual branches (``p_resid``), held in (K,) buffers that :meth:`set_rates` changes
-    in place during training (early dropout) without changing the step's graph. The noise sites are those
-    of :class:`~dropnotes.models.GPT`; a site no model will ever use (``max_rate`` 0) is skipped."""
+    in place during training (early dropout). The attention's rates are also kept on the host as runs of
+    models sharing one (``attention_runs``): each run is one fused SDPA call with its ``dropout_p``, drawn from
+    the device's default generator, so a captured step is captured again when they change. The noise sites
+    are those of :class:`~dropnotes.models.GPT`; a site no model will ever use (``max_rate`` 0) is skipped."""
 
     def __init__(self, k: int, *, vocab_size: int = 256, block_size: int = 64, dim: int = 64, layers: int = 2,
                  heads: int = 2, p_emb=0.0, p_attn=0.0, p_resid=0.0, max_rate: float | None = None,
@@ -1689,6 +1680,7 @@ class StackedGPT(_StackedTransformer):
                                                                             ("p_resid", p_resid))}
         for name, values in rates.items():
             self.register_buffer(name, torch.tensor([float(v) for v in values]))
+        self.attention_runs = _runs([float(v) for v in rates["p_attn"]])
         top = max(v for values in rates.values() for v in values) if max_rate is None else float(max_rate)
         self._drops = top > 0  # the noise sites exist in the step (their rates may later be 0)
         for name, shape in {"tok": (vocab_size, dim), "pos": (block_size, dim), "lnf_w": (dim,), "lnf_b": (dim,)}.items():
@@ -1733,6 +1725,8 @@ class StackedGPT(_StackedTransformer):
                 if bool((values > 0).any()) and not self._drops:
                     raise ValueError(f"{name}: this group was built without noise sites (max_rate 0)")
                 getattr(self, name).copy_(values)
+                if name == "p_attn":  # on the host: the attention's calls (a captured step must be captured again)
+                    self.attention_runs = _runs(values.tolist())
 
     def extra_repr(self) -> str:
         return f"k={self.k}, layers={self.depth}, dim={self.dim}, heads={self.heads}, block_size={self.block_size}"
@@ -1754,8 +1748,7 @@ class StackedGPT(_StackedTransformer):
         if drops:
             residual = lambda h_, out, _: torch.addcmul(h_, out, dropout_mult(out, self.p_resid, generator=generator))  # noqa: E731
         for j in range(self.depth):
-            h = self._block(h, j, n, t, causal=True, residual=residual, attn_p=self.p_attn if drops else None,
-                            generator=generator)
+            h = self._block(h, j, n, t, causal=True, residual=residual, attn_runs=self.attention_runs if drops else None)
         # the head is tied to the token embedding; the final norm's affine folded into it (its bias: tok @ beta)
         return _norm_linear(h, self.lnf_w, self.lnf_b, self.tok, torch.zeros_like(self.tok[..., 0])).view(
             k, n, t, self.vocab)
@@ -1837,12 +1830,16 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
     state = params + list(model.buffers()) + _flat(moments) + [alive, died, step_no, last]
     run_step = _captured(step, state, dev) if dev.type == "cuda" and capture else step
+    runs = model.attention_runs
     rows, evals, seconds = [], {}, []
     model.train()
     timer = Timer(dev).start()
     for s in progress(range(steps), desc, unit="step"):
         if rates is not None and (new := rates(s)) is not None:
             model.set_rates(**new)
+            if run_step is not step and model.attention_runs != runs:  # the attention's rates are in the graph
+                runs = model.attention_runs
+                run_step = _captured(step, state, dev)
         torch.mul(lr_k, float(lr_factor(s)), out=lr_now)
         idx.copy_(orders[:, s])
         run_step()

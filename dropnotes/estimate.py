@@ -151,13 +151,14 @@ class Cost:
 def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     """``scaled_dot_product_attention`` as a GPU runs it: one fused kernel forward and one backward (PyTorch's
     memory-efficient attention; flash attention in bf16 moves the same tensors). On the meta device PyTorch
-    would pick its math fallback instead, which writes out the (N, heads, T, T) scores and their softmax."""
-    if attn_mask is not None or dropout_p or enable_gqa:
+    would pick its math fallback instead, which writes out the (N, heads, T, T) scores and their softmax.
+    Dropout on the probabilities is drawn inside the fused kernels too."""
+    if attn_mask is not None or enable_gqa:
         return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
                      enable_gqa=enable_gqa)
     grad = torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))
-    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, grad, 0.0, is_causal,
-                                                                   scale=scale)[0]
+    return torch.ops.aten._scaled_dot_product_efficient_attention(query, key, value, None, grad, float(dropout_p),
+                                                                   is_causal, scale=scale)[0]
 
 
 _SDPA = F.scaled_dot_product_attention
@@ -555,8 +556,10 @@ def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
     ``cfg.amp``, clipping, AdamW); the step, the group and the tensors it updates."""
     from dropnotes.engine import StackedGPT, _adam_step, _flat, _mark_dead
 
+    rates = [0.0] * (k // 3) + [p] * (k - k // 3)  # as the arms: a third without dropout, two runs of SDPA calls
     group = _on(device, lambda: StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers,
-                                           heads=cfg.heads, p_emb=p, p_attn=p, p_resid=p, seeds=[0] * k)).train()
+                                           heads=cfg.heads, p_emb=rates, p_attn=rates, p_resid=rates,
+                                           seeds=[0] * k)).train()
     dev = torch.device(device)
     with dev:
         params = list(group.parameters())

@@ -759,24 +759,20 @@ def test_stacked_gpt_drops_per_model_and_its_written_out_attention_is_sdpa():
         engine.StackedGPT.from_models(nets).set_rates(p_resid=0.1)
 
 
-def test_dropped_attention_is_the_written_out_formula():
-    """Model k's attention probabilities times a Bernoulli(1 - p_k) keep-mask over 1 - p_k, then V (the mask the
-    same draw), causal; with every rate 0 it is SDPA."""
-    g = torch.Generator().manual_seed(0)
-    k, n, heads, t, hd = 2, 3, 2, 5, 4
-    q, key, v = (torch.randn(k * n, heads, t, hd, generator=g) for _ in range(3))
-    p = torch.tensor([0.0, 0.4])
-    y = engine._dropped_attention(q, key, v, p, True, torch.Generator().manual_seed(1))
-    scores = q @ key.transpose(-2, -1) / math.sqrt(hd)
-    scores = scores.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf"))
-    probs = scores.softmax(-1).view(k, n * heads, t, t)
-    keep = (1 - p).view(k, 1, 1, 1)
-    mask = torch.empty(probs.shape, dtype=torch.bool).bernoulli_(keep, generator=torch.Generator().manual_seed(1))
-    ref = ((probs * mask / keep).view(k * n, heads, t, t)) @ v
-    torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-6)
-    assert not mask[1].all() and mask[0].all()
-    none = engine._dropped_attention(q, key, v, torch.zeros(k), True, None)
-    torch.testing.assert_close(none, F.scaled_dot_product_attention(q, key, v, is_causal=True), rtol=1e-5, atol=1e-6)
+def test_attention_dropout_runs_one_sdpa_call_per_run_of_equal_rates():
+    """The GPT group's attention-dropout rates, host-side, as runs of neighbouring models with one rate (one
+    fused SDPA call each); set_rates updates them, which is when a captured step is captured again."""
+    assert engine._runs([0.0, 0.0, 0.1, 0.1, 0.0]) == ((0, 2, 0.0), (2, 4, 0.1), (4, 5, 0.0))
+    stacked = engine.StackedGPT.from_models(_gpts(), max_rate=0.1)
+    assert stacked.attention_runs == ((0, 3, 0.0),)
+    stacked.set_rates(p_attn=[0.0, 0.2, 0.2])
+    assert stacked.attention_runs == ((0, 1, 0.0), (1, 3, pytest.approx(0.2)))
+    ids = torch.randint(0, 256, (4, 8))
+    torch.manual_seed(0)
+    noisy = stacked.train()(ids)
+    clean = stacked.eval()(ids)
+    torch.testing.assert_close(noisy[0], clean[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(noisy[1], clean[1], atol=1e-3) and not torch.allclose(noisy[1], noisy[2], atol=1e-3)
 
 
 def test_stacked_gpts_trained_on_their_own_streams_equal_sequential_adamw():

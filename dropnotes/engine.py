@@ -383,26 +383,28 @@ class _SparseWeights(torch.autograd.Function):
     def forward(ctx, w, log_sigma2, consts):
         k1, k2, k3 = consts
         s = w * w
-        u = log_sigma2 - torch.log(s + 1e-8)
+        s_eps = s + 1e-8
+        u = log_sigma2 - torch.log(s_eps)
         la = u.clamp(-10.0, 10.0)
         e = torch.exp(la)
         w_var = e * s
         z = torch.sigmoid(la * k3 + k2)
-        kl = (0.5 * F.softplus(-la) - k1 * z).flatten(1).sum(1) + k1 * la[0].numel()
-        ctx.save_for_backward(w, s, u, la, e, w_var, z)
+        # 0.5 log(1 + 1/alpha) = -0.5 log(sigmoid(log alpha)); the sum of -0.5 (logsigmoid + 2 k1 z), plus k1 each
+        kl = torch.add(F.logsigmoid(la), z, alpha=2.0 * k1).flatten(1).sum(1) * -0.5 + k1 * la[0].numel()
+        ctx.save_for_backward(w, s_eps, u, la, e, w_var, z)
         ctx.k1k3 = k1 * k3
         return w_var, kl
 
     @staticmethod
     def backward(ctx, g_var, g_kl):
-        w, s, u, la, e, w_var, z = ctx.saved_tensors
+        w, s_eps, u, la, e, w_var, z = ctx.saved_tensors
         d_la = torch.zeros_like(la) if g_var is None else g_var * w_var  # d(alpha w^2)/d log(alpha) = alpha w^2
         if g_kl is not None:  # d KL / d log(alpha) = -(k1 k3 z (1 - z) + sigma(-log alpha) / 2)
             slope = torch.addcmul(0.5 * torch.sigmoid(-la), z, 1.0 - z, value=ctx.k1k3)
             d_la = torch.addcmul(d_la, slope, g_kl.view(-1, *(1,) * (la.dim() - 1)), value=-1.0)
-        d_u = d_la * ((u >= -10.0) & (u <= 10.0))  # the clamp passes the gradient inside its range
-        d_s = -d_u / (s + 1e-8) if g_var is None else torch.addcdiv(g_var * e, d_u, s + 1e-8, value=-1.0)
-        return 2.0 * w * d_s, d_u, None
+        d_u = d_la * (u == la)  # the clamp passes the gradient inside its range, bounds included
+        d_s = -d_u / s_eps if g_var is None else torch.addcdiv(g_var * e, d_u, s_eps, value=-1.0)
+        return torch.mul(w, d_s).mul_(2.0), d_u, None
 
 
 def _autocast_dtype(device_type: str) -> torch.dtype | None:

@@ -99,27 +99,39 @@ def _keep_mult(h: torch.Tensor, keep: torch.Tensor, generator: torch.Generator |
     return (torch.rand(h.shape, device=h.device, generator=generator) < keep) * (1.0 / keep).to(h.dtype)
 
 
+def noise_constants(p: torch.Tensor) -> torch.Tensor:
+    """(K, 3): keep = 1 - p, its reciprocal and the Gaussian noise's sigma = sqrt(p / (1 - p)), per model; what
+    :func:`unit_noise` computes from ``p`` unless given them (a group whose rates never change keeps them as a
+    buffer: three small kernels fewer per noise site and step)."""
+    keep = 1.0 - p
+    return torch.stack([keep, 1.0 / keep, (p / keep).sqrt()], dim=1)
+
+
 def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian: torch.Tensor | None = None,
                spatial: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+               mask: torch.Tensor | None = None, constants: torch.Tensor | None = None) -> torch.Tensor:
     r"""Per-model multiplicative noise on ``h``, whose axis ``model_dim`` indexes the K models.
 
     Model k multiplies each unit by :math:`m/(1-p_k)` with :math:`m \sim \mathrm{Bernoulli}(1-p_k)` (inverted
     dropout), or, where ``gaussian[k]``, by :math:`\xi \sim \mathcal{N}(1, p_k/(1-p_k))` (the same mean and
     variance, Srivastava et al. 2014, §10); where ``spatial[k]`` one Bernoulli value is shared by each
     (sample, channel), the first three axes of ``h`` being sample, model and channel in some order
-    (Tompson et al. 2015). ``mask`` replaces the draw: a boolean keep-mask, or the multiplier itself."""
+    (Tompson et al. 2015). ``mask`` replaces the draw: a boolean keep-mask, or the multiplier itself.
+    ``constants``: :func:`noise_constants` of ``p``, if kept."""
     view = [1] * h.dim()
     view[model_dim] = h.shape[model_dim]
-    keep = (1.0 - p).view(view)
+    keep, scale, sigma = (None, None, None) if constants is None else (c.view(view) for c in constants.unbind(1))
+    if keep is None:
+        keep = (1.0 - p).view(view)
+        scale = 1.0 / keep
     if mask is not None:
-        return h * mask * (1.0 / keep).to(h.dtype) if mask.dtype == torch.bool else h * mask
-    mult = _keep_mult(h, keep, generator)
+        return h * mask * scale.to(h.dtype) if mask.dtype == torch.bool else h * mask
+    mult = (torch.rand(h.shape, device=h.device, generator=generator) < keep) * scale.to(h.dtype)
     if spatial is not None:
         shared = torch.rand(h.shape[:3] + (1,) * (h.dim() - 3), device=h.device, generator=generator) < keep
-        mult = torch.where(spatial.view(view), (shared * (1.0 / keep).to(h.dtype)).expand_as(h), mult)
+        mult = torch.where(spatial.view(view), (shared * scale.to(h.dtype)).expand_as(h), mult)
     if gaussian is not None:
-        sigma = (p / (1.0 - p)).sqrt().to(h.dtype).view(view)
+        sigma = ((p / (1.0 - p)).sqrt() if sigma is None else sigma).to(h.dtype).view(view)
         xi = torch.randn(h.shape, device=h.device, generator=generator, dtype=h.dtype) * sigma + 1.0
         mult = torch.where(gaussian.view(view), xi, mult)
     return h * mult
@@ -148,6 +160,8 @@ class StackedMLP(nn.Module):
         widths.append(check_positive_int("out_features", out_features))
         self.register_buffer("p_input", _per_model("p_input", p_input, k, check=check_probability))
         self.register_buffer("p_hidden", _per_model("p_hidden", p_hidden, k, check=check_probability))
+        for site in ("input", "hidden"):  # the rates are fixed: their noise constants kept
+            self.register_buffer(f"noise_{site}", noise_constants(getattr(self, f"p_{site}")))
         kinds = _values("noise", noise, k, check=lambda n, v: check_choice(n, v, self.NOISES))
         self.noise = tuple(kinds)
         self._any_gaussian = "gaussian" in kinds
@@ -230,7 +244,8 @@ class StackedMLP(nn.Module):
         """The noise of dropout site ``site`` ("input" or "hidden"), in training only."""
         if not self.training or (mask is None and not self._sites[site]):
             return h
-        return unit_noise(h, getattr(self, f"p_{site}"), gaussian=self.gaussian if self._any_gaussian else None, generator=generator, mask=mask)
+        return unit_noise(h, getattr(self, f"p_{site}"), gaussian=self.gaussian if self._any_gaussian else None,
+                          generator=generator, mask=mask, constants=getattr(self, f"noise_{site}"))
 
     def _layer(self, i: int, h: torch.Tensor, generator, connect_mask) -> torch.Tensor:
         # (W h^T + b)^T rather than h W^T + b: the weight gradient then comes out in the weights' own layout,
@@ -479,6 +494,8 @@ class StackedCNN(nn.Module):
         self._kinds = ("spatial" in kinds, "gaussian" in kinds)
         self.register_buffer("p1", torch.tensor([float(v) for v in p1v]))
         self.register_buffer("p2", torch.tensor([float(v) for v in p2v]))
+        self.register_buffer("noise1", noise_constants(self.p1))  # the rates are fixed: their noise constants kept
+        self.register_buffer("noise2", noise_constants(self.p2))
         self.register_buffer("spatial", torch.tensor([v == "spatial" for v in kinds]))
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
         self.conv1 = nn.Parameter(torch.empty(k, c1, in_channels, 3, 3))
@@ -567,7 +584,8 @@ class StackedCNN(nn.Module):
         h5 = h.view(b, self.k, -1, height, width)  # (B, K, C, H, W): the model axis is 1
         out = unit_noise(h5, self.p1 if i == 0 else self.p2, model_dim=1, generator=generator, mask=mask,
                          spatial=self.spatial if self._kinds[0] else None,
-                         gaussian=self.gaussian if self._kinds[1] else None)
+                         gaussian=self.gaussian if self._kinds[1] else None,
+                         constants=self.noise1 if i == 0 else self.noise2)
         return out.view(h.shape)
 
     def _block(self, h: torch.Tensor, conv: torch.Tensor, i: int, noise=None) -> torch.Tensor:

@@ -89,14 +89,15 @@ def dropout_mult(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0,
     1/(1-p_k), Bernoulli(1-p_k), in ``h``'s dtype; what :func:`unit_noise` multiplies by."""
     view = [1] * h.dim()
     view[model_dim] = h.shape[model_dim]
-    return _keep_mult(h, (1.0 - p).view(view), generator)
+    keep = (1.0 - p).view(view)
+    return _keep_mult(h, keep, 1.0 / keep, generator)
 
 
-def _keep_mult(h: torch.Tensor, keep: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """The Bernoulli(keep) multiplier scaled by 1/keep, in ``h``'s dtype. ``keep`` stays in the rate's dtype
-    (float32), so that a bf16 ``h`` is dropped at the exact rate, and only the (K, 1, ...) scale is cast: the
-    full-size multiplier is written in ``h``'s dtype (under autocast a reciprocal runs in float32)."""
-    return (torch.rand(h.shape, device=h.device, generator=generator) < keep) * (1.0 / keep).to(h.dtype)
+def _keep_mult(h: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """The Bernoulli(keep) multiplier times ``scale`` (1/keep), in ``h``'s dtype. ``keep`` stays in the rate's
+    dtype (float32), so that a bf16 ``h`` is dropped at the exact rate, and only the (K, 1, ...) scale is cast:
+    the full-size multiplier is written in ``h``'s dtype."""
+    return (torch.rand(h.shape, device=h.device, generator=generator) < keep) * scale.to(h.dtype)
 
 
 def noise_constants(p: torch.Tensor) -> torch.Tensor:
@@ -126,7 +127,7 @@ def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian
         scale = 1.0 / keep
     if mask is not None:
         return h * mask * scale.to(h.dtype) if mask.dtype == torch.bool else h * mask
-    mult = (torch.rand(h.shape, device=h.device, generator=generator) < keep) * scale.to(h.dtype)
+    mult = _keep_mult(h, keep, scale, generator)
     if spatial is not None:
         shared = torch.rand(h.shape[:3] + (1,) * (h.dim() - 3), device=h.device, generator=generator) < keep
         mult = torch.where(spatial.view(view), (shared * scale.to(h.dtype)).expand_as(h), mult)
@@ -359,14 +360,18 @@ class StackedSparseMLP(nn.Module):
                 h = torch.baddbmm(b.unsqueeze(1), h, (w * (self.log_alpha(j) < self.threshold)).transpose(1, 2))
             if j < last:
                 h = torch.relu(h)
-        self._kl = (kls, [w._version for w in self.weights]) if self.training else None
+        self._kl = (kls, self._versions()) if self.training else None
         return h
+
+    def _versions(self) -> list[int]:
+        """The in-place versions of the tensors the KL terms depend on (an optimizer step changes them)."""
+        return [t._version for t in (*self.weights, *self.log_sigma2)]
 
     def penalty(self) -> torch.Tensor:
         """Each model's KL term (nats), Molchanov et al.'s approximation under the log-uniform prior: (K,).
         After a training forward of the same weights, its terms are reused (no second pass over them)."""
         kept = getattr(self, "_kl", None)
-        if kept is not None and kept[1] == [w._version for w in self.weights]:
+        if kept is not None and kept[1] == self._versions():
             self._kl = None
             return sum(kept[0])
         return sum(_SparseWeights.apply(w, s, self.kl_consts)[1] for w, s in zip(self.weights, self.log_sigma2))
@@ -1469,11 +1474,6 @@ def _norm_linear(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: tor
     w_folded = w * ln_w.unsqueeze(1)
     b_folded = torch.baddbmm(b.unsqueeze(2), w, ln_b.unsqueeze(2)).squeeze(2)
     return torch.baddbmm(b_folded.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w_folded.transpose(1, 2))
-
-
-def _layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Each model's ``nn.LayerNorm`` over the last axis of x (K, M, D), with its own (K, D) affine."""
-    return torch.addcmul(b.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w.unsqueeze(1))
 
 
 def _drop_path_mult(rate: torch.Tensor, n: int, device, generator) -> torch.Tensor | None:

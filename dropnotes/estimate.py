@@ -88,6 +88,8 @@ def _foreach_launches(name: str, args) -> int:
     position's tensors of one shape) packs the lists into multi-tensor launches; otherwise it falls back to
     one kernel per tensor."""
     lists = [a for a in args if isinstance(a, (list, tuple)) and a and isinstance(a[0], torch.Tensor)]
+    if not lists:  # empty lists: nothing to launch
+        return 0
     first = lists[0]
     fast = all(len(lst) == len(first) and all(t.shape == u.shape and t.dtype == first[0].dtype
                                                for t, u in zip(lst, first)) for lst in lists)
@@ -567,7 +569,7 @@ def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
         moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params]
         table = torch.randint(0, 256, (1000, cfg.block_size + 1))
         idx = torch.randint(0, 1000, (k, batch))
-        vec, alive = torch.full((k,), 1e-3), torch.ones(k, dtype=torch.bool)
+        vec, clip, alive = torch.full((k,), 1e-3), torch.ones(k), torch.ones(k, dtype=torch.bool)
         died, step_no = torch.full((k,), -1, dtype=torch.long), torch.zeros((), dtype=torch.long)
 
     def step():
@@ -581,7 +583,7 @@ def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
         losses.sum().backward()
         step_no.add_(1)
         _mark_dead(losses, alive, died, step_no)
-        _adam_step(params, moments, step_no, vec, alive, vec, betas=(0.9, 0.95), weight_decay=vec)
+        _adam_step(params, moments, step_no, vec, alive, clip, betas=(0.9, 0.95), weight_decay=vec)
 
     return step, group, params + _flat(moments) + [alive, died, step_no]
 

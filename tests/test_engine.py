@@ -765,14 +765,42 @@ def test_attention_dropout_runs_one_sdpa_call_per_run_of_equal_rates():
     assert engine._runs([0.0, 0.0, 0.1, 0.1, 0.0]) == ((0, 2, 0.0), (2, 4, 0.1), (4, 5, 0.0))
     stacked = engine.StackedGPT.from_models(_gpts(), max_rate=0.1)
     assert stacked.attention_runs == ((0, 3, 0.0),)
-    stacked.set_rates(p_attn=[0.0, 0.2, 0.2])
-    assert stacked.attention_runs == ((0, 1, 0.0), (1, 3, pytest.approx(0.2)))
     ids = torch.randint(0, 256, (4, 8))
-    torch.manual_seed(0)
-    noisy = stacked.train()(ids)
-    clean = stacked.eval()(ids)
-    torch.testing.assert_close(noisy[0], clean[0], rtol=1e-4, atol=1e-5)
-    assert not torch.allclose(noisy[1], clean[1], atol=1e-3) and not torch.allclose(noisy[1], noisy[2], atol=1e-3)
+    for rates, runs, quiet in (([0.0, 0.2, 0.2], [0.0, 0.2], 0), ([0.2, 0.0, 0.2], [0.2, 0.0, 0.2], 1)):
+        stacked.set_rates(p_attn=rates)  # each run's rows must go to its own models
+        assert [r[2] for r in stacked.attention_runs] == pytest.approx(runs)
+        torch.manual_seed(0)
+        noisy = stacked.train()(ids)
+        clean = stacked.eval()(ids)
+        for i in range(3):
+            if i == quiet:
+                torch.testing.assert_close(noisy[i], clean[i], rtol=1e-4, atol=1e-5)
+            else:
+                assert not torch.allclose(noisy[i], clean[i], atol=1e-3), (rates, i)
+
+
+def test_dropout_multipliers_drop_at_each_models_rate_and_scale_by_its_keep():
+    """dropout_mult (the GPT group's residual dropout): model k's multipliers are 0 with probability p_k (the
+    zero fraction within 4 binomial standard errors) and 1/(1-p_k) otherwise, in h's dtype; unit_noise with
+    kept noise constants draws exactly what it draws from p."""
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.0, 0.25, 0.5])
+    n = 40000
+    for dtype in (torch.float32, torch.bfloat16):
+        mult = engine.dropout_mult(torch.ones(3, n, 1, dtype=dtype), p, generator=g)
+        assert mult.dtype == dtype
+        for k in range(3):
+            values = set(mult[k].unique().float().tolist())
+            keep = 1.0 - float(p[k])
+            assert values <= {0.0, float(torch.tensor(1.0 / keep, dtype=dtype))}, (dtype, k, values)
+            zeros = float((mult[k] == 0).float().mean())
+            assert abs(zeros - float(p[k])) <= 4 * math.sqrt(keep * float(p[k]) / n) + 1e-12, (dtype, k, zeros)
+    h = torch.randn(3, 50, 7, generator=g)
+    gaussian = torch.tensor([False, True, False])
+    a = engine.unit_noise(h, p, gaussian=gaussian, generator=torch.Generator().manual_seed(1))
+    b = engine.unit_noise(h, p, gaussian=gaussian, generator=torch.Generator().manual_seed(1),
+                          constants=engine.noise_constants(p))
+    torch.testing.assert_close(a, b)
 
 
 def test_stacked_gpts_trained_on_their_own_streams_equal_sequential_adamw():

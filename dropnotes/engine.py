@@ -891,6 +891,14 @@ def _flat(bufs: list) -> list[torch.Tensor]:
     return [t for b in bufs for t in (b if isinstance(b, tuple) else (b,)) if t is not None]
 
 
+def _weight(k: int, out_features: int, in_features: int) -> nn.Parameter:
+    """K weight matrices (K, out, in), torch's layout, for ``x @ w.transpose(1, 2)``, stored with each model's
+    matrix column-major (the memory of a (K, in, out) tensor). The ``bmm``'s gradient for its (K, in, out)
+    operand is row-major, so it then arrives in the parameter's own strides; with row-major storage autograd
+    copies every such gradient into the parameter's layout, one more pass over the weights at each step."""
+    return nn.Parameter(torch.empty(k, in_features, out_features).transpose(1, 2))
+
+
 def _per_model_shape(p: torch.Tensor) -> tuple[int, ...]:
     """The shape that broadcasts a (K,) vector over a (K, ...) tensor."""
     return (-1,) + (1,) * (p.dim() - 1)
@@ -901,7 +909,8 @@ def _clip_factor(grads, clip: torch.Tensor | None) -> torch.Tensor | None:
     computes for one model); the norms read each gradient once. None without clipping."""
     if clip is None:
         return None
-    sq = sum(torch.linalg.vector_norm(g.flatten(1), dim=1).square() for g in grads)
+    # over each model's dims in place (flattening a weight stored column-major would copy it; see _weight)
+    sq = sum(torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim()))).square() for g in grads)
     return (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
 
 
@@ -1019,16 +1028,18 @@ class StackedLSTMLM(nn.Module):
             self.register_buffer(name, torch.tensor([getattr(LM_SCHEMES[s], site) == kind for s in self.schemes]))
         per_model = [self._uses_of(i) for i in range(k)]
         self._uses = {site: any(u[site] for u in per_model) for site in per_model[0]}  # sites some model uses
+        # the models with DropConnect on W_hh: their masks are drawn and applied to their weights only
+        self.register_buffer("wd_index", torch.tensor([i for i, u in enumerate(per_model) if u["w_hh"]], dtype=torch.long))
         d, g = dim, 4 * dim
         self.embed = nn.Parameter(torch.empty(k, vocab_size, d))
         self.w_ih, self.w_hh = nn.ParameterList(), nn.ParameterList()
         self.b_ih, self.b_hh = nn.ParameterList(), nn.ParameterList()
         for _ in range(layers):
-            self.w_ih.append(nn.Parameter(torch.empty(k, g, d)))
+            self.w_ih.append(_weight(k, g, d))  # stored for its bmm (see _weight); W_hh's gradient is _LSTMLayer's
             self.w_hh.append(nn.Parameter(torch.empty(k, g, d)))
             self.b_ih.append(nn.Parameter(torch.empty(k, g)))
             self.b_hh.append(nn.Parameter(torch.empty(k, g)))
-        self.dec_w, self.dec_b = nn.Parameter(torch.empty(k, vocab_size, d)), nn.Parameter(torch.empty(k, vocab_size))
+        self.dec_w, self.dec_b = _weight(k, vocab_size, d), nn.Parameter(torch.empty(k, vocab_size))
         self.init_range = init_range
         self.reset_parameters(seeds)
 
@@ -1085,7 +1096,9 @@ class StackedLSTMLM(nn.Module):
         out.k, out.schemes, out._uses = s, (self.schemes[i],) * s, self._uses_of(i)
         out._rates = {name: [values[i]] * s for name, values in self._rates.items()}
         for name, _ in list(out.named_buffers()):
-            setattr(out, name, getattr(self, name)[i:i + 1].expand(s).clone())
+            if name != "wd_index":
+                setattr(out, name, getattr(self, name)[i:i + 1].expand(s).clone())
+        out.wd_index = torch.arange(s if out._uses["w_hh"] else 0, device=self.wd_index.device)
         view = lambda p: p.detach()[i:i + 1].expand(s, *p.shape[1:])  # noqa: E731
         for name in ("embed", "dec_w", "dec_b"):
             delattr(out, name)
@@ -1129,7 +1142,8 @@ class StackedLSTMLM(nn.Module):
     def draw_masks(self, n: int, t: int, generator: torch.Generator | None = None, dtype=torch.float32) -> dict:
         """Every multiplier of one training window of N sequences of T steps (what :meth:`forward` draws when
         none are given): ``emb`` (K, V), ``io`` one per site (inputs of each layer, then the decoder's input),
-        ``h`` and ``w_hh`` one per layer. A site that no model uses is None."""
+        ``h`` and ``w_hh`` one per layer (``w_hh``: (len(wd_index), 4D, D), the models with DropConnect on W_hh
+        only, in the order of ``wd_index``). A site that no model uses is None."""
         dev, k, d = self.embed.device, self.k, self.dim
         emb = None
         if self._uses["emb"]:
@@ -1144,9 +1158,8 @@ class StackedLSTMLM(nn.Module):
             if not self._uses["w_hh"]:
                 w_hh.append(None)
                 continue
-            keep = (1.0 - self.p_rec).to(dtype).view(k, 1, 1)
-            drop = (torch.rand((k, 4 * d, d), device=dev, generator=generator) < keep) * (1.0 / keep)
-            w_hh.append(torch.where(self.weight_drop.view(k, 1, 1), drop, torch.ones((), dtype=drop.dtype, device=dev)))
+            keep = (1.0 - self.p_rec[self.wd_index]).to(dtype).view(-1, 1, 1)
+            w_hh.append((torch.rand((len(keep), 4 * d, d), device=dev, generator=generator) < keep) * (1.0 / keep))
         return {"emb": emb, "io": io, "h": h, "w_hh": w_hh}
 
     def forward(self, ids: torch.Tensor, state: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
@@ -1178,16 +1191,38 @@ class StackedLSTMLM(nn.Module):
 
     def _lstm(self, layer: int, x: torch.Tensor, state, masks):
         k, n, t, d = x.shape
-        w_ih, w_hh = self.w_ih[layer].to(x.dtype), self.w_hh[layer].to(x.dtype)
+        w_ih = self.w_ih[layer].to(x.dtype)
         bias = (self.b_ih[layer] + self.b_hh[layer]).to(x.dtype).unsqueeze(1)
-        if masks is not None and masks["w_hh"][layer] is not None:
-            w_hh = w_hh * masks["w_hh"][layer]  # DropConnect on W_hh, one mask per window
         h_mask = masks["h"][layer] if masks is not None else None
         gates_x = torch.baddbmm(bias, x.flatten(1, 2), w_ih.transpose(1, 2)).view(k, n, t, 4 * d)
         h, c = state if state is not None else (x.new_zeros(k, n, d), x.new_zeros(k, n, d))
-        w_hh = w_hh.to(gates_x.dtype)  # under autocast: cast once per window, not at every step
+        w_hh = self.w_hh[layer].to(gates_x.dtype)  # under autocast: cast once per window, not at every step
+        if masks is not None and masks["w_hh"][layer] is not None:  # DropConnect on W_hh, one mask per window,
+            w_hh = _ScaledRows.apply(w_hh, self.wd_index, masks["w_hh"][layer])  # on the models that use it
         out, h, c = _LSTMLayer.apply(gates_x, h, c, w_hh, h_mask, torch.is_grad_enabled())
         return out, (h, c)
+
+
+class _ScaledRows(torch.autograd.Function):
+    """``w`` (K, ...) with the models ``index`` multiplied elementwise by ``mult`` (len(index), ...), in fp32
+    and rounded once to ``w``'s dtype; the other models unchanged (DropConnect on some models of a group).
+    The map is linear and its own adjoint, so the backward applies it to the gradient: one pass over the
+    (K, ...) tensor each way, where autograd's index_select and index_copy would add a second gradient of
+    W's full size and sum the two."""
+
+    @staticmethod
+    def forward(ctx, w, index, mult):
+        ctx.save_for_backward(index, mult)
+        return _ScaledRows.scale(w, index, mult)
+
+    @staticmethod
+    def backward(ctx, g):
+        index, mult = ctx.saved_tensors
+        return _ScaledRows.scale(g, index, mult), None, None
+
+    @staticmethod
+    def scale(t: torch.Tensor, index: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
+        return t.index_copy(0, index, (t.index_select(0, index).float() * mult).to(t.dtype))
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -1203,58 +1238,67 @@ class _LSTMLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates_x, h, c, w, h_mask, save=True):
-        t_len, d = gates_x.shape[2], h.shape[-1]
+        k, n, t_len, d = *gates_x.shape[:3], h.shape[-1]
         w_t = w.transpose(1, 2)
-        outs, acts, us, tcs, hms = [], [], [], [], []
+        dev, g_dtype = w.device, torch.result_type(gates_x, w)  # the dtype the baddbmm returns
+        u_dtype = torch.promote_types(g_dtype, c.dtype)
+        # what the backward reads, written in place step by step (no per-step copies, no stacking): every
+        # step's gates, [tanh g, c_{t-1}, i] (what d c multiplies into d i, d f, d tanh g), tanh c and the masked
+        # h_{t-1} that met W_hh (in W's dtype: the product and the cast are one kernel)
+        out = torch.empty(k, n, t_len, d, dtype=torch.promote_types(g_dtype, c.dtype), device=dev)
+        if save:
+            acts = torch.empty(k, n, t_len, 4 * d, dtype=g_dtype, device=dev)
+            us = torch.empty(k, n, t_len, 3 * d, dtype=u_dtype, device=dev)
+            tcs = torch.empty(k, n, t_len, d, dtype=u_dtype, device=dev)
+            hms = torch.empty(k, n, t_len, d, dtype=w.dtype, device=dev)
+            us[:, :, 0, d:2 * d].copy_(c)
         for step in range(t_len):
-            hm = h if h_mask is None else h * h_mask[:, :, min(step, h_mask.shape[2] - 1)]
-            hm = hm.to(w.dtype)
+            m = None if h_mask is None else h_mask[:, :, min(step, h_mask.shape[2] - 1)]
+            if save:
+                hm = hms[:, :, step]
+                torch.mul(h, m, out=hm) if m is not None else hm.copy_(h)
+            else:
+                hm = (h if m is None else h * m).to(w.dtype)
             g = torch.baddbmm(gates_x[:, :, step], hm, w_t)
-            a = torch.sigmoid(g)  # the i, f and o gates (the g slot is not used)
-            tg = torch.tanh(g[..., 2 * d:3 * d])
-            c_new = torch.addcmul(a[..., d:2 * d] * c, a[..., :d], tg)
-            tc = torch.tanh(c_new)
-            h = a[..., 3 * d:] * tc
-            if save:  # (not in evaluation)
-                acts.append(a)
-                us.append(torch.cat([tg, c, a[..., :d]], dim=-1))  # what d c multiplies into d i, d f, d tanh(g)
-                tcs.append(tc)
-                hms.append(hm)
-            outs.append(h)
-            c = c_new
-        ctx.saved = (acts, us, tcs, hms)
-        ctx.save_for_backward(w, h_mask)
+            a = torch.sigmoid(g, out=acts[:, :, step]) if save else torch.sigmoid(g)  # i, f, o (the g slot unused)
+            tg = torch.tanh(g[..., 2 * d:3 * d], out=us[:, :, step, :d]) if save else torch.tanh(g[..., 2 * d:3 * d])
+            nxt = us[:, :, step + 1, d:2 * d] if save and step + 1 < t_len else None  # c_t, read by the next step
+            c = torch.addcmul(a[..., d:2 * d] * c, a[..., :d], tg, out=nxt)
+            if save:
+                us[:, :, step, 2 * d:].copy_(a[..., :d])
+            tc = torch.tanh(c, out=tcs[:, :, step]) if save else torch.tanh(c)
+            h = torch.mul(a[..., 3 * d:], tc, out=out[:, :, step])
+        if save:
+            ctx.save_for_backward(w, h_mask, acts, us, tcs, hms)
         ctx.dtypes = (gates_x.dtype, h.dtype, c.dtype)
-        return torch.stack(outs, dim=2), h, c
+        return out, h.clone(), c.clone() if c._base is not None else c
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):
-        acts, us, tcs, hms = ctx.saved
-        w, h_mask = ctx.saved_tensors
+        w, h_mask, acts, us, tcs, hms = ctx.saved_tensors
         gx_dtype, h_dtype, c_dtype = ctx.dtypes
-        d = w.shape[-1]
+        k, n, t_len, d = tcs.shape
+        one = torch.ones((), dtype=acts.dtype, device=w.device)
+        # the nonlinearities' derivatives need no recurrence: once for the whole window, not once per step.
+        # sigmoid' = a (1 - a) for i, f, o; tanh' = 1 - tanh^2 for the g slot and for c
+        deriv = torch.addcmul(acts, acts, acts, value=-1)
+        torch.addcmul(one, us[..., :d], us[..., :d], value=-1, out=deriv[..., 2 * d:3 * d])
+        dtanh_c = torch.addcmul(one, tcs, tcs, value=-1)
+        d_gates = torch.empty_like(acts)  # (K, N, T, 4D), filled step by step
         dh, dc = d_h, d_c
-        one = torch.ones((), dtype=acts[0].dtype, device=w.device)
-        d_gates = [None] * len(acts)
-        for step in range(len(acts) - 1, -1, -1):  # few kernels per step: the loop is launch-bound on a GPU
-            a, u, tc = acts[step], us[step], tcs[step]
-            k, n, _ = a.shape
+        for step in range(t_len - 1, -1, -1):  # few kernels per step: the loop is launch-bound on a GPU
+            a, tc = acts[:, :, step], tcs[:, :, step]
             dht = d_out[:, :, step] + dh
-            dc = torch.addcmul(dc, dht * a[..., 3 * d:], torch.addcmul(one, tc, tc, value=-1))  # tanh'(c)
-            ds = torch.empty_like(a)  # d i, d f, d tanh(g), d o, each before its nonlinearity's derivative
-            torch.mul(u.view(k, n, 3, d), dc.unsqueeze(2), out=ds[..., :3 * d].view(k, n, 3, d))
+            dc = torch.addcmul(dc, dht * a[..., 3 * d:], dtanh_c[:, :, step])
+            ds = d_gates[:, :, step]  # d i, d f, d tanh(g), d o, each before its nonlinearity's derivative
+            torch.mul(us[:, :, step].view(k, n, 3, d), dc.unsqueeze(2), out=ds[..., :3 * d].view(k, n, 3, d))
             torch.mul(dht, tc, out=ds[..., 3 * d:])
-            deriv = torch.addcmul(a, a, a, value=-1)  # sigmoid' = a (1 - a); the g slot gets tanh' = 1 - tanh(g)^2
-            torch.addcmul(one, u[..., :d], u[..., :d], value=-1, out=deriv[..., 2 * d:3 * d])
-            dg = ds.mul_(deriv)
-            d_gates[step] = dg
+            dg = ds.mul_(deriv[:, :, step])
             dc = dc * a[..., d:2 * d]
             dhm = torch.bmm(dg.to(w.dtype), w)
             dh = dhm if h_mask is None else dhm * h_mask[:, :, min(step, h_mask.shape[2] - 1)]
-        dg_all = torch.stack(d_gates, dim=2)  # (K, N, T, 4D)
-        hm_all = torch.stack(hms, dim=2)
-        dw = torch.bmm(dg_all.flatten(1, 2).transpose(1, 2).to(w.dtype), hm_all.flatten(1, 2))
-        return dg_all.to(gx_dtype), dh.to(h_dtype), dc.to(c_dtype), dw, None, None
+        dw = torch.bmm(d_gates.flatten(1, 2).transpose(1, 2).to(w.dtype), hms.flatten(1, 2))
+        return d_gates.to(gx_dtype), dh.to(h_dtype), dc.to(c_dtype), dw, None, None
 
 
 def lm_windows(tokens: torch.Tensor, batch_size: int, seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -1497,8 +1541,10 @@ class _StackedTransformer(nn.Module):
                   "proj_b": (d,), "ln2_w": (d,), "ln2_b": (d,), "fc1_w": (4 * d, d), "fc1_b": (4 * d,),
                   "fc2_w": (d, 4 * d), "fc2_b": (d,)}
         for j in range(depth):
-            for name in _BLOCK_TENSORS:
-                self.register_parameter(f"b{j}_{name}", nn.Parameter(torch.empty(k, *shapes[name])))
+            for name in _BLOCK_TENSORS:  # the linear layers' weights stored for their bmm (see _weight)
+                shape = shapes[name]
+                self.register_parameter(f"b{j}_{name}", _weight(k, *shape) if len(shape) == 2 else
+                                        nn.Parameter(torch.empty(k, *shape)))
 
     def _single(self) -> nn.Module:
         """One standalone model of the group's shape (its own initialisation)."""
@@ -1591,7 +1637,8 @@ class StackedViT(_StackedTransformer):
         d, e = dim, channels * patch * patch
         for name, shape in {"embed_w": (d, e), "embed_b": (d,), "pos": (self.tokens, d), "norm_w": (d,),
                             "norm_b": (d,), "head_w": (classes, d), "head_b": (classes,)}.items():
-            self.register_parameter(name, nn.Parameter(torch.empty(k, *shape)))
+            linear = name in ("embed_w", "head_w")  # stored for their bmm (see _weight)
+            self.register_parameter(name, _weight(k, *shape) if linear else nn.Parameter(torch.empty(k, *shape)))
         self._add_blocks(k, depth, d)
         self.reset_parameters(seeds)
 

@@ -113,6 +113,9 @@ def _tensors(tree):
 
 _GATHERS = {"index", "index_select", "gather", "embedding"}  # read only the rows they return
 _SCATTERS = {"index_copy_", "index_put_", "index_add_", "index_fill_"}  # in place: touch only the rows they write
+# Write their output without reading their first argument (a template of shape and dtype, or the destination).
+_WRITE_ONLY = {"new_zeros", "new_ones", "new_full", "new_empty", "zeros_like", "ones_like", "full_like", "rand_like",
+               "randn_like", "fill_", "zero_", "uniform_", "normal_", "copy_"}
 
 
 def _moved_bytes(name: str, args, kwargs: dict, out) -> int:
@@ -127,6 +130,8 @@ def _moved_bytes(name: str, args, kwargs: dict, out) -> int:
         return 2 * sum(size(t) for t in _tensors(args[1:]))
     if name in _GATHERS:
         read = written + sum(size(t) for t in _tensors(args[1:]))
+    elif name in _WRITE_ONLY:  # copy_ reads its source (args[1]); the others read nothing
+        read = sum(size(t) for t in _tensors((args[1:], kwargs)))
     else:
         read = sum(size(t) for t in _tensors((args, kwargs)))
     return read + written

@@ -320,6 +320,7 @@ def test_stacked_lm_in_training_is_each_lstmlm_with_the_same_masks():
     logits, _ = group(ids, masks=masks)
     sum(F.cross_entropy(logits[i].flatten(0, 1), y.flatten()) for i in range(len(lms))).backward()
     for i, lm in enumerate(lms):
+        dropped = []  # (layer, the masked copy of the layer, its mask) of a weight-drop model
         x = lm.embed(ids)
         if masks["emb"] is not None:
             x = x * masks["emb"][i][ids].unsqueeze(-1)
@@ -329,8 +330,10 @@ def test_stacked_lm_in_training_is_each_lstmlm_with_the_same_masks():
             if masks["w_hh"][layer] is not None and bool(group.weight_drop[i]):
                 lstm = torch.nn.LSTM(8, 8, batch_first=True)
                 lstm.load_state_dict(lm.lstms[layer].state_dict())
-                with torch.no_grad():
-                    lstm.weight_hh_l0.mul_(masks["w_hh"][layer][i])
+                with torch.no_grad():  # the masks of the weight-drop models only, in wd_index's order
+                    mask = masks["w_hh"][layer][group.wd_index.tolist().index(i)]
+                    lstm.weight_hh_l0.mul_(mask)
+                dropped.append((layer, lstm, mask))
             x, _ = lstm_loop(x, lstm, None, None if masks["h"][layer] is None else masks["h"][layer][i])
         if masks["io"][-1] is not None:
             x = x * masks["io"][-1][i]
@@ -340,9 +343,11 @@ def test_stacked_lm_in_training_is_each_lstmlm_with_the_same_masks():
         torch.testing.assert_close(group.dec_w.grad[i], lm.decoder.weight.grad, rtol=1e-4, atol=1e-6)
         if not bool(group.weight_drop[i]):
             torch.testing.assert_close(group.w_hh[0].grad[i], lm.lstms[0].weight_hh_l0.grad, rtol=1e-4, atol=1e-6)
+        for layer, lstm, mask in dropped:  # d loss / d W_hh = d loss / d (W_hh * mask) * mask
+            torch.testing.assert_close(group.w_hh[layer].grad[i], lstm.weight_hh_l0.grad * mask, rtol=1e-4, atol=1e-6)
     assert masks["h"][0][0].eq(1).all() and masks["h"][0][1].eq(1).all()  # none, naive: no mask on h_{t-1}
-    assert not masks["w_hh"][0][_index("variational")].ne(1).any()  # only weight-drop's W_hh
-    assert masks["w_hh"][0][_index("weight-drop")].ne(1).any()
+    assert group.wd_index.tolist() == [_index("weight-drop")]  # only weight-drop's W_hh is masked
+    assert masks["w_hh"][0].shape == (1, 32, 8) and masks["w_hh"][0].ne(1).any()
 
 
 def test_a_tied_h_mask_is_an_lstm_with_masked_w_hh_columns():

@@ -298,8 +298,8 @@ class StackedSparseMLP(nn.Module):
         self.kl_consts = (SparseVariationalLinear.K1, SparseVariationalLinear.K2, SparseVariationalLinear.K3)
         self.weights, self.log_sigma2, self.biases = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         for a, b in zip(self.widths[:-1], self.widths[1:]):
-            self.weights.append(nn.Parameter(torch.empty(k, b, a)))
-            self.log_sigma2.append(nn.Parameter(torch.empty(k, b, a)))
+            self.weights.append(_weight(k, b, a))  # both stored for the bmms (see _weight)
+            self.log_sigma2.append(_weight(k, b, a))
             self.biases.append(nn.Parameter(torch.empty(k, b)))
         self.reset_parameters(seeds)
 
@@ -410,7 +410,7 @@ class _SparseWeights(torch.autograd.Function):
         w_var = e * s
         z = torch.sigmoid(la * k3 + k2)
         # 0.5 log(1 + 1/alpha) = -0.5 log(sigmoid(log alpha)); the sum of -0.5 (logsigmoid + 2 k1 z), plus k1 each
-        kl = torch.add(F.logsigmoid(la), z, alpha=2.0 * k1).flatten(1).sum(1) * -0.5 + k1 * la[0].numel()
+        kl = torch.add(F.logsigmoid(la), z, alpha=2.0 * k1).sum(tuple(range(1, la.dim()))) * -0.5 + k1 * la[0].numel()
         ctx.save_for_backward(w, s_eps, u, la, e, w_var, z)
         ctx.k1k3 = k1 * k3
         return w_var, kl

@@ -910,6 +910,7 @@ def _clip_factor(grads, clip: torch.Tensor | None) -> torch.Tensor | None:
     if clip is None:
         return None
     # over each model's dims in place (flattening a weight stored column-major would copy it; see _weight)
+    grads = [g if g.dim() > 1 else g.unsqueeze(1) for g in grads]  # a (K,) parameter: K norms, not one
     sq = sum(torch.linalg.vector_norm(g, dim=tuple(range(1, g.dim()))).square() for g in grads)
     return (clip / (sq.sqrt() + 1e-6)).clamp(max=1.0)
 
@@ -1029,7 +1030,8 @@ class StackedLSTMLM(nn.Module):
         per_model = [self._uses_of(i) for i in range(k)]
         self._uses = {site: any(u[site] for u in per_model) for site in per_model[0]}  # sites some model uses
         # the models with DropConnect on W_hh: their masks are drawn and applied to their weights only
-        self.register_buffer("wd_index", torch.tensor([i for i, u in enumerate(per_model) if u["w_hh"]], dtype=torch.long))
+        self.register_buffer("wd_index", torch.tensor([i for i, u in enumerate(per_model) if u["w_hh"]], dtype=torch.long),
+                             persistent=False)  # follows from the schemes: not part of the state
         d, g = dim, 4 * dim
         self.embed = nn.Parameter(torch.empty(k, vocab_size, d))
         self.w_ih, self.w_hh = nn.ParameterList(), nn.ParameterList()
@@ -1196,33 +1198,35 @@ class StackedLSTMLM(nn.Module):
         h_mask = masks["h"][layer] if masks is not None else None
         gates_x = torch.baddbmm(bias, x.flatten(1, 2), w_ih.transpose(1, 2)).view(k, n, t, 4 * d)
         h, c = state if state is not None else (x.new_zeros(k, n, d), x.new_zeros(k, n, d))
-        w_hh = self.w_hh[layer].to(gates_x.dtype)  # under autocast: cast once per window, not at every step
-        if masks is not None and masks["w_hh"][layer] is not None:  # DropConnect on W_hh, one mask per window,
-            w_hh = _ScaledRows.apply(w_hh, self.wd_index, masks["w_hh"][layer])  # on the models that use it
+        # under autocast W_hh is cast once per window, not at every step; DropConnect on W_hh (one mask per
+        # window) scales the weights of the models that use it, before the cast
+        if masks is not None and masks["w_hh"][layer] is not None:
+            w_hh = _ScaledRowsCast.apply(self.w_hh[layer], gates_x.dtype, self.wd_index, masks["w_hh"][layer])
+        else:
+            w_hh = self.w_hh[layer].to(gates_x.dtype)
         out, h, c = _LSTMLayer.apply(gates_x, h, c, w_hh, h_mask, torch.is_grad_enabled())
         return out, (h, c)
 
 
-class _ScaledRows(torch.autograd.Function):
-    """``w`` (K, ...) with the models ``index`` multiplied elementwise by ``mult`` (len(index), ...), in fp32
-    and rounded once to ``w``'s dtype; the other models unchanged (DropConnect on some models of a group).
-    The map is linear and its own adjoint, so the backward applies it to the gradient: one pass over the
-    (K, ...) tensor each way, where autograd's index_select and index_copy would add a second gradient of
+class _ScaledRowsCast(torch.autograd.Function):
+    """``w`` (K, ...) cast to ``dtype``, with the models ``index`` first multiplied elementwise by ``mult``
+    (len(index), ...): DropConnect on some models of a group, the product in ``w``'s dtype and rounded once.
+    The scaling is diagonal, so the backward casts the gradient back and scales the same rows: one pass over
+    the (K, ...) tensor each way, where autograd's index_select and index_copy would add a second gradient of
     W's full size and sum the two."""
 
     @staticmethod
-    def forward(ctx, w, index, mult):
+    def forward(ctx, w, dtype, index, mult):
         ctx.save_for_backward(index, mult)
-        return _ScaledRows.scale(w, index, mult)
+        ctx.w_dtype = w.dtype
+        out = w.to(dtype, copy=True)
+        return out.index_copy_(0, index, (w.index_select(0, index) * mult).to(dtype))
 
     @staticmethod
     def backward(ctx, g):
         index, mult = ctx.saved_tensors
-        return _ScaledRows.scale(g, index, mult), None, None
-
-    @staticmethod
-    def scale(t: torch.Tensor, index: torch.Tensor, mult: torch.Tensor) -> torch.Tensor:
-        return t.index_copy(0, index, (t.index_select(0, index).float() * mult).to(t.dtype))
+        gw = g.to(ctx.w_dtype, copy=True)
+        return gw.index_copy_(0, index, gw.index_select(0, index) * mult), None, None, None
 
 
 class _LSTMLayer(torch.autograd.Function):
@@ -1516,7 +1520,7 @@ def _norm_linear(x: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor, w: tor
     function, with one pass fewer over the (K, M, D) activations forward and backward (the products with
     the weights are (K, out, D), a small fraction of them); gradients reach gamma and beta through the fold."""
     w_folded = w * ln_w.unsqueeze(1)
-    b_folded = torch.baddbmm(b.unsqueeze(2), w, ln_b.unsqueeze(2)).squeeze(2)
+    b_folded = torch.baddbmm(b.unsqueeze(1), ln_b.unsqueeze(1), w.transpose(1, 2)).squeeze(1)  # w's gradient column-major
     return torch.baddbmm(b_folded.unsqueeze(1), F.layer_norm(x, x.shape[-1:]), w_folded.transpose(1, 2))
 
 

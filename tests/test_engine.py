@@ -834,3 +834,32 @@ def test_stacked_gpts_trained_on_their_own_streams_equal_sequential_adamw():
         ref, _ = train.lm_window_losses(net, valid, 3, 8)
         torch.testing.assert_close(fit["windows"][4][i], ref, rtol=1e-4, atol=1e-5)
     assert sorted(fit["windows"]) == [2, 4] and len(fit["history"]) == 6 and fit["died_at_step"] == [-1, -1, -1]
+
+
+def test_dropconnect_rows_scale_before_the_cast_and_backward_is_the_gradient():
+    """W_hh's DropConnect on some models of a group: the masked models' weights are the fp32 product rounded
+    once to bf16 (as masking then casting), the others the plain cast; the written-out backward is the
+    gradient (fp64 gradcheck)."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(4, 6, 3, generator=gen)
+    index = torch.tensor([1, 3])
+    mult = (torch.rand(2, 6, 3, generator=gen) < 0.7) / 0.7
+    out = engine._ScaledRowsCast.apply(w, torch.bfloat16, index, mult)
+    ref = w.clone()
+    ref[index] = w[index] * mult
+    assert torch.equal(out, ref.to(torch.bfloat16))
+    w64 = w.double().requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: engine._ScaledRowsCast.apply(t, torch.float64, index, mult.double()), (w64,))
+
+
+def test_clipping_factor_is_per_model_for_every_shape():
+    """Each model's clipping factor over its own gradients, whatever their dims (a (K,) bias, a weight stored
+    column-major), as clip_grad_norm_ computes it for that model alone."""
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(3, generator=gen), engine._weight(3, 5, 4).data.normal_(generator=gen),
+             torch.randn(3, 2, 2, 2, generator=gen)]
+    clip = torch.tensor([0.5, 100.0, 1.0])
+    factor = engine._clip_factor(grads, clip)
+    for k in range(3):
+        norm = torch.linalg.vector_norm(torch.cat([g[k].reshape(-1) for g in grads]))
+        torch.testing.assert_close(factor[k], (clip[k] / (norm + 1e-6)).clamp(max=1.0))

@@ -1249,7 +1249,7 @@ class _LSTMLayer(torch.autograd.Function):
         # what the backward reads, written in place step by step (no per-step copies, no stacking): every
         # step's gates, [tanh g, c_{t-1}, i] (what d c multiplies into d i, d f, d tanh g), tanh c and the masked
         # h_{t-1} that met W_hh (in W's dtype: the product and the cast are one kernel)
-        out = torch.empty(k, n, t_len, d, dtype=torch.promote_types(g_dtype, c.dtype), device=dev)
+        out = torch.empty(k, n, t_len, d, dtype=u_dtype, device=dev)
         if save:
             acts = torch.empty(k, n, t_len, 4 * d, dtype=g_dtype, device=dev)
             us = torch.empty(k, n, t_len, 3 * d, dtype=u_dtype, device=dev)
@@ -1275,7 +1275,7 @@ class _LSTMLayer(torch.autograd.Function):
         if save:
             ctx.save_for_backward(w, h_mask, acts, us, tcs, hms)
         ctx.dtypes = (gates_x.dtype, h.dtype, c.dtype)
-        return out, h.clone(), c.clone() if c._base is not None else c
+        return out, h.clone(), c  # h is a view of out; the last step's c is its own tensor
 
     @staticmethod
     def backward(ctx, d_out, d_h, d_c):

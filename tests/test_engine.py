@@ -863,3 +863,45 @@ def test_clipping_factor_is_per_model_for_every_shape():
     for k in range(3):
         norm = torch.linalg.vector_norm(torch.cat([g[k].reshape(-1) for g in grads]))
         torch.testing.assert_close(factor[k], (clip[k] / (norm + 1e-6)).clamp(max=1.0))
+
+
+def _weight_sized_copies(model: torch.nn.Module, run) -> list[tuple]:
+    """The copies (``copy_``, ``clone``) of a column-major weight's shape that ``run`` launches on the meta
+    device: a gradient that autograd moves into its parameter's layout shows up as one."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = {tuple(p.shape) for p in model.parameters() if p.dim() > 2 and not p.is_contiguous()}
+    seen = []
+
+    class Copies(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = func.overloadpacket.__name__
+            if name in ("copy_", "clone") and tuple(args[0].shape) in shapes:
+                seen.append((name, tuple(args[0].shape)))
+            return func(*args, **(kwargs or {}))
+
+    with Copies():
+        run()
+    return seen
+
+
+def test_weight_gradients_arrive_in_their_parameters_layout():
+    """The batched groups' matmul weights are stored column-major (engine._weight), and one training step
+    copies none of their gradients into place; it fails when a weight is stored row-major again, or when a
+    product gives its weight's gradient in the other layout (as the layer-norm fold's bias term once did)."""
+    with torch.device("meta"):
+        groups = [
+            (engine.StackedLSTMLM(3, 50, 16, 2, scheme=["none", "variational", "weight-drop"], p_io=0.3, p_rec=0.2,
+                                  p_emb=0.1), lambda m: m(torch.zeros(4, 7, dtype=torch.long))[0], ["w_ih.0", "dec_w"]),
+            (engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, rates=0.1),
+             lambda m: m(torch.zeros(3, 3, 8, 8)), ["embed_w", "head_w", "b1_qkv_w", "b1_fc1_w", "b1_fc2_w"]),
+            (engine.StackedGPT(2, vocab_size=30, block_size=8, dim=16, layers=2, heads=2),
+             lambda m: m(torch.zeros(2, 8, dtype=torch.long)), ["b0_qkv_w", "b0_proj_w", "b0_fc1_w"]),
+            (engine.StackedSparseMLP(2, 20, (12, 8), 5), lambda m: m(torch.zeros(4, 20)),
+             ["weights.0", "log_sigma2.1"]),
+        ]
+        for model, forward, column_major in groups:
+            params = dict(model.named_parameters())
+            assert all(not params[name].is_contiguous() for name in column_major), type(model)
+            model.train()
+            assert _weight_sized_copies(model, lambda: forward(model).float().sum().backward()) == [], type(model)

@@ -46,6 +46,13 @@ def test_bytes_count_each_distinct_element_once():
         with estimate.KernelCounter() as k:
             big[rows]  # a gather reads the rows it returns, not its source
         assert k.bytes == 2 * 4 * 10 * 100 + 8 * 10
+        dst = torch.empty(1000, 100)
+        with estimate.KernelCounter() as k:
+            dst.copy_(a)  # reads its source, writes its destination (which it does not read)
+        assert k.bytes == 2 * 4 * 1000 * 100
+        with estimate.KernelCounter() as k:
+            a.new_zeros(1000, 100), torch.zeros_like(a)  # write only: the template is not read
+        assert k.bytes == 2 * 4 * 1000 * 100
 
 
 def test_a_memory_bound_group_is_timed_by_its_bytes():

@@ -70,6 +70,16 @@ def copy_bandwidth(device: torch.device, numel: int, min_run_time: float = 0.2) 
     return 2 * x.numel() * x.element_size() / m
 
 
+def matmul_rate(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, n: int = 2048,
+                min_run_time: float = 0.5) -> float:
+    """Achieved FLOP/s of one ``n x n @ n x n`` product in ``dtype`` on ``device``: the large-matrix rate that a
+    chapter's achieved training FLOP/s is reported against (measured in the same run, on the same machine)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    t = benchmark.Timer("a @ b", globals={"a": a, "b": b})
+    return 2 * n**3 / t.blocked_autorange(min_run_time=min_run_time).median
+
+
 def peak_bandwidth(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None

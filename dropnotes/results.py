@@ -109,12 +109,25 @@ def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float,
         "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
         "python": platform.python_version(),
         "device": device_name(device),
+        "cpu": cpu_model(),
+        "threads": torch.get_num_threads(),
         "seeds": list(seeds),
         "wall_time_s": round(float(wall_time_s), 2),
         "dataset": dataset,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         **extra,
     }
+
+
+def cpu_model() -> str:
+    """The host CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -2,7 +2,10 @@
 
 Every chapter takes a ``profile``:
 
-* ``quick`` — a 2-core CPU in a few minutes (CI and the offline book build);
+* ``smoke`` — seconds: the quick code path at the smallest sizes (does the environment work?);
+* ``quick`` — a 2-core CPU in a few minutes (CI and the offline book build); a pipeline check;
+* ``laptop`` — the evidence one 2-core CPU can give: converged, >= 3 seeds, <= 45 minutes a chapter,
+  run in the background and stored as ``results/<chapter>/laptop.json``;
 * ``full``  — one GPU, the paper-scale reproduction;
 * ``auto``  — ``full`` when CUDA is present, else ``quick``.  The environment
   variable ``DROPNOTES_PROFILE`` overrides ``auto`` (CI sets ``quick``).
@@ -20,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-PROFILES = ("smoke", "quick", "full", "auto")
-RUN_PROFILES = ("smoke", "quick", "full")  # what "auto" resolves to; "smoke" only when asked for
+PROFILES = ("smoke", "quick", "laptop", "full", "auto")
+RUN_PROFILES = ("smoke", "quick", "laptop", "full")  # what runs; "auto" resolves to quick or full
+EVIDENCE_PROFILES = ("laptop", "full")  # the profiles whose stored runs count as evidence (by their scale)
 # "smoke": the quick profile's code path at the smallest sizes, seconds per chapter ("does my environment
 # work?", and what nbval checks in CI); its verdicts are labelled as such and never reach the scorecard.
 DEVICES = ("auto", "cuda", "mps", "cpu")
@@ -162,6 +166,9 @@ def profile_config(profile: str, defaults: dict[str, dict], device: "torch.devic
     """Resolve ``profile`` (for ``device``) and return it with a copy of its defaults, where every override
     that is not None replaces the default after being checked as a positive integer (a chapter's size knobs)."""
     resolved = resolve_profile(profile, device)
+    if resolved not in defaults:
+        raise ValueError(f"profile={resolved!r} is not defined for this chapter; choose one of "
+                         f"{', '.join(map(repr, [*defaults, 'auto']))}")
     config = dict(defaults[resolved])
     for name, value in overrides.items():
         if value is not None:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from dropnotes.runtime import RUN_PROFILES
 
 ENGINES = ("local", "slurm", "submitit-local", "submitit-debug")
 TEMP_PATTERNS = (".quick-*.json", ".full-*.json", ".ckpt-*", ".probe-*", ".*.tmp")
@@ -82,8 +83,8 @@ class Run:
         return self.path / "results"
 
     def result_files(self) -> list[Path]:
-        """The stored results (``smoke.json``, ``quick.json``, ``full.json``); never the temporary files of a save."""
-        return [p for p in (self.results_dir / self.chapter / f"{prof}.json" for prof in ("smoke", "quick", "full"))
+        """The stored results (``smoke.json`` ... ``full.json``); never the temporary files of a save."""
+        return [p for p in (self.results_dir / self.chapter / f"{prof}.json" for prof in RUN_PROFILES)
                 if p.is_file()]
 
     def result(self) -> dict | None:

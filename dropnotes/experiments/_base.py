@@ -315,8 +315,9 @@ class DeviceKnob(Knob):
         return "one of " + ", ".join(map(repr, DEVICES)) + " or 'cuda:N'"
 
 
-PROFILE = Knob("profile", "str", "auto", '"smoke" (seconds: does the environment work?), "quick" (2-core CPU), '
-               '"full" (one GPU, paper scale), "auto" (full when the chosen device is a GPU)', choices=PROFILES)
+PROFILE = Knob("profile", "str", "auto", '"smoke" (seconds: does the environment work?), "quick" (2-core CPU, '
+               'minutes: a pipeline check), "laptop" (2-core CPU, <= 45 min: converged, >= 3 seeds), "full" (one GPU, '
+               'the papers\' scale), "auto" (full when the chosen device is a GPU, else quick)', choices=PROFILES)
 DEVICE = DeviceKnob("device", "str", "auto", '"auto", "cuda", "cuda:N", "mps" or "cpu"')
 SEED = Knob("seed", "int", 0, "seed block: seeds seed*n_seeds ... seed*n_seeds + n_seeds - 1 are used", low=0, high=SEED_MAX)
 

@@ -3,8 +3,8 @@
 * Every notebook page's download button serves the notebook *as executed for this build*, with its outputs:
   at the end of the build, myst-nb's executed copy (``_build/jupyter_execute/<page>.ipynb``) replaces the
   source copy (``_build/html/_sources/<page>.ipynb``) that the button links to.
-* Each chapter's stored full result is published beside the pages (``_build/html/results/<chapter>/full.json``),
-  for the chapter's download link (:func:`dropnotes.page.run_box`).
+* Each chapter's stored evidence results are published beside the pages (``_build/html/results/<chapter>/``
+  ``laptop.json`` and ``full.json``), for the chapter's download links (:func:`dropnotes.page.run_box`).
 * The book's stylesheet (``dropnotes/static/dropnotes.css``): tables that scroll inside their container with
   their key column in view.
 """
@@ -36,12 +36,16 @@ def publish(outdir: Path) -> dict[str, list[str]]:
             shutil.copyfile(nb, target)
             done["notebooks"].append(str(rel))
     for chapter in CHAPTERS:
-        src = REPO_RESULTS / chapter / "full.json"
-        if src.is_file():
-            target = outdir / "results" / chapter / "full.json"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, target)
-            done["results"].append(chapter)
+        for name in ("laptop.json", "full.json"):
+            src = REPO_RESULTS / chapter / name
+            if src.is_file():
+                target = outdir / "results" / chapter / name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, target)
+                if name == "full.json":
+                    done["results"].append(chapter)
+                else:
+                    done.setdefault("laptop", []).append(chapter)
     return done
 
 

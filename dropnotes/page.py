@@ -117,7 +117,7 @@ def show(frame: pd.DataFrame, caption: str, *, places: dict[str, int] | None = N
 
 # ------------------------------------------------------------------ provenance and the run box
 
-FIELDS = (("device", "device"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("python", "Python"),
+FIELDS = (("device", "device"), ("cpu", "CPU"), ("threads", "threads"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("python", "Python"),
           ("commit", "commit"), ("source_sha256", "source digest (SHA-256 of the package)"), ("seeds", "seeds"),
           ("wall_time_s", "wall time (s)"), ("dataset", "dataset"), ("created", "created"),
           ("protocol", "protocol version"))
@@ -159,9 +159,11 @@ def provenance_rows(record: dict | None) -> dict[str, str]:
     return rows
 
 
-def provenance_box(this_run: dict | None, stored: dict | None) -> str:
-    """A collapsible MyST box: where the numbers of this page's run and of the stored full run came from."""
+def provenance_box(this_run: dict | None, stored: dict | None, laptop: dict | None = None) -> str:
+    """A collapsible MyST box: where the numbers of this page's run, the stored laptop run and the stored full
+    run came from."""
     cols = {name: rows for name, rows in (("this page's run", provenance_rows(this_run)),
+                                          ("stored laptop run", provenance_rows(laptop)),
                                           ("stored full run", provenance_rows(stored))) if rows}
     lines = [":::{admonition} Provenance: what produced the numbers on this page", ":class: dropdown", ""]
     if cols:
@@ -187,7 +189,7 @@ def predicted_full_s(chapter: str) -> float | None:
 
 
 def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | None,
-            predicted_s: float | None) -> str:
+            predicted_s: float | None, laptop: dict | None = None) -> str:
     """The "run it yourself" box's MyST text: this page's run (profile, device, wall time), the full profile's
     predicted GPU time and the stored full run's, the commands, and the downloads."""
     lines = []
@@ -195,6 +197,11 @@ def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | N
         p = this_run["provenance"]
         lines.append(f"- **This page** ran the *{this_run['profile']}* profile on {p['device']} in "
                      f"{p['wall_time_s']:,.0f} s.")
+    if laptop is not None:
+        p = laptop["provenance"]
+        lines.append(f"- **Laptop profile** (2-core CPU, the evidence without a GPU): the stored run took "
+                     f"{p['wall_time_s'] / 60:.1f} min on {p.get('cpu') or p['device']} (`dropnotes run {chapter} "
+                     "--profile laptop`).")
     full = [f"predicted {predicted_s / 60:.1f} min on one H100 (`dropnotes estimate`)"] if predicted_s else []
     if stored is not None:
         p = stored["provenance"]
@@ -210,6 +217,9 @@ def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | N
               "  ```bash", f"  dropnotes run {chapter} --profile full",
               f"  papermill {notebook} out.ipynb -p profile full", "  ```", ""]
     downloads = [f'<a href="../_sources/{notebook}" download="{page}.executed.ipynb">this notebook, executed</a>']
+    if laptop is not None:
+        downloads.append(f'<a href="../results/{chapter}/laptop.json" download="{chapter}-laptop.json">'
+                         "the stored laptop result (JSON)</a>")
     if stored is not None:
         downloads.append(f'<a href="../results/{chapter}/full.json" download="{chapter}-full.json">'
                          "the stored full result (JSON)</a>")
@@ -217,24 +227,48 @@ def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | N
     return "\n".join(lines)
 
 
-def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | None, detail: str = "") -> None:
-    """A chapter's closing cell: this run's verdict table, the stored full run's beside it, then
-    :func:`closing` (the provenance box and the run box)."""
+STORED = ("laptop", "full")  # the stored evidence profiles a page shows beside its own run
+STORED_TITLES = {"laptop": "the stored laptop run (2-core CPU)", "full": "the stored full run (one GPU)"}
+
+
+def stored_caption(profile: str, record: dict, note: str) -> str:
+    """The caption of a stored run's verdict table: which run, made when and where, and whether its verdicts
+    are current, recomputed with the current rules, or superseded."""
+    p = record["provenance"]
+    head = f"Verdicts of {STORED_TITLES[profile]}, protocol {p.get('protocol', 1)}, {p['device']}, {p['created'][:10]}"
+    return head + (f" ({note})" if note else " (the chapter's current protocol)")
+
+
+def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | None = None, detail: str = "") -> None:
+    """A chapter's closing cell: this run's verdict table, then each stored evidence run's (laptop, full) as
+    the current rules read it (:func:`dropnotes.experiments._base.current_verdicts`: current, recomputed, or
+    superseded), then :func:`closing` (the provenance box and the run box). ``stored``: the stored full run
+    (kept for callers; the page reads both stored runs itself)."""
     from IPython.display import display
 
-    display(show(_verdict_first(verdicts), f"Verdicts of this run ({profile} profile{', ' + detail if detail else ''})"))
-    if stored is not None and profile != "full":
-        display(show(_verdict_first(stored["tables"]["verdicts"]), "Verdicts of the stored full-profile run"))
+    from dropnotes.experiments._base import current_verdicts
+
+    kind = "a pipeline check, not evidence" if profile in ("smoke", "quick") else "evidence at its scale"
+    display(show(_verdict_first(verdicts), f"Verdicts of this run ({profile} profile, {kind}"
+                                           f"{', ' + detail if detail else ''})"))
+    for other in STORED:
+        record = _repo_record(chapter, other)
+        if record is None or other == profile:
+            continue
+        table, note = current_verdicts(chapter, record)
+        if table is not None:
+            display(show(_verdict_first(table), stored_caption(other, record, note)))
     closing(chapter, profile)
 
 
-VERDICT_ORDER = ("claim", "verdict", "paper", "ours", "source")
+VERDICT_ORDER = ("claim", "verdict", "scale", "paper", "ours", "source", "kind")
+HIDDEN = ("rule_verdict", "outcome", "test", "setting")  # kept in the record, not shown (the verdict says them)
 
 
 def _verdict_first(table: pd.DataFrame) -> pd.DataFrame:
     """A verdict table with the verdict second, beside its claim (as on the scorecard); other columns after."""
     first = [c for c in VERDICT_ORDER if c in table.columns]
-    return table[first + [c for c in table.columns if c not in first]]
+    return table[first + [c for c in table.columns if c not in first and c not in HIDDEN]]
 
 
 def closing(chapter: str, profile: str) -> None:
@@ -248,16 +282,22 @@ def closing(chapter: str, profile: str) -> None:
 
     this_run = results.load_result(chapter, profile)
     stored = this_run if profile == "full" else _repo_full(chapter)
-    display(Markdown(provenance_box(this_run, stored)))
-    box = run_box(chapter, CHAPTERS[chapter], this_run, stored, predicted_full_s(chapter))
+    laptop = this_run if profile == "laptop" else _repo_record(chapter, "laptop")
+    display(Markdown(provenance_box(this_run, stored, laptop)))
+    box = run_box(chapter, CHAPTERS[chapter], this_run, stored, predicted_full_s(chapter), laptop)
     glue(f"{chapter}-run-box", Markdown(box), display=False)
+
+
+def _repo_record(chapter: str, profile: str) -> dict | None:
+    """The result of ``profile`` committed in the repository (not one in ``$DROPNOTES_RESULTS``)."""
+    import json
+
+    from dropnotes.results import REPO_RESULTS, _from_jsonable
+
+    path = REPO_RESULTS / chapter / f"{profile}.json"
+    return _from_jsonable(json.loads(path.read_text())) if path.is_file() else None
 
 
 def _repo_full(chapter: str) -> dict | None:
     """The full result committed in the repository (not one in ``$DROPNOTES_RESULTS``)."""
-    import json
-
-    from dropnotes.results import REPO_RESULTS
-
-    path = REPO_RESULTS / chapter / "full.json"
-    return json.loads(path.read_text()) if path.is_file() else None
+    return _repo_record(chapter, "full")

@@ -1,19 +1,32 @@
-"""The reproduction scorecard: one row per claim of every chapter, from the stored results.
+"""The reproduction scorecard: one row per claim of every chapter, one column per scale, from the stored results.
 
 Nothing here decides whether a claim holds. Each chapter computes its verdicts from its measured numbers
-with the rule it states, and stores them with the result. The scorecard shows the full-profile verdict
-where a full result of the chapter's current protocol is stored, else the quick one, labelled as such; a
-full run whose schedule was cut from the profile's defaults is labelled "shortened" (other changes:
-"changed"), with what changed. A run shorter than the paper's schedule never counts as a refutation.
+with the rule it states and reads them at the run's scale (:mod:`dropnotes.verdict`): a run below the paper's
+setting reads at most *direction at reduced scale*, *opposite at reduced scale* or *inconclusive*, on both
+signs alike. The scorecard shows each profile's verdict in its own column and never sums across them:
+
+* ``quick``: the live run of this build, a **pipeline check**, never counted as evidence;
+* ``laptop``: the stored 2-core CPU run (converged, >= 3 seeds), evidence at its scale;
+* ``full``: the stored GPU run, evidence at its scale.
+
+A stored run of an older protocol is judged again from its numbers where the chapter can (``rejudge``), else
+shown as *superseded*. Claims are counted by kind: the papers' claims apart from this book's own tests and
+practitioners' rules of thumb; setup checks are shown, never counted.
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from dropnotes.experiments import CHAPTERS
-from dropnotes.experiments._base import protocol
-from dropnotes.results import deviations, load_result
+from dropnotes.experiments import CHAPTERS, TITLES
+from dropnotes.experiments._base import current_verdicts
+from dropnotes.results import load_result
+from dropnotes.verdict import OUTCOMES
+
+PROFILES = ("quick", "laptop", "full")  # the scorecard's columns, smallest first (smoke runs are never shown)
+EVIDENCE = ("laptop", "full")  # the columns whose verdicts are evidence at their scale
+COLUMN_TITLES = {"quick": "quick (pipeline check, not evidence)", "laptop": "laptop (2-core CPU)",
+                 "full": "full (one GPU)"}
 
 # Sources named in the chapters' verdict tables -> bibliography keys (references.bib).
 CITATIONS = {
@@ -39,140 +52,113 @@ def _cite(source: str) -> str:
     return source + (f" {{cite}}`{keys[0]}`" if keys else "")
 
 
-def _verdict_rows(record: dict | None) -> dict[str, dict]:
-    if record is None:
-        return {}
-    return {row["claim"]: row for row in record["tables"]["verdicts"].to_dict(orient="records")}
-
-
-def _changes(chapter: str, record: dict) -> tuple[str, str]:
-    """What a stored full run changed from its profile's defaults (``epochs 2 of 8, ...``, or '') and the
-    label for it: "shortened" when every change is a smaller number, else "changed"."""
-    changed = deviations(record, record.get("defaults") or {})  # the profile's defaults, stored with the run
-    cut = all(isinstance(v, (int, float)) and isinstance(d, (int, float)) and v < d for v, d in changed.values())
-    return ", ".join(f"{k} {v} of {d}" for k, (v, d) in changed.items()), "shortened" if cut else "changed"
-
-
-# The verdict categories, in the order the counts are shown. A chapter's verdict text starts with one.
-CATEGORIES = ("reproduced", "reproduced (direction)", "partly", "inconclusive", "not reproduced",
-              "not at paper scale", "not measured")
-
-
-def category(verdict: str) -> str:
-    """The category a chapter's verdict text falls under (``other`` if none)."""
-    v = str(verdict).strip()
-    for c in ("reproduced (direction)", "not reproduced", "not at paper scale", "not measured", "partly",
-              "inconclusive", "reproduced"):
-        if v.startswith(c):
-            return c
-    return "other"
+def _run_label(record: dict, note: str) -> str:
+    p = record["provenance"]
+    return f"{p['device']}, {p['created'][:10]}" + (f"; {note}" if note else "")
 
 
 def collect() -> pd.DataFrame:
-    """One row per (chapter, claim): the verdict and its category, the paper's value, our quick and full
-    values, the source.
-
-    The verdict is the full run's where one is stored under the chapter's current protocol, else the
-    quick run's, marked "(quick)". A run shorter than the paper's schedule never refutes a claim: a quick
-    run's *not reproduced*, and a shortened full run's *not reproduced* or *inconclusive*, read *not at
-    paper scale*, with the run's own verdict beside it. A full run stored under an older protocol is shown
-    with "protocol changed since this run" and does not decide the verdict."""
+    """One row per (chapter, claim): its kind, the paper's value, the source, and for each profile of
+    :data:`PROFILES` the verdict, its outcome, our value and the run it came from (``not run`` where no stored
+    run of that profile measured the claim). A claim only a superseded run holds (renamed or dropped since)
+    is shown only when the chapter has no current run at all."""
     rows = []
     for chapter in CHAPTERS:
-        quick, full = load_result(chapter, "quick"), load_result(chapter, "full")
-        q, f = _verdict_rows(quick), _verdict_rows(full)
-        stale = full is not None and int(full["provenance"].get("protocol", 1)) < protocol(chapter)
-        what, label = _changes(chapter, full) if full is not None else ("", "")
-        # A claim only a stale full run holds was renamed or dropped by the protocol change: not shown, unless the
-        # chapter has no quick run to show instead.
-        claims = [*q, *(c for c in f if not (stale and q))]
-        for claim in list(dict.fromkeys(claims)):
-            ref = q.get(claim) or f[claim]
-            q_verdict = q[claim]["verdict"] if claim in q else None
-            if claim in f:
-                p = full["provenance"]
-                note = f"; {label}: {what}" if what else ""
-                note += "; protocol changed since this run" if stale else ""
-                full_value = f"{f[claim]['ours']} [{p['device']}, {p['created'][:10]}{note}]"
-            else:
-                full_value = "not run yet"
-            if claim in f and not stale:
-                verdict, cat = f[claim]["verdict"], category(f[claim]["verdict"])
-                if label == "shortened" and what and cat in ("not reproduced", "inconclusive"):
-                    cat = "not at paper scale"
-                    verdict = f"not at paper scale (full run cut: {what}; it read: {verdict})"
-                elif what:
-                    verdict += f" ({label} full run)"
-            elif q_verdict is not None:
-                cat = category(q_verdict)
-                if cat == "not reproduced":  # a quick run is shorter than the paper's schedule
-                    cat, verdict = "not at paper scale", f"not at paper scale (quick run: {q_verdict})"
-                else:
-                    verdict = f"{q_verdict} (quick)"
-            else:
-                cat, verdict = "not measured", "not measured (the full run predates this protocol; no quick run)"
-            quick_cat = category(q_verdict) if q_verdict is not None else "not measured"
-            quick_cat = "not at paper scale" if quick_cat == "not reproduced" else quick_cat
-            full_cat = cat if claim in f and not stale else "not measured"
-            rows.append({"chapter": chapter, "claim": claim, "verdict": verdict, "category": cat,
-                         "quick category": quick_cat, "full category": full_cat,
-                         "paper": ref["paper"], "ours (quick)": q[claim]["ours"] if claim in q else "not run",
-                         "ours (full)": full_value, "source": ref["source"]})
-    return pd.DataFrame(rows, columns=["chapter", "claim", "verdict", "category", "quick category", "full category",
-                                       "paper", "ours (quick)", "ours (full)", "source"])
+        runs = {}
+        for profile in PROFILES:
+            record = load_result(chapter, profile)
+            table, note = current_verdicts(chapter, record)
+            if table is not None:
+                runs[profile] = (record, table.set_index("claim", drop=False), note)
+        current = [t for _, t, _ in runs.values() if not (t["outcome"] == "superseded").all()]
+        claims = list(dict.fromkeys(c for t in (current or [t for _, t, _ in runs.values()]) for c in t.index))
+        for claim in claims:
+            ref = next(t.loc[claim] for _, t, _ in runs.values() if claim in t.index)
+            row = {"chapter": chapter, "claim": claim, "kind": ref.get("kind", "paper claim"), "paper": ref["paper"],
+                   "source": ref["source"]}
+            for profile in PROFILES:
+                record, table, note = runs.get(profile, (None, None, ""))
+                if table is None or claim not in table.index:
+                    row.update({f"{profile}_verdict": "not run", f"{profile}_outcome": "not run",
+                                f"{profile}_ours": "not run", f"{profile}_scale": ""})
+                    continue
+                r = table.loc[claim]
+                row.update({f"{profile}_verdict": r["verdict"], f"{profile}_outcome": r["outcome"],
+                            f"{profile}_ours": f"{r['ours']} [{_run_label(record, note)}]",
+                            f"{profile}_scale": r.get("scale", "")})
+            rows.append(row)
+    cols = ["chapter", "claim", "kind", "paper", "source"] + [f"{p}_{k}" for p in PROFILES
+                                                              for k in ("verdict", "outcome", "ours", "scale")]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    """The scorecard as MyST: one section per chapter (its title, a link to it), each a table whose second
-    column is the verdict and whose sources are cited from the bibliography."""
-    from dropnotes.experiments import TITLES
+    """The scorecard as MyST: one section per chapter (its title, a link to it), each a table with the claim,
+    its kind, each profile's verdict (the quick one marked as a pipeline check), the paper's value and the
+    source cited from the bibliography. Our values follow per profile, below the table."""
 
     def cell(v) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    cols = ["claim", "verdict", "paper", "ours (quick)", "ours (full)", "source"]
+    heads = ["claim", "kind", *(COLUMN_TITLES[p] for p in PROFILES), "paper", "source"]
     out = []
     for chapter, rows in table.groupby("chapter", sort=False):
         doc = "/" + CHAPTERS[chapter].removesuffix(".ipynb")
         out += [f"**{TITLES.get(chapter, chapter)}** (*{chapter}*, {{doc}}`the chapter <{doc}>`)", "",
-                "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+                "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for _, row in rows.iterrows():
-            values = [_cite(row[c]) if c == "source" else f"**{row[c]}**" if c == "verdict" else row[c] for c in cols]
+            verdicts = [(f"**{row[f'{p}_verdict']}**" if p in EVIDENCE else f"*{row[f'{p}_verdict']}*")
+                        if row[f"{p}_verdict"] != "not run" else "not run" for p in PROFILES]
+            values = [row["claim"], row["kind"], *verdicts, row["paper"], _cite(row["source"])]
             out.append("| " + " | ".join(cell(v) for v in values) + " |")
         out.append("")
+        for p in PROFILES:
+            ours = [f"*{r.claim}*: {r[f'{p}_ours']}" for _, r in rows.iterrows() if r[f"{p}_ours"] != "not run"]
+            if ours:
+                out += [f"Ours, {COLUMN_TITLES[p]}: " + "; ".join(cell(o) for o in ours), ""]
     return "\n".join(out)
 
 
-def counts(table: pd.DataFrame) -> pd.Series:
-    """How many claims fall under each category (in :data:`CATEGORIES` order, those present)."""
-    c = table["category"].value_counts()
-    return c.reindex([k for k in (*CATEGORIES, "other") if k in c.index])
+def counts(table: pd.DataFrame, kinds: tuple[str, ...] = ("paper claim",)) -> pd.DataFrame:
+    """Claims per outcome (rows, in :data:`dropnotes.verdict.OUTCOMES` order, then ``not run``) and profile
+    (columns, titled by :data:`COLUMN_TITLES`: quick's says it is not evidence), counting each claim of the
+    given ``kinds`` once per column. Setup checks are never counted."""
+    sel = table[table["kind"].isin(kinds)]
+    order = [*OUTCOMES, "not run"]
+    out = pd.DataFrame({COLUMN_TITLES[p]: sel[f"{p}_outcome"].value_counts().reindex(order, fill_value=0)
+                        for p in PROFILES}, index=order)
+    out = out[(out != 0).any(axis=1)]
+    out.index.name = "outcome"
+    return out
 
 
-# One colour per category, the same in every figure: greens for reproduced, grey for undecided, red for refuted.
-COLOURS = {"reproduced": "#1a9850", "reproduced (direction)": "#91cf60", "partly": "#d9ef8b", "inconclusive": "#bdbdbd",
-           "not reproduced": "#d73027", "not at paper scale": "#fdae61", "not measured": "#f0f0f0", "other": "#756bb1"}
+# One colour per outcome, the same in every figure: greens for reproduced or its direction, grey for undecided,
+# reds for refuted or the opposite, pale for what was not measured.
+COLOURS = {"reproduced": "#1a9850", "partly": "#d9ef8b", "not reproduced": "#d73027",
+           "direction at reduced scale": "#91cf60", "opposite at reduced scale": "#fc8d59", "inconclusive": "#bdbdbd",
+           "not at paper scale": "#fee08b", "not converged": "#c994c7", "not measured": "#f0f0f0",
+           "superseded": "#969696", "not run": "#ffffff"}
 
 
 def plot_counts(table: pd.DataFrame):
-    """Verdict counts per chapter, one panel for the quick runs and one for the stored full runs (claims a full
-    run of the current protocol has not measured count as *not measured*), stacked by category."""
+    """Outcome counts per chapter, one panel per profile (quick labelled as a pipeline check), the papers'
+    claims stacked by outcome."""
     import matplotlib.pyplot as plt
 
-    chapters = [c for c in CHAPTERS if c in set(table["chapter"])]
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 0.32 * len(chapters) + 1.6), sharey=True)
-    for ax, (column, title) in zip(axes, (("quick category", "quick runs (this build)"),
-                                          ("full category", "stored full runs (GPU)"))):
-        grid = pd.crosstab(table["chapter"], table[column]).reindex(chapters, fill_value=0)
+    sel = table[table["kind"] == "paper claim"]
+    chapters = [c for c in CHAPTERS if c in set(sel["chapter"])]
+    fig, axes = plt.subplots(1, len(PROFILES), figsize=(10.5, 0.32 * len(chapters) + 1.9), sharey=True)
+    for ax, profile in zip(axes, PROFILES):
+        grid = pd.crosstab(sel["chapter"], sel[f"{profile}_outcome"]).reindex(chapters, fill_value=0)
         left = pd.Series(0, index=grid.index)
-        for cat in [k for k in (*CATEGORIES, "other") if k in grid.columns]:
+        for cat in [k for k in COLOURS if k in grid.columns]:
             ax.barh(grid.index, grid[cat], left=left, color=COLOURS[cat], edgecolor="#636363", linewidth=0.4,
                     label=cat)
             left = left + grid[cat]
-        ax.set(title=title, xlabel="claims")
+        ax.set(title=COLUMN_TITLES[profile], xlabel="papers' claims")
         ax.title.set_fontsize(9)
     axes[0].invert_yaxis()
     handles = {h.get_label(): h for ax in axes for h in ax.get_legend_handles_labels()[0]}
     fig.legend(handles.values(), handles.keys(), frameon=False, fontsize=7, ncol=4, loc="lower center")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    fig.tight_layout(rect=(0, 0.16, 1, 1))
     return fig

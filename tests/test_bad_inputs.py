@@ -146,7 +146,7 @@ CONFIGURE_CASES = [
     (mechanics, {"train_size": -5}, "train_size must be an integer in [1, 59,000], got -5"),
     (mechanics, {"epochs": 2.5}, "epochs must be an integer"),
     (mechanics, {"dataset": "MNIST"}, "dataset='MNIST' is not allowed"),
-    (mechanics, {"profile": "fast"}, "profile='fast' is not allowed; choose one of 'smoke', 'quick', 'full', 'auto'"),
+    (mechanics, {"profile": "fast"}, "profile='fast' is not allowed; choose one of 'smoke', 'quick', 'laptop', 'full', 'auto'"),
     (ensembles, {"members": 1}, "members must be an integer in [2, 100], got 1"),
     (ensembles, {"lr_dropout": -0.1}, "lr_dropout must be a number in (0, 10]"),
     (variational, {"p_emb": 1.0}, "p_emb must be a number in [0, 1), got 1.0"),

@@ -23,12 +23,12 @@ def test_env_overrides_auto_only(monkeypatch):
     assert runtime.resolve_profile("auto") == "quick"
     assert runtime.resolve_profile("full") == "full"  # an explicit profile wins
     monkeypatch.setenv("DROPNOTES_PROFILE", "fastest")
-    with pytest.raises(ValueError, match="DROPNOTES_PROFILE.*'smoke', 'quick', 'full'"):
+    with pytest.raises(ValueError, match="DROPNOTES_PROFILE.*'smoke', 'quick', 'laptop', 'full'"):
         runtime.resolve_profile("auto")
 
 
 def test_unknown_profile_names_allowed_values():
-    with pytest.raises(ValueError, match=r"profile='fastest'.*'smoke', 'quick', 'full', 'auto'"):
+    with pytest.raises(ValueError, match=r"profile='fastest'.*'smoke', 'quick', 'laptop', 'full', 'auto'"):
         runtime.resolve_profile("fastest")
 
 

@@ -1,107 +1,114 @@
 import pandas as pd
+import pytest
 
-from dropnotes import results, scorecard
-
-
-def _store(profile, ours, verdict, device="cpu", params=None, defaults=None, protocol=None):
-    table = pd.DataFrame([{"claim": "c1", "source": "Srivastava et al. 2014, Table 2", "paper": "1.0",
-                           "ours": ours, "verdict": verdict}])
-    if profile == "quick":
-        table = pd.concat([table, pd.DataFrame([{"claim": "c2", "source": "elsewhere", "paper": "2.0",
-                                                 "ours": "q2", "verdict": "partly"}])])
-    prov = results.provenance(device, [0], 1.0, "mnist", **({} if protocol is None else {"protocol": protocol}))
-    results.save_result("demo", profile, params=params or {}, metrics={}, provenance=prov, tables={"verdicts": table},
-                        defaults=defaults)
+from dropnotes import results, scorecard, verdict
+from dropnotes.experiments import _base
 
 
-def test_full_verdict_wins_and_quick_is_labelled(tmp_path, monkeypatch):
+def _table(rule: str, kind: str = "paper claim", test: str = "direction", claim: str = "c1") -> pd.DataFrame:
+    return pd.DataFrame([{"claim": claim, "source": "Srivastava et al. 2014, Table 2", "paper": "1.0", "ours": "x",
+                          "verdict": rule, "kind": kind, "test": test}])
+
+
+def _store(profile, table, cut, n_seeds=3, protocol=1, device="cpu"):
+    judged = verdict.judge(table, cut, n_seeds)
+    prov = results.provenance(device, list(range(n_seeds)), 1.0, "mnist", protocol=protocol)
+    results.save_result("demo", profile, params={}, metrics={}, provenance=prov, tables={"verdicts": judged})
+
+
+@pytest.fixture
+def demo(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb", "absent": "chapters/x.ipynb"})
-    _store("quick", "q1", "not reproduced")
-    _store("full", "f1", "reproduced")
+    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
+    monkeypatch.setattr(_base, "protocol", lambda chapter: 1)
+    return tmp_path
+
+
+@pytest.mark.parametrize("test, reads", [("direction", ("direction at reduced scale", "opposite at reduced scale")),
+                                         ("level", ("not at paper scale", "not at paper scale"))])
+def test_a_reduced_scale_run_reads_both_signs_alike(test, reads):
+    """The same synthetic record at both signs, below the paper's setting: neither sign is a reproduction or a
+    refutation (the one-sided scorecard of c05505b kept a quick "reproduced" and turned only "not reproduced"
+    into "not at paper scale")."""
+    cut = ["epochs 80 of 3,000"]
+    up = verdict.judge(_table("reproduced (direction)", test=test), cut, 3)
+    down = verdict.judge(_table("not reproduced (the opposite)", test=test), cut, 3)
+    assert (up.outcome.iloc[0], down.outcome.iloc[0]) == reads
+    assert up.scale.iloc[0] == down.scale.iloc[0] == "epochs 80 of 3,000"
+    assert up.rule_verdict.iloc[0] == "reproduced (direction)"  # the rule's own words are kept
+    at_paper = verdict.judge(_table("not reproduced (the opposite)", test=test), [], 3)
+    assert at_paper.outcome.iloc[0] == "not reproduced" and at_paper.scale.iloc[0] == "paper scale"
+    few = verdict.judge(_table("reproduced", test=test), [], 2)  # too few seeds: test noise only
+    assert few.outcome.iloc[0] == reads[0] and "2 seeds" in few.scale.iloc[0]
+    assert verdict.judge(_table("inconclusive (x)"), cut, 3).outcome.iloc[0] == "inconclusive"
+    with pytest.raises(ValueError, match="verdict must start with"):
+        verdict.judge(_table("looks fine"), cut, 3)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        verdict.judge(_table("reproduced", kind="hunch"), cut, 3)
+
+
+def test_quick_reproduced_and_quick_not_reproduced_are_treated_alike(demo):
+    """A quick "reproduced" and a quick "not reproduced" land in the quick column alike, as reduced-scale
+    readings, and the quick column is labelled as no evidence; columns are never summed."""
+    both = pd.concat([_table("reproduced (direction)", claim="up"), _table("not reproduced (the opposite)", claim="down")])
+    _store("quick", both, ["train_size 2,000 of 50,000"])
     table = scorecard.collect().set_index("claim")
-    assert table.loc["c1", "verdict"] == "reproduced" and table.loc["c1", "category"] == "reproduced"
-    assert table.loc["c1", "ours (quick)"] == "q1" and table.loc["c1", "ours (full)"].startswith("f1 [cpu")
-    assert table.loc["c2", "verdict"] == "partly (quick)" and table.loc["c2", "ours (full)"] == "not run yet"
+    assert table.loc["up", "quick_outcome"] == "direction at reduced scale"
+    assert table.loc["down", "quick_outcome"] == "opposite at reduced scale"
+    assert (table.full_outcome == "not run").all() and (table.laptop_outcome == "not run").all()
+    counts = scorecard.counts(table.reset_index())
+    quick = scorecard.COLUMN_TITLES["quick"]
+    assert "not evidence" in quick and list(counts.columns) == [scorecard.COLUMN_TITLES[p] for p in scorecard.PROFILES]
+    assert counts.loc["direction at reduced scale", quick] == counts.loc["opposite at reduced scale", quick] == 1
+    assert "reproduced" not in counts.index
+
+
+def test_one_column_per_profile_and_claims_counted_by_kind(demo):
+    _store("quick", pd.concat([_table("reproduced", claim="c1"), _table("reproduced", kind="setup check", claim="c0"),
+                               _table("reproduced", kind="rule of thumb", claim="c2")]), ["epochs 40 of 300"])
+    _store("laptop", _table("reproduced (direction)"), ["epochs 80 of 300"])
+    _store("full", _table("not reproduced (the opposite)"), [])
+    table = scorecard.collect().set_index("claim")
+    row = table.loc["c1"]
+    assert (row.quick_outcome, row.laptop_outcome, row.full_outcome) == \
+        ("direction at reduced scale", "direction at reduced scale", "not reproduced")
+    counts = scorecard.counts(table.reset_index())
+    assert counts.sum().tolist() == [1, 1, 1], "each paper claim once per column; setup checks and rules apart"
+    others = scorecard.counts(table.reset_index(), ("rule of thumb",))
+    assert others.loc["direction at reduced scale", scorecard.COLUMN_TITLES["quick"]] == 1
     md = scorecard.to_markdown(table.reset_index())
-    assert "{cite}`srivastava2014dropout`" in md and "elsewhere |" in md and "*demo*" in md
-    assert md.splitlines()[2].startswith("| claim | verdict |"), "the verdict is the second column"
-    assert scorecard.counts(table.reset_index()).to_dict() == {"reproduced": 1, "partly": 1}
+    assert "{cite}`srivastava2014dropout`" in md and "*demo*" in md
+    head = md.splitlines()[2]
+    assert head.startswith("| claim | kind | quick (pipeline check, not evidence) | laptop")
 
 
-def test_a_shortened_full_run_is_labelled(tmp_path, monkeypatch):
-    """A full run whose schedule was cut from the profile's defaults says so, with what was cut."""
-    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
-    monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
-    full = {"epochs": 8, "sizes": (1, 2)}  # the profile's defaults, stored with the run
-    _store("full", "f1", "reproduced", params={"epochs": 2, "sizes": [1, 2]}, defaults=full)
+def test_a_stored_run_of_an_older_protocol_is_superseded_unless_judged_again(demo, monkeypatch):
+    _store("quick", _table("inconclusive (x)"), ["epochs 1 of 2"], protocol=2)
+    _store("full", _table("reproduced"), [], protocol=1)
+    monkeypatch.setattr(_base, "protocol", lambda chapter: 2)
+    table, note = _base.current_verdicts("demo", results.load_result("demo", "full"))
+    assert table.verdict.iloc[0] == "superseded (protocol 1; it read: reproduced)" and "superseded" in note
     row = scorecard.collect().set_index("claim").loc["c1"]
-    assert row["verdict"] == "reproduced (shortened full run)"
-    assert row["ours (full)"].endswith("; shortened: epochs 2 of 8]")
-    assert scorecard.counts(scorecard.collect()).to_dict() == {"reproduced": 1}
-    _store("full", "f1", "reproduced", params={"epochs": 20, "sizes": [1, 2]}, defaults=full)  # longer: not "shortened"
-    assert scorecard.collect().set_index("claim").loc["c1", "verdict"] == "reproduced (changed full run)"
-    _store("full", "f1", "reproduced", params={"epochs": 8, "sizes": [1, 2]}, defaults=full)
-    assert scorecard.collect().set_index("claim").loc["c1", "verdict"] == "reproduced"
-
-
-def test_a_short_run_never_counts_as_a_refutation(tmp_path, monkeypatch):
-    """A quick run's "not reproduced", and a shortened full run's "not reproduced" or "inconclusive", read
-    "not at paper scale" with the run's own verdict; a full run at the profile's schedule can refute."""
-    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
-    monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
-    _store("quick", "q1", "not reproduced (the opposite)")
-    row = scorecard.collect().set_index("claim").loc["c1"]
-    assert row["category"] == "not at paper scale" and "quick run: not reproduced (the opposite)" in row["verdict"]
-    full = {"epochs": 39}
-    for verdict in ("not reproduced (the opposite)", "inconclusive (within 2 SE)"):
-        _store("full", "f1", verdict, params={"epochs": 2}, defaults=full)
-        row = scorecard.collect().set_index("claim").loc["c1"]
-        assert row["category"] == "not at paper scale", verdict
-        assert row["verdict"].startswith("not at paper scale (full run cut: epochs 2 of 39") and verdict in row["verdict"]
-    _store("full", "f1", "not reproduced (the opposite)", params={"epochs": 39}, defaults=full)
-    assert scorecard.collect().set_index("claim").loc["c1", "category"] == "not reproduced"
-    assert scorecard.counts(scorecard.collect()).to_dict() == {"partly": 1, "not reproduced": 1}
-
-
-def test_a_full_run_of_an_older_protocol_does_not_decide(tmp_path, monkeypatch):
-    """A stored full run whose protocol version is older than the chapter's is shown, marked, and the quick
-    verdict decides; one of the current protocol decides."""
-    from dropnotes.experiments import _base
-
-    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
-    monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
-    monkeypatch.setattr(scorecard, "protocol", lambda chapter: 2)
-    _store("quick", "q1", "inconclusive (within 2 SE)")
-    _store("full", "f1", "reproduced", protocol=1)
-    row = scorecard.collect().set_index("claim").loc["c1"]
-    assert row["verdict"] == "inconclusive (within 2 SE) (quick)" and "protocol changed since this run" in row["ours (full)"]
-    _store("full", "f1", "reproduced", protocol=2)
-    assert scorecard.collect().set_index("claim").loc["c1", "verdict"] == "reproduced"
-    table = pd.DataFrame([{"claim": "renamed", "source": "s", "paper": "1", "ours": "f", "verdict": "reproduced"}])
-    results.save_result("demo", "full", params={}, metrics={}, tables={"verdicts": table},
-                        provenance=results.provenance("cpu", [0], 1.0, "mnist", protocol=1))
-    assert list(scorecard.collect().claim) == ["c1", "c2"], "a claim only the stale run holds is not shown"
-    assert _base.protocol("variational") >= 2 and _base.protocol("nosuch") == 1
+    assert row.full_outcome == "superseded" and row.quick_outcome == "inconclusive"
 
 
 def test_a_smoke_run_is_labelled_and_never_reaches_the_scorecard(tmp_path, monkeypatch):
-    from dropnotes.experiments import _base, mechanics
+    from dropnotes.experiments import mechanics
 
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
     monkeypatch.setattr(scorecard, "CHAPTERS", {"mechanics": "chapters/01_mechanics.ipynb"})
     cfg = mechanics.configure(profile="smoke", device="cpu")
     assert cfg.profile == "smoke" and cfg.train_size < mechanics.PROFILE_DEFAULTS["quick"]["train_size"]
-    table = pd.DataFrame([{"claim": "c1", "source": "s", "paper": "1", "ours": "2", "verdict": "reproduced"}])
+    table = _base.judged("mechanics", cfg, pd.DataFrame([{"claim": "c1", "source": "s", "paper": "1", "ours": "2",
+                                                          "verdict": "reproduced"}]))
     path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
                         tables={"verdicts": table})
     assert path.name == "smoke.json"
-    assert table.verdict[0] == "smoke run, not evidence (reproduced)"  # what the notebook shows, too
-    assert results.load_result("mechanics", "smoke")["tables"]["verdicts"].verdict[0].startswith("smoke run")
+    assert table.verdict[0].startswith("smoke run, not evidence (")  # what the notebook shows, too
     assert results.load_result("mechanics", "smoke")["provenance"]["protocol"] == mechanics.PROTOCOL
     assert scorecard.collect().empty
+    with pytest.raises(ValueError, match="read at the run's scale"):
+        _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
+                     tables={"verdicts": pd.DataFrame([{"claim": "c", "verdict": "reproduced"}])})

@@ -60,8 +60,8 @@ def test_paired_bootstrap_auroc():
 
 
 def test_compare_estimates_and_shortfall():
-    assert stats.compare_estimates([0.1, 0.12], [0.01, 0.01])[2] == "reproduced (direction)"
-    assert stats.compare_estimates([-0.1, -0.12], [0.01, 0.01])[2] == "not reproduced (the opposite)"
+    assert stats.compare_estimates([0.1, 0.12], [0.01, 0.01])[2].startswith("reproduced (direction")
+    assert stats.compare_estimates([-0.1, -0.12], [0.01, 0.01])[2].startswith("not reproduced (the opposite")
     assert stats.compare_estimates([0.01, 0.012], [0.01, 0.01])[2].startswith("inconclusive")
     assert stats.compare_estimates([0.3, -0.2, 0.2], [0.01] * 3)[2].startswith("inconclusive")  # seed noise counts
     assert stats.shortfall({"epochs": 300, "hidden": (1024,) * 3}, {"epochs": 300, "hidden": (1024,) * 3}) == []
@@ -74,23 +74,21 @@ def test_compare_estimates_and_shortfall():
 
 
 def test_chapter2_rule_functions():
-    up, down, unsure = "reproduced (direction)", "not reproduced (the opposite)", "inconclusive (within 2 SE)"
+    up, down, unsure = "reproduced (direction", "not reproduced (the opposite", "inconclusive (within 2 SE)"
     eq, differ, eq_unsure = ("reproduced (equivalent within ±0.2 pt)", "not reproduced (they differ by more than 0.2 pt)",
                              "inconclusive (equivalence within ±0.2 pt not shown)")
     assert ens.rule_level(up, 1.10, []) == up
     assert ens.rule_level(up, 2.00, []).startswith("partly")
-    assert ens.rule_level(up, 2.00, ["epochs 40 of 100"]) == up  # a cut run is judged in direction only
+    assert ens.rule_level(up, 2.00, ["epochs 40 of 100"]) == up
     assert ens.rule_level(down, 2.00, []) == down
     assert ens.rule_mc_matches(up, eq) == "reproduced"
     assert ens.rule_mc_matches(unsure, eq).startswith("partly")
     assert ens.rule_mc_matches(up, differ) == differ and ens.rule_mc_matches(up, eq_unsure) == eq_unsure
-    assert ens.rule_ordering(True, True, up) == "reproduced"
-    assert ens.rule_ordering(True, False, up) == "partly"
-    assert ens.rule_ordering(True, True, unsure).startswith("partly (the ordering holds")
-    assert ens.rule_ordering(False, False, up) == "not reproduced"
-    assert ens.rule_regression(0.05, 0.2, 0.3) == "reproduced"
-    assert ens.rule_regression(0.05, 0.06, 0.3) == "partly"
-    assert ens.rule_regression(0.05, 0.04, 0.3) == "not reproduced"
+    assert ens.rule_ordering("reproduced", "reproduced", up) == "reproduced"
+    assert ens.rule_ordering("reproduced", unsure, up).startswith("inconclusive")
+    assert ens.rule_ordering("reproduced", "reproduced", unsure).startswith("partly (the ordering holds")
+    assert ens.rule_ordering("not reproduced", "not reproduced", up) == "not reproduced"
+    assert ens.rule_ordering("reproduced", "not reproduced (x)", up) == "not reproduced (in part)"
     assert ens.rule_rotation(up, up) == "reproduced"
     assert ens.rule_rotation(up, unsure).startswith("partly") and ens.rule_rotation(up, down).startswith("partly")
     assert ens.rule_rotation(down, up).startswith("not reproduced") and ens.rule_rotation(unsure, up) == unsure
@@ -114,8 +112,9 @@ def _chapter2_record(effect: float, seed: int = 0, n: int = 10_000, seeds: int =
                "dropout, weight scaling": 0.25, "dropout, weight scaling + temperature": 0.25,
                "dropout, MC (20)": 0.25 - 0.05 * effect}
         for m, e in models.items():
-            quality.append({"seed": s, "model": m, "member": 0, "error": e + rng.normal(0, 1e-4), "nll": nll[m],
-                            "ece": nll[m] / 10, "brier": nll[m] / 3, "temperature": 1.0})
+            jitter = rng.normal(0, 0.002)  # seed-to-seed noise in NLL, so the paired tests over seeds have an SE
+            quality.append({"seed": s, "model": m, "member": 0, "error": e + rng.normal(0, 1e-4), "nll": nll[m] + jitter,
+                            "ece": (nll[m] + jitter) / 10, "brier": nll[m] / 3, "temperature": 1.0})
         ws = _wrong(rng, n, 0.05)
         k1 = np.where(rng.random(n) < 0.02 * max(effect, 0), 1.0, ws)  # one sample: worse when effect > 0
         k50 = np.where(rng.random(n) < 0.05 * abs(effect), 1.0, ws) if effect < 0 else ws.copy()
@@ -128,18 +127,18 @@ def _chapter2_record(effect: float, seed: int = 0, n: int = 10_000, seeds: int =
             ood.append({"seed": s, "shift": shift, "auroc_mc": 0.85 + 0.05 * effect, "auroc_deterministic": 0.85,
                         "diff": 0.05 * effect + rng.normal(0, 0.002), "se": 0.01})
     q = pd.DataFrame(quality)
+    reg = pd.DataFrame([{"seed": s, "data": 0.05, "gap": 0.05 * np.exp(effect + rng.normal(0, 0.05)),
+                         "outside": 0.05 * np.exp(1.5 * effect + rng.normal(0, 0.05))} for s in range(seeds)])
     return {"quality": q, "summary": ens.summarize_quality(q), "wrong": wrong, "calibration": calibration,
-            "rotation_pairs": pd.DataFrame(rot), "ood_pairs": pd.DataFrame(ood),
-            "regression": {"std_by_region": {"data": 0.05, "gap": 0.05 + 0.2 * max(effect, 0),
-                                             "outside": 0.05 + 0.3 * max(effect, 0)}}}
+            "rotation_pairs": pd.DataFrame(rot), "ood_pairs": pd.DataFrame(ood), "regression_seeds": reg}
 
 
 @pytest.mark.parametrize("effect, expected", [
-    (1.0, ["reproduced (direction)", "reproduced", "reproduced", "reproduced (direction)", "reproduced", "reproduced",
+    (1.0, ["reproduced (direction", "reproduced", "reproduced", "reproduced (direction", "reproduced", "reproduced",
            "reproduced", "reproduced"]),
     (-1.0, ["not reproduced", "not reproduced", "not reproduced", "not reproduced", "not reproduced",
             "not reproduced", "not reproduced", "not reproduced"]),
-    (0.0, ["inconclusive", "partly", "not reproduced", "inconclusive", "not reproduced", "inconclusive",
+    (0.0, ["inconclusive", "partly", "inconclusive", "inconclusive", "inconclusive", "inconclusive",
            "inconclusive", "inconclusive"]),
 ])
 def test_chapter2_verdicts_on_synthetic_records(effect, expected):
@@ -150,13 +149,41 @@ def test_chapter2_verdicts_on_synthetic_records(effect, expected):
         assert got.startswith(want), (got, want)
 
 
+def test_chapter2_ordering_needs_paired_seed_level_evidence():
+    """The case protocol 2 missed: NLL and ECE means in the claimed order, but within the seeds' noise, read
+    "reproduced" by raw means. Paired over >= 3 seeds they read inconclusive; with 2 seeds nothing is claimed."""
+    rng = np.random.default_rng(0)
+    rows = [{"seed": s, "model": m, "member": 0, "nll": v + rng.normal(0, 0.02), "ece": v / 10 + rng.normal(0, 0.002)}
+            for s in range(3) for m, v in (("ensemble", 0.300), ("dropout, MC (20)", 0.301), ("single net", 0.302))]
+    q = pd.DataFrame(rows)
+    means = q.groupby("model").nll.mean()
+    assert ens.ordering_tests(q, "nll")[2].startswith("inconclusive")
+    clear = q.assign(nll=q.model.map({"ensemble": 0.2, "dropout, MC (20)": 0.25, "single net": 0.3}) +
+                     rng.normal(0, 0.001, len(q)))
+    assert ens.ordering_tests(clear, "nll")[2] == "reproduced"
+    assert ens.ordering_tests(clear[clear.seed < 2], "nll")[2].startswith("inconclusive (2 seeds")
+    assert means.notna().all()
+
+
+def test_chapter2_regression_gap_over_seeds_with_an_se():
+    """The case protocol 2 missed: one seed's std ratio, no SE. Now the log ratio over >= 3 seeds is t-tested."""
+    one = pd.DataFrame([{"seed": 0, "data": 0.05, "gap": 0.2, "outside": 0.3}])
+    assert ens.rule_regression(one)[2].startswith("inconclusive (1 seeds")
+    noisy = pd.DataFrame([{"seed": s, "data": 0.05, "gap": 0.05 * g, "outside": 1.0} for s, g in enumerate((3.0, 0.5, 1.6))])
+    assert ens.rule_regression(noisy)[2].startswith("inconclusive")  # a mean ratio above 1, within seed noise
+    clear = pd.DataFrame([{"seed": s, "data": 0.05, "gap": 0.05 * g, "outside": 1.0} for s, g in enumerate((3.0, 3.2, 2.9))])
+    ratio, se, v = ens.rule_regression(clear)
+    assert v.startswith("reproduced (direction") and ratio == pytest.approx(3.03, abs=0.02) and se > 0
+
+
 def test_chapter2_level_is_judged_only_at_the_papers_size():
     rec = _chapter2_record(1.0)
     at_size = ens.configure("quick", device="cpu", train_size=50000)
-    at_size = type(at_size)(**{**at_size.__dict__, "hidden": (1024, 1024, 1024)})
+    at_size = type(at_size)(**{**at_size.__dict__, "hidden": (1024, 1024, 1024),
+                               "epochs": ens.PAPER_SETTINGS["Table 2"]["epochs"]})
     # 5 % error at the paper's size is far from its 1.06 %: partly; the same numbers from a smaller run: direction only
     assert ens.verdicts(rec, at_size).verdict.iloc[0].startswith("partly: direction reproduced, level")
-    assert ens.verdicts(rec, ens.configure("quick", device="cpu")).verdict.iloc[0] == "reproduced (direction)"
+    assert ens.verdicts(rec, ens.configure("quick", device="cpu")).verdict.iloc[0].startswith("reproduced (direction")
 
 
 # --------------------------------------------------------------------------------- chapter 1's rules
@@ -171,26 +198,50 @@ def _chapter1_finals(errors: dict[float, float], val_offset: float = 0.0, best_e
 
 
 @pytest.mark.parametrize("errors, first, second", [
-    ({0.0: 0.020, 0.2: 0.016, 0.5: 0.0130}, "reproduced (direction)", "reproduced"),
-    ({0.0: 0.013, 0.2: 0.016, 0.5: 0.0200}, "not reproduced (the opposite)", "not reproduced"),
+    ({0.0: 0.020, 0.2: 0.016, 0.5: 0.0130}, "reproduced (direction", "reproduced"),
+    ({0.0: 0.010, 0.2: 0.016, 0.5: 0.0200}, "not reproduced (the opposite", "not reproduced"),
     ({0.0: 0.0150, 0.2: 0.0152, 0.5: 0.0151}, "inconclusive", "partly"),
 ])
 def test_chapter1_verdicts_on_synthetic_records(errors, first, second):
     from dropnotes.experiments import mechanics as mech
 
     finals = _chapter1_finals(errors)
-    table = mech.verdicts(mech.summarize(finals), [], finals, epochs=300)
+    table = mech.verdicts(mech.summarize(finals), finals, epochs=300)
     assert table.verdict.iloc[0].startswith(first), table.verdict.iloc[0]
     level = table.verdict.iloc[1]
     if second == "partly":  # 1.51 % at p = 0.5: 0.26 pt above the paper's 1.25 %, outside the 0.25 pt tolerance
         assert level.startswith("not reproduced (1.51 %)"), level
     else:
         assert level.startswith(second), level
-    # a run below the paper's size never judges the level; one still improving at its last epoch is not at scale
-    assert mech.verdicts(mech.summarize(finals), ["train_size 2,000 of 50,000"], finals, 300).verdict.iloc[1] == "not measured"
-    still = _chapter1_finals(errors, best_epoch=300)
-    v = mech.verdicts(mech.summarize(still), [], still, epochs=300).verdict.iloc[1]
-    assert v == "reproduced" if second == "reproduced" else v.startswith("not at paper scale")
+    # models whose best validation epoch lies in the schedule's last quarter: "not converged", whichever sign
+    still = _chapter1_finals(errors, best_epoch=240)
+    assert all(v.startswith("not converged") for v in mech.verdicts(mech.summarize(still), still, epochs=300).verdict)
+    early = _chapter1_finals(errors, best_epoch=225)  # exactly 3/4 of the schedule: converged
+    assert not mech.verdicts(mech.summarize(early), early, epochs=300).verdict.iloc[0].startswith("not converged")
+
+
+@pytest.mark.parametrize("profile", ["quick", "laptop"])
+def test_chapter1_scale_reads_both_signs_alike(profile):
+    """The same synthetic record at both signs, judged at a run below the paper's setting: the direction claim
+    reads "direction at reduced scale" and "opposite at reduced scale", the level claim "not at paper scale"
+    either way (it never confirms or refutes the paper's number). At the paper's setting the rule's words stand."""
+    from dropnotes.experiments import _base, mechanics as mech
+
+    cfg = mech.configure(profile, device="cpu")
+    out = {}
+    for sign, errors in (("+", {0.0: 0.020, 0.2: 0.016, 0.5: 0.0120}), ("-", {0.0: 0.012, 0.2: 0.016, 0.5: 0.0200})):
+        finals = _chapter1_finals(errors)
+        out[sign] = _base.judged("mechanics", cfg, mech.verdicts(mech.summarize(finals), finals, 300))
+    assert list(out["+"].outcome) == ["direction at reduced scale", "not at paper scale"]
+    assert list(out["-"].outcome) == ["opposite at reduced scale", "not at paper scale"]
+    assert (out["+"].scale == out["-"].scale).all() and "epochs" in out["+"].scale.iloc[0]
+    at_paper = mech.configure("full", device="cpu", epochs=mech.PAPER_EPOCHS)
+    finals = _chapter1_finals({0.0: 0.020, 0.2: 0.016, 0.5: 0.0120})
+    t = _base.judged("mechanics", at_paper, mech.verdicts(mech.summarize(finals), finals, mech.PAPER_EPOCHS))
+    assert list(t.outcome) == ["reproduced", "reproduced"] and (t.scale == "paper scale").all()
+    two = type(at_paper)(**{**at_paper.__dict__, "n_seeds": 2})  # too few seeds: a direction at most
+    t = _base.judged("mechanics", two, mech.verdicts(mech.summarize(finals), finals, mech.PAPER_EPOCHS))
+    assert list(t.outcome) == ["direction at reduced scale", "not at paper scale"] and "2 seeds" in t.scale.iloc[0]
 
 
 def test_chapter1_rate_is_chosen_on_validation_not_test():
@@ -198,7 +249,7 @@ def test_chapter1_rate_is_chosen_on_validation_not_test():
 
     finals = _chapter1_finals({0.0: 0.020, 0.2: 0.012, 0.5: 0.016})
     finals.loc[finals.p == 0.2, "val_error"] = 0.030  # p = 0.2 is best on test, but worst on validation
-    assert "p=0.5" in mech.verdicts(mech.summarize(finals), [], finals, 300).ours.iloc[0]
+    assert "p=0.5" in mech.verdicts(mech.summarize(finals), finals, 300).ours.iloc[0]
 
 
 # --------------------------------------------------------------------------------- chapter 5's rules
@@ -211,7 +262,7 @@ def test_chapter5_rule_functions():
     assert llm.rule_not_better(0.002, 0.002).startswith("reproduced")  # a gain shown below the margin
     assert llm.rule_not_better(0.05, 0.005).startswith("not reproduced")
     assert llm.rule_not_better(0.0, 0.02).startswith("inconclusive")  # a noisy tie is not evidence of no gain
-    up = "reproduced (direction)"
+    up = "reproduced (direction"
     assert llm.rule_resolved(up, {"p=0": 100, "p=0.1": 300}, 50) == up
     assert llm.rule_resolved(up, {"p=0": 50, "p=0.1": 300}, 50).startswith("inconclusive (the minimum of p=0 falls")
     se = 0.01
@@ -250,7 +301,7 @@ def _chapter6_record(effect: float, seeds: int = 3, best_epoch: int = 5) -> tupl
     up, down = max(effect, 0.0), max(-effect, 0.0)
     # 1.5 % error: 3 seeds on 10,000 test images give a TOST interval of about ±0.16 pt, inside the 0.2 pt margin
     mlp_err = {"none": 0.015 + 0.008 * up, "dropout": 0.015 + 0.008 * down, "gaussian": 0.015 + 0.018 * down,
-               "dropconnect": 0.015 + 0.002 * up + 0.006 * down}
+               "dropconnect": 0.015 + 0.006 * down}
     mlp = []
     for s in range(seeds):
         for arm in inter.mlp_arms(cfg):
@@ -259,8 +310,9 @@ def _chapter6_record(effect: float, seeds: int = 3, best_epoch: int = 5) -> tupl
                 e -= 0.003 * effect  # both regularisers: better (effect > 0) or worse
             elif arm["kind"] == "none" and arm["weight_decay"] > 0:
                 e -= 0.004 * up
-            if arm["lr"] > cfg.lr:  # the 10x rate: without max-norm the nets diverge when effect > 0
-                e = 0.03 + (0.01 * down if arm["max_norm"] else 0.0)
+            if arm["lr"] > cfg.lr:  # the 10x rate: without max-norm the nets diverge when effect > 0; with it they
+                # reach a lower error than dropout at the base rate (effect > 0), the same (0) or a higher one (< 0)
+                e = 0.015 - 0.004 * up + 0.02 * down if arm["max_norm"] else 0.03
             died = arm["lr"] > cfg.lr and not arm["max_norm"] and effect > 0
             mlp.append({**arm, "seed": s, "best_epoch": best_epoch, "val_error": e, "train_error": 0.0,
                         "test_error": e + jitter(), "died_at_step": 100 if died else -1})
@@ -276,13 +328,13 @@ def _chapter6_record(effect: float, seeds: int = 3, best_epoch: int = 5) -> tupl
 
 
 @pytest.mark.parametrize("effect, expected", [
-    (1.0, ["reproduced", "reproduced (direction)", "reproduced (direction)", "reproduced (DC < none)",
-           "reproduced (equivalent", "reproduced (max-norm", "reproduced (direction)"]),
-    (-1.0, ["not reproduced", "not reproduced (the opposite)", "not reproduced (the opposite)",
-            "not reproduced (the opposite)", "not reproduced (they differ", "not reproduced (the opposite)",
-            "not reproduced (the opposite)"]),
+    (1.0, ["reproduced", "reproduced (direction", "reproduced (direction", "reproduced (direction",
+           "reproduced (equivalent", "reproduced (equivalent", "reproduced (direction", "reproduced (direction"]),
+    (-1.0, ["not reproduced", "not reproduced (the opposite", "not reproduced (the opposite",
+            "not reproduced (the opposite", "inconclusive (equivalence", "not reproduced (they differ",
+            "not reproduced (the opposite", "not reproduced (the opposite"]),
     (0.0, ["not reproduced", "inconclusive", "inconclusive", "inconclusive", "reproduced (equivalent",
-           "inconclusive", "inconclusive"]),
+           "reproduced (equivalent", "inconclusive", "inconclusive"]),
 ])
 def test_chapter6_verdicts_on_synthetic_records(effect, expected):
     from dropnotes.experiments import interactions as inter
@@ -302,17 +354,61 @@ def test_chapter6_equality_needs_power_from_the_paired_test():
     rec, cfg = _chapter6_record(1.0)
     rng = np.random.default_rng(11)
     rec["mlp_wrong"] = rng.random((len(rec["mlp"]), 500)) < 0.015  # independent mistakes on 500 images
-    row = inter.verdicts(rec, cfg).iloc[4]
+    row = inter.verdicts(rec, cfg).iloc[5]
     assert row.claim.startswith("Gaussian") and row.verdict.startswith("inconclusive (equivalence"), row.verdict
 
 
-def test_chapter6_a_run_still_improving_never_refutes():
+@pytest.mark.parametrize("effect", [1.0, -1.0])
+def test_chapter6_a_run_still_improving_decides_nothing_either_way(effect):
+    """Protocol 4 turned only refutations of still-improving runs into "not at paper scale" and let their
+    confirmations stand; now every row of a part whose models were still improving reads "not converged"."""
     from dropnotes.experiments import interactions as inter
 
-    rec, cfg = _chapter6_record(-1.0, best_epoch=10_000)  # every model's best epoch is the last
+    rec, cfg = _chapter6_record(effect, best_epoch=10_000)  # every model's best epoch is the last
     verdicts = inter.verdicts(rec, cfg).verdict
-    assert not verdicts.str.startswith("not reproduced").any()
-    assert verdicts.str.startswith("not at paper scale").sum() >= 5
+    assert verdicts.str.startswith("not converged").all(), list(verdicts)
+
+
+def test_chapter6_max_norm_needs_nets_that_trained_and_beats_the_base_rate():
+    """The case protocol 4 missed: two nets near chance (89.8 % against 82.8 %) read "reproduced (direction)" for
+    "trains at a high rate, to a lower error". Now the max-norm nets must train (below 50 % error) and beat
+    dropout at the base learning rate."""
+    from dropnotes.experiments import interactions as inter
+
+    rec, cfg = _chapter6_record(1.0)
+    mlp = rec["mlp"]
+    hi = mlp.lr > cfg.lr
+    rng = np.random.default_rng(1)
+    mlp.loc[hi & (mlp.max_norm > 0), "test_error"] = 0.828
+    mlp.loc[hi & (mlp.max_norm == 0), ["test_error", "died_at_step"]] = [0.898, -1]
+    for i in mlp.index[hi]:
+        rec["mlp_wrong"][i] = rng.random(rec["mlp_wrong"].shape[1]) < mlp.test_error[i]
+    row = inter.verdicts(rec, cfg).set_index("claim").loc["max-norm lets dropout nets train at a high learning rate, "
+                                                         "to a lower error"]
+    assert row.verdict.startswith("not reproduced (the max-norm nets did not train)"), row.verdict
+    mlp.loc[hi & (mlp.max_norm > 0), "test_error"] = 0.05  # trained, but worse than dropout at the base rate
+    for i in mlp.index[hi & (mlp.max_norm > 0)]:
+        rec["mlp_wrong"][i] = rng.random(rec["mlp_wrong"].shape[1]) < 0.05
+    row = inter.verdicts(rec, cfg).set_index("claim").loc["max-norm lets dropout nets train at a high learning rate, "
+                                                         "to a lower error"]
+    assert row.verdict.startswith("not reproduced (the opposite"), row.verdict
+
+
+def test_chapter6_dropconnect_like_dropout_is_an_equivalence_test():
+    """The case protocol 4 missed: DropConnect beating *no* dropout decided "regularises like dropout", even when
+    it was far worse than dropout. Now that claim is a TOST against dropout; beating none is its own row."""
+    from dropnotes.experiments import interactions as inter
+
+    rec, cfg = _chapter6_record(1.0)
+    mlp = rec["mlp"]
+    mlp.loc[mlp.kind == "dropconnect", "test_error"] = 0.020  # better than none (2.3 %), worse than dropout (1.5 %)
+    rng = np.random.default_rng(2)
+    for i in mlp.index[mlp.kind == "dropconnect"]:  # most of the mistakes of the same seed's net without dropout
+        none_i = mlp.index[(mlp.kind == "none") & (mlp.weight_decay == 0) & (mlp.seed == mlp.seed[i])][0]
+        rec["mlp_wrong"][i] = rec["mlp_wrong"][none_i] & (rng.random(rec["mlp_wrong"].shape[1]) < 0.87)
+    t = inter.verdicts(rec, cfg).set_index("claim")
+    assert t.loc["DropConnect lowers the test error of an MLP without dropout"].verdict.startswith("reproduced (direction")
+    assert t.loc["DropConnect regularises like dropout (Wan et al.: slightly better)"].verdict.startswith("not reproduced")
 
 
 def test_chapter6_complementarity_cells_are_chosen_on_validation():
@@ -363,8 +459,8 @@ def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60) -> dict:
 
 
 @pytest.mark.parametrize("gain, ladder, equal", [
-    (0.05, "reproduced (direction)", "reproduced"),
-    (-0.05, "not reproduced (the opposite)", "reproduced"),
+    (0.05, "reproduced (direction", "reproduced"),
+    (-0.05, "not reproduced (the opposite", "reproduced"),
     (0.0, "inconclusive", "reproduced"),
 ])
 def test_chapter3_ladder_verdicts_on_synthetic_records(gain, ladder, equal):
@@ -382,11 +478,32 @@ def test_chapter3_ladder_verdicts_on_synthetic_records(gain, ladder, equal):
     # sparse VD at the authors' 200 epochs: judged on the level; a 2-epoch run on the mechanism only
     svd = [c for c in table.index if c.startswith("sparse VD")][0]
     assert table[svd] == "reproduced"
-    rec["svd"]["epoch"] = 2
-    short = var.verdicts(rec, cfg).set_index("claim").verdict[svd]
-    assert short == "reproduced (direction)"
-    rec["svd"]["sparsity_fc1"] = 0.1
-    assert var.verdicts(rec, cfg).set_index("claim").verdict[svd].startswith("not at paper scale (svd_epochs 2 of 200")
+    # the case protocol 3 missed: a 20-epoch run (13.9x, a fifth of the paper's 68x) passed relaxed levels and read
+    # "reproduced (direction)". A level below the authors' schedule now reads "not at paper scale", met or missed.
+    from dropnotes.experiments import _base
+
+    rec["svd"]["epoch"], rec["svd"]["compression"] = 20, 13.9
+    cut = type(full)(**{**full.__dict__, "svd_epochs": 20})
+    short = _base.judged("variational", cut, var.verdicts(rec, cut)).set_index("claim")
+    assert short.outcome[svd] == "not at paper scale" and "13.9x" in short.ours[svd], short.verdict[svd]
+    assert "svd_epochs 20 of 200" in short.scale[svd]
+    rec["svd"]["compression"] = 80.0  # the level met, at the same reduced schedule: still not judged
+    short = _base.judged("variational", cut, var.verdicts(rec, cut)).set_index("claim")
+    assert short.outcome[svd] == "not at paper scale"
+
+
+def test_chapter3_weight_drop_margin_is_tighter_than_the_effect():
+    """The case protocol 3 missed: weight-drop 0.015 nats worse than variational on every window passed the
+    0.02-nat margin as "equivalent", though the paper's whole naive -> variational effect is 0.037 nats. The
+    margin is now a quarter of that effect, and the same difference reads "they differ"."""
+    rec, var = _chapter3_record(0.05, seeds=3, windows=60)
+    assert var.EQUAL_MARGIN_NATS == pytest.approx(math.log(82.7 / 79.7) / 4, abs=1e-4)
+    for s in range(3):
+        rec["windows"]["weight-drop", s] = (np.array(rec["windows"]["weight-drop", s]) + 0.015).tolist()
+    table = var.verdicts(rec, var.configure("full", device="cpu")).set_index("claim")
+    wd = [c for c in table.index if c.startswith("weight-drop")][0]
+    assert table.verdict[wd].startswith("not reproduced (they differ"), table.verdict[wd]
+    assert table.kind[wd] == "our test" and not table.source[wd].startswith("Merity")
 
 
 def test_chapter3_weight_drop_equality_needs_power():
@@ -429,8 +546,8 @@ def _chapter4_record(effect: float, cfg) -> dict:
 
 
 @pytest.mark.parametrize("effect, expected", [
-    (1.0, ["reproduced (direction)", "reproduced (direction)", "reproduced (direction)", "reproduced"]),
-    (-1.0, ["not reproduced (the opposite)", "not reproduced (the opposite)", "not reproduced (the opposite)",
+    (1.0, ["reproduced (direction", "reproduced (direction", "reproduced (direction", "reproduced"]),
+    (-1.0, ["not reproduced (the opposite", "not reproduced (the opposite", "not reproduced (the opposite",
             "not reproduced"]),
     (0.0, ["inconclusive", "inconclusive", "inconclusive", "not reproduced"]),
 ])
@@ -458,6 +575,26 @@ def test_chapter7_overhead_rule_needs_the_bound_shown():
     assert cost.rule_overhead(0.5, 4.0).startswith("inconclusive")  # a noisy 0.5 % does not confirm the bound
     assert cost.rule_overhead(8.0, 1.0) == "not reproduced (8 %)"
     assert cost.rule_overhead(2.5, 1.0).startswith("inconclusive")
+
+
+def test_chapter7_memory_bound_is_judged_on_the_eager_kernel():
+    """The case protocol 1 missed: its rule became "the best of eager and compiled" in the commit that stored the
+    GPU run (eager 0.33 fails, compiled 0.52 passes). The rule first stated judges the eager kernel; the compiled
+    one is reported beside it. The claims are labelled as this book's own test and a rule of thumb."""
+    from dropnotes.experiments import cost
+
+    bench = pd.DataFrame([
+        {"variant": "dropout", "elements": 2**28, "ratio": 1.54, "GB/s": 1100.0, "of copy bandwidth": 0.33},
+        {"variant": "dropout (torch.compile)", "elements": 2**28, "ratio": 1.0, "GB/s": 1750.0, "of copy bandwidth": 0.52}])
+    steps = pd.DataFrame([{"model": "MLP", "variant": v, "ms per step": ms, "overhead vs removed %": o,
+                           "spread (IQR) %": 0.5} for v, ms, o in (("removed", 10.0, 0.0), ("p=0", 10.0, 0.1),
+                                                                   ("p=0.1", 10.9, 9.0))])
+    rec = {"bench": bench, "steps": steps, "bench_attrs": {"copy_GBps": 3350.0}, "device_name": "NVIDIA H100"}
+    t = cost.verdicts(rec, cost.configure("quick", device="cpu")).set_index("claim")
+    row = t.loc["element-wise dropout is memory-bound on a large tensor"]
+    assert row.verdict.startswith("not reproduced (the eager kernel at 0.33") and "compiled (not judged)" in row.ours
+    assert row.kind == "our test"
+    assert t.kind.iloc[0] == "rule of thumb"
 
 
 # --------------------------------------------------------------------------------- chapter 5's table
@@ -494,9 +631,9 @@ def _chapter5_record(gain: float, cfg, first_best: bool = False) -> dict:
 
 
 @pytest.mark.parametrize("gain, expected", [
-    (0.05, ["reproduced (direction)", "reproduced", "reproduced (direction)", "reproduced (direction)", "reproduced"]),
-    (-0.05, ["not reproduced (the opposite)", "not reproduced (a gain above", "not reproduced (the opposite)",
-             "not reproduced (the opposite)", "not reproduced (dropout hurts"]),
+    (0.05, ["reproduced (direction", "reproduced", "reproduced (direction", "reproduced (direction", "reproduced"]),
+    (-0.05, ["not reproduced (the opposite", "not reproduced (a gain above", "not reproduced (the opposite",
+             "not reproduced (the opposite", "not reproduced (dropout hurts"]),
 ])
 @pytest.mark.parametrize("n_seeds", [1, 3])
 def test_chapter5_verdicts_on_synthetic_records(gain, expected, n_seeds):

@@ -32,6 +32,8 @@ import pandas as pd
 import torch
 
 from dropnotes.runtime import DEVICES, PROFILES
+from dropnotes.stats import shortfall
+from dropnotes.verdict import judge
 
 SEED_MAX = 2**31 - 1  # seeds (and seed + n_seeds) stay in every generator's range (NumPy's is 2**32)
 KINDS = ("int", "float", "str", "bool", "floats", "ints", "any")  # "any": a notebook without declared knobs
@@ -358,6 +360,46 @@ class ChapterConfig:
         return [self.seed * n + k for k in range(n)]
 
 
+def config_of(cls: type, record: dict):
+    """The config a stored run was made with (its ``params``; JSON lists back as tuples)."""
+    from dataclasses import fields
+
+    params = record["params"]
+    return cls(**{f.name: tuple(params[f.name]) if isinstance(params.get(f.name), list) else params[f.name]
+                  for f in fields(cls) if f.name in params})
+
+
+def current_verdicts(chapter: str, record: dict | None) -> tuple[pd.DataFrame | None, str]:
+    """The verdicts of a stored run as the chapter's current rules read them, and a note on how:
+
+    * a run of the current protocol: its stored (judged) table, note ``""``;
+    * an older protocol whose numbers the chapter can judge again (its module's ``rejudge(record)``): the
+      recomputed table, note ``"recomputed with protocol N's rules"``;
+    * else the stored table with every verdict read *superseded (protocol M)*, note naming what changed."""
+    if record is None:
+        return None, ""
+    table = record["tables"].get("verdicts")
+    made, now = int(record["provenance"].get("protocol", 1)), protocol(chapter)
+    if made >= now and table is not None and "outcome" in table:
+        return table, ""
+    module = _module(chapter)
+    if hasattr(module, "rejudge"):
+        try:
+            return module.rejudge(record), f"verdicts recomputed from the stored numbers with protocol {now}'s rules"
+        except (KeyError, TypeError, ValueError):
+            pass  # the record lacks what the current rules read
+    if table is None:
+        return None, ""
+    changes = protocol_changes(chapter)
+    what = "; ".join(f"protocol {v}: {changes[v]}" for v in sorted(changes) if made < v <= now)
+    out = table.copy()
+    out["rule_verdict"] = out["verdict"]
+    out["verdict"] = [f"superseded (protocol {made}; it read: {v})" for v in out["verdict"]]
+    out["outcome"] = "superseded"
+    out["scale"] = "superseded"
+    return out, f"superseded: made by protocol {made}, the chapter is at protocol {now}" + (f" ({what})" if what else "")
+
+
 def check_seed_block(seed: int, n_seeds: int) -> None:
     """The seeds of block ``seed`` (see :attr:`ChapterConfig.seeds`) must all lie in the generators' range."""
     if seed * n_seeds + n_seeds - 1 > SEED_MAX:
@@ -365,16 +407,47 @@ def check_seed_block(seed: int, n_seeds: int) -> None:
                          f"(its block of seeds must end at or below {SEED_MAX}), got {seed}")
 
 
+def _module(chapter: str):
+    import importlib
+
+    try:
+        return importlib.import_module(f"dropnotes.experiments.{chapter}")
+    except ModuleNotFoundError:  # a chapter without a module of its own (tests' stand-ins)
+        return None
+
+
+def scale_cuts(chapter: str, cfg: ChapterConfig) -> dict[str, list[str]]:
+    """What a run of ``chapter`` with ``cfg`` falls short of, against each of the paper settings the chapter
+    declares once (its module's ``PAPER_SETTINGS``: setting name -> the paper's values, compared with
+    ``measured_setting(cfg)`` by :func:`dropnotes.stats.shortfall`)."""
+    module = _module(chapter)
+    settings = getattr(module, "PAPER_SETTINGS", None)
+    if not settings:
+        raise ValueError(f"chapter {chapter!r} declares no PAPER_SETTINGS: its verdicts cannot be read at a scale")
+    measured = module.measured_setting(cfg)
+    return {name: shortfall(measured, paper) for name, paper in settings.items()}
+
+
+def judged(chapter: str, cfg: ChapterConfig, table: pd.DataFrame) -> pd.DataFrame:
+    """``table``'s rule verdicts read at the run's scale (:func:`dropnotes.verdict.judge`): the one place where a
+    chapter's verdicts learn what a run below the paper's setting may claim."""
+    return judge(table, scale_cuts(chapter, cfg), int(getattr(cfg, "n_seeds", 1)))
+
+
 def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, dataset: str, metrics: dict,
            tables: dict, seeds: list[int] | None = None, **provenance_extra: Any) -> Path:
     """Store a chapter's result with its provenance, the profile's defaults beside the parameters
-    (so that readers of the record need not import the chapter to tell what a run changed)."""
+    (so that readers of the record need not import the chapter to tell what a run changed). Its verdict
+    table must have been read at the run's scale (:func:`judged`)."""
     from dataclasses import asdict
 
     from dropnotes import results
 
-    if cfg.profile == "smoke" and isinstance(tables.get("verdicts"), pd.DataFrame):
-        label_smoke(tables["verdicts"])
+    table = tables.get("verdicts")
+    if isinstance(table, pd.DataFrame) and "outcome" not in table and _module(chapter) is not None:
+        raise ValueError(f"{chapter}: the verdict table must be read at the run's scale (_base.judged) before it is stored")
+    if cfg.profile == "smoke" and isinstance(table, pd.DataFrame):
+        label_smoke(table)
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
                               protocol=protocol(chapter), **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
@@ -384,13 +457,13 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
 def protocol(chapter: str) -> int:
     """The version of ``chapter``'s protocol (its module's ``PROTOCOL``), stored with every result: a stored
     run of an older version measured something the chapter no longer does (the scorecard says so)."""
-    import importlib
+    return int(getattr(_module(chapter), "PROTOCOL", 1))
 
-    try:
-        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-    except ModuleNotFoundError:  # a chapter without a module of its own (tests' stand-ins)
-        return 1
-    return int(getattr(module, "PROTOCOL", 1))
+
+def protocol_changes(chapter: str) -> dict[int, str]:
+    """What each protocol version of ``chapter`` changed (its module's ``PROTOCOL_CHANGES``: version -> words),
+    for the caption of a stored run that an older protocol made."""
+    return dict(getattr(_module(chapter), "PROTOCOL_CHANGES", {}))
 
 
 def plain(facts: dict) -> dict:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -23,14 +23,38 @@ from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, finish, size_knob)
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, config_of, finish, judged,
+                                        size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
 
 CHAPTER = "cost"
 # The protocol's version, stored with each result (see _base.protocol).
-PROTOCOL = 1
+PROTOCOL = 2
+PROTOCOL_CHANGES = {2: "verdicts read at the run's scale; the memory-bound claim judged on the eager dropout kernel "
+                       "again (the rule first stated: at least half the copy bandwidth), the compiled kernel reported "
+                       "beside it (protocol 1 had switched to the best of eager and compiled in the commit that stored "
+                       "its GPU run, after seeing it); the claims labelled rule of thumb or this book's own test"}
+# The claims' setting: kernels and training steps on a GPU (where the rule of thumb and the kernels' design live).
+PAPER_SETTINGS = {"GPU": {"device": "a GPU"}}
+MEMORY_BOUND_AT = 0.5  # the eager dropout kernel reaches at least this fraction of a measured copy's bandwidth
+
+
+def measured_setting(cfg: "CostConfig") -> dict:
+    """The run's values of what :data:`PAPER_SETTINGS` names."""
+    return {"device": "a GPU" if cfg.torch_device.type == "cuda" else cfg.torch_device.type}
+
+
+def rejudge(record: dict) -> pd.DataFrame:
+    """The verdicts of a stored run, computed again from its stored timings with this protocol's rules."""
+    t = record["tables"]
+    rec = {"bench": t["bench"], "steps": t["steps"], "bench_attrs": {"copy_GBps": record["metrics"]["copy_GBps"]},
+           "device_name": record["provenance"]["device"]}
+    cfg = config_of(CostConfig, record)
+    if "cuda" not in str(record["params"].get("device")) and "NVIDIA" in rec["device_name"]:
+        cfg = replace(cfg, device="cuda")  # a stored GPU run made with device="auto"
+    return judged(CHAPTER, cfg, verdicts(rec, cfg))
 SEED_CLAIM = 0.02  # "dropout adds about 1-2 % to an epoch": the upper end is the threshold
 
 
@@ -223,7 +247,7 @@ def run(cfg: CostConfig, save: bool = True) -> dict:
     table = bench.run_bench(cfg.device, cfg.sizes, cfg.min_run_time)
     rec = {"bench": table, "bench_attrs": dict(table.attrs), "steps": step_costs(cfg), "attention": attention_costs(cfg),
            "device_name": device_name(cfg.device)}
-    rec["verdicts"] = verdicts(rec, cfg)
+    rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
         rec["path"] = finish(CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset="synthetic tensors",
@@ -243,7 +267,8 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
         over, spread = r.loc["p=0.1", "overhead vs removed %"], r["spread (IQR) %"].max()
         verdict = rule_overhead(over, spread)
         rows.append({"claim": f"dropout (p = 0.1) adds about 1-2 % to a training step: {name}",
-                     "source": "practitioners' rule of thumb (fine-tuning guides); no paper measures it", "paper": "1-2 %",
+                     "source": "rule of thumb (fine-tuning guides); no paper measures it", "paper": "1-2 %",
+                     "kind": "rule of thumb", "test": "timing",
                      "ours": (f"{dev}: {r.loc['removed', 'ms per step']:.2f} ms without dropout, "
                               f"{r.loc['p=0.1', 'ms per step']:.2f} ms at p = 0.1 ({over:+.1f} %, timing spread "
                               f"{spread:.1f} %); module present at p = 0: {r.loc['p=0', 'overhead vs removed %']:+.1f} %"),
@@ -252,22 +277,24 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
     largest = b[(b.elements == b.elements.max()) & b.ratio.notna()]
     worst = largest.loc[largest.ratio.idxmax()]
     rows.append({"claim": "dropnotes' variants run as fast as PyTorch's own kernels (largest tensor)",
-                 "source": "PyTorch F.dropout / F.dropout2d; timm drop_path", "paper": "ratio 1.0",
+                 "source": "our test (against PyTorch F.dropout / F.dropout2d; timm drop_path)", "paper": "ratio 1.0",
+                 "kind": "our test", "test": "timing",
                  "ours": f"{dev}: " + ", ".join(f"{r.variant} {r.ratio:.2f}x" for r in largest.itertuples()),
                  "verdict": "reproduced" if worst.ratio <= 1.1 else f"not reproduced ({worst.variant} {worst.ratio:.2f}x)"})
     big = b[b.elements == b.elements.max()].set_index("variant")
     drop = big.loc["dropout"]
     ours = (f"{dev}: {drop['GB/s']:.1f} GB/s = {drop['of copy bandwidth']:.2f} of a measured copy "
             f"({rec['bench_attrs']['copy_GBps']:.1f} GB/s)")
-    best = drop["of copy bandwidth"]
-    if "dropout (torch.compile)" in big.index:  # CUDA: the fused, compiled form
+    if "dropout (torch.compile)" in big.index:  # CUDA: the fused, compiled form, reported beside (not judged)
         fused = big.loc["dropout (torch.compile)"]
-        ours += f"; compiled {fused['GB/s']:.1f} GB/s = {fused['of copy bandwidth']:.2f}"
-        best = max(best, fused["of copy bandwidth"])
+        ours += f"; compiled (not judged) {fused['GB/s']:.1f} GB/s = {fused['of copy bandwidth']:.2f}"
+    eager = float(drop["of copy bandwidth"])
     rows.append({"claim": "element-wise dropout is memory-bound on a large tensor",
-                 "source": "performance model (4 bytes moved per element per pass)", "paper": "near the copy bandwidth",
+                 "source": "our test (performance model: 4 bytes moved per element per pass)",
+                 "paper": f"at least {MEMORY_BOUND_AT:g} of the copy bandwidth", "kind": "our test", "test": "timing",
                  "ours": ours,
-                 "verdict": "reproduced" if best >= 0.5 else "not reproduced (compute-bound here)"})
+                 "verdict": "reproduced" if eager >= MEMORY_BOUND_AT else
+                 f"not reproduced (the eager kernel at {eager:.2f} of the copy bandwidth)"})
     return pd.DataFrame(rows)
 
 

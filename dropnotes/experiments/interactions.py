@@ -25,12 +25,14 @@ from dropnotes.engine import StackedCNN, StackedMLP, fit_stacked, predict_stacke
 from dropnotes.layers import DropConnectLinear, Dropout, GaussianDropout
 from dropnotes.models import SmallCNN
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
-                                        size_knob)
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, judged,
+                                        rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import profile_config, select_device
-from dropnotes.stats import compare_errors, equivalent_paired
+from dropnotes.stats import compare_errors, compare_predictions, equivalent_paired
+from dropnotes.verdict import not_converged
+from dropnotes.experiments.mechanics import PAPER_EPOCHS
 
 CHAPTER = "interactions"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-01): every model's
@@ -39,11 +41,24 @@ CHAPTER = "interactions"
 # directly before BN 2 or after the last BN (before, the before-BN arm had two layers, the first behind a
 # convolution, at p = 0.3). Version 4 (2026-12-02): Gaussian against Bernoulli paired over the same test images
 # (the standard error of the per-image difference in mistakes, and the seed-level one, whichever is larger).
-PROTOCOL = 4
+PROTOCOL = 5
+PROTOCOL_CHANGES = {5: "verdicts read at the run's scale (both signs alike), t intervals over seeds; DropConnect "
+                       "against dropout as an equivalence test (its superiority over none a row of its own); max-norm "
+                       "judged against dropout at the base rate, with nets that trained (below 50 % error); models "
+                       "still improving in their schedule's last quarter make a row 'not converged', whichever sign"}
+TRAINED_BELOW = 0.5  # a net "trains" when its test error is below this (chance on 10 classes is 0.9)
 # "Gaussian performs like Bernoulli" is a claim of equality: tested by TOST with this margin on the test error,
 # stated before any run (0.2 percentage points, about a sixth of the full profile's MLP error).
 EQUAL_MARGIN = 0.002
+PAPER_TABLE10 = "MNIST: about equal (Table 10)"  # TODO verify
 LI_DENSENET = (77.42, 68.55)  # Li et al. 2019, Fig. 1: DenseNet CIFAR-100 test accuracy without / with dropout 0.5
+# The papers' settings, declared once (dropnotes.verdict reads a run below them "at reduced scale").
+PAPER_SETTINGS = {
+    "Li et al. 2019": {"model": "DenseNet / ResNeXt", "dataset": "CIFAR-100"},
+    "Tompson et al. 2015": {"model": "their pose CNN", "dataset": "FLIC"},
+    "Wan et al. 2013": {"mlp_train_size": 60000, "mlp_hidden": 800},
+    "Srivastava et al. 2014": {"mlp_train_size": 50000, "mlp_epochs": PAPER_EPOCHS},
+}
 TRAIN_IMAGES = 60000  # MNIST's and Fashion-MNIST's training sets; the validation split comes out of them
 CNN_ARMS = (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "pixel"), ("after-bn", "spatial"),
             ("before-bn", "gaussian"))
@@ -285,7 +300,7 @@ def run(cfg: InteractionsConfig, save: bool = True) -> dict:
            "cnn": cnn, "reestimated": reest, "mlp": mlp_runs, "mlp_wrong": mlp_wrong,
            "timing": pd.DataFrame([cnn_timing, mlp_timing])}
     rec["grid"] = grid(rec["mlp"])
-    rec["verdicts"] = verdicts(rec, cfg)
+    rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
         rec["path"] = finish(CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"],
@@ -295,6 +310,12 @@ def run(cfg: InteractionsConfig, save: bool = True) -> dict:
                              tables={k: rec[k] for k in ("shift_check", "cnn", "reestimated", "mlp", "grid", "timing",
                                                          "verdicts")})
     return rec
+
+
+def measured_setting(cfg: "InteractionsConfig") -> dict:
+    """The run's values of what :data:`PAPER_SETTINGS` names."""
+    return {"model": "a small BN CNN", "dataset": "MNIST", "mlp_train_size": cfg.mlp_train_size,
+            "mlp_hidden": cfg.mlp_hidden, "mlp_epochs": cfg.mlp_epochs}
 
 
 def grid(mlp_runs: pd.DataFrame, value: str = "test_error") -> pd.DataFrame:
@@ -345,6 +366,7 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
     gap = cnn.assign(gap=cnn.test_error - cnn.train_error).groupby("arm").gap.mean()
     rows.append({"claim": "channel-wise (spatial) dropout regularises conv features better than per-pixel dropout",
                  "source": "Tompson et al. 2015", "paper": "qualitative (FLIC pose estimation)",
+                 "setting": "Tompson et al. 2015",
                  "ours": (f"error per-pixel {100 * np.mean(pixel):.2f} %, spatial {100 * np.mean(spatial):.2f} % "
                           f"({100 * diff:+.2f} ± {100 * se:.2f} pt); train-test gap {100 * gap['after-bn (pixel)']:.1f} vs "
                           f"{100 * gap['after-bn (spatial)']:.1f} pt"), "verdict": v})
@@ -352,73 +374,96 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
     base_lr = mlp_runs.lr.min()
     drop = _err(mlp_runs[mlp_runs.lr == base_lr], kind="dropout", p=0.5, weight_decay=0.0)
     dc = _err(mlp_runs, kind="dropconnect")
-    d1, s1, v1 = compare_errors(none, dc, n)
-    d2, s2, v2 = compare_errors(drop, dc, n)
-    rows.append({"claim": "DropConnect regularises like dropout (Wan et al.: slightly better)",
-                 "source": "Wan et al. 2013", "paper": "MNIST 2 x 800: no-drop > dropout > DropConnect in error (Table 3)",
-                 "ours": (f"error none {100 * np.mean(none):.2f} %, dropout {100 * np.mean(drop):.2f} %, DropConnect (one mask "
-                          f"per batch) {100 * np.mean(dc):.2f} %; DC vs none {100 * d1:+.2f} ± {100 * s1:.2f}, DC vs dropout "
-                          f"{100 * d2:+.2f} ± {100 * s2:.2f} pt"),
-                 "verdict": "reproduced (DC < none)" if v1.startswith("reproduced") else v1})
-    gauss = _err(mlp_runs, kind="gaussian")
-    # paired on the same test images: each seed's Bernoulli and Gaussian nets, example by example
+    # paired on the same test images: each seed's nets, example by example
     wrong = rec["mlp_wrong"]
+    mistakes = lambda sel: [wrong[i].astype(float) for i in sel.index]  # noqa: E731
+    none_w = mistakes(_select(mlp_runs, kind="none", weight_decay=0.0))
+    drop_w = mistakes(_select(mlp_runs[mlp_runs.lr == base_lr], kind="dropout", p=0.5, weight_decay=0.0))
+    dc_w = mistakes(_select(mlp_runs, kind="dropconnect"))
+    d1, s1, v1 = compare_predictions(none_w, dc_w)
+    d2, s2, v2 = equivalent_paired(drop_w, dc_w, EQUAL_MARGIN, shown=f"{100 * EQUAL_MARGIN:g} pt")
+    dc_text = (f"error none {100 * np.mean(none):.2f} %, dropout {100 * np.mean(drop):.2f} %, DropConnect (one mask "
+               f"per batch) {100 * np.mean(dc):.2f} %")
+    rows.append({"claim": "DropConnect lowers the test error of an MLP without dropout",
+                 "source": "Wan et al. 2013", "paper": "MNIST 2 x 800: no-drop > DropConnect in error (Table 3)",
+                 "setting": "Wan et al. 2013", "part": "mlp",
+                 "ours": f"{dc_text}; none minus DC {100 * d1:+.2f} ± {100 * s1:.2f} pt (paired over the same test images)",
+                 "verdict": v1})
+    rows.append({"claim": "DropConnect regularises like dropout (Wan et al.: slightly better)",
+                 "source": "Wan et al. 2013", "paper": "MNIST 2 x 800: dropout > DropConnect in error (Table 3)",
+                 "setting": "Wan et al. 2013", "part": "mlp", "test": "equivalence",
+                 "ours": (f"{dc_text}; dropout minus DC {100 * d2:+.2f} ± {100 * s2:.2f} pt (paired over the same test "
+                          f"images); equivalence margin ±{100 * EQUAL_MARGIN:g} pt (TOST, 5 %)"),
+                 "verdict": v2})
+    gauss = _err(mlp_runs, kind="gaussian")
     drop_idx = _select(mlp_runs[mlp_runs.lr == base_lr], kind="dropout", p=0.5, weight_decay=0.0).index
     gauss_idx = _select(mlp_runs, kind="gaussian").index
     d, se, v = equivalent_paired([wrong[i].astype(float) for i in drop_idx], [wrong[i].astype(float) for i in gauss_idx],
                                  EQUAL_MARGIN, shown=f"{100 * EQUAL_MARGIN:g} pt")
     rows.append({"claim": "Gaussian dropout with variance p/(1-p) performs like Bernoulli dropout",
-                 "source": "Srivastava et al. 2014 (Section 10)", "paper": "MNIST: about equal (Table 10)",
+                 "source": "Srivastava et al. 2014 (Section 10)", "paper": PAPER_TABLE10,
+                 "setting": "Srivastava et al. 2014", "part": "mlp", "test": "equivalence",
                  "ours": (f"Bernoulli {100 * np.mean(drop):.2f} %, Gaussian {100 * np.mean(gauss):.2f} % ({100 * d:+.2f} ± "
                           f"{100 * se:.2f} pt, paired over the same test images); equivalence margin "
                           f"±{100 * EQUAL_MARGIN:g} pt (TOST, 5 %)"),
                  "verdict": v})
     hi = mlp_runs[mlp_runs.lr > base_lr]
     free_runs, mn_runs = hi[(hi.max_norm == 0) & (hi.kind == "dropout")], hi[(hi.max_norm > 0) & (hi.kind == "dropout")]
-    died = lambda r: int((r.died_at_step >= 0).sum())  # noqa: E731 - models whose loss stopped being finite
-    lr_hi = f"lr {hi.lr.max():g}"
-    if died(free_runs) == len(free_runs) and died(mn_runs) == len(mn_runs):
-        ours, v = f"{lr_hi}: every net diverged, with and without max-norm", "not measured (all nets diverged)"
-    elif died(mn_runs):
-        ours, v = f"{lr_hi}: {died(mn_runs)} of {len(mn_runs)} nets with max-norm diverged", "not reproduced (diverged)"
-    elif died(free_runs):
-        ours = (f"{lr_hi}: without max-norm {died(free_runs)} of {len(free_runs)} nets diverged (loss not finite, first "
-                f"at step {int(free_runs.died_at_step[free_runs.died_at_step >= 0].min())}); with max-norm "
-                f"{cfg.max_norm:g} every net trained, to {100 * mn_runs.test_error.mean():.2f} %")
-        v = "reproduced (max-norm kept the nets from diverging)"
-    else:
-        free, mn = free_runs.sort_values("seed").test_error.tolist(), mn_runs.sort_values("seed").test_error.tolist()
-        d, se, v = compare_errors(free, mn, n)
-        d0, se0, _ = compare_errors(drop, mn, n)
-        ours = (f"{lr_hi}: without max-norm {100 * np.mean(free):.2f} %, with max-norm {cfg.max_norm:g} "
-                f"{100 * np.mean(mn):.2f} % ({100 * d:+.2f} ± {100 * se:.2f} pt); dropout at lr {base_lr:g}: "
-                f"{100 * np.mean(drop):.2f} % ({100 * d0:+.2f} ± {100 * se0:.2f} pt for max-norm)")
+    ours, v = rule_max_norm(free_runs, mn_runs, drop_w, mistakes(mn_runs.sort_values("seed")), cfg.max_norm,
+                            f"lr {hi.lr.max():g}", base_lr)
     rows.append({"claim": "max-norm lets dropout nets train at a high learning rate, to a lower error",
-                 "source": "Srivastava et al. 2014 (Section 5.1, Table 9)",
-                 "paper": "dropout + L2 1.25 % vs dropout + max-norm 1.05 % (secondary sources)", "ours": ours,
-                 "verdict": v})
+                 "source": "Srivastava et al. 2014 (Section 5.1, Table 9)", "setting": "Srivastava et al. 2014",
+                 "part": "mlp", "paper": "dropout + L2 1.25 % vs dropout + max-norm 1.05 % (secondary sources)",
+                 "ours": ours, "verdict": v})
     g, gv = rec["grid"], grid(mlp_runs, "val_error")  # the cells compared are chosen on validation error
     best_both = gv.loc[gv.index > 0, gv.columns > 0].stack().idxmin()
     best_p = gv.loc[gv.index > 0, 0.0].idxmin()
     best_wd = gv.loc[0.0, gv.columns > 0].idxmin()
-    sel = lambda p, wd: _err(mlp_runs[(mlp_runs.lr == base_lr) & mlp_runs.kind.isin(["none", "dropout"])], p=p,  # noqa: E731
-                             weight_decay=wd)
+    cells = lambda p, wd: _select(mlp_runs[(mlp_runs.lr == base_lr) & mlp_runs.kind.isin(["none", "dropout"])],  # noqa: E731
+                                  p=p, weight_decay=wd)
+    sel = lambda p, wd: cells(p, wd).test_error.tolist()  # noqa: E731
     single = min([(best_p, 0.0), (0.0, best_wd)], key=lambda k: gv.loc[k])
-    d, se, v = compare_errors(sel(*single), sel(*best_both), n)
+    d, se, v = compare_predictions(mistakes(cells(*single)), mistakes(cells(*best_both)))  # the same test images
     rows.append({"claim": "dropout and weight decay are complementary",
                  "source": "Srivastava et al. 2014 (Table 9)", "paper": "dropout + L2 1.25 % < L2 alone 1.62 %",
+                 "setting": "Srivastava et al. 2014", "part": "mlp",
                  "ours": (f"best on validation with both: p={best_both[0]:g}, wd={best_both[1]:g} {g.loc[best_both]:.2f} %; with one: "
-                          f"p={single[0]:g}, wd={single[1]:g} {np.mean(sel(*single)) * 100:.2f} % ({100 * d:+.2f} ± {100 * se:.2f} pt)"),
+                          f"p={single[0]:g}, wd={single[1]:g} {np.mean(sel(*single)) * 100:.2f} % ({100 * d:+.2f} ± {100 * se:.2f} pt, "
+                          "paired over the same test images)"),
                  "verdict": v})
     out = pd.DataFrame(rows)
+    out["part"] = out["part"].fillna("cnn") if "part" in out else "cnn"
     last = {"cnn": cfg.cnn_epochs, "mlp": cfg.mlp_epochs}
-    still = [part for part, runs in (("cnn", cnn), ("mlp", mlp_runs))
-             if (runs.best_epoch >= last[part]).any()]
-    if still:  # a refutation needs models that stopped improving before the schedule ended
-        refuted = out.verdict.str.startswith(("not reproduced", "the opposite"))
-        out.loc[refuted, "verdict"] = (f"not at paper scale (some {' and '.join(still).upper()} models were still "
-                                       f"improving at the last epoch)")
-    return out
+    for part, runs in (("cnn", cnn), ("mlp", mlp_runs)):
+        late = not_converged(runs.best_epoch, last[part])
+        if late:  # whichever sign a row reads, models still improving decide nothing
+            rows_of = (out.part == part) & ~out.verdict.str.startswith(("not measured", "not converged"))
+            out.loc[rows_of, "verdict"] = [f"not converged ({len(late)} of {len(runs)} {part.upper()} models had their best "
+                                           f"validation epoch in the last quarter of {last[part]}; it read: {v})"
+                                           for v in out.loc[rows_of, "verdict"]]
+    return out.drop(columns="part")
+
+
+def rule_max_norm(free_runs: pd.DataFrame, mn_runs: pd.DataFrame, drop_wrong: list, mn_wrong: list,
+                  max_norm: float, lr_hi: str, base_lr: float) -> tuple[str, str]:
+    """Max-norm's claim: at a high learning rate the max-norm dropout nets *train* (every one below
+    :data:`TRAINED_BELOW` error, none diverged) and reach a lower error than dropout at the base rate (paired on
+    the same test images: ``drop_wrong``, ``mn_wrong``, one 0/1 array per seed). Nets without max-norm at the high
+    rate are reported beside it (they diverge, or train)."""
+    died = lambda r: int((r.died_at_step >= 0).sum())  # noqa: E731 - models whose loss stopped being finite
+    failed = lambda r: int(((r.died_at_step >= 0) | (r.test_error >= TRAINED_BELOW)).sum())  # noqa: E731
+    if died(free_runs) == len(free_runs) and died(mn_runs) == len(mn_runs):
+        return f"{lr_hi}: every net diverged, with and without max-norm", "not measured (all nets diverged)"
+    free_text = (f"without max-norm {died(free_runs)} of {len(free_runs)} nets diverged" if died(free_runs) else
+                 f"without max-norm {100 * free_runs.test_error.mean():.2f} %")
+    if failed(mn_runs):
+        return (f"{lr_hi}: {failed(mn_runs)} of {len(mn_runs)} nets with max-norm diverged or stayed above "
+                f"{100 * TRAINED_BELOW:.0f} % error ({100 * mn_runs.test_error.mean():.2f} %); {free_text}"), \
+            "not reproduced (the max-norm nets did not train)"
+    d0, se0, v = compare_predictions(drop_wrong, mn_wrong)
+    return (f"{lr_hi}: with max-norm {max_norm:g} {100 * np.mean([w.mean() for w in mn_wrong]):.2f} %, {free_text}; "
+            f"dropout at lr {base_lr:g}: {100 * np.mean([w.mean() for w in drop_wrong]):.2f} % ({100 * d0:+.2f} ± "
+            f"{100 * se0:.2f} pt for max-norm at the high rate, paired over the same test images)"), v
 
 
 def plot_grid(g: pd.DataFrame):

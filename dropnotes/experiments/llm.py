@@ -24,12 +24,12 @@ from dropnotes.layers import add_lora
 from dropnotes.models import GPT
 from dropnotes.experiments._base import plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
-                                        rate_knob, size_knob)
+                                        judged, rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import progress
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import Z_ONE_SIDED_5, compare_paired
+from dropnotes.stats import Z_ONE_SIDED_5, compare_paired, critical
 
 CHAPTER = "llm"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
@@ -38,7 +38,17 @@ CHAPTER = "llm"
 # selects (the best step, the best rate) and the second half judges, so no selection touches the judging data;
 # the python-sources corpus (the standard library, torch, numpy, matplotlib; every 20th file held out); in full,
 # a model sized for it (about 20 tokens per parameter), 3 seeds, and each arm's learning rate chosen on validation.
-PROTOCOL = 3
+PROTOCOL = 4
+PROTOCOL_CHANGES = {4: "verdicts read at the run's scale (both signs alike), t intervals over seeds (the crossing "
+                       "rule too); LoRA dropout labelled a rule of thumb"}
+# The papers' settings, declared once (dropnotes.verdict reads a run below them "at reduced scale").
+PAPER_SETTINGS = {"Liu et al. 2025": {"model": "Pythia 160M or larger"},
+                  "Xue et al. 2023": {"model": "T5-base or larger"}}
+
+
+def measured_setting(cfg: "LLMConfig") -> dict:
+    """The run's values of what :data:`PAPER_SETTINGS` names."""
+    return {"model": f"byte-level GPT, {cfg.layers} x {cfg.dim}"}
 LN2 = math.log(2)
 CORPORA = ("python-sources", "python-stdlib", "enwik8")
 # Dense bf16 peak FLOP/s, for MFU (vendor datasheets); devices not listed report no MFU.
@@ -465,7 +475,7 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
            "finetune": pd.DataFrame([r["row"] for runs in ft.values() for r in runs]), "pre": pre, "ft": ft,
            "corpus": corpus.provenance, "pretrain_tokens": pretrain_steps(cfg, corpus) * cfg.batch_size * cfg.block_size,
            "corpus_tokens": int(corpus.train.numel())}
-    rec["verdicts"] = verdicts(rec, cfg)
+    rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
         rec["path"] = finish(
@@ -511,19 +521,20 @@ def rule_resolved(verdict: str, best_steps: dict, first_eval: int) -> str:
     return verdict
 
 
-def rule_crossing(gains: list[tuple[float, float]]) -> str:
+def rule_crossing(gains: list[tuple[float, float]], n_seeds: int = 1) -> str:
     """Dropout's gain (bpb, with its SE) per slice, from the smallest to the largest: it must help on the smallest
-    (2 SE), not on the largest, and shrink monotonically in between (a rise beyond 2 SE refutes the crossing,
-    a rise within noise leaves it inconclusive)."""
+    (beyond :func:`~dropnotes.stats.critical` SE for ``n_seeds``), not on the largest, and shrink monotonically in
+    between (a rise beyond that refutes the crossing, a rise within noise leaves it inconclusive)."""
+    c = critical(n_seeds)
     (g0, s0), (gl, sl) = gains[0], gains[-1]
-    if g0 < -2 * s0:
+    if g0 < -c * s0:
         return "not reproduced (dropout hurts on the smallest slice)"
-    if g0 <= 2 * s0:
+    if g0 <= c * s0:
         return "inconclusive (no gain shown on the smallest slice)"
-    if gl > 2 * sl:
+    if gl > c * sl:
         return "not reproduced (the gain persists on the largest slice)"
     rises = [(a, b) for a, b in zip(gains, gains[1:]) if b[0] > a[0]]
-    if any(b[0] - a[0] > 2 * math.hypot(a[1], b[1]) for a, b in rises):
+    if any(b[0] - a[0] > c * math.hypot(a[1], b[1]) for a, b in rises):
         return "not reproduced (the gain does not shrink monotonically)"
     return "inconclusive (not monotone: a rise within noise)" if rises else "reproduced"
 
@@ -570,7 +581,7 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     d, se, v = _cmp(bw(main[0.0]), bw(main[best_q]))
     rise = {q: float(np.mean([r["row"]["overfit_bpb"] for r in main[q]])) for q in cfg.finetune_rates}
     rows.append({"claim": "fine-tuning many epochs on small data: dropout lowers the best validation loss",
-                 "source": "nanoGPT shakespeare config; Xue et al. 2023",
+                 "source": "Xue et al. 2023; nanoGPT's shakespeare config", "setting": "Xue et al. 2023",
                  "paper": "dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
                  "ours": (f"{cfg.finetune_bytes:,} bytes: best bpb " +
                           ", ".join(f"p={q:g} {_bpb(main[q], 'best'):.3f} (step {_steps(main[q])})"
@@ -581,7 +592,8 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     lora = {q: ft["LoRA", q, cfg.finetune_bytes] for q in cfg.lora_rates}
     d, se, v = _cmp(bw(lora[0.0]), bw(lora[p]))
     rows.append({"claim": "LoRA dropout helps LoRA fine-tuning on small data",
-                 "source": "common LoRA fine-tuning configs", "paper": "lora_dropout 0.05-0.1 used; no ablation value quoted",
+                 "source": "rule of thumb (common LoRA fine-tuning configs)", "kind": "rule of thumb",
+                 "paper": "lora_dropout 0.05-0.1 used; no ablation value quoted",
                  "ours": (f"rank {cfg.lora_rank}: best bpb {_bpb(lora[0.0], 'best'):.3f} (p=0) vs "
                           f"{_bpb(lora[p], 'best'):.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
                  "verdict": v})
@@ -592,11 +604,11 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
         best_steps.update({f"p={q:g} on {size or 'all'} bytes (seed {r['seed']})": r["best"]["step"]
                            for q in (0.0, p) for r in ft["full", q, size]})
     rows.append({"claim": "dropout's benefit shrinks as the data grow, and vanishes near one epoch",
-                 "source": "Xue et al. 2023; Liu et al. 2025",
+                 "source": "Xue et al. 2023; Liu et al. 2025", "setting": "Xue et al. 2023",
                  "paper": "helps with repeated data, not in single-epoch training",
                  "ours": "; ".join(f"{s or 'all'} bytes ({e:.1f} epochs): gain {g:+.3f} ± {se_:.3f} bpb"
                                    for s, g, se_, e in gains),
-                 "verdict": rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains]), best_steps,
+                 "verdict": rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains], seeds), best_steps,
                                           first_eval(cfg))})
     return pd.DataFrame(rows)
 

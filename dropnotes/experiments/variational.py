@@ -20,22 +20,23 @@ from dropnotes.engine import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked,
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, rate_knob,
-                                        size_knob)
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish, judged,
+                                        rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import block_se, compare_paired, equivalent_paired, shortfall
+from dropnotes.stats import block_se, compare_paired, equivalent_paired
 
 CHAPTER = "variational"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): Zaremba et al.'s
 # 39-epoch medium schedule with 3 seeds, bf16, the schemes as one batched group; sparse VD with the authors' 200
 # epochs and schedules, its test set used once. Version 3: the ladder of schemes (naive -> tied -> + tied recurrent
 # -> + embedding dropout = variational; per-step against tied recurrent masks at the same rate), p_emb = p_rec.
-PROTOCOL = 3
-# "Weight-drop matches variational dropout" is a claim of equality: TOST on the paired test cross-entropy with
-# this margin, stated before any run (0.02 nats: perplexities within about 2 %).
-EQUAL_MARGIN_NATS = 0.02
+PROTOCOL = 4
+PROTOCOL_CHANGES = {4: "verdicts read at the run's scale (both signs alike), t intervals over seeds; the weight-drop "
+                       "equivalence margin cut from 0.02 nats to a quarter of the paper's naive -> variational effect, "
+                       "its speed condition (true by construction) dropped, and the claim labelled as this book's own "
+                       "test; sparse VD below the authors' schedule reads 'not at paper scale' with its compression"}
 
 # Gal & Ghahramani (2016), Table 1, PTB test perplexity, medium LSTM (2 x 650). Not checked in the paper (its stored
 # copy ends before Table 1): from a transcription of its text and Papers with Code; one secondary source gives 79.2
@@ -48,7 +49,24 @@ PAPER_ZAREMBA_WPS = 5500  # words per second, Zaremba medium, as reported by Gal
 PAPER_AWD = (61.2, 58.8)  # AWD-LSTM val / test, salesforce/awd-lstm-lm README (500 epochs, full recipe)
 # Molchanov et al. (2017), Table 1 (bayesgroup README): LeNet-300-100 SparseVD.
 PAPER_SVD_ERROR, PAPER_SVD_COMPRESSION = 1.92, 68
-SVD_PAPER_SCALE = {"svd_epochs": 200, "svd_train_size": 60000}  # the authors' lenet300-100-ard.py: 200 epochs on MNIST
+# "Weight-drop matches variational dropout" is this book's claim of equality: TOST on the paired test cross-entropy.
+# Margin (protocol 4, stated before its runs): a quarter of the paper's naive -> variational effect, ln(82.7 / 79.7)
+# = 0.037 nats, so that "equal" is tighter than the effect the same chapter tries to detect (protocol 3's 0.02
+# nats, more than half of it, was changed after its runs had been seen: the reason is the effect size, not them).
+EQUAL_MARGIN_NATS = round(math.log(PAPER_ZAREMBA_MEDIUM / PAPER_VARIATIONAL_MEDIUM) / 4, 4)
+# Each claim's paper setting, declared once (dropnotes.verdict reads a run below it "at reduced scale"):
+# Zaremba et al.'s medium LSTM on all of PTB (10k words), 39 epochs; the authors' sparse VD script.
+PAPER_SETTINGS = {
+    "medium LSTM": {"dim": 650, "layers": 2, "epochs": 39, "train_tokens": "all of ptb.train", "vocabulary": 10000},
+    "sparse VD": {"svd_epochs": 200, "svd_train_size": 60000},  # the authors' lenet300-100-ard.py: 200 epochs on MNIST
+}
+
+
+def measured_setting(cfg: "VariationalConfig") -> dict:
+    """The run's values of what :data:`PAPER_SETTINGS` names."""
+    return {"dim": cfg.dim, "layers": cfg.layers, "epochs": cfg.epochs,
+            "train_tokens": "all of ptb.train" if cfg.train_tokens == 0 else f"{cfg.train_tokens:,} tokens",
+            "vocabulary": cfg.vocab_cap or 10000, "svd_epochs": cfg.svd_epochs, "svd_train_size": cfg.svd_train_size}
 
 
 @dataclass(frozen=True)
@@ -282,7 +300,7 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
            "vocab": vocab,
            "tokens": {k: int(v.numel()) for k, v in d.items()}}
     rec["summary"] = summarize(rec["runs"], speed)
-    rec["verdicts"] = verdicts(rec, cfg)
+    rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
         last = rec["svd"].mean(numeric_only=True)
@@ -352,14 +370,14 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                                  EQUAL_MARGIN_NATS, shown=f"{EQUAL_MARGIN_NATS:g} nats")
     s = rec["summary"].set_index("scheme")["words/s (one model)"]
     speed = s["weight-drop"] / s["variational"]
-    verdict = eq if not eq.startswith("reproduced") else "reproduced" if speed > 1.0 else "partly (equivalent, not faster)"
-    rows.append({"claim": "weight-drop on W_hh (fused kernel) matches variational dropout in perplexity; the fused kernel "
-                          "outruns the time loop",
-                 "source": "Merity et al. 2018 (AWD-LSTM)",
-                 "paper": "a fused kernel with a regularised recurrence (AWD-LSTM)",
-                 "ours": (f"{ours}; equivalence margin ±{EQUAL_MARGIN_NATS:g} nats (TOST, 5 %); {speed:.2f}x the words/s of "
-                          "the time loop (fused kernel against time loop: faster by construction)"),
-                 "verdict": verdict})
+    rows.append({"claim": "weight-drop on W_hh matches variational dropout in perplexity",
+                 "source": "our test (weight-drop from Merity et al. 2018, who make no equivalence claim)",
+                 "kind": "our test", "test": "equivalence", "setting": "medium LSTM",
+                 "paper": "no claim (AWD-LSTM uses weight-drop; no comparison with variational dropout)",
+                 "ours": (f"{ours}; equivalence margin ±{EQUAL_MARGIN_NATS:g} nats (TOST, 5 %; a quarter of the paper's "
+                          f"naive -> variational effect); {speed:.2f}x the words/s of the time loop (not judged: a "
+                          "fused kernel outruns a time loop by construction)"),
+                 "verdict": eq})
     mc = rec["mc"]
     if len(mc):
         diff, se, v = compare_paired(list(rec["mc_windows"]["ws"]), list(rec["mc_windows"]["mc"]))
@@ -370,19 +388,15 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                               f"({diff:+.4f} ± {se:.4f} nats)"), "verdict": v})
     last = rec["svd"].mean(numeric_only=True)  # over seeds
     err, comp, fc1 = 100 * last.test_error, last.compression, last.sparsity_fc1
-    cut = shortfall({"svd_epochs": cfg.svd_epochs, "svd_train_size": cfg.svd_train_size}, SVD_PAPER_SCALE)
-    if cut:  # a shortened schedule is judged on the mechanism only, and never refutes the paper
-        rule, ok = "fc1 sparsity >= 0.8 and error <= 3 %", fc1 >= 0.8 and err <= 3.0
-    else:
-        rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
+    # a level claim: below the authors' schedule it reads "not at paper scale" with the compression it measured
+    rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
     rows.append({"claim": "sparse VD prunes most of LeNet-300-100 at a small cost in error",
-                 "source": "Molchanov et al. 2017 (Table 1)",
+                 "source": "Molchanov et al. 2017 (Table 1)", "test": "level", "setting": "sparse VD",
                  "paper": f"error {PAPER_SVD_ERROR} %, {PAPER_SVD_COMPRESSION}x fewer weights (200 epochs)",
                  "ours": (f"error {err:.2f} %, sparsity {last.sparsity_fc1:.3f} / {last.sparsity_fc2:.3f} / "
                           f"{last.sparsity_fc3:.3f}, {comp:.1f}x ({comp / PAPER_SVD_COMPRESSION:.2f} of the paper's) "
                           f"after {int(last.epoch)} epochs, mean of {len(rec['svd'])} seeds; rule: {rule}"),
-                 "verdict": "reproduced" if ok and not cut else "reproduced (direction)" if ok
-                 else f"not at paper scale ({', '.join(cut)})" if cut else "not reproduced"})
+                 "verdict": "reproduced" if ok else "not reproduced"})
     return pd.DataFrame(rows)
 
 

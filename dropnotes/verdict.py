@@ -1,0 +1,128 @@
+"""What a verdict may say, given the scale at which its run measured the claim.
+
+A chapter's rule (:mod:`dropnotes.stats`) turns measured numbers into a *rule verdict*: a text that starts
+with ``reproduced``, ``partly``, ``not reproduced``, ``inconclusive``, ``not converged`` or ``not measured``.
+What that verdict may claim depends on the run's scale, and this module decides it, the same way for every
+chapter and for both signs:
+
+* a run **at the paper's setting** (nothing cut from it, at least :data:`MIN_SEEDS` seeds) keeps its rule
+  verdict: *reproduced*, *partly* or *not reproduced*;
+* a run **below it** (any shortfall: model, data, schedule, seeds) reads at most *direction at reduced
+  scale* (the paper's sign, significant), *opposite at reduced scale* (the other sign, significant) or
+  *inconclusive*. A *level* claim (the paper's number itself) measured below the paper's setting reads
+  *not at paper scale*, whether the level was met or missed.
+
+So a small run can never confirm what it could not refute, and never refute what it could not confirm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import Enum
+
+import pandas as pd
+
+MIN_SEEDS = 3  # fewer seeds: the SE holds test-set noise only, and a verdict can be a direction at most
+
+
+class Outcome(str, Enum):
+    """A verdict's category, the one word the scorecard counts."""
+
+    REPRODUCED = "reproduced"
+    PARTLY = "partly"
+    NOT_REPRODUCED = "not reproduced"
+    DIRECTION = "direction at reduced scale"
+    OPPOSITE = "opposite at reduced scale"
+    INCONCLUSIVE = "inconclusive"
+    NOT_AT_SCALE = "not at paper scale"
+    NOT_CONVERGED = "not converged"
+    NOT_MEASURED = "not measured"
+    SUPERSEDED = "superseded"
+
+
+OUTCOMES = tuple(o.value for o in Outcome)
+# What a claim is: the paper's own claim, a hypothesis of this book, or a practitioners' rule without an ablation
+# behind it. Only paper claims are counted as reproductions of the literature.
+KINDS = ("paper claim", "our test", "rule of thumb", "setup check")
+# What the rule tests: a sign, an equality (TOST), the paper's number, or a timing (repeated measurements of one
+# setting, where seeds play no part).
+TESTS = ("direction", "equivalence", "level", "timing")
+
+
+def rule_outcome(text: str) -> Outcome:
+    """The outcome a rule's verdict text states (its leading words); ``ValueError`` if it states none."""
+    v = str(text).strip()
+    for outcome in sorted(Outcome, key=lambda o: -len(o.value)):  # longest first: "not reproduced" before "reproduced"
+        if v.startswith(outcome.value):
+            return outcome
+    raise ValueError(f"verdict must start with one of {', '.join(map(repr, OUTCOMES))}, got {text!r}")
+
+
+def scaled(rule: str, cut: Sequence[str], test: str = "direction") -> tuple[Outcome, str]:
+    """The outcome and the verdict text that a rule verdict ``rule`` may read at a run's scale. ``cut``: what
+    the run fell short of (:func:`dropnotes.stats.shortfall`, plus too few seeds); ``test``: what the rule
+    tests (see :data:`TESTS`). The text keeps the rule's own words after the outcome when they differ."""
+    if test not in TESTS:
+        raise ValueError(f"test must be one of {', '.join(map(repr, TESTS))}, got {test!r}")
+    raw = rule_outcome(rule)
+    if not cut or raw in (Outcome.INCONCLUSIVE, Outcome.NOT_CONVERGED, Outcome.NOT_MEASURED, Outcome.NOT_AT_SCALE,
+                          Outcome.SUPERSEDED, Outcome.DIRECTION, Outcome.OPPOSITE):
+        return raw, str(rule)
+    if test == "level":
+        outcome = Outcome.NOT_AT_SCALE
+    elif raw is Outcome.REPRODUCED:
+        outcome = Outcome.DIRECTION
+    elif raw is Outcome.NOT_REPRODUCED:
+        outcome = Outcome.OPPOSITE
+    else:  # "partly": a mixed result below the paper's setting decides nothing
+        outcome = Outcome.INCONCLUSIVE
+    return outcome, f"{outcome.value} (the rule read: {rule})"
+
+
+def seeds_cut(n_seeds: int) -> list[str]:
+    """The shortfall of a run with fewer than :data:`MIN_SEEDS` seeds (empty with enough)."""
+    n = int(n_seeds)
+    return [] if n >= MIN_SEEDS else [f"{n} seed{'s' if n != 1 else ''}: test noise only"]
+
+
+def judge(table: pd.DataFrame, cuts: dict[str, list[str]] | list[str], n_seeds: int) -> pd.DataFrame:
+    """A chapter's verdict table with every rule verdict read at the run's scale (a new frame).
+
+    ``cuts``: the run's shortfall against each of the chapter's paper settings (setting name -> list), or one
+    list for every row; a row names its setting in a ``setting`` column (default: the first). Adds the
+    columns ``rule_verdict`` (the rule's own text), ``scale`` (``paper scale`` or what was cut), ``outcome``,
+    and fills ``kind`` (default *paper claim*) and ``test`` (default *direction*)."""
+    out = table.copy()
+    if "rule_verdict" in out:  # already judged: judge the rule's own verdict again
+        out["verdict"] = out["rule_verdict"]
+    settings = cuts if isinstance(cuts, dict) else {"": list(cuts)}
+    first = next(iter(settings)) if settings else ""
+    for col, default in (("kind", KINDS[0]), ("test", TESTS[0]), ("setting", first)):
+        out[col] = out[col].fillna(default) if col in out else default
+    verdicts, outcomes, scales = [], [], []
+    for _, row in out.iterrows():
+        if row["kind"] not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {row['kind']!r}")
+        name = row["setting"] if row["setting"] in settings else first
+        cut = [*settings.get(name, []), *([] if row["test"] == "timing" else seeds_cut(n_seeds))]
+        outcome, text = scaled(row["verdict"], cut, row["test"])
+        verdicts.append(text)
+        outcomes.append(outcome.value)
+        scales.append("; ".join(cut) if cut else "paper scale")
+    out["rule_verdict"] = table["rule_verdict"] if "rule_verdict" in table else table["verdict"]
+    out["verdict"], out["outcome"], out["scale"] = verdicts, outcomes, scales
+    return out
+
+
+CONVERGED_BEFORE = 0.75  # a model converged when its best validation point lies in the first 3/4 of its schedule
+
+
+def not_converged(best: Sequence[float], schedule: float) -> list[int]:
+    """The positions of the models whose best validation epoch (or step) lies in the last quarter of their
+    ``schedule``: still improving when it ended, so a verdict on them reads *not converged*."""
+    return [i for i, b in enumerate(best) if float(b) > CONVERGED_BEFORE * float(schedule)]
+
+
+def counted(kinds: Iterable[str]) -> list[bool]:
+    """Which rows a count of the literature's claims includes: paper claims only."""
+    return [k == "paper claim" for k in kinds]

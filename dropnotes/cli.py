@@ -390,6 +390,35 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def generated_parameters(chapter: str) -> str:
+    """The chapter's parameters cell as its knob declaration generates it (comments with each profile's value)."""
+    module = chapter_module(chapter)
+    if module is None or not hasattr(module, "KNOBS"):
+        raise UsageError(f"{chapter}: declares no knobs to generate a parameters cell from")
+    return module.KNOBS.parameters_cell(getattr(module, "PROFILE_DEFAULTS", None))
+
+
+def cmd_params(args) -> int:
+    from dropnotes import notebooks
+    from dropnotes.experiments import CHAPTERS
+
+    chapters = list(CHAPTERS) if args.chapter == "all" else [args.chapter]
+    stale = []
+    for chapter in chapters:
+        text = generated_parameters(chapter)
+        path = chapter_path(chapter)
+        if args.write:
+            print(f"{path}: {'written' if notebooks.write_parameters(path, text) else 'unchanged'}")
+        elif notebooks.parameters_source(path) != text:
+            stale.append(str(path))
+        elif args.chapter != "all":
+            print(text)
+    for path in stale:
+        print(f"{path}: its parameters cell differs from the knob declaration; run `dropnotes params "
+              f"{args.chapter} --write`", file=sys.stderr)
+    return 1 if stale else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dropnotes", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -442,6 +471,10 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--steps", type=int, default=20, help="with --device-check: timed steps per group (default 20)")
     es.add_argument("--out", default=None, help="with --device-check: write the rows to this JSON file, chapter by chapter")
     es.set_defaults(func=cmd_estimate)
+    pa = sub.add_parser("params", help="a chapter's parameters cell, generated from its knob declaration")
+    pa.add_argument("chapter", help="a chapter name, or all")
+    pa.add_argument("--write", action="store_true", help="write it into the notebook(s)")
+    pa.set_defaults(func=cmd_params)
     return parser
 
 

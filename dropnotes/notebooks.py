@@ -128,6 +128,34 @@ def refresh_checked(src: str | Path) -> int:
     return checked
 
 
+def parameters_source(src: str | Path) -> str:
+    """The source of the notebook's papermill ``parameters`` cell (``ValueError`` when it has none)."""
+    import nbformat
+
+    nb = nbformat.read(str(src), as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            return cell.source
+    raise ValueError(f"{src}: no cell tagged 'parameters'")
+
+
+def write_parameters(src: str | Path, text: str) -> bool:
+    """Put ``text`` into the notebook's ``parameters`` cell (atomically); True when it changed."""
+    import nbformat
+
+    from dropnotes.runtime import atomic_write
+
+    nb = nbformat.read(str(src), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    if not cells:
+        raise ValueError(f"{src}: no cell tagged 'parameters'")
+    if cells[0].source == text:
+        return False
+    cells[0].source = text
+    atomic_write(src, nbformat.writes(nb) + "\n")
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from dropnotes.experiments import CHAPTERS as CHAPTERS_WITH_KNOBS
 import torch
 
 from dropnotes import cli, data, functional as DF, layers, models, train
@@ -247,6 +249,18 @@ def test_declared_knobs_match_every_notebook_and_configure():
         assert set(sig) == set(declared), chapter
         for name, knob in declared.items():
             assert knob.check(sig[name].default) == _base.Knobs.canonical_default(knob), (chapter, name)
+
+
+def test_every_parameters_cell_is_generated_from_its_knobs(capsys):
+    """The parameters cells' comments come from the knob declarations (with each profile's value), so they cannot
+    go stale: `dropnotes params all` checks them, `--write` regenerates them."""
+    from dropnotes import notebooks
+
+    for chapter in CHAPTERS_WITH_KNOBS:
+        assert notebooks.parameters_source(cli.chapter_path(chapter)) == cli.generated_parameters(chapter), chapter
+    assert cli.main(["params", "all"]) == 0
+    text = cli.generated_parameters("mechanics")
+    assert "epochs = None  # training epochs (quick: 40; laptop: 80; full: 300)" in text.splitlines()
 
 
 def test_data_error_for_an_unknown_file():

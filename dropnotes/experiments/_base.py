@@ -204,6 +204,25 @@ class Knob:
         return self.check(value)
 
 
+def _literal(value: Any) -> str:
+    """A default as the parameters cell writes it: strings in double quotes, the rest as Python's repr."""
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _fmt_default(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        return ",".join(_fmt_default(v) for v in value)
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
 def inferred_knob(name: str, default: Any, help: str = "") -> Knob:
     """A knob typed like a notebook default, for notebooks whose chapter declares no ``KNOBS``."""
     if isinstance(default, bool):
@@ -235,6 +254,32 @@ class Knobs(Mapping):
 
     def __len__(self) -> int:
         return len(self._knobs)
+
+    def comment(self, name: str, profile_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+        """The parameters cell's comment for knob ``name``: its help, then, for a knob whose default is the
+        profile's, each run profile's value from ``profile_defaults`` (so that the comment cannot go stale)."""
+        k = self._knobs[name]
+        text = k.help
+        if k.profile_default and profile_defaults:
+            vals = [(prof, d[name]) for prof, d in profile_defaults.items() if prof != "smoke" and name in d]
+            if vals:
+                shown = "; ".join(f"{prof}: {_fmt_default(v)}" for prof, v in vals)
+                text = f"{text} ({shown})" if text else shown
+        return text
+
+    def parameters_cell(self, profile_defaults: Mapping[str, Mapping[str, Any]] | None = None) -> str:
+        """The notebook's papermill ``parameters`` cell, generated from the declaration: one line per knob,
+        ``name = default  # comment`` (``dropnotes params CHAPTER --write`` puts it in the notebook; a test
+        checks that every notebook's cell is this text)."""
+        lines = []
+        for name, k in self._knobs.items():
+            default = None if k.profile_default else k.default
+            value = list(default) if isinstance(default, tuple) else default
+            text = self.comment(name, profile_defaults)
+            if "=" in text:  # papermill's parser then fails to read the line
+                raise ValueError(f"the help of knob {name!r} must not contain '=' (papermill cannot parse it): {text!r}")
+            lines.append(f"{name} = {_literal(value)}" + (f"  # {text}" if text else ""))
+        return "\n".join(lines)
 
     def defaults(self) -> dict[str, Any]:
         return {k.name: (None if k.profile_default else self.canonical_default(k)) for k in self._knobs.values()}
@@ -318,8 +363,8 @@ class DeviceKnob(Knob):
 
 
 PROFILE = Knob("profile", "str", "auto", '"smoke" (seconds: does the environment work?), "quick" (2-core CPU, '
-               'minutes: a pipeline check), "laptop" (2-core CPU, <= 45 min: converged, >= 3 seeds), "full" (one GPU, '
-               'the papers\' scale), "auto" (full when the chosen device is a GPU, else quick)', choices=PROFILES)
+               'minutes: a pipeline check), "laptop" (2-core CPU, up to 45 min: converged, 3 seeds or more), "full" (one GPU, '
+               'paper scale), "auto" (full when the chosen device is a GPU, else quick)', choices=PROFILES)
 DEVICE = DeviceKnob("device", "str", "auto", '"auto", "cuda", "cuda:N", "mps" or "cpu"')
 SEED = Knob("seed", "int", 0, "seed block: seeds seed*n_seeds ... seed*n_seeds + n_seeds - 1 are used", low=0, high=SEED_MAX)
 

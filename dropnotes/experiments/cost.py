@@ -101,9 +101,9 @@ PROFILE_DEFAULTS = {
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    Knob("sizes", "ints", None, "tensor sizes in elements, comma-separated (quick: 16384,262144,4194304)",
+    Knob("sizes", "ints", None, "tensor sizes in elements, comma-separated",
          low=1, high=2**31 - 1, profile_default=True),
-    size_knob("rounds", "interleaved timing rounds per training-step variant (quick: 5)", high=1000),
+    size_knob("rounds", "interleaved timing rounds per training-step variant", high=1000),
 )
 BENCH_BYTES_PER_ELEMENT = 4 * 8  # fp32: input, output, mask, gradients and the copy reference, with room
 

@@ -92,10 +92,10 @@ KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
     Knob("dataset", "str", "cifar10-jpg", '"cifar10-jpg" (offline copy, lossy) or "cifar10" (canonical, downloaded)',
          choices=("cifar10-jpg", "cifar10")),
-    size_knob("n_seeds", "quick: 1; full: 3", high=100),
-    size_knob("epochs", "quick: 10; full: 100", high=10000),
-    size_knob("train_size", "quick: 1,000 images; full: 10,000", high=50000),
-    size_knob("depth", "the deep net (quick: 4; full: 12); the shallow net has depth 2 (quick) or 6 (full)", high=64),
+    size_knob("n_seeds", "seeds of every arm", high=100),
+    size_knob("epochs", "training epochs", high=10000),
+    size_knob("train_size", "training images", high=50000),
+    size_knob("depth", "depth of the deep net (the shallow net's is the profile's shallow_depth)", high=64),
 )
 
 

@@ -121,11 +121,11 @@ KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
     rate_knob("p_hidden", 0.5, "drop rate of the dropout net's hidden layers"),
     rate_knob("p_input", 0.2, "drop rate of its input pixels"),
-    size_knob("members", "ensemble size K (quick and full: 5)", low=2, high=100),
-    size_knob("n_seeds", "quick: 2; full: 3", high=100),
-    size_knob("train_size", "quick: 2,000 MNIST images; full: 50,000 (a validation split is held out)", high=59000),
-    size_knob("epochs", "quick: 40; full: 100", high=10000),
-    Knob("lr_dropout", "float", None, "learning rate of the dropout net (quick and full: 0.05 and 0.1)",
+    size_knob("members", "ensemble size K", low=2, high=100),
+    size_knob("n_seeds", "seeds", high=100),
+    size_knob("train_size", "MNIST training images (a validation split is held out beside them)", high=59000),
+    size_knob("epochs", "training epochs", high=10000),
+    Knob("lr_dropout", "float", None, "learning rate of the dropout net",
          low=0.0, low_open=True, high=10.0, profile_default=True),
 )
 

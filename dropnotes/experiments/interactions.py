@@ -110,9 +110,9 @@ KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
     rate_knob("p", 0.5, "the CNN's dropout rate, > 0 (Li et al.'s 0.5; the MLPs use 0.5, Srivastava et al.'s hidden rate)",
               low_open=True),
-    size_knob("n_seeds", "quick: 1; full: 3", high=100),
-    size_knob("cnn_epochs", "quick: 15; full: 60", high=10000),
-    size_knob("mlp_epochs", "quick: 40; full: 200", high=10000),
+    size_knob("n_seeds", "seeds of every arm", high=100),
+    size_knob("cnn_epochs", "CNN training epochs", high=10000),
+    size_knob("mlp_epochs", "MLP training epochs", high=10000),
 )
 
 

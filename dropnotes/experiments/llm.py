@@ -115,11 +115,11 @@ KNOBS = Knobs(
          '"python-sources" (the standard library, torch, numpy and matplotlib; offline), "python-stdlib" (offline) '
          'or "enwik8" (downloaded)', choices=CORPORA),
     rate_knob("p", 0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5),
-    size_knob("pretrain_steps", "quick: 400; full: 6,000; never more than one pass over the corpus", high=10**6),
-    size_knob("n_seeds", "seeds of every arm (quick: 1; full: 3)", high=20),
-    size_knob("finetune_steps", "quick: 300; full: 1,000", high=10**6),
+    size_knob("pretrain_steps", "pretraining steps, never more than one pass over the corpus", high=10**6),
+    size_knob("n_seeds", "seeds of every arm", high=20),
+    size_knob("finetune_steps", "fine-tuning steps", high=10**6),
     # tiny-shakespeare's training split holds 1,003,854 bytes; a slice needs at least a few 256-byte windows.
-    size_knob("finetune_bytes", "the main fine-tuning slice (quick: 10,000 bytes; full: 100,000)", low=2048,
+    size_knob("finetune_bytes", "the main fine-tuning slice in bytes", low=2048,
          high=1003854),
 )
 

@@ -95,10 +95,10 @@ KNOBS = Knobs(
     Knob("rates", "floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at least one more",
          low=0.0, high=1.0, high_open=True, min_len=2),
     rate_knob("input_p", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
-    size_knob("train_size", "training examples (quick: 2,000; laptop and full: 50,000; the validation split is held out)",
+    size_knob("train_size", "training examples (the validation split is held out beside them)",
               high=59000),
-    size_knob("epochs", "quick: 40; laptop: 80; full: 300", high=10000),
-    size_knob("n_seeds", "quick, laptop and full: 3", high=100),
+    size_knob("epochs", "training epochs", high=10000),
+    size_knob("n_seeds", "seeds of every rate", high=100),
     Knob("dataset", "str", "mnist", '"mnist" or "fashion-mnist"', choices=("mnist", "fashion-mnist")),
 )
 

@@ -126,15 +126,15 @@ PROFILE_DEFAULTS = {
 
 KNOBS = Knobs(
     PROFILE, SEED, DEVICE,
-    rate_knob("p_io", None, "dropout on inputs and outputs (quick 0.4, full 0.5)", profile_default=True),
-    rate_knob("p_rec", None, "dropout on the recurrent state or on W_hh (quick 0.25, full 0.2)", profile_default=True),
-    rate_knob("p_emb", None, "word-type embedding dropout (quick 0.1, full 0.2)", profile_default=True),
-    size_knob("n_seeds", "quick: 2; full: 3", high=100),
-    size_knob("epochs", "quick: 6; full: 39 (Zaremba et al.'s medium schedule)", high=1000),
+    rate_knob("p_io", None, "dropout on inputs and outputs", profile_default=True),
+    rate_knob("p_rec", None, "dropout on the recurrent state or on W_hh", profile_default=True),
+    rate_knob("p_emb", None, "word-type embedding dropout", profile_default=True),
+    size_knob("n_seeds", "seeds of every scheme", high=100),
+    size_knob("epochs", "training epochs (Zaremba et al.'s medium schedule: 39)", high=1000),
     # PTB's training stream has 929,589 words; BPTT needs at least a few windows of 35 x batch words.
-    size_knob("train_tokens", "quick: the first 30,000 training words; full: all of them", low=5000, high=929589),
-    size_knob("mc_samples", "stochastic passes for MC dropout (quick 10, full 100)", high=10000),
-    size_knob("svd_epochs", "sparse VD epochs (quick 2, full 200 as the authors')", high=1000),
+    size_knob("train_tokens", "the first training words used (0 in a profile: all of them)", low=5000, high=929589),
+    size_knob("mc_samples", "stochastic passes for MC dropout", high=10000),
+    size_knob("svd_epochs", "sparse VD epochs (the authors': 200)", high=1000),
 )
 
 

@@ -180,7 +180,7 @@ def test_chapter2_level_is_judged_only_at_the_papers_size():
     rec = _chapter2_record(1.0)
     at_size = ens.configure("quick", device="cpu", train_size=50000)
     at_size = type(at_size)(**{**at_size.__dict__, "hidden": (1024, 1024, 1024),
-                               "epochs": ens.PAPER_SETTINGS["Table 2"]["epochs"]})
+                               "epochs": -(-ens.PAPER_SETTINGS["Table 2"]["updates"] // (50000 // at_size.batch_size))})
     # 5 % error at the paper's size is far from its 1.06 %: partly; the same numbers from a smaller run: direction only
     assert ens.verdicts(rec, at_size).verdict.iloc[0].startswith("partly: direction reproduced, level")
     assert ens.verdicts(rec, ens.configure("quick", device="cpu")).verdict.iloc[0].startswith("reproduced (direction")
@@ -234,13 +234,14 @@ def test_chapter1_scale_reads_both_signs_alike(profile):
         out[sign] = _base.judged("mechanics", cfg, mech.verdicts(mech.summarize(finals), finals, 300))
     assert list(out["+"].outcome) == ["direction at reduced scale", "not at paper scale"]
     assert list(out["-"].outcome) == ["opposite at reduced scale", "not at paper scale"]
-    assert (out["+"].scale == out["-"].scale).all() and "epochs" in out["+"].scale.iloc[0]
-    at_paper = mech.configure("full", device="cpu", epochs=mech.PAPER_EPOCHS)
+    assert (out["+"].scale == out["-"].scale).all() and "updates" in out["+"].scale.iloc[0]
+    epochs = -(-mech.PAPER_UPDATES // (50000 // 128))  # the full profile's batches: a million updates
+    at_paper = mech.configure("full", device="cpu", epochs=epochs)
     finals = _chapter1_finals({0.0: 0.020, 0.2: 0.016, 0.5: 0.0120})
-    t = _base.judged("mechanics", at_paper, mech.verdicts(mech.summarize(finals), finals, mech.PAPER_EPOCHS))
+    t = _base.judged("mechanics", at_paper, mech.verdicts(mech.summarize(finals), finals, epochs))
     assert list(t.outcome) == ["reproduced", "reproduced"] and (t.scale == "paper scale").all()
     two = type(at_paper)(**{**at_paper.__dict__, "n_seeds": 2})  # too few seeds: a direction at most
-    t = _base.judged("mechanics", two, mech.verdicts(mech.summarize(finals), finals, mech.PAPER_EPOCHS))
+    t = _base.judged("mechanics", two, mech.verdicts(mech.summarize(finals), finals, epochs))
     assert list(t.outcome) == ["direction at reduced scale", "not at paper scale"] and "2 seeds" in t.scale.iloc[0]
 
 

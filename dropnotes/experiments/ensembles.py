@@ -30,7 +30,7 @@ from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import (compare_errors, compare_estimates, compare_paired, compare_predictions, equivalent_paired,
                              fmt_mean_sd, paired_bootstrap_auroc)
 from dropnotes.verdict import MIN_SEEDS
-from dropnotes.experiments.mechanics import PAPER_EPOCHS
+from dropnotes.experiments.mechanics import PAPER_UPDATES
 
 CHAPTER = "ensembles"
 # The protocol's version, stored with each result (see _base.protocol). 2: temperature scaling on validation as
@@ -52,7 +52,7 @@ ROTATION_ANGLES = tuple(range(0, 181, 15))
 # (50,000 here, 10,000 held out for validation as in their §B.1). Below it, claim 1 is judged in direction only.
 # Each claim's paper setting, declared once; a run below it reads "at reduced scale" (dropnotes.verdict).
 PAPER_SETTINGS = {
-    "Table 2": {"train_size": 50000, "hidden": (1024, 1024, 1024), "epochs": PAPER_EPOCHS},
+    "Table 2": {"train_size": 50000, "hidden": (1024, 1024, 1024), "updates": PAPER_UPDATES},
     "uncertainty-baselines": {"dataset": "cifar10", "model": "WRN-28-10"},
     "Gal & Ghahramani 2016": {"model": "the paper's networks and data"},
 }
@@ -60,7 +60,8 @@ PAPER_SETTINGS = {
 
 def measured_setting(cfg: "EnsemblesConfig") -> dict:
     """The run's values of what :data:`PAPER_SETTINGS` names."""
-    return {"train_size": cfg.train_size, "hidden": tuple(cfg.hidden), "epochs": cfg.epochs, "dataset": cfg.dataset,
+    return {"train_size": cfg.train_size, "hidden": tuple(cfg.hidden),
+            "updates": cfg.epochs * (cfg.train_size // cfg.batch_size), "dataset": cfg.dataset,
             "model": "MLP " + " x ".join(map(str, cfg.hidden))}
 
 # Published values (see the chapter for sources).

@@ -39,8 +39,9 @@ PROTOCOL_CHANGES = {4: "verdicts read at the run's scale (both signs alike), t i
                        "test; sparse VD below the authors' schedule reads 'not at paper scale' with its compression"}
 
 # Gal & Ghahramani (2016), Table 1, PTB test perplexity, medium LSTM (2 x 650). Not checked in the paper (its stored
-# copy ends before Table 1): from a transcription of its text and Papers with Code; one secondary source gives 79.2
-# for the tied model. The paper's MC figure averages 1,000 passes (its text); the authors' script uses 100 x batch.
+# copy ends before Table 1): from a note quoting its flattened table (tied 81.8 / 79.7, MC 79.0) and Papers with
+# Code (81.9 / 79.7, the untied row). Zaremba et al.'s 86.2 / 82.7 (medium) and 120.7 / 114.5 (small, no dropout)
+# are in the authors' own draft (wojzaremba/rnnreg, rnn.tex). The paper's MC figure averages 1,000 passes (its text); the authors' script uses 100 x batch.
 PAPER_ZAREMBA_MEDIUM = 82.7  # naive dropout (Zaremba et al. 2014)
 PAPER_VARIATIONAL_MEDIUM = 79.7  # variational, weight scaling
 PAPER_VARIATIONAL_MEDIUM_MC = 79.0  # the same model, MC averaging (1,000 passes)
@@ -114,8 +115,11 @@ PROFILE_DEFAULTS = {
     # One GPU, Zaremba et al.'s medium schedule: 2 x 650, init +-0.05, BPTT 35, batch 20, SGD lr 1 divided by
     # 1.2 every epoch after epoch 6, clip 5, 39 epochs, on all of PTB; 3 seeds; the five schemes x seeds as one
     # batched group, its matmuls in bf16 (weights, cell state and loss in fp32). Rates: Zaremba's medium 0.5 on the
-    # non-recurrent connections; Gal & Ghahramani tie the embedding's rate to the recurrent one (their paper), and
-    # their medium values could not be checked, so p_rec = p_emb = 0.2 is ours. Sparse VD: the authors' 200
+    # non-recurrent connections; Gal & Ghahramani tie the embedding's rate to the recurrent one (their paper). Their
+    # medium rates are in neither the stored copy of the paper (it stops before them) nor the authors' code
+    # (yaringal/BayesianRNN has the large model's, dropout_x 0.3 / i 0.5 / h 0.3 / o 0.5 in
+    # LM_code/main_new_dropout_SOTA_v3_fix.lua, and the small model's, all 0.25, in main_dropout.lua, but no
+    # 650-unit setting), so p_rec = p_emb = 0.2 is ours. Sparse VD: the authors' 200
     # epochs and schedules, 3 seeds as one group.
     "full": dict(vocab_cap=0, train_tokens=0, eval_tokens=0, dim=650, layers=2, init_range=0.05, batch_size=20,
                  seq_len=35, epochs=39, optimizer="sgd", lr=1.0, lr_decay=1.2, decay_after=6, clip=5.0,

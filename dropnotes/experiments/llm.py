@@ -97,8 +97,8 @@ PROFILE_DEFAULTS = {
                   finetune_steps=300, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
                   sizes=(2500, 10000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=16384, eval_every=10,
                   amp=False, compile=False, n_seeds=1, lr_factors=(1.0,)),
-    # One GPU: a 6 x 4 x 256 GPT (4.8 M parameters, block 256) sized for one pass over the python-sources corpus
-    # (about 90 MB, so about 19 tokens per parameter), bf16; 3 seeds, and each arm's learning rate chosen on
+    # One GPU: a GPT of 6 layers, width 192 and 3 heads (block 256; `dropnotes estimate` and the chapter give its
+    # parameter count) sized for one pass over the python-sources corpus (about 20 tokens per parameter), bf16; 3 seeds, and each arm's learning rate chosen on
     # validation from 3 rates: the 3 arms x 3 seeds x 3 rates as one batched group, and the full fine-tuning runs
     # (100 kB of tiny-shakespeare and the crossing's slices) x 3 seeds as another, each step graph-captured; the
     # LoRA runs compiled.

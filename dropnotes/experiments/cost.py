@@ -93,6 +93,10 @@ PROFILE_DEFAULTS = {
     # CPU, about a minute: small models; tensors up to 4 M elements.
     "quick": dict(sizes=(2**14, 2**18, 2**22), min_run_time=0.1, rounds=5, steps_per_round=6, mlp_width=1024,
                   vit_dim=64, gpt_dim=64, batch=64, attn_seq=256, amp=False),
+    # One 2-core CPU (the evidence without a GPU): tensors up to 16 M elements (64 MiB, past the caches), wider
+    # models, more interleaved rounds for the timing spreads.
+    "laptop": dict(sizes=(2**14, 2**18, 2**22, 2**24), min_run_time=0.5, rounds=9, steps_per_round=8, mlp_width=2048,
+                   vit_dim=128, gpt_dim=128, batch=64, attn_seq=512, amp=False),
     # One GPU: up to 256 M elements (1 GiB, memory-bound), paper-sized models in bf16.
     "full": dict(sizes=(2**16, 2**20, 2**24, 2**28), min_run_time=0.5, rounds=7, steps_per_round=20, mlp_width=4096,
                  vit_dim=384, gpt_dim=768, batch=128, attn_seq=1024, amp=True),

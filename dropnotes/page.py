@@ -73,7 +73,8 @@ def _formatter(values: pd.Series, places: int | None):
 class Table:
     """A formatted table: HTML for the book (a pandas Styler), aligned text for a terminal and for nbval."""
 
-    def __init__(self, frame: pd.DataFrame, caption: str, places: dict[str, int] | None = None):
+    def __init__(self, frame: pd.DataFrame, caption: str, places: dict[str, int] | None = None, muted: bool = False):
+        self.muted = muted
         frame = frame.copy()
         if not isinstance(frame.index, pd.RangeIndex) or frame.index.name is not None:
             frame = frame.reset_index()
@@ -96,7 +97,8 @@ class Table:
         from pandas.io.formats.style import Styler
 
         styler = (Styler(self.frame, cell_ids=False).format(self.formats).hide(axis="index").set_uuid(uid).set_td_classes(classes)
-                  .set_table_attributes(f'class="dn-table" aria-label="{html.escape(self.caption)}"'))
+                  .set_table_attributes(f'class="dn-table{" dn-superseded" if self.muted else ""}" '
+                                        f'aria-label="{html.escape(self.caption)}"'))
         # the caption sits above the scrolling container, so it never scrolls out of view with a wide table
         return (f'<p class="dn-caption">{html.escape(self.caption)}</p>'
                 f'<div class="dn-table-wrap">{styler.to_html()}</div>')
@@ -105,14 +107,14 @@ class Table:
         return f"{self.caption}\n{self.cells().to_string(index=False)}"
 
 
-def show(frame: pd.DataFrame, caption: str, *, places: dict[str, int] | None = None) -> Table:
+def show(frame: pd.DataFrame, caption: str, *, places: dict[str, int] | None = None, muted: bool = False) -> Table:
     """``frame`` as a table a person reads (see the module's docstring); ``places`` fixes the decimals of
-    named columns (their original names)."""
+    named columns (their original names); ``muted``: shown in grey (a superseded run's table)."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"frame must be a pandas DataFrame, got {type(frame).__name__}")
     if not caption:
         raise ValueError("caption must say what the table shows")
-    return Table(frame, caption, places)
+    return Table(frame, caption, places, muted)
 
 
 # ------------------------------------------------------------------ provenance and the run box
@@ -257,7 +259,8 @@ def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | No
             continue
         table, note = current_verdicts(chapter, record)
         if table is not None:
-            display(show(_verdict_first(table), stored_caption(other, record, note)))
+            display(show(_verdict_first(table), stored_caption(other, record, note),
+                         muted=bool((table.get("outcome") == "superseded").all())))
     closing(chapter, profile)
 
 

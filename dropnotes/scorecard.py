@@ -92,6 +92,17 @@ def collect() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
+def _verdict_cell(row: pd.Series, profile: str) -> str:
+    """A verdict as the scorecard writes it: bold for evidence, italic for the quick pipeline check, grey for a
+    superseded run, plain ``not run``."""
+    v = row[f"{profile}_verdict"]
+    if v == "not run":
+        return v
+    if row[f"{profile}_outcome"] == "superseded":
+        return f'<span class="dn-superseded">{v}</span>'
+    return f"**{v}**" if profile in EVIDENCE else f"*{v}*"
+
+
 def to_markdown(table: pd.DataFrame) -> str:
     """The scorecard as MyST: one section per chapter (its title, a link to it), each a table with the claim,
     its kind, each profile's verdict (the quick one marked as a pipeline check), the paper's value and the
@@ -107,8 +118,7 @@ def to_markdown(table: pd.DataFrame) -> str:
         out += [f"**{TITLES.get(chapter, chapter)}** (*{chapter}*, {{doc}}`the chapter <{doc}>`)", "",
                 "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for _, row in rows.iterrows():
-            verdicts = [(f"**{row[f'{p}_verdict']}**" if p in EVIDENCE else f"*{row[f'{p}_verdict']}*")
-                        if row[f"{p}_verdict"] != "not run" else "not run" for p in PROFILES]
+            verdicts = [_verdict_cell(row, p) for p in PROFILES]
             values = [row["claim"], row["kind"], *verdicts, row["paper"], _cite(row["source"])]
             out.append("| " + " | ".join(cell(v) for v in values) + " |")
         out.append("")

@@ -190,6 +190,20 @@ def predicted_full_s(chapter: str) -> float | None:
     return estimate.stored_prediction(chapter)
 
 
+def _protocol_note(chapter: str, record: dict) -> str:
+    """What the run box says of a stored run of an older protocol: the same as its verdict table's caption."""
+    from dropnotes.experiments._base import protocol
+
+    if int(record["provenance"].get("protocol", 1)) >= protocol(chapter):
+        return ""
+    from dropnotes.experiments._base import current_verdicts
+
+    table, _ = current_verdicts(chapter, record)
+    if table is not None and not (table.get("outcome") == "superseded").all():
+        return " (its protocol has changed since; its verdicts are recomputed from its numbers with the current rules)"
+    return " (its protocol has changed since: its verdicts are superseded)"
+
+
 def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | None,
             predicted_s: float | None, laptop: dict | None = None) -> str:
     """The "run it yourself" box's MyST text: this page's run (profile, device, wall time), the full profile's
@@ -202,16 +216,13 @@ def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | N
     if laptop is not None:
         p = laptop["provenance"]
         lines.append(f"- **Laptop profile** (2-core CPU, the evidence without a GPU): the stored run took "
-                     f"{p['wall_time_s'] / 60:.1f} min on {p.get('cpu') or p['device']} (`dropnotes run {chapter} "
-                     "--profile laptop`).")
+                     f"{p['wall_time_s'] / 60:.1f} min on {p.get('cpu') or p['device']}{_protocol_note(chapter, laptop)} "
+                     f"(`dropnotes run {chapter} --profile laptop`).")
     full = [f"predicted {predicted_s / 60:.1f} min on one H100 (`dropnotes estimate`)"] if predicted_s else []
     if stored is not None:
         p = stored["provenance"]
-        from dropnotes.experiments._base import protocol
-
-        stale = int(p.get("protocol", 1)) < protocol(chapter)
         full.append(f"the stored full run took {p['wall_time_s'] / 60:.1f} min on {p['device']}"
-                    + (" (its protocol has changed since)" if stale else ""))
+                    + _protocol_note(chapter, stored))
     if full:
         lines.append("- **Full profile** (one GPU, the papers' scale): " + "; ".join(full) + ".")
     page = notebook.removesuffix(".ipynb").split("/")[-1]

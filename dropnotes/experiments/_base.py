@@ -423,7 +423,7 @@ def current_verdicts(chapter: str, record: dict | None) -> tuple[pd.DataFrame | 
     * else the stored table with every verdict read *superseded (protocol M)*, note naming what changed."""
     if record is None:
         return None, ""
-    table = record["tables"].get("verdicts")
+    table = record.get("tables", {}).get("verdicts")
     made, now = int(record["provenance"].get("protocol", 1)), protocol(chapter)
     if made >= now and table is not None and "outcome" in table:
         return table, ""

@@ -252,6 +252,34 @@ def stored_caption(profile: str, record: dict, note: str) -> str:
     return head + (f" ({note})" if note else " (the chapter's current protocol)")
 
 
+def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -> list:
+    """For each stored evidence run of ``chapter`` (laptop, then full): a line naming it (profile, device, date,
+    what it changed) and its scale against the paper, and its table ``table`` as :func:`show` formats it.
+    ``caption`` gets the run's name appended; ``header=False``: the tables only. An empty list when none is stored."""
+    from IPython.display import Markdown
+
+    from dropnotes.experiments._base import current_verdicts
+    from dropnotes.results import describe
+
+    out = []
+    for profile in STORED:
+        record = _repo_record(chapter, profile)
+        if record is None:
+            continue
+        verdicts, note = current_verdicts(chapter, record)
+        scales = [] if verdicts is None or "scale" not in verdicts else list(dict.fromkeys(verdicts["scale"]))
+        line = f"**The stored {profile} run:** {describe(record)}."
+        if scales:
+            line += " Scale against the papers: " + " / ".join(scales) + "."
+        if note:
+            line += f" ({note}.)"
+        if header:
+            out.append(Markdown(line))
+        if table in record["tables"]:
+            out.append(show(record["tables"][table], f"{caption} (the stored {profile} run)"))
+    return out
+
+
 def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | None = None, detail: str = "") -> None:
     """A chapter's closing cell: this run's verdict table, then each stored evidence run's (laptop, full) as
     the current rules read it (:func:`dropnotes.experiments._base.current_verdicts`: current, recomputed, or

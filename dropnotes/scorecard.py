@@ -111,7 +111,7 @@ def to_markdown(table: pd.DataFrame) -> str:
     def cell(v) -> str:
         return str(v).replace("|", "\\|").replace("\n", " ")
 
-    heads = ["claim", "kind", *(COLUMN_TITLES[p] for p in PROFILES), "paper", "source"]
+    heads = ["claim", "kind", *(f"verdict, {COLUMN_TITLES[p]}" for p in PROFILES), "paper", "source"]
     out = []
     for chapter, rows in table.groupby("chapter", sort=False):
         doc = "/" + CHAPTERS[chapter].removesuffix(".ipynb")

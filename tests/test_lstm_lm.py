@@ -126,9 +126,11 @@ def test_compare_paired_uses_the_same_windows():
     b = torch.randn(200, generator=rng) + 5
     better = b - 0.05 + 0.01 * torch.randn(200, generator=rng)
     diff, se, verdict = compare_paired([b.tolist()], [better.tolist()])
-    assert verdict == "reproduced (direction)" and diff == pytest.approx(0.05, abs=0.005)
-    diff, se, verdict = compare_paired([b.tolist(), b.tolist()], [(b + 0.05).tolist(), (b - 0.06).tolist()])
-    assert verdict == "inconclusive (within 2 SE)", "a seed-to-seed spread larger than the mean is not trusted"
+    assert verdict.startswith("reproduced (direction") and diff == pytest.approx(0.05, abs=0.005)
+    diff, se, verdict = compare_paired([b.tolist()] * 3, [(b + 0.05).tolist(), (b - 0.06).tolist(), (b + 0.04).tolist()])
+    assert verdict.startswith("inconclusive"), "a seed-to-seed spread larger than the mean is not trusted"
+    verdict = compare_paired([b.tolist()] * 2, [(b + 0.05).tolist(), (b - 0.06).tolist()])[2]
+    assert "2 seeds: test noise only" in verdict, "two seeds cannot estimate the spread, and the verdict says so"
 
 
 def test_sparse_mlp_compression_and_kl():

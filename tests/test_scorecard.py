@@ -80,7 +80,7 @@ def test_one_column_per_profile_and_claims_counted_by_kind(demo):
     md = scorecard.to_markdown(table.reset_index())
     assert "{cite}`srivastava2014dropout`" in md and "*demo*" in md
     head = md.splitlines()[2]
-    assert head.startswith("| claim | kind | quick (pipeline check, not evidence) | laptop")
+    assert head.startswith("| claim | kind | verdict, quick (pipeline check, not evidence) | verdict, laptop")
 
 
 def test_a_stored_run_of_an_older_protocol_is_superseded_unless_judged_again(demo, monkeypatch):

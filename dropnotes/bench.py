@@ -13,7 +13,7 @@ is compared with a measured copy (``x.clone()``, 2 x bytes) on the same device a
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import pandas as pd
 import torch
@@ -78,6 +78,20 @@ def matmul_rate(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     b = torch.randn(n, n, device=device).to(dtype)
     t = benchmark.Timer("a @ b", globals={"a": a, "b": b})
     return 2 * n**3 / t.blocked_autorange(min_run_time=min_run_time).median
+
+
+def mlp_flops(widths: Sequence[int], examples: int) -> float:
+    """Multiply-add FLOPs of training a fully connected net of ``widths`` on ``examples`` examples (forward +
+    backward = 3 x the forward's products): what a chapter's achieved FLOP/s counts."""
+    return 3.0 * 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:])) * examples
+
+
+def speed(flops: float, seconds: float, device: torch.device | str, amp: bool) -> dict:
+    """A run's achieved training GFLOP/s beside this device's 2048³ product rate in the run's precision, measured
+    now (in the same run, on the same machine)."""
+    dtype = torch.bfloat16 if amp else torch.float32
+    return {"train_gflops_per_s": flops / seconds / 1e9,
+            "matmul_2048_gflops_per_s": matmul_rate(device, dtype) / 1e9, "precision": "bf16" if amp else "fp32"}
 
 
 def peak_bandwidth(device: torch.device) -> float | None:

@@ -285,20 +285,14 @@ def rejudge(record: dict) -> pd.DataFrame:
 
 
 def train_flops(cfg: MechanicsConfig) -> float:
-    """Multiply-add FLOPs of the training steps of every model (forward + backward = 3 x the forward's products):
-    what the achieved FLOP/s of a run counts."""
-    widths = [784, *cfg.hidden, 10]
-    per_example = 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:]))
+    """Multiply-add FLOPs of the training steps of every model: what the achieved FLOP/s of a run counts."""
     steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
-    return 3.0 * per_example * cfg.batch_size * steps * len(cfg.rates) * cfg.n_seeds
+    return bench.mlp_flops([784, *cfg.hidden, 10], cfg.batch_size * steps) * len(cfg.rates) * cfg.n_seeds
 
 
 def speed(cfg: MechanicsConfig, train_s: float) -> dict:
     """The run's achieved training GFLOP/s beside the large-matrix rate of this device in the run's precision."""
-    dtype = torch.bfloat16 if cfg.amp else torch.float32
-    return {"train_gflops_per_s": train_flops(cfg) / train_s / 1e9,
-            "matmul_2048_gflops_per_s": bench.matmul_rate(cfg.torch_device, dtype) / 1e9,
-            "precision": "bf16" if cfg.amp else "fp32"}
+    return bench.speed(train_flops(cfg), train_s, cfg.torch_device, cfg.amp)
 
 
 def run(cfg: MechanicsConfig, save: bool = True) -> dict:

@@ -16,12 +16,14 @@ practitioners' rules of thumb; setup checks are shown, never counted.
 
 from __future__ import annotations
 
+import importlib
+
 import pandas as pd
 
 from dropnotes.experiments import CHAPTERS, TITLES
 from dropnotes.experiments._base import current_verdicts
 from dropnotes.results import load_result
-from dropnotes.verdict import OUTCOMES
+from dropnotes.verdict import OUTCOMES, Outcome
 
 PROFILES = ("quick", "laptop", "full")  # the scorecard's columns, smallest first (smoke runs are never shown)
 EVIDENCE = ("laptop", "full")  # the columns whose verdicts are evidence at their scale
@@ -57,6 +59,14 @@ def _run_label(record: dict, note: str) -> str:
     return f"{p['device']}, {p['created'][:10]}" + (f"; {note}" if note else "")
 
 
+NEEDS_GPU = Outcome.NEEDS_GPU.value
+
+
+def _needs_gpu(chapter: str) -> bool:
+    """Whether ``chapter`` declares that no laptop setting can test its claims (``LAPTOP_NEEDS_GPU``)."""
+    return bool(getattr(importlib.import_module(f"dropnotes.experiments.{chapter}"), "LAPTOP_NEEDS_GPU", False))
+
+
 def collect() -> pd.DataFrame:
     """One row per (chapter, claim): its kind, the paper's value, the source, and for each profile of
     :data:`PROFILES` the verdict, its outcome, our value and the run it came from (``not run`` where no stored
@@ -78,6 +88,11 @@ def collect() -> pd.DataFrame:
                    "source": ref["source"]}
             for profile in PROFILES:
                 record, table, note = runs.get(profile, (None, None, ""))
+                if table is None and profile == "laptop" and _needs_gpu(chapter):
+                    row.update({"laptop_verdict": NEEDS_GPU, "laptop_outcome": NEEDS_GPU,
+                                "laptop_ours": "no laptop setting can test it (see the chapter's estimate)",
+                                "laptop_scale": ""})
+                    continue
                 if table is None or claim not in table.index:
                     row.update({f"{profile}_verdict": "not run", f"{profile}_outcome": "not run",
                                 f"{profile}_ours": "not run", f"{profile}_scale": ""})
@@ -147,6 +162,7 @@ def counts(table: pd.DataFrame, kinds: tuple[str, ...] = ("paper claim",)) -> pd
 COLOURS = {"reproduced": "#1a9850", "partly": "#d9ef8b", "not reproduced": "#d73027",
            "direction at reduced scale": "#91cf60", "opposite at reduced scale": "#fc8d59", "inconclusive": "#bdbdbd",
            "not at paper scale": "#fee08b", "not converged": "#c994c7", "not measured": "#f0f0f0",
+           "needs a GPU": "#9ecae1",
            "superseded": "#969696", "not run": "#ffffff"}
 
 

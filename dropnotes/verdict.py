@@ -37,6 +37,7 @@ class Outcome(str, Enum):
     NOT_AT_SCALE = "not at paper scale"
     NOT_CONVERGED = "not converged"
     NOT_MEASURED = "not measured"
+    NEEDS_GPU = "needs a GPU"  # no laptop setting can test the claim (the chapter gives the estimate)
     SUPERSEDED = "superseded"
 
 

@@ -62,3 +62,29 @@ def test_a_chapter_without_a_laptop_profile_refuses_it_by_name(chapter):
     else:
         with pytest.raises(ValueError, match="profile='laptop' is not defined for this chapter; choose one of"):
             module.configure(profile="laptop", device="cpu")
+
+
+def test_chapter4_flop_count_matches_torchs_counter():
+    """The ViT FLOP count behind chapter 4's CPU estimate, against torch's own counter of one training step."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from dropnotes.experiments import droppath as ch
+    from dropnotes.models import ViT
+
+    model = ViT(dim=48, depth=3, heads=3, drop_path_rate=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:  # the math path: counted matmuls
+        model(x).sum().backward()
+    counted = counter.get_total_flops()
+    assert abs(ch.vit_train_flops(48, 3, 2) / counted - 1) < 0.01  # the head's bias-free count aside
+
+
+def test_chapter4_says_its_claims_need_a_gpu():
+    from dropnotes import scorecard
+    from dropnotes.experiments import droppath as ch
+
+    e = ch.cpu_hours("cpu")
+    assert ch.LAPTOP_NEEDS_GPU and e["hours_at_least"] > 0.75  # over the laptop budget even at the peak rate
+    assert "need a GPU" in ch.laptop_sentence("cpu")
+    assert scorecard._needs_gpu("droppath") and not scorecard._needs_gpu("mechanics")

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes import data, engine, train
+from dropnotes import bench, data, engine, train
 from dropnotes.layers import drop_path_rates
 from dropnotes.models import ViT
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish, judged,
@@ -46,6 +46,50 @@ DEIT_DEFAULT_RATE = 0.1  # DeiT's --drop-path default (facebookresearch/deit mai
 # CIFAR-10 ResNet-110 (45,000 training images, 5,000 for validation, 500 epochs); the timing claim is a mechanism,
 # measured at any size.
 PAPER_SETTINGS = {"Huang et al. 2016": {"model": "ResNet-110", "train_size": 45000, "epochs": 500}, "timing": {}}
+
+
+# No laptop profile: the smallest setting where depth and drop-path effects are expected is the full profile's (a
+# ViT of depth 12 against 6 in the overfitting regime, 100 epochs, 3 seeds), and :func:`cpu_hours` shows that it
+# needs a GPU. The scorecard's laptop column reads "needs a GPU" for this chapter's claims.
+LAPTOP_NEEDS_GPU = True
+
+
+def vit_train_flops(dim: int, depth: int, images: int, image_size: int = 32, patch: int = 4) -> float:
+    """Multiply-add FLOPs of training a :class:`~dropnotes.models.ViT` on ``images`` images: per block and token
+    (one a patch; the head reads their mean), the qkv, projection and 4x MLP products (12 dim²) and the attention's
+    scores and mixing (2 x tokens x dim), 3 x the forward's (forward, input and weight gradients); the patch
+    embedding 2 x (no input gradient) and the head."""
+    tokens = (image_size // patch) ** 2
+    block = 12 * dim * dim * tokens + 2 * tokens * tokens * dim
+    embed = tokens * 3 * patch * patch * dim
+    return 2.0 * (3 * (depth * block + dim * 10) + 2 * embed) * images
+
+
+def train_flops(cfg: "DropPathConfig") -> float:
+    """The training FLOPs of every model of a run of ``cfg`` (both depths' groups, every epoch)."""
+    group = arms(cfg, DEIT_DEFAULT_RATE)
+    return sum(len(models) * vit_train_flops(cfg.dim, depth, cfg.train_size * cfg.epochs)
+               for depth, models in group.items())
+
+
+def cpu_hours(device: str = "cpu") -> dict:
+    """Why this chapter has no laptop profile: the full profile's training FLOPs, and the hours they take on this
+    CPU at its 2048³ bf16 product rate, measured now (a lower bound: small ViT products run well below it)."""
+    cfg = configure("full", device=device)
+    rate = bench.matmul_rate(device, torch.bfloat16)
+    flops = train_flops(cfg)
+    return {"flops": flops, "matmul_2048_bf16_gflops_per_s": rate / 1e9, "hours_at_least": flops / rate / 3600,
+            "setting": f"depth {cfg.depth} against {cfg.shallow_depth}, width {cfg.dim}, {cfg.train_size:,} images, "
+                       f"{cfg.epochs} epochs, {len(cfg.rates)} rates, {cfg.n_seeds} seeds"}
+
+
+def laptop_sentence(device: str = "cpu") -> str:
+    """The chapter's generated statement of why its claims need a GPU."""
+    e = cpu_hours(device)
+    return (f"No laptop profile: the smallest setting where depth and drop-path effects are expected ({e['setting']}) "
+            f"is {e['flops'] / 1e15:,.0f} PFLOP of training, at least {e['hours_at_least']:,.0f} hours on this CPU even "
+            f"at its 2048³ bf16 product rate ({e['matmul_2048_bf16_gflops_per_s']:,.0f} GFLOP/s, measured now), "
+            f"against the 45-minute laptop budget. Its claims need a GPU.")
 
 
 def measured_setting(cfg: "DropPathConfig") -> dict:

@@ -57,6 +57,21 @@ def _input(numel: int, kind: str, device: torch.device) -> torch.Tensor:
     return torch.randn(shape, device=device, requires_grad=True)
 
 
+def saved_bytes(fn: Callable, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for the backward of ``fn(x)``, ``x`` itself excluded: a mask kept in
+    x's dtype costs 4 (fp32) or 2 (bf16) bytes per element, a bool mask one."""
+    seen = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.data_ptr() != x.data_ptr():
+            seen.append(t.numel() * t.element_size())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(seen)
+
+
 def _time(fn: Callable, x: torch.Tensor, min_run_time: float) -> float:
     g = torch.ones_like(x)
     t = benchmark.Timer("fn(x).backward(g)", globals={"fn": fn, "x": x, "g": g})
@@ -126,7 +141,9 @@ def run_bench(device: str = "auto", sizes: tuple[int, ...] = (2**14, 2**18, 2**2
             rows.append({"variant": name, "elements": x.numel(), "ms (dropnotes)": 1e3 * t_ours,
                          "ms (PyTorch)": 1e3 * t_ref, "ratio": t_ours / t_ref, "GB/s": traffic / t_ours / 1e9,
                          "of copy bandwidth": traffic / t_ours / copy,
-                         "of peak": traffic / t_ours / peak if peak else float("nan")})
+                         "of peak": traffic / t_ours / peak if peak else float("nan"),
+                         "saved bytes/element (dropnotes)": saved_bytes(ours, x) / x.numel(),
+                         "saved bytes/element (PyTorch)": saved_bytes(ref, x) / x.numel() if ref else float("nan")})
     out = pd.DataFrame(rows)
     out.attrs.update(device=device_name(dev), copy_GBps=copy / 1e9, peak_GBps=peak / 1e9 if peak else None)
     return out

@@ -31,6 +31,38 @@ def _keep_mask(shape: tuple[int, ...], keep: float, like: torch.Tensor, scale: b
     return mask.div_(keep) if scale else mask
 
 
+class _MaskedScale(torch.autograd.Function):
+    """``x * mask * scale`` with a bool ``mask`` and a 0-d ``scale``, keeping only the 1-byte mask (and the
+    scalar) for the backward, as ``F.dropout`` does, instead of a mask in ``x``'s dtype."""
+
+    generate_vmap_rule = True  # torch.func.vmap (dropnotes.ensemble) batches it like any elementwise op
+
+    @staticmethod
+    def forward(x: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return x * scale * mask
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        _, mask, scale = inputs
+        ctx.save_for_backward(mask, scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        mask, scale = ctx.saved_tensors
+        return grad * scale * mask, None, None
+
+
+def _apply_keep(x: torch.Tensor, keep: float, shape: tuple[int, ...] | None = None, scale: bool = True) -> torch.Tensor:
+    """``x`` times a Bernoulli(``keep``) mask of ``shape`` (``x``'s by default; broadcast), divided by ``keep`` if
+    ``scale``. The mask is drawn exactly as :func:`_keep_mask` draws it (the same random numbers, the same
+    values), but autograd keeps it as one byte per element."""
+    mask = torch.empty(x.shape if shape is None else shape, dtype=x.dtype, device=x.device).bernoulli_(keep).bool()
+    factor = torch.ones((), dtype=x.dtype, device=x.device)
+    if scale:
+        factor.div_(keep)
+    return _MaskedScale.apply(x, mask, factor)
+
+
 def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inverted: bool = True) -> torch.Tensor:
     r"""Standard (Bernoulli) dropout, Srivastava et al. (2014).
 
@@ -43,8 +75,8 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inverted: bo
     if p == 0.0:
         return x
     if inverted:
-        return x * _keep_mask(x.shape, 1.0 - p, x) if training else x
-    return x * _keep_mask(x.shape, 1.0 - p, x, scale=False) if training else x * (1.0 - p)
+        return _apply_keep(x, 1.0 - p) if training else x
+    return _apply_keep(x, 1.0 - p, scale=False) if training else x * (1.0 - p)
 
 
 def gaussian_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -69,7 +101,7 @@ def dropconnect(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     p, training = check_probability("p", p), check_flag("training", training)
     if not training or p == 0.0:
         return F.linear(x, weight, bias)
-    return F.linear(x, weight * _keep_mask(weight.shape, 1.0 - p, weight), bias)
+    return F.linear(x, _apply_keep(weight, 1.0 - p), bias)
 
 
 def spatial_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -83,7 +115,7 @@ def spatial_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.T
         raise ValueError(f"spatial_dropout expects x of shape (N, C, *), got {tuple(x.shape)}")
     if not training or p == 0.0:
         return x
-    return x * _keep_mask(x.shape[:2] + (1,) * (x.dim() - 2), 1.0 - p, x)
+    return _apply_keep(x, 1.0 - p, x.shape[:2] + (1,) * (x.dim() - 2))
 
 
 def variational_dropout(x: torch.Tensor, p: float, training: bool = True, batch_first: bool = True) -> torch.Tensor:
@@ -99,7 +131,7 @@ def variational_dropout(x: torch.Tensor, p: float, training: bool = True, batch_
         return x
     n, t, d = x.shape if batch_first else (x.shape[1], x.shape[0], x.shape[2])
     shape = (n, 1, d) if batch_first else (1, n, d)
-    return x * _keep_mask(shape, 1.0 - p, x)
+    return _apply_keep(x, 1.0 - p, shape)
 
 
 def embedding_dropout(input_ids: torch.Tensor, weight: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -125,7 +157,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool = True, scale_by_keep: b
     p, training = check_probability("p", p), check_flag("training", training)
     if not training or p == 0.0:
         return x
-    return x * _keep_mask((x.shape[0],) + (1,) * (x.dim() - 1), 1.0 - p, x, scale=scale_by_keep)
+    return _apply_keep(x, 1.0 - p, (x.shape[0],) + (1,) * (x.dim() - 1), scale=scale_by_keep)
 
 
 def drop_path_skip(x: torch.Tensor, branch, p: float, training: bool = True) -> torch.Tensor:
@@ -168,9 +200,9 @@ def drop_block(x: torch.Tensor, p: float, block_size: int, training: bool = True
     with torch.no_grad():
         seeds = torch.empty((n, c, h - b + 1, w - b + 1), dtype=x.dtype, device=x.device).bernoulli_(gamma)
         dropped = F.max_pool2d(F.pad(seeds, (b - 1, b - 1, b - 1, b - 1)), kernel_size=b, stride=1)
-        keep = 1.0 - dropped
-        keep.mul_(keep.numel() / keep.sum().clamp_min(1.0))
-    return x * keep
+        keep = dropped == 0
+        scale = keep.numel() / keep.sum().to(x.dtype).clamp_min(1.0)  # count(mask) / count_ones(mask)
+    return _MaskedScale.apply(x, keep, scale)
 
 
 def concrete_dropout(x: torch.Tensor, p: torch.Tensor, temperature: float = 0.1, training: bool = True,

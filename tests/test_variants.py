@@ -477,3 +477,21 @@ def test_attention_dropout_goes_to_sdpa_only_in_training(monkeypatch):
     assert torch.allclose(attn(x2)[:, 0], e1[:, 0], atol=1e-6)
     with pytest.raises(ValueError, match="attn_p"):
         L.SelfAttention(16, 4, attn_p=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_eager_dropout_saves_no_more_bytes_than_torch(dtype):
+    """The mask autograd keeps is one byte per element, as the fused ``native_dropout``'s (what F.dropout runs on
+    a GPU; on a CPU F.dropout keeps a mask in x's dtype, 4 or 2 bytes); DropConnect's weight mask alike."""
+    from dropnotes.bench import saved_bytes
+
+    n = 1 << 16
+    x = torch.randn(n, dtype=dtype, requires_grad=True)
+    ours = saved_bytes(lambda t: DF.dropout(t, 0.1), x)
+    fused = saved_bytes(lambda t: torch.native_dropout(t, 0.1, True)[0], x)
+    assert fused == n and ours <= fused + 16  # the 0-d scale beside the mask
+    w = torch.randn(256, 256, dtype=dtype, requires_grad=True)
+    inp = torch.randn(8, 256, dtype=dtype)
+    saved = saved_bytes(lambda t: DF.dropconnect(inp, t, None, 0.5), w)
+    plain = saved_bytes(lambda t: F.linear(inp, t), w)
+    assert saved - plain <= w.numel() * 1 + 16 + w.numel() * w.element_size()  # the masked weight F.linear keeps

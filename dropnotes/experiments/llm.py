@@ -97,6 +97,13 @@ PROFILE_DEFAULTS = {
                   finetune_steps=300, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
                   sizes=(2500, 10000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=16384, eval_every=10,
                   amp=False, compile=False, n_seeds=1, lr_factors=(1.0,)),
+    # This 2-core CPU, up to 45 minutes (measured alone): the quick profile's GPT (2 x 64, about 0.12 M parameters)
+    # pretrained compute-optimally (1,200 steps of 32 x 64 bytes, about 20 tokens per parameter), 3 seeds; fine-tuning
+    # 600 steps of 16 x 64 bytes on the 10 kB slice (about 61 epochs) and the crossing's slices, 3 seeds.
+    "laptop": dict(dim=64, layers=2, heads=2, block_size=64, batch_size=32, pretrain_steps=1200, pretrain_lr=3e-3,
+                   finetune_steps=600, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
+                   sizes=(2500, 10000, 40000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=32768, eval_every=20,
+                   amp=True, compile=False, n_seeds=3, lr_factors=(1.0,)),
     # One GPU: a GPT of 6 layers, width 192 and 3 heads (block 256; `dropnotes estimate` and the chapter give its
     # parameter count) sized for one pass over the python-sources corpus (about 20 tokens per parameter), bf16; 3 seeds, and each arm's learning rate chosen on
     # validation from 3 rates: the 3 arms x 3 seeds x 3 rates as one batched group, and the full fine-tuning runs

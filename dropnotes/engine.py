@@ -1425,6 +1425,39 @@ def mc_window_losses(model: StackedLSTMLM, i: int, tokens: torch.Tensor, batch_s
     return torch.stack(losses).double().cpu(), torch.tensor(counts, dtype=torch.float64)
 
 
+def make_lm_step(model: StackedLSTMLM, ids: torch.Tensor, tgt: torch.Tensor, hs: list[torch.Tensor],
+                 cs: list[torch.Tensor], *, lr: torch.Tensor, clip: torch.Tensor | None, optimizer: str, moments: list,
+                 amp_dtype: torch.dtype | None, generator: torch.Generator | None, alive: torch.Tensor,
+                 died: torch.Tensor, step_no: torch.Tensor, total: torch.Tensor) -> Callable[[], None]:
+    """One truncated-BPTT step of every model of ``model`` (what :func:`fit_stacked_lm` runs, and what ``dropnotes
+    estimate`` counts): the window ``ids`` -> ``tgt`` ((B, T), shared by the models) from the carried state
+    (``hs``, ``cs``: per layer (K, B, dim)), the per-model mean loss, the backward, the dead-model marking (which
+    advances ``step_no``), clipping, SGD (or Adam with ``moments``) at the per-model rates ``lr``, the new state
+    written back, and the losses added to ``total``. Every tensor it touches is an argument (graph capture)."""
+    k, dev, params = model.k, ids.device, list(model.parameters())
+
+    def step() -> None:
+        with autocast(dev.type, amp_dtype, cache_enabled=False):
+            logits, new = model(ids, list(zip(hs, cs)), generator=generator)
+        losses = F.cross_entropy(logits.float().flatten(0, 2), tgt.expand(k, -1, -1).flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        losses.sum().backward()
+        _mark_dead(losses, alive, died, step_no)
+        if optimizer == "adam":
+            _adam_step(params, moments, step_no, lr, alive, clip)
+        else:
+            _sgd_step(params, [None] * len(params), lr, None, 0.0, alive, clip)
+        with torch.no_grad():
+            for (h, c), h_static, c_static in zip(new, hs, cs):  # the state carried to the next window
+                h_static.copy_(h)
+                c_static.copy_(c)
+            total.add_(losses.detach())
+
+    return step
+
+
 def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_tokens: torch.Tensor, *, epochs: int,
                    batch_size: int, seq_len: int, lr, lr_decay: float = 1.0, decay_after: int = 0, clip=None,
                    optimizer: str = "sgd", amp_dtype: torch.dtype | None = None,
@@ -1461,25 +1494,8 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
     moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params] if optimizer == "adam" else []
     mask_gen = None if dev.type == "cuda" else generator  # CUDA graphs draw from the device's default generator
 
-    def step() -> None:
-        with autocast(dev.type, amp_dtype, cache_enabled=False):
-            logits, new = model(ids, list(zip(hs, cs)), generator=mask_gen)
-        losses = F.cross_entropy(logits.float().flatten(0, 2), tgt.expand(k, -1, -1).flatten(), reduction="none")
-        losses = losses.view(k, -1).mean(1)
-        for p in params:
-            p.grad = None
-        losses.sum().backward()
-        _mark_dead(losses, alive, died, step_no)
-        if optimizer == "adam":
-            _adam_step(params, moments, step_no, lr_now, alive, clip_k)
-        else:
-            _sgd_step(params, [None] * len(params), lr_now, None, 0.0, alive, clip_k)
-        with torch.no_grad():
-            for (h, c), h_static, c_static in zip(new, hs, cs):  # the state carried to the next window
-                h_static.copy_(h)
-                c_static.copy_(c)
-            total.add_(losses.detach())
-
+    step = make_lm_step(model, ids, tgt, hs, cs, lr=lr_now, clip=clip_k, optimizer=optimizer, moments=moments,
+                        amp_dtype=amp_dtype, generator=mask_gen, alive=alive, died=died, step_no=step_no, total=total)
     if dev.type == "cuda":
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
     state = params + list(model.buffers()) + hs + cs + [alive, died, step_no, total] + [t for mv in moments for t in mv]
@@ -1841,6 +1857,35 @@ def window_orders(counts: Sequence[int], steps: int, batch_size: int, seeds: Seq
     return torch.stack(out)
 
 
+def make_window_step(model: StackedGPT, table: torch.Tensor, idx: torch.Tensor, *, lr: torch.Tensor,
+                     weight_decay: torch.Tensor | None, betas: tuple[float, float], clip: torch.Tensor | None,
+                     amp_dtype: torch.dtype | None, generator: torch.Generator | None, moments: list,
+                     alive: torch.Tensor, died: torch.Tensor, step_no: torch.Tensor,
+                     last: torch.Tensor | None = None) -> Callable[[], None]:
+    """One training step of every model of ``model`` (what :func:`fit_stacked_windows` runs, and what
+    ``dropnotes estimate`` counts): gather each model's windows ``table[idx]`` ((K, B) rows of
+    (T + 1) tokens), the forward in ``amp_dtype``, the per-model mean loss, the backward, the dead-model
+    marking (which advances ``step_no``), clipping and AdamW at the per-model rates ``lr``; the losses go to
+    ``last``. Every tensor it reads or writes is an argument, so the step can be captured as a CUDA graph."""
+    k, dev, params = model.k, table.device, list(model.parameters())
+
+    def step() -> None:
+        w = table[idx]  # (K, B, T + 1): each model's own windows
+        with autocast(dev.type, amp_dtype, cache_enabled=False):
+            logits = model(w[..., :-1], per_model=True, generator=generator)
+        losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
+        losses = losses.view(k, -1).mean(1)
+        for p in params:
+            p.grad = None
+        losses.sum().backward()
+        _mark_dead(losses, alive, died, step_no)
+        _adam_step(params, moments, step_no, lr, alive, clip, betas=betas, weight_decay=weight_decay)
+        if last is not None:
+            last.copy_(losses.detach())
+
+    return step
+
+
 def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], valid: torch.Tensor, *, steps: int,
                         batch_size: int, lr, lr_factor: Callable[[int], float], weight_decay=0.0,
                         betas: tuple[float, float] = (0.9, 0.999), clip=None,
@@ -1884,19 +1929,9 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
     idx = torch.zeros(k, batch_size, dtype=torch.long, device=dev)
     mask_gen = None if dev.type == "cuda" else generator
 
-    def step() -> None:
-        w = table[idx]  # (K, B, T + 1): each model's own windows
-        with autocast(dev.type, amp_dtype, cache_enabled=False):
-            logits = model(w[..., :-1], per_model=True, generator=mask_gen)
-        losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
-        losses = losses.view(k, -1).mean(1)
-        for p in params:
-            p.grad = None
-        losses.sum().backward()
-        _mark_dead(losses, alive, died, step_no)
-        _adam_step(params, moments, step_no, lr_now, alive, clip_k, betas=betas, weight_decay=wd_k)
-        last.copy_(losses.detach())
-
+    step = make_window_step(model, table, idx, lr=lr_now, weight_decay=wd_k, betas=betas, clip=clip_k,
+                            amp_dtype=amp_dtype, generator=mask_gen, moments=moments, alive=alive, died=died,
+                            step_no=step_no, last=last)
     if dev.type == "cuda" and generator is not None:
         torch.cuda.manual_seed(int(torch.randint(0, 2**62, (), generator=generator, device=generator.device)))
     state = params + list(model.buffers()) + _flat(moments) + [alive, died, step_no, last]

@@ -427,7 +427,7 @@ def _lstm_step_fn(cfg, device="meta"):
     """Chapter 3's training step of every scheme x seed as one StackedLSTMLM on ``device``, as
     :func:`dropnotes.engine.fit_stacked_lm` runs it (bf16 autocast with ``cfg.amp``, clipping, SGD);
     the step, the group and the tensors it updates."""
-    from dropnotes.engine import StackedLSTMLM, _sgd_step
+    from dropnotes.engine import StackedLSTMLM, make_lm_step
     from dropnotes.models.lstm_lm import SCHEMES
 
     vocab, k = cfg.vocab_cap or 10000, len(SCHEMES) * cfg.n_seeds
@@ -436,19 +436,20 @@ def _lstm_step_fn(cfg, device="meta"):
     dev = torch.device(device)
     with dev:
         ids = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len))
+        tgt = torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len))
         params = list(group.parameters())
-        ones, alive, clip = torch.ones(k), torch.ones(k, dtype=torch.bool), torch.full((k,), float(cfg.clip or 5.0))
-
-    def step():
-        with autocast(dev.type, torch.bfloat16 if cfg.amp else None, cache_enabled=False):
-            logits, _ = group(ids)
-        losses = F.cross_entropy(logits.float().flatten(0, 2), ids.expand(k, -1, -1).flatten(), reduction="none")
-        for q in params:
-            q.grad = None
-        losses.view(k, -1).mean(1).sum().backward()
-        _sgd_step(params, [None] * len(params), ones, None, 0.0, alive, clip)
-
-    return step, group, params
+        alive, clip = torch.ones(k, dtype=torch.bool), torch.full((k,), float(cfg.clip or 5.0))
+        died, step_no, total = torch.full((k,), -1, dtype=torch.long), torch.zeros((), dtype=torch.long), torch.zeros(k)
+        lr = torch.full((k,), float(cfg.lr))
+        hs = [torch.zeros(k, cfg.batch_size, cfg.dim) for _ in range(cfg.layers)]
+        cs = [torch.zeros_like(h) for h in hs]
+        moments = [(torch.zeros_like(q), torch.zeros_like(q)) for q in params] if cfg.optimizer == "adam" else []
+    # the engine's own step (the one fit_stacked_lm trains with): the dead-model marking, the carried state and the
+    # loss total included
+    step = make_lm_step(group, ids, tgt, hs, cs, lr=lr, clip=clip, optimizer=cfg.optimizer, moments=moments,
+                        amp_dtype=torch.bfloat16 if cfg.amp else None, generator=None, alive=alive, died=died,
+                        step_no=step_no, total=total)
+    return step, group, params + hs + cs + [alive, died, step_no, total] + [t for mv in moments for t in mv]
 
 
 def _variational_sequential(cfg, schemes: tuple[str, ...] = STORED_SCHEMES) -> list[Group]:
@@ -562,7 +563,7 @@ def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
     """Chapter 5's training step of K GPTs as one StackedGPT on ``device``, as
     :func:`dropnotes.engine.fit_stacked_windows` runs it (each model's windows gathered, bf16 autocast with
     ``cfg.amp``, clipping, AdamW); the step, the group and the tensors it updates."""
-    from dropnotes.engine import StackedGPT, _adam_step, _flat, _mark_dead
+    from dropnotes.engine import StackedGPT, _flat, make_window_step
 
     rates = [0.0] * (k // 3) + [p] * (k - k // 3)  # as the arms: a third without dropout, two runs of SDPA calls
     group = _on(device, lambda: StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers,
@@ -576,21 +577,12 @@ def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
         idx = torch.randint(0, 1000, (k, batch))
         vec, clip, alive = torch.full((k,), 1e-3), torch.ones(k), torch.ones(k, dtype=torch.bool)
         died, step_no = torch.full((k,), -1, dtype=torch.long), torch.zeros((), dtype=torch.long)
-
-    def step():
-        w = table[idx]
-        with autocast(dev.type, torch.bfloat16 if cfg.amp else None, cache_enabled=False):
-            logits = group(w[..., :-1], per_model=True)
-        losses = F.cross_entropy(logits.float().flatten(0, -2), w[..., 1:].flatten(), reduction="none")
-        losses = losses.view(k, -1).mean(1)
-        for q in params:
-            q.grad = None
-        losses.sum().backward()
-        step_no.add_(1)
-        _mark_dead(losses, alive, died, step_no)
-        _adam_step(params, moments, step_no, vec, alive, clip, betas=(0.9, 0.95), weight_decay=vec)
-
-    return step, group, params + _flat(moments) + [alive, died, step_no]
+        last = torch.zeros(k)
+    # the engine's own step (the one fit_stacked_windows trains with), so the count cannot drift from it
+    step = make_window_step(group, table, idx, lr=vec, weight_decay=vec, betas=(0.9, 0.95), clip=clip,
+                            amp_dtype=torch.bfloat16 if cfg.amp else None, generator=None, moments=moments,
+                            alive=alive, died=died, step_no=step_no, last=last)
+    return step, group, params + _flat(moments) + [alive, died, step_no, last]
 
 
 def _gpt_group_step(k: int, cfg, batch: int, p: float) -> tuple[Cost, Cost]:

@@ -180,3 +180,23 @@ def test_device_check_times_the_predicted_steps_and_feeds_calibration(tmp_path, 
     assert point["predict"](estimate.DEFAULT_FRACTION, estimate.DEFAULT_LAUNCH_S) == pytest.approx(rows[0]["predicted_s"])
     assert cli.main(["estimate", "--device-check", "--steps", "0"]) == 2
     assert "--steps must be a positive integer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["lstm", "gpt"])
+def test_the_estimated_step_is_the_engines_training_step(which, monkeypatch):
+    """The estimator counts the step the engine trains with (make_lm_step / make_window_step), not a copy of its
+    own: the factory is called, and one step advances the step count once (a copy once advanced it twice)."""
+    from dropnotes import engine
+    from dropnotes.experiments import llm, variational
+
+    name = {"lstm": "make_lm_step", "gpt": "make_window_step"}[which]
+    calls = []
+    real = getattr(engine, name)
+    monkeypatch.setattr(engine, name, lambda *a, **kw: calls.append(kw["step_no"]) or real(*a, **kw))
+    if which == "lstm":
+        step, _, _ = estimate._lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
+    else:
+        cfg = llm.configure("smoke", device="cpu")
+        step, _, _ = estimate._gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
+    step()
+    assert len(calls) == 1 and int(calls[0]) == 1

@@ -9,9 +9,9 @@ from dropnotes.experiments import CHAPTERS
 from dropnotes.runtime import stream_seed
 
 
-def _one_step(model: StackedMLP, batch_size: int, amp: bool) -> float:
+def _one_step(model, batch_size: int, amp: bool, shape: tuple[int, ...] = (784,)) -> float:
     k = model.k
-    x, y = torch.rand(4 * batch_size, 784), torch.randint(0, 10, (4 * batch_size,))
+    x, y = torch.rand(4 * batch_size, *shape), torch.randint(0, 10, (4 * batch_size,))
     idx = torch.randint(0, len(x), (k, batch_size))
     params = list(model.parameters())
     before = [p.detach().clone() for p in params]
@@ -88,3 +88,76 @@ def test_chapter4_says_its_claims_need_a_gpu():
     assert ch.LAPTOP_NEEDS_GPU and e["hours_at_least"] > 0.75  # over the laptop budget even at the peak rate
     assert "need a GPU" in ch.laptop_sentence("cpu")
     assert scorecard._needs_gpu("droppath") and not scorecard._needs_gpu("mechanics")
+
+
+def _changed(params, before) -> float:
+    return max(float((p - b).abs().max()) for p, b in zip(params, before))
+
+
+def test_chapter3_laptop_group_takes_a_step_at_its_sizes():
+    """The seven schemes x seeds as one StackedLSTMLM at the laptop sizes, one step of the engine's own LM step."""
+    from dropnotes.engine import StackedLSTMLM, make_lm_step
+    from dropnotes.experiments import variational as ch
+    from dropnotes.models.lstm_lm import SCHEMES
+
+    cfg = ch.configure("laptop", device="cpu")
+    assert cfg.n_seeds >= 3 and cfg.epochs >= 4
+    k, vocab = len(SCHEMES) * cfg.n_seeds, cfg.vocab_cap or 10000
+    group = StackedLSTMLM(k, vocab, cfg.dim, cfg.layers, scheme=list(SCHEMES) * cfg.n_seeds, p_io=cfg.p_io,
+                          p_rec=cfg.p_rec, p_emb=cfg.p_emb, seeds=list(range(k))).train()
+    ids, tgt = (torch.randint(0, vocab, (cfg.batch_size, cfg.seq_len)) for _ in range(2))
+    hs = [torch.zeros(k, cfg.batch_size, cfg.dim) for _ in range(cfg.layers)]
+    cs = [torch.zeros_like(h) for h in hs]
+    params = list(group.parameters())
+    before = [p.detach().clone() for p in params]
+    step_no, total = torch.zeros((), dtype=torch.long), torch.zeros(k)
+    step = make_lm_step(group, ids, tgt, hs, cs, lr=torch.full((k,), cfg.lr), clip=torch.full((k,), cfg.clip),
+                        optimizer=cfg.optimizer, moments=[(torch.zeros_like(p), torch.zeros_like(p)) for p in params],
+                        amp_dtype=torch.bfloat16 if cfg.amp else None, generator=torch.Generator().manual_seed(0),
+                        alive=torch.ones(k, dtype=torch.bool), died=torch.full((k,), -1), step_no=step_no, total=total)
+    step()
+    assert int(step_no) == 1 and bool(torch.isfinite(total).all()) and _changed(params, before) > 0
+
+
+def test_chapter5_laptop_group_takes_a_step_at_its_sizes():
+    """The pretraining arms x seeds as one StackedGPT at the laptop sizes, one step of the engine's window step."""
+    from dropnotes.engine import StackedGPT, make_window_step
+    from dropnotes.experiments import llm as ch
+
+    cfg = ch.configure("laptop", device="cpu")
+    assert cfg.n_seeds >= 3
+    k = len(ch.ARMS) * cfg.n_seeds
+    group = StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
+                       p_emb=cfg.p, p_attn=cfg.p, p_resid=cfg.p, seeds=list(range(k))).train()
+    params = list(group.parameters())
+    before = [p.detach().clone() for p in params]
+    table = torch.randint(0, 256, (4 * cfg.batch_size, cfg.block_size + 1))
+    step_no, last = torch.zeros((), dtype=torch.long), torch.zeros(k)
+    step = make_window_step(group, table, torch.randint(0, len(table), (k, cfg.batch_size)),
+                            lr=torch.full((k,), cfg.pretrain_lr), weight_decay=torch.full((k,), 0.1), betas=(0.9, 0.95),
+                            clip=torch.ones(k), amp_dtype=torch.bfloat16 if cfg.amp else None,
+                            generator=torch.Generator().manual_seed(0),
+                            moments=[(torch.zeros_like(p), torch.zeros_like(p)) for p in params],
+                            alive=torch.ones(k, dtype=torch.bool), died=torch.full((k,), -1), step_no=step_no, last=last)
+    step()
+    assert int(step_no) == 1 and bool(torch.isfinite(last).all()) and _changed(params, before) > 0
+    steps = cfg.pretrain_steps * cfg.batch_size * cfg.block_size
+    params_one = sum(p.numel() for p in group.model(0).parameters())
+    assert 10 <= steps / params_one <= 40  # compute-optimal: about 20 tokens per parameter
+
+
+def test_chapter6_laptop_groups_take_a_step_at_their_sizes():
+    from dropnotes.engine import StackedCNN
+    from dropnotes.experiments import interactions as ch
+
+    cfg = ch.configure("laptop", device="cpu")
+    assert cfg.n_seeds >= 3 and cfg.mlp_train_size == 50000
+    arms = ch.mlp_arms(cfg) * cfg.n_seeds
+    mlp = StackedMLP(len(arms), 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10,
+                     p_hidden=[a["p"] if a["kind"] in ("dropout", "gaussian") else 0.0 for a in arms],
+                     noise=["gaussian" if a["kind"] == "gaussian" else "bernoulli" for a in arms],
+                     p_connect=[a["p"] if a["kind"] == "dropconnect" else 0.0 for a in arms])
+    assert _one_step(mlp, cfg.batch_size, cfg.amp) > 0
+    k = len(ch.CNN_ARMS) * cfg.n_seeds
+    cnn = StackedCNN(k, p1=[cfg.p] * k, p2=[0.0] * k)
+    assert _one_step(cnn, cfg.batch_size, cfg.amp, shape=(1, 28, 28)) > 0

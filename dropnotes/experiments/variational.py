@@ -112,6 +112,13 @@ PROFILE_DEFAULTS = {
                   seq_len=35, epochs=6, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=10, n_seeds=2,
                   svd_train_size=60000, svd_epochs=2, amp=False, speed_steps=20),
+    # This 2-core CPU, up to 45 minutes (measured alone): Zaremba et al.'s small shape (2 x 200) on the first 100,000
+    # training words with the 1,999 most frequent words (+ <unk>), Adam as in quick, 8 epochs, 3 seeds of the seven
+    # schemes as one bf16 group, 20,000 words of validation and test; sparse VD for 10 of the authors' 200 epochs.
+    "laptop": dict(vocab_cap=2000, train_tokens=100000, eval_tokens=20000, dim=200, layers=2, init_range=0.1,
+                   batch_size=32, seq_len=35, epochs=8, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0,
+                   clip=5.0, p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=20, n_seeds=3,
+                   svd_train_size=60000, svd_epochs=10, amp=True, speed_steps=20),
     # One GPU, Zaremba et al.'s medium schedule: 2 x 650, init +-0.05, BPTT 35, batch 20, SGD lr 1 divided by
     # 1.2 every epoch after epoch 6, clip 5, 39 epochs, on all of PTB; 3 seeds; the five schemes x seeds as one
     # batched group, its matmuls in bf16 (weights, cell state and loss in fp32). Rates: Zaremba's medium 0.5 on the

@@ -280,6 +280,63 @@ def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -
     return out
 
 
+def _config(chapter: str, record: dict):
+    """The chapter config a stored run was made with (its module's ChapterConfig subclass, from the record)."""
+    import dataclasses
+    import importlib
+
+    from dropnotes.experiments._base import ChapterConfig, config_of
+
+    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ChapterConfig)
+               and v is not ChapterConfig and dataclasses.is_dataclass(v))
+    return module, config_of(cls, record)
+
+
+def evidence_summary(chapter: str) -> str:
+    """Generated sentences on each stored evidence run of ``chapter`` (laptop, full): the setting it measured
+    (the chapter's ``measured_setting``), where and how long, its achieved GFLOP/s against the 2048³ rate where it
+    recorded them, its verdicts counted by outcome as the current rules read them, the claims it could not
+    judge for want of convergence, and its shortfall against the papers. Empty when nothing is stored."""
+    from dropnotes.experiments._base import current_verdicts
+
+    out = []
+    for profile in STORED:
+        record = _repo_record(chapter, profile)
+        if record is None:
+            continue
+        table, note = current_verdicts(chapter, record)
+        module, cfg = _config(chapter, record)
+        p = record["provenance"]
+        setting = "; ".join(f"{human(k)} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{human(k)} {v}"
+                            for k, v in module.measured_setting(cfg).items())
+        line = (f"**The stored {profile} run** ({p.get('cpu') or p['device']}, {p['created'][:10]}, protocol "
+                f"{p.get('protocol', 1)}) measured {setting}"
+                + (f", with {cfg.n_seeds} seeds," if getattr(cfg, "n_seeds", None) else "")
+                + f" in {p['wall_time_s'] / 60:.0f} minutes.")
+        metrics = record.get("metrics") or {}
+        for key, value in metrics.items():
+            if key.endswith("train_gflops_per_s"):
+                ref = metrics.get(key.replace("train_gflops_per_s", "matmul_2048_gflops_per_s"))
+                line += (f" Its training ran at {value:,.0f} GFLOP/s" + (f", against {ref:,.0f} GFLOP/s for a 2048³ "
+                         f"product in {metrics.get('precision', 'its precision')} in the same run" if ref else "") + ".")
+        if table is not None and "outcome" in table:
+            counted = table["outcome"].value_counts()
+            line += " Its verdicts, as the current rules read them: " + ", ".join(
+                f"{n} {o}" for o, n in counted.items()) + "."
+            unconverged = table.loc[table["outcome"] == "not converged", "claim"].tolist()
+            if unconverged:
+                line += (f" {len(unconverged)} of {len(table)} claims could not be judged because models were still "
+                         "improving in the last quarter of their schedule; a longer schedule is the next step.")
+            scales = list(dict.fromkeys(s for s in table.get("scale", []) if s))
+            if scales:
+                line += " Its scale against the papers: " + " / ".join(scales) + "."
+        if note:
+            line += f" ({note}.)"
+        out.append(line)
+    return "\n\n".join(out)
+
+
 def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | None = None, detail: str = "") -> None:
     """A chapter's closing cell: this run's verdict table, then each stored evidence run's (laptop, full) as
     the current rules read it (:func:`dropnotes.experiments._base.current_verdicts`: current, recomputed, or

@@ -336,7 +336,7 @@ def mlp_speed(cfg: InteractionsConfig, timing: dict) -> dict:
 
 def measured_setting(cfg: "InteractionsConfig") -> dict:
     """The run's values of what :data:`PAPER_SETTINGS` names."""
-    return {"model": "a small BN CNN", "dataset": "MNIST", "mlp_train_size": cfg.mlp_train_size,
+    return {"model": "a small BN CNN", "dataset": "Fashion-MNIST", "mlp_train_size": cfg.mlp_train_size,
             "mlp_hidden": cfg.mlp_hidden, "mlp_updates": cfg.mlp_epochs * (cfg.mlp_train_size // cfg.batch_size)}
 
 

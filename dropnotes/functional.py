@@ -211,8 +211,18 @@ def concrete_dropout(x: torch.Tensor, p: torch.Tensor, temperature: float = 0.1,
 
     The drop mask is :math:`z = \sigma\big((\log p - \log(1-p) + \log u - \log(1-u))/t\big)`,
     :math:`u \sim U(0, 1)`; the output is :math:`x (1-z) / (1-p)`. ``p`` is a tensor so that
-    gradients reach it. Eval is the identity.
+    gradients reach it (a float is taken as a constant rate). Eval is the identity. A rate outside (0, 1) is
+    refused by name (for a learned tensor rate, whose range its parametrisation keeps, the check is skipped so
+    that no step waits on the device).
     """
+    training = check_flag("training", training)
+    if not isinstance(p, torch.Tensor):
+        value = check_probability("p", p)
+        if value == 0.0:
+            raise ValueError(f"p must be in (0, 1), got {p!r}")
+        p = torch.tensor(value, dtype=x.dtype, device=x.device)
+    elif not p.requires_grad and not bool(((p > 0) & (p < 1)).all()):
+        raise ValueError(f"p must be in (0, 1), got {p.detach().cpu().tolist()}")
     if not training:
         return x
     u = torch.rand_like(x).clamp_(eps, 1 - eps)

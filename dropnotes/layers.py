@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes import functional as DF
-from dropnotes.runtime import check_choice, check_positive_int, check_probability
+from dropnotes.runtime import check_choice, check_flag, check_positive_int, check_probability
 
 __all__ = [
     "StochasticModule", "Dropout", "GaussianDropout", "DropConnectLinear", "SpatialDropout",
@@ -46,7 +46,7 @@ class Dropout(_RateModule):
 
     def __init__(self, p: float = 0.5, inverted: bool = True) -> None:
         super().__init__(p)
-        self.inverted = bool(inverted)
+        self.inverted = check_flag("inverted", inverted)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return DF.dropout(x, self.p, self.training, self.inverted)
@@ -66,7 +66,8 @@ class DropConnectLinear(nn.Linear, StochasticModule):
     r"""``nn.Linear`` with DropConnect on its weight matrix (Wan et al. 2013); eval is exact ``F.linear``."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, p: float = 0.5, **kw) -> None:
-        super().__init__(in_features, out_features, bias=bias, **kw)
+        super().__init__(check_positive_int("in_features", in_features), check_positive_int("out_features", out_features),
+                         bias=check_flag("bias", bias), **kw)
         self.p = check_probability("p", p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -88,7 +89,7 @@ class VariationalDropout(_RateModule):
 
     def __init__(self, p: float = 0.5, batch_first: bool = True) -> None:
         super().__init__(p)
-        self.batch_first = bool(batch_first)
+        self.batch_first = check_flag("batch_first", batch_first)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return DF.variational_dropout(x, self.p, self.training, self.batch_first)
@@ -146,7 +147,7 @@ class DropPath(StochasticModule):
     def __init__(self, p: float = 0.0, scale_by_keep: bool = True) -> None:
         super().__init__()
         self.p = check_probability("p", p)
-        self.scale_by_keep = bool(scale_by_keep)
+        self.scale_by_keep = check_flag("scale_by_keep", scale_by_keep)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return DF.drop_path(x, self.p, self.training, self.scale_by_keep)
@@ -225,7 +226,9 @@ class SparseVariationalLinear(StochasticModule):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, threshold: float = 3.0) -> None:
         super().__init__()
-        self.in_features, self.out_features = in_features, out_features
+        self.in_features = check_positive_int("in_features", in_features)
+        self.out_features = check_positive_int("out_features", out_features)
+        bias = check_flag("bias", bias)
         self.threshold = float(threshold)
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.log_sigma2 = nn.Parameter(torch.full((out_features, in_features), -10.0))
@@ -271,8 +274,8 @@ class SelfAttention(StochasticModule):
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
         self.attn_p = check_probability("attn_p", attn_p)
-        self.causal = bool(causal)
-        self.qkv = nn.Linear(dim, 3 * dim, bias=bias)
+        self.causal = check_flag("causal", causal)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=check_flag("bias", bias))
         self.proj = nn.Linear(dim, dim, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

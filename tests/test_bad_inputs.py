@@ -266,3 +266,74 @@ def test_every_parameters_cell_is_generated_from_its_knobs(capsys):
 def test_data_error_for_an_unknown_file():
     with pytest.raises(ValueError, match="relpath='nosuch' is not allowed"):
         data.fetch("nosuch")
+
+
+def _required(cls):
+    import inspect
+
+    import torch.nn as nn
+
+    fill = {"in_features": 4, "out_features": 4, "dim": 8, "heads": 2, "vocab_size": 16, "base": nn.Linear(4, 4),
+            "module": nn.Linear(4, 4), "weights": ("weight",), "num_embeddings": 16, "embedding_dim": 4,
+            "drop_path": 0.1, "block_size": 3}
+    sig = inspect.signature(cls.__init__)
+    return {n: fill.get(n, 4) for n, q in list(sig.parameters.items())[1:]
+            if q.default is inspect.Parameter.empty and q.kind == q.POSITIONAL_OR_KEYWORD}
+
+
+def _public_modules():
+    import inspect
+
+    import torch.nn as nn
+
+    from dropnotes import layers, models
+
+    out = []
+    for mod in (layers, models):
+        for name in getattr(mod, "__all__", dir(mod)):
+            obj = getattr(mod, name, None)
+            if inspect.isclass(obj) and issubclass(obj, nn.Module) and obj.__module__.startswith("dropnotes"):
+                out.append(obj)
+    return out
+
+
+def _bad_values(cls):
+    """(argument, bad value) pairs from each constructor's defaults: non-bool flags, negative and zero sizes,
+    out-of-range rates as a float, a NumPy scalar and a 0-d tensor."""
+    import inspect
+
+    import numpy as np
+
+    cases = []
+    for name, q in list(inspect.signature(cls.__init__).parameters.items())[1:]:
+        d = q.default
+        if isinstance(d, bool):
+            cases.append((name, "yes"))
+        elif isinstance(d, int) and name not in ("seed",):
+            cases += [(name, -1), (name, 0)]
+        elif isinstance(d, float) and (name == "p" or name.startswith("p_") or name.endswith("_p")
+                                       or name.endswith("_rate")):
+            cases += [(name, 1.5), (name, np.float64(-0.1)), (name, torch.tensor(2.0))]
+    return cases
+
+
+CASES = [(cls, arg, bad) for cls in _public_modules() for arg, bad in _bad_values(cls)]
+
+
+@pytest.mark.parametrize("cls,arg,bad", CASES, ids=[f"{c.__name__}-{a}-{b!r}" for c, a, b in CASES])
+def test_every_public_module_refuses_bad_arguments_by_name(cls, arg, bad):
+    """Issue 34, item 9: each public layer and model of dropnotes refuses a bad size, rate or flag with a
+    ValueError naming the argument (a string flag is not taken as true, a negative size is not passed on)."""
+    kwargs = {**_required(cls), arg: bad}
+    with pytest.raises(ValueError, match=arg):
+        cls(**kwargs)
+
+
+def test_concrete_dropout_refuses_a_rate_out_of_range_as_float_or_tensor():
+    from dropnotes import functional as DF
+
+    x = torch.ones(3)
+    for bad in (1.5, 0.0, torch.tensor(1.5)):
+        with pytest.raises(ValueError, match="p must be in"):
+            DF.concrete_dropout(x, bad)
+    assert DF.concrete_dropout(x, 0.2, training=False) is x

@@ -133,3 +133,19 @@ def test_every_chapter_has_the_colab_cell_the_run_box_and_the_finale(relpath):
     assert code.index(colab[0]) == 1, "right after the parameters cell, before any import"
     assert f"{{glue:md}} {chapter}-run-box" in nb.cells[1].source, "the run box opens the chapter"
     assert "page.finale(ch.CHAPTER" in code[-1].source, "the last cell shows the verdicts and the provenance"
+
+
+def test_evidence_summary_states_each_stored_run_from_its_record():
+    """The generated sentences name the stored laptop run's setting, its verdict counts and its unconverged claims,
+    from the record itself (chapter 6's committed laptop run)."""
+    from dropnotes import page
+    from dropnotes.experiments._base import current_verdicts
+
+    text = page.evidence_summary("interactions")
+    record = page._repo_record("interactions", "laptop")
+    table, _ = current_verdicts("interactions", record)
+    assert "**The stored laptop run**" in text and f"{record['params']['mlp_train_size']:,}" in text
+    counted = table["outcome"].value_counts()
+    for outcome, n in counted.items():
+        assert f"{n} {outcome}" in text
+    assert page.evidence_summary("no-such-chapter-stored") == ""

@@ -691,3 +691,33 @@ def stored_facts(stored: dict) -> dict:
                   "llm-small-kb": small / 1000, "llm-small-epochs": float(full[full["size"] == small].epochs.iloc[0]),
                   "llm-small-gain": best(small, 0.0) - best(small, q), "llm-large-kb": large / 1000,
                   "llm-large-gain": best(large, 0.0) - best(large, q), "llm-all-gain": best(whole, 0.0) - best(whole, q)})
+
+
+def precision_check(seed: int = 0) -> dict:
+    """Does bf16 keep chapter 5's laptop numbers? Seed ``seed``'s three pretraining arms of the laptop profile
+    trained again in fp32 (one group of 3, the same initialisation and batches), their test-half bpb against the
+    stored bf16 laptop run's same seed, beside the bf16 run's seed-to-seed standard deviation per arm. Written to
+    ``results/llm/precision-check.json``."""
+    from dataclasses import replace
+
+    from dropnotes.runtime import atomic_write
+
+    cfg = replace(configure("laptop", device="cpu", seed=0, n_seeds=1), amp=False)
+    stored = pd.DataFrame(_stored("laptop")["tables"]["pretrain"])
+    stored = stored[stored.chosen]
+    with Timer(cfg.torch_device) as timer:
+        runs = _pretrain_group(cfg, data.load_text(cfg.pretrain_corpus), [(arm, seed, cfg.pretrain_lr) for arm in ARMS])
+    rows = []
+    for r in runs:
+        bf16 = stored[stored.arm == r["arm"]]
+        rows.append({"arm": r["arm"], "seed": seed, "fp32_bpb": r["final"]["test_loss"] / LN2,
+                     "bf16_bpb": float(bf16[bf16.seed == seed].final_bpb.iloc[0]),
+                     "bf16_seed_sd": float(bf16.final_bpb.std())})
+    out = {"rows": rows, "fp32_seconds": timer.seconds, "steps": cfg.pretrain_steps,
+           "max_abs_diff_bpb": max(abs(r["fp32_bpb"] - r["bf16_bpb"]) for r in rows)}
+    atomic_write(results.REPO_RESULTS / CHAPTER / "precision-check.json", json.dumps(out, indent=1))
+    return out
+
+
+def _stored(profile: str) -> dict:
+    return results._from_jsonable(json.loads((results.REPO_RESULTS / CHAPTER / f"{profile}.json").read_text()))

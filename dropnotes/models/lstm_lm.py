@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from dropnotes import functional as DF
 from dropnotes.layers import WeightDrop
-from dropnotes.runtime import check_choice, check_positive_int, check_probability
+from dropnotes.runtime import check_choice, check_flag, check_positive_int, check_probability
 
 
 
@@ -97,7 +97,7 @@ class LSTMLM(nn.Module):
         self.decoder = nn.Linear(dim, vocab_size)
         for prm in self.parameters():  # Zaremba et al.'s uniform initialisation
             nn.init.uniform_(prm, -init_range, init_range)
-        if tie_weights:
+        if check_flag("tie_weights", tie_weights):
             self.decoder.weight = self.embed.weight
 
     @property

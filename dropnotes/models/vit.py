@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from dropnotes.functional import drop_path_skip
-from dropnotes.runtime import check_positive_int
+from dropnotes.runtime import check_flag, check_positive_int, check_probability
 from dropnotes.layers import Dropout, DropPath, SelfAttention, drop_path_rates
 
 
@@ -25,7 +25,7 @@ class Block(nn.Module):
         self.attn = SelfAttention(dim, heads, attn_p=attn_p)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), Dropout(p), nn.Linear(4 * dim, dim), Dropout(p))
         self.drop_path = DropPath(drop_path)
-        self.skip_dropped = skip_dropped
+        self.skip_dropped = check_flag("skip_dropped", skip_dropped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         attn = lambda t: self.attn(self.norm1(t))  # noqa: E731
@@ -45,6 +45,8 @@ class ViT(nn.Module):
         for name, value in (("image_size", image_size), ("patch", patch), ("channels", channels), ("classes", classes),
                             ("dim", dim), ("depth", depth), ("heads", heads)):
             check_positive_int(name, value)
+        drop_path_rate = check_probability("drop_path_rate", drop_path_rate)
+        skip_dropped = check_flag("skip_dropped", skip_dropped)
         if image_size % patch:
             raise ValueError(f"image_size={image_size} must be divisible by patch={patch}")
         self.embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)

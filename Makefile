@@ -22,7 +22,7 @@ ifneq ($(wildcard ../shared/data),)
 export DROPNOTES_DATA ?= $(abspath ../shared/data)
 endif
 
-.PHONY: help venv test test-smoke test-package book clean
+.PHONY: help venv test test-smoke test-unit test-package book clean
 help:
 	@echo "make book   render the book into _build/html (profile=auto)"
 	@echo "make test   nbval at the smoke profile + package tests + every chapter (quick profile) + book build"
@@ -42,16 +42,21 @@ SMOKE_ENV := DROPNOTES_PROFILE=smoke DROPNOTES_PROGRESS=0 DROPNOTES_RESULTS=$(CU
 	DROPNOTES_CHECKPOINTS=$(CURDIR)/_build/smoke-checkpoints
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/nbval-sanitize.cfg
 test: $(BIN)/.installed
+	$(BIN)/ruff check dropnotes tests
 	rm -rf _build/smoke-results _build/smoke-checkpoints
 	$(SMOKE_ENV) $(BIN)/python -m pytest $(NBVAL) chapters scorecard.ipynb
-	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest
+	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest --durations=25
 
 # Only the nbval check (about a minute).
 test-smoke: $(BIN)/.installed
 	rm -rf _build/smoke-results _build/smoke-checkpoints
 	$(SMOKE_ENV) $(BIN)/python -m pytest $(NBVAL) chapters scorecard.ipynb
 
-# Package tests only (seconds), for quick iteration.
+# Unit tests only (no subprocesses, kills, torchrun or notebooks): about two minutes, for quick iteration.
+test-unit: $(BIN)/.installed
+	$(BIN)/python -m pytest -m "not notebooks and not slow" --durations=10
+
+# Package tests only (minutes), without the notebooks.
 test-package: $(BIN)/.installed
 	$(BIN)/python -m pytest -m "not notebooks"
 

@@ -319,7 +319,7 @@ class StackedSparseMLP(nn.Module):
     @classmethod
     def from_models(cls, models: Sequence[nn.Module]) -> "StackedSparseMLP":
         first = models[0]
-        out = cls(len(models), first.layers[0].in_features, tuple(l.out_features for l in first.layers[:-1]),
+        out = cls(len(models), first.layers[0].in_features, tuple(lin.out_features for lin in first.layers[:-1]),
                   first.layers[-1].out_features)
         with torch.no_grad():
             for i, m in enumerate(models):
@@ -1055,9 +1055,9 @@ class StackedLSTMLM(nn.Module):
     def _pairs(self, m: nn.Module):
         """(group parameter, the LSTMLM's tensor) for every parameter of one LSTMLM."""
         out = [(self.embed, m.embed.weight), (self.dec_w, m.decoder.weight), (self.dec_b, m.decoder.bias)]
-        for l, lstm in enumerate(m.lstms):
-            out += [(self.w_ih[l], lstm.weight_ih_l0), (self.w_hh[l], lstm.weight_hh_l0),
-                    (self.b_ih[l], lstm.bias_ih_l0), (self.b_hh[l], lstm.bias_hh_l0)]
+        for i, lstm in enumerate(m.lstms):
+            out += [(self.w_ih[i], lstm.weight_ih_l0), (self.w_hh[i], lstm.weight_hh_l0),
+                    (self.b_ih[i], lstm.bias_ih_l0), (self.b_hh[i], lstm.bias_hh_l0)]
         return out
 
     @classmethod
@@ -1899,7 +1899,8 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
     (0-based) and the dropout rates set by ``rates(step)`` (keyword arguments of :meth:`StackedGPT.set_rates`,
     or None to leave them) before each step.
 
-    Every ``eval_every`` steps, at the steps ``eval_also`` and at the end, each model's per-window validation losses on ``valid`` are
+    Every ``eval_every`` steps, at the steps ``eval_also`` and at the end, each model's per-window validation losses
+    on ``valid`` are
     measured in eval mode (the one host read). On CUDA the step (gather, forward, backward, clipping, AdamW) is
     captured once as a CUDA graph and replayed; the schedules write into tensors the graph reads. Returns the
     history (``model``, ``step``, ``train_loss`` of that step, ``valid_loss``), each evaluation's (K, windows)

@@ -348,9 +348,11 @@ def _mechanics(cfg) -> list[Group]:
         fe, ne, be = _meta_forward(model, torch.empty(4096, 784), cfg.amp)
     evals = math.ceil(cfg.epochs / cfg.eval_every) * math.ceil((cfg.train_size + cfg.val_size + 10000) / 4096)
     dtype = "bf16" if cfg.amp else "fp32"
-    return [Group("mechanics", f"{k} MLPs {cfg.hidden} (rates x seeds), batched", 1, cfg.epochs * (cfg.train_size // cfg.batch_size),
+    return [Group("mechanics", f"{k} MLPs {cfg.hidden} (rates x seeds), batched", 1,
+                  cfg.epochs * (cfg.train_size // cfg.batch_size),
                   f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
-            Group("mechanics", "evaluation (train, validation, test)", 1, evals, fe, ne, dtype, models_per_step=k, bytes_per_step=be)]
+            Group("mechanics", "evaluation (train, validation, test)", 1, evals, fe, ne, dtype, models_per_step=k,
+                  bytes_per_step=be)]
 
 
 def _ensembles(cfg) -> list[Group]:
@@ -370,7 +372,8 @@ def _ensembles(cfg) -> list[Group]:
     passes = cfg.n_seeds * math.ceil(images / 4096) + len(ROTATION_ANGLES)
     dtype = "bf16" if cfg.amp else "fp32"
     return [Group("ensembles", f"{k} MLPs (members + dropout nets), batched", 1,
-                  cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k, bytes_per_step=b),
+                  cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k,
+                  bytes_per_step=b),
             Group("ensembles", "MC-dropout evaluation", 1, passes, fe, ne, bytes_per_step=be)]
 
 
@@ -1119,7 +1122,8 @@ def device_check(chapters: list[str], profile: str = "full", device: str = "cuda
                 torch.cuda.reset_peak_memory_stats(dev)
             seconds, graphed = _time_step(step, state, dev, steps)
             rows.append({"chapter": chapter, "group": name, "models": k, "dtype": dtype, "flops": cost.flops,
-                         "kernels": cost.kernels, "bytes": cost.bytes, "predicted_s": g.step_s(DEFAULT_FRACTION, DEFAULT_LAUNCH_S),
+                         "kernels": cost.kernels, "bytes": cost.bytes,
+                         "predicted_s": g.step_s(DEFAULT_FRACTION, DEFAULT_LAUNCH_S),
                          "measured_s": seconds, "graphed": graphed, "steps": steps, "device": _device_label(dev),
                          "peak_gib": torch.cuda.max_memory_allocated(dev) / 2 ** 30 if dev.type == "cuda" else None})
             del step, group, state

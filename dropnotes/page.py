@@ -119,7 +119,8 @@ def show(frame: pd.DataFrame, caption: str, *, places: dict[str, int] | None = N
 
 # ------------------------------------------------------------------ provenance and the run box
 
-FIELDS = (("device", "device"), ("cpu", "CPU"), ("threads", "threads"), ("torch", "torch"), ("cuda", "CUDA"), ("cudnn", "cuDNN"), ("python", "Python"),
+FIELDS = (("device", "device"), ("cpu", "CPU"), ("threads", "threads"), ("torch", "torch"), ("cuda", "CUDA"),
+          ("cudnn", "cuDNN"), ("python", "Python"),
           ("commit", "commit"), ("source_sha256", "source digest (SHA-256 of the package)"), ("seeds", "seeds"),
           ("wall_time_s", "wall time (s)"), ("dataset", "dataset"), ("created", "created"),
           ("protocol", "protocol version"))

@@ -17,7 +17,8 @@ from scipy import stats as sps
 from dropnotes.metrics import auroc
 from dropnotes.verdict import MIN_SEEDS
 
-__all__ = ["critical", "direction", "seeds_note", "binomial_se", "mean_se", "compare_errors", "compare_paired", "equivalent", "equivalent_errors",
+__all__ = ["critical", "direction", "seeds_note", "binomial_se", "mean_se", "compare_errors", "compare_paired", "equivalent",
+           "equivalent_errors",
            "equivalent_paired", "mcnemar_exact", "compare_predictions", "paired_bootstrap_auroc",
            "compare_estimates", "shortfall", "block_se", "fmt_mean_sd"]
 

@@ -19,4 +19,5 @@ model.register_forward_pre_hook(lambda m, args: seen.__setitem__(0, seen[0] + ar
 hist = train.fit_classifier(model, x, y, x, y, epochs=3, batch_size=32, optimizer=opt, eval_every=3,
                             generator=gen, max_norm=2.0)
 if rank == 0:
-    torch.save({"state": model.state_dict(), "world": world, "seen": seen[0], "loss": hist.train_loss_running.tolist()}, sys.argv[1])
+    torch.save({"state": model.state_dict(), "world": world, "seen": seen[0], "loss": hist.train_loss_running.tolist()},
+               sys.argv[1])

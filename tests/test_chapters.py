@@ -93,7 +93,8 @@ def test_chapter_executes_and_stores_its_result(relpath):
 
 
 @pytest.mark.parametrize("chapter, params, message", [
-    ("01_mechanics", {"profile": "fastest"}, "profile='fastest' is not allowed; choose one of 'smoke', 'quick', 'laptop', 'full', 'auto'"),
+    ("01_mechanics", {"profile": "fastest"},
+     "profile='fastest' is not allowed; choose one of 'smoke', 'quick', 'laptop', 'full', 'auto'"),
     ("01_mechanics", {"profile": "quick", "p": 1.5}, "p must be a number in [0, 1), got 1.5"),
     ("01_mechanics", {"profile": "quick", "dropout_rate": 0.5}, "unknown parameter 'dropout_rate'; allowed: profile, seed"),
     ("01_mechanics", {"profile": "quick", "rates": [0.0]}, "rates must be a list of at least 2 numbers"),

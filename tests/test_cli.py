@@ -31,7 +31,8 @@ def test_list_shows_every_chapter_with_parameters(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics, ensembles, variational, droppath, llm, interactions, cost"),
+    (["run", "nosuch"],
+     "unknown chapter 'nosuch'; choose one of mechanics, ensembles, variational, droppath, llm, interactions, cost"),
     (["run", "mechanics", "-p", "dropout", "0.3"], "unknown parameter 'dropout'; allowed: profile, seed"),
     (["run", "mechanics", "-p", "seed", "abc"], "parameter seed must be an integer in [0, 2,147,483,647], got 'abc'"),
     (["run", "mechanics", "-p", "p", "true"], "parameter p must be a number in [0, 1), got 'true'"),
@@ -55,6 +56,7 @@ def test_values_are_typed_by_the_declared_knobs():
         cli.coerce("mechanics", "seed", "1.5")
 
 
+@pytest.mark.slow
 def test_run_writes_the_executed_notebook(tiny_chapter, tmp_path):
     yaml_file = tmp_path / "p.yaml"
     yaml_file.write_text("x: 5\nname: b\n")
@@ -73,6 +75,7 @@ def test_failed_run_keeps_the_partial_notebook_and_exits_nonzero(tiny_chapter, c
                for o in c.get("outputs", []))
 
 
+@pytest.mark.slow
 def test_module_entry_point():
     proc = subprocess.run([sys.executable, "-m", "dropnotes", "list"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "mechanics" in proc.stdout

@@ -3,6 +3,9 @@ import sys
 from pathlib import Path
 
 import torch
+import pytest
+
+pytestmark = pytest.mark.slow  # integration: subprocesses, kills, torchrun or whole-chapter sizes
 
 SCRIPT = Path(__file__).with_name("ddp_script.py")
 

@@ -79,6 +79,7 @@ def test_calibration_recovers_known_constants():
     assert all(abs(r["error %"]) < 1e-6 for r in rows)
 
 
+@pytest.mark.slow
 def test_estimate_covers_every_chapter_as_json(capsys):
     assert cli.main(["estimate", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
@@ -102,6 +103,7 @@ def test_estimate_refuses_bad_input(capsys):
     assert "--profile must be 'quick' or 'full'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_the_engine_chapters_fit_in_three_h100_minutes():
     """Issue 17's goal: chapters 1, 2 and 6 at their full profiles, every arm x seed in one batched group,
     predicted at <= 3 minutes each on one H100 (with the calibrated constants)."""

@@ -8,6 +8,8 @@ from dropnotes.engine import StackedMLP, make_step
 from dropnotes.experiments import CHAPTERS
 from dropnotes.runtime import stream_seed
 
+pytestmark = pytest.mark.slow  # integration: subprocesses, kills, torchrun or whole-chapter sizes
+
 
 def _one_step(model, batch_size: int, amp: bool, shape: tuple[int, ...] = (784,)) -> float:
     k = model.k

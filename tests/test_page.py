@@ -77,6 +77,7 @@ def test_the_provenance_box_names_every_field_and_what_an_old_run_lacks():
     assert "No full-profile run of this chapter is stored" in page.provenance_box(_record(), None)
 
 
+@pytest.mark.slow
 def test_the_run_box_gives_times_commands_and_downloads():
     box = page.run_box("mechanics", CHAPTERS["mechanics"], _record(), _record("full", wall_time_s=600.0),
                        predicted_s=90.0)

@@ -20,6 +20,8 @@ import nbformat
 import pandas as pd
 import pytest
 
+pytestmark = pytest.mark.slow  # integration: subprocesses, kills, torchrun or whole-chapter sizes
+
 BODY = '''
 import os, signal, time
 from pathlib import Path

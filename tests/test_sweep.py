@@ -6,6 +6,8 @@ import pytest
 
 from dropnotes import cli, sweep
 
+pytestmark = pytest.mark.slow  # integration: subprocesses, kills, torchrun or whole-chapter sizes
+
 
 @pytest.fixture
 def storing_chapter(tmp_path, monkeypatch):

@@ -466,7 +466,6 @@ def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60) -> dict:
 ])
 def test_chapter3_ladder_verdicts_on_synthetic_records(gain, ladder, equal):
     rec, var = _chapter3_record(gain)
-    cfg = var.configure("quick", device="cpu")
     full = var.configure("full", device="cpu")
     table = var.verdicts(rec, full).set_index("claim").verdict
     rungs = ["naive dropout on the non-recurrent connections lowers test perplexity", *[c for _, _, c in var.LADDER],

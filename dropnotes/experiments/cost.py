@@ -331,8 +331,10 @@ def stored_facts(stored: dict) -> dict:
     eager = bench[(bench.variant == "dropout") & (bench.elements == big)].iloc[0]
     compiled = bench[(bench.variant == "dropout (torch.compile)") & (bench.elements == big)].iloc[0]
     drop = att[att.dropout_p > 0]["overhead of dropout %"]
-    return plain({"cost-gpt": row("GPT", "p=0.1")["overhead vs removed %"], "cost-gpt-spread": row("GPT", "p=0.1")["spread (IQR) %"],
-                  "cost-vit": row("ViT", "p=0.1")["overhead vs removed %"], "cost-mlp": row("MLP", "p=0.1")["overhead vs removed %"],
+    return plain({"cost-gpt": row("GPT", "p=0.1")["overhead vs removed %"],
+                  "cost-gpt-spread": row("GPT", "p=0.1")["spread (IQR) %"],
+                  "cost-vit": row("ViT", "p=0.1")["overhead vs removed %"],
+                  "cost-mlp": row("MLP", "p=0.1")["overhead vs removed %"],
                   "cost-p0-min": p0.min(), "cost-p0-max": p0.max(), "cost-flash": drop["flash_attention"],
                   "cost-efficient": drop["efficient_attention"], "cost-math": drop["math"],
                   "cost-eager-tbps": eager["GB/s"] / 1000, "cost-copy-tbps": stored["metrics"]["copy_GBps"] / 1000,

@@ -314,7 +314,8 @@ def verdicts(rec: dict, cfg: DropPathConfig) -> pd.DataFrame:
     acc = lambda e: 100 * (1 - e)  # noqa: E731
     rows = [{"claim": f"stochastic depth helps a ViT trained from scratch on limited data (depth {cfg.depth})",
              "source": "Touvron et al. 2021 (DeiT); Huang et al. 2016",
-             "paper": f"DeiT default rate {DEIT_DEFAULT_RATE}; ResNet-110 CIFAR-10 error {HUANG_CIFAR10[0]} -> {HUANG_CIFAR10[1]} %",
+             "paper": (f"DeiT default rate {DEIT_DEFAULT_RATE}; ResNet-110 CIFAR-10 error {HUANG_CIFAR10[0]} -> "
+                       f"{HUANG_CIFAR10[1]} %"),
              "ours": (f"test accuracy {acc(means[0.0]):.1f} % at rate 0, {acc(means[best]):.1f} % at rate {best:g} "
                       f"(the best on validation) "
                       f"({100 * diff:+.2f} ± {100 * se:.2f} pt)"),
@@ -344,7 +345,8 @@ def verdicts(rec: dict, cfg: DropPathConfig) -> pd.DataFrame:
                  "source": "Huang et al. 2016 (official code)", "test": "timing", "setting": "timing",
                  "paper": f"{HUANG_EPOCH_S[0]} -> {HUANG_EPOCH_S[1]} s/epoch",
                  "ours": (f"masked {sp.loc['masked', 'ms per step']:.0f} ms, skip {sp.loc['skip dropped', 'ms per step']:.0f} ms "
-                          f"per step ({ratio:.2f}x; mean drop rate {f:.2f}); no DropPath {sp.loc['no DropPath', 'ms per step']:.0f} ms"),
+                          f"per step ({ratio:.2f}x; mean drop rate {f:.2f}); "
+                          f"no DropPath {sp.loc['no DropPath', 'ms per step']:.0f} ms"),
                  "verdict": "reproduced" if ratio <= 1 - 0.8 * f else "not reproduced"})
     return pd.DataFrame(rows)
 

@@ -407,7 +407,8 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
     rec = {"quality": cat("quality"), "sweep": cat("sweep"), "ood": cat("ood"), "ood_pairs": cat("ood_pairs"),
            "rotation_pairs": pd.DataFrame([o["rotation_pairs"] for o in outs]),
            "wrong": [o["wrong"] for o in outs], "calibration": [o["calibration"] for o in outs],
-           "timings": pd.DataFrame(timings), "best_epochs": timing["best"], "vmap_speed": speed, "reliability": outs[0]["reliability"],
+           "timings": pd.DataFrame(timings), "best_epochs": timing["best"], "vmap_speed": speed,
+           "reliability": outs[0]["reliability"],
            "rotation": rot, "regression": reg,
            "regression_seeds": pd.DataFrame([{"seed": s, **r["std_by_region"]} for s, r in zip(cfg.seeds, regs)])}
     rec["summary"] = summarize_quality(rec["quality"])

@@ -248,7 +248,8 @@ def run_cnns(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
         net = group.model(i)
         shift = bn_shift(net, d[4])
         rows.append({"arm": f"{placement} ({noise})" if placement != "none" else "none", "placement": placement,
-                     "noise": noise, "seed": seed, **{c: cols[c].iloc[i] for c in cols}, "bn1 shift": shift[0], "bn2 shift": shift[1]})
+                     "noise": noise, "seed": seed, **{c: cols[c].iloc[i] for c in cols}, "bn1 shift": shift[0],
+                     "bn2 shift": shift[1]})
         if placement == "before-bn" and noise == "pixel" and cols.best_epoch[i] > 0:
             reestimate_bn(net, d[0])
             ev = train.evaluate_classifier(net, d[4], d[5])
@@ -449,8 +450,10 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
     rows.append({"claim": "dropout and weight decay are complementary",
                  "source": "Srivastava et al. 2014 (Table 9)", "paper": "dropout + L2 1.25 % < L2 alone 1.62 %",
                  "setting": "Srivastava et al. 2014", "part": "mlp",
-                 "ours": (f"best on validation with both: p={best_both[0]:g}, wd={best_both[1]:g} {g.loc[best_both]:.2f} %; with one: "
-                          f"p={single[0]:g}, wd={single[1]:g} {np.mean(sel(*single)) * 100:.2f} % ({100 * d:+.2f} ± {100 * se:.2f} pt, "
+                 "ours": (f"best on validation with both: p={best_both[0]:g}, wd={best_both[1]:g} "
+                          f"{g.loc[best_both]:.2f} %; with one: "
+                          f"p={single[0]:g}, wd={single[1]:g} {np.mean(sel(*single)) * 100:.2f} % "
+                          f"({100 * d:+.2f} ± {100 * se:.2f} pt, "
                           "paired over the same test images)"),
                  "verdict": v})
     out = pd.DataFrame(rows)

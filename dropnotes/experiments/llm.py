@@ -105,7 +105,8 @@ PROFILE_DEFAULTS = {
                    sizes=(2500, 10000, 40000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=32768, eval_every=20,
                    amp=True, compile=False, n_seeds=3, lr_factors=(1.0,)),
     # One GPU: a GPT of 6 layers, width 192 and 3 heads (block 256; `dropnotes estimate` and the chapter give its
-    # parameter count) sized for one pass over the python-sources corpus (about 20 tokens per parameter), bf16; 3 seeds, and each arm's learning rate chosen on
+    # parameter count) sized for one pass over the python-sources corpus (about 20 tokens per parameter), bf16; 3 seeds,
+    # and each arm's learning rate chosen on
     # validation from 3 rates: the 3 arms x 3 seeds x 3 rates as one batched group, and the full fine-tuning runs
     # (100 kB of tiny-shakespeare and the crossing's slices) x 3 seeds as another, each step graph-captured; the
     # LoRA runs compiled.
@@ -679,7 +680,8 @@ def stored_facts(stored: dict) -> dict:
     small, large, whole = sizes[0], sizes[-2], sizes[-1]
     corpus = stored["provenance"].get("corpus", {})
     return plain({"llm-python": Markdown(f"Python {corpus.get('python', '?')}"), "llm-corpus-mb": corpus.get("bytes", 0) / 1e6,
-                  "llm-steps-run": int(curves[curves.run == "pretrain none"].step.max()), "llm-steps-allowed": p["pretrain_steps"],
+                  "llm-steps-run": int(curves[curves.run == "pretrain none"].step.max()),
+                  "llm-steps-allowed": p["pretrain_steps"],
                   "llm-bpb-none": pre.final_bpb["none"], "llm-bpb-dropout": pre.final_bpb["dropout"],
                   "llm-bpb-early": pre.final_bpb["early"], "llm-p": q,
                   "llm-tps-none": pre.tokens_per_s["none"] / 1e6, "llm-mfu-none": 100 * pre.mfu["none"],

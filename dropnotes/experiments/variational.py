@@ -41,7 +41,8 @@ PROTOCOL_CHANGES = {4: "verdicts read at the run's scale (both signs alike), t i
 # Gal & Ghahramani (2016), Table 1, PTB test perplexity, medium LSTM (2 x 650). Not checked in the paper (its stored
 # copy ends before Table 1): from a note quoting its flattened table (tied 81.8 / 79.7, MC 79.0) and Papers with
 # Code (81.9 / 79.7, the untied row). Zaremba et al.'s 86.2 / 82.7 (medium) and 120.7 / 114.5 (small, no dropout)
-# are in the authors' own draft (wojzaremba/rnnreg, rnn.tex). The paper's MC figure averages 1,000 passes (its text); the authors' script uses 100 x batch.
+# are in the authors' own draft (wojzaremba/rnnreg, rnn.tex). The paper's MC figure averages 1,000 passes (its text);
+# the authors' script uses 100 x batch.
 PAPER_ZAREMBA_MEDIUM = 82.7  # naive dropout (Zaremba et al. 2014)
 PAPER_VARIATIONAL_MEDIUM = 79.7  # variational, weight scaling
 PAPER_VARIATIONAL_MEDIUM_MC = 79.0  # the same model, MC averaging (1,000 passes)
@@ -398,7 +399,7 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                      "ours": (f"weight scaling {mc.ws_ppl.mean():.1f}, MC-{cfg.mc_samples} {mc.mc_ppl.mean():.1f} "
                               f"({diff:+.4f} ± {se:.4f} nats)"), "verdict": v})
     last = rec["svd"].mean(numeric_only=True)  # over seeds
-    err, comp, fc1 = 100 * last.test_error, last.compression, last.sparsity_fc1
+    err, comp = 100 * last.test_error, last.compression
     # a level claim: below the authors' schedule it reads "not at paper scale" with the compression it measured
     rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
     rows.append({"claim": "sparse VD prunes most of LeNet-300-100 at a small cost in error",

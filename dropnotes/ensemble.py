@@ -1,8 +1,8 @@
 """K models of one architecture evaluated as one with ``torch.func.stack_module_state`` + ``vmap``, and
 the measurement that chose the book's training engine: a training step of K members as a Python loop,
-as one ``vmap``-ed step, and as one step of :mod:`dropnotes.engine`'s stacked ``baddbmm`` MLPs.
+as one ``vmap``-ed step, and as one step of :mod:`dropnotes.stacked`'s stacked ``baddbmm`` MLPs.
 
-Training lives in one place, :func:`dropnotes.engine.fit_stacked`.
+Training lives in one place, :func:`dropnotes.stacked.fit_stacked`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,8 @@ def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch
                            batch_size: int, steps: int = 30) -> dict[str, float]:
     """Seconds per training step of K members three ways: a Python loop over K models, one ``vmap``-ed
     step (:class:`VmapEnsemble`), and one step of the batched engine's stacked ``baddbmm`` MLPs
-    (:class:`dropnotes.engine.StackedMLP`, for MLP members): the measurement behind the engine's design."""
-    from dropnotes.engine import StackedMLP
+    (:class:`dropnotes.stacked.StackedMLP`, for MLP members): the measurement behind the engine's design."""
+    from dropnotes.stacked import StackedMLP
     models = [make_model().to(x.device) for _ in range(k)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
     ens = VmapEnsemble(lambda: make_model().to(x.device), k)

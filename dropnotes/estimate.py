@@ -276,10 +276,10 @@ def _engine_step_fn(k: int, cfg, max_norm: int, make_model: Callable[[], nn.Modu
                     momentum: float | None = None, weight_decay: bool = False, optimizer: str = "sgd",
                     transform=None, penalty: bool = False, device="meta"):
     """One step of the batched engine for a group of K models (``make_model()``; by default K MLPs of the
-    chapter's size) on ``device``, as the chapter runs it (:func:`dropnotes.engine.make_step`, bf16 autocast
+    chapter's size) on ``device``, as the chapter runs it (:func:`dropnotes.stacked.make_step`, bf16 autocast
     with ``cfg.amp``); ``max_norm`` of them are projected, and the group decays or not. Returns the step, the
     group and the tensors the step updates."""
-    from dropnotes.engine import StackedMLP, _flat, make_step
+    from dropnotes.stacked import StackedMLP, _flat, make_step
 
     if make_model is None:
         make_model = lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=0.2, p_hidden=0.5, seeds=[0] * k)  # noqa: E731
@@ -312,7 +312,7 @@ def _engine_step(k: int, cfg, max_norm: int, make_model: Callable[[], nn.Module]
 
 def _svd_args(cfg) -> tuple:
     """Chapter 3's sparse VD group for :func:`_engine_step_fn`: the seeds' LeNet-300-100s, Adam, batch 100, fp32."""
-    from dropnotes.engine import StackedSparseMLP
+    from dropnotes.stacked import StackedSparseMLP
 
     ks = cfg.n_seeds
     return ((dataclasses.replace(cfg, batch_size=100, amp=False), 0, lambda: StackedSparseMLP(ks, seeds=[0] * ks), (784,)),
@@ -321,7 +321,7 @@ def _svd_args(cfg) -> tuple:
 
 def _vit_args(cfg, depth: int, k: int) -> tuple:
     """Chapter 4's group of ``k`` ViTs of one depth for :func:`_engine_step_fn` (AdamW, decay, augmentation)."""
-    from dropnotes.engine import StackedViT
+    from dropnotes.stacked import StackedViT
     from dropnotes.experiments.droppath import augment
 
     return ((lambda: StackedViT(k, dim=cfg.dim, depth=depth, heads=cfg.heads, rates=0.1, seeds=[0] * k), (3, 32, 32)),
@@ -330,7 +330,7 @@ def _vit_args(cfg, depth: int, k: int) -> tuple:
 
 def _interaction_model(cfg, name: str, k: int) -> Callable[[], nn.Module]:
     """Chapter 6's CNN or MLP group of ``k`` models (their noise kinds in the chapter's proportions)."""
-    from dropnotes.engine import StackedCNN, StackedMLP
+    from dropnotes.stacked import StackedCNN, StackedMLP
 
     if name == "CNN":
         return lambda: StackedCNN(k, p1=cfg.p, p2=cfg.p, noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
@@ -428,9 +428,9 @@ def _variational(cfg) -> list[Group]:
 
 def _lstm_step_fn(cfg, device="meta"):
     """Chapter 3's training step of every scheme x seed as one StackedLSTMLM on ``device``, as
-    :func:`dropnotes.engine.fit_stacked_lm` runs it (bf16 autocast with ``cfg.amp``, clipping, SGD);
+    :func:`dropnotes.stacked.fit_stacked_lm` runs it (bf16 autocast with ``cfg.amp``, clipping, SGD);
     the step, the group and the tensors it updates."""
-    from dropnotes.engine import StackedLSTMLM, make_lm_step
+    from dropnotes.stacked import StackedLSTMLM, make_lm_step
     from dropnotes.models.lstm_lm import SCHEMES
 
     vocab, k = cfg.vocab_cap or 10000, len(SCHEMES) * cfg.n_seeds
@@ -564,9 +564,9 @@ def _corpus_bytes(name: str) -> int:
 
 def _gpt_step_fn(k: int, cfg, batch: int, p: float, device="meta"):
     """Chapter 5's training step of K GPTs as one StackedGPT on ``device``, as
-    :func:`dropnotes.engine.fit_stacked_windows` runs it (each model's windows gathered, bf16 autocast with
+    :func:`dropnotes.stacked.fit_stacked_windows` runs it (each model's windows gathered, bf16 autocast with
     ``cfg.amp``, clipping, AdamW); the step, the group and the tensors it updates."""
-    from dropnotes.engine import StackedGPT, _flat, make_window_step
+    from dropnotes.stacked import StackedGPT, _flat, make_window_step
 
     rates = [0.0] * (k // 3) + [p] * (k - k // 3)  # as the arms: a third without dropout, two runs of SDPA calls
     group = _on(device, lambda: StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers,
@@ -862,7 +862,7 @@ def stored_prediction(chapter: str) -> float | None:
 def _engine_groups(chapter: str, cfg) -> list[tuple]:
     """The batched groups of an engine chapter: (name, K, one standalone model, the group, example shape,
     max-norm?), at the profile's sizes."""
-    from dropnotes.engine import StackedCNN, StackedMLP
+    from dropnotes.stacked import StackedCNN, StackedMLP
     from dropnotes.models import MLP, SmallCNN
 
     if chapter == "mechanics":
@@ -883,7 +883,7 @@ def _engine_groups(chapter: str, cfg) -> list[tuple]:
                  lambda: StackedMLP(km, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
                                     p_connect=[0.5] + [0.0] * (km - 1)), (1, 28, 28), True)]
     if chapter == "droppath":
-        from dropnotes.engine import StackedViT
+        from dropnotes.stacked import StackedViT
         from dropnotes.experiments.droppath import arms
         from dropnotes.models import ViT
 
@@ -915,7 +915,7 @@ def _sequential_classifier_step(nets, x, y, optimizer: str = "sgd", transform=No
 def _lm_steps(chapter: str, cfg, gen: torch.Generator):
     """Chapter 3's LSTM group and chapter 5's pretraining group: (name, K, batch, sequential step, batched step)."""
     from dropnotes import train
-    from dropnotes.engine import StackedGPT, StackedLSTMLM, _adam_step, _sgd_step
+    from dropnotes.stacked import StackedGPT, StackedLSTMLM, _adam_step, _sgd_step
 
     if chapter == "variational":
         from dropnotes.models import LSTMLM
@@ -978,7 +978,7 @@ def compare_steps(chapter: str, profile: str = "quick", repeats: int = 3) -> lis
     import importlib
     import time
 
-    from dropnotes.engine import make_step
+    from dropnotes.stacked import make_step
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")
     cfg = module.configure(profile=profile, device="cpu")
@@ -1082,7 +1082,7 @@ def _time_step(step, state: list[torch.Tensor], device: torch.device, steps: int
     import time
 
     if device.type == "cuda":
-        from dropnotes.engine import _captured
+        from dropnotes.stacked import _captured
 
         run = _captured(step, state, device)
         run()

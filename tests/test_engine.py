@@ -8,7 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dropnotes import engine, models, train
+from dropnotes import models, train
+from dropnotes import stacked as engine  # the stacked models (local names 'stacked' are groups)
 
 
 def _data(n=96, d=12, classes=4, seed=0):

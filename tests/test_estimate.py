@@ -188,13 +188,13 @@ def test_device_check_times_the_predicted_steps_and_feeds_calibration(tmp_path, 
 def test_the_estimated_step_is_the_engines_training_step(which, monkeypatch):
     """The estimator counts the step the engine trains with (make_lm_step / make_window_step), not a copy of its
     own: the factory is called, and one step advances the step count once (a copy once advanced it twice)."""
-    from dropnotes import engine
+    from dropnotes import stacked
     from dropnotes.experiments import llm, variational
 
     name = {"lstm": "make_lm_step", "gpt": "make_window_step"}[which]
     calls = []
-    real = getattr(engine, name)
-    monkeypatch.setattr(engine, name, lambda *a, **kw: calls.append(kw["step_no"]) or real(*a, **kw))
+    real = getattr(stacked, name)
+    monkeypatch.setattr(stacked, name, lambda *a, **kw: calls.append(kw["step_no"]) or real(*a, **kw))
     if which == "lstm":
         step, _, _ = estimate._lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
     else:

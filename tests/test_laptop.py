@@ -4,7 +4,7 @@ for one training step at its real sizes (shapes, dtypes, memory), and a chapter 
 import pytest
 import torch
 
-from dropnotes.engine import StackedMLP, make_step
+from dropnotes.stacked import StackedMLP, make_step
 from dropnotes.experiments import CHAPTERS
 from dropnotes.runtime import stream_seed
 
@@ -98,7 +98,7 @@ def _changed(params, before) -> float:
 
 def test_chapter3_laptop_group_takes_a_step_at_its_sizes():
     """The seven schemes x seeds as one StackedLSTMLM at the laptop sizes, one step of the engine's own LM step."""
-    from dropnotes.engine import StackedLSTMLM, make_lm_step
+    from dropnotes.stacked import StackedLSTMLM, make_lm_step
     from dropnotes.experiments import variational as ch
     from dropnotes.models.lstm_lm import SCHEMES
 
@@ -123,7 +123,7 @@ def test_chapter3_laptop_group_takes_a_step_at_its_sizes():
 
 def test_chapter5_laptop_group_takes_a_step_at_its_sizes():
     """The pretraining arms x seeds as one StackedGPT at the laptop sizes, one step of the engine's window step."""
-    from dropnotes.engine import StackedGPT, make_window_step
+    from dropnotes.stacked import StackedGPT, make_window_step
     from dropnotes.experiments import llm as ch
 
     cfg = ch.configure("laptop", device="cpu")
@@ -149,7 +149,7 @@ def test_chapter5_laptop_group_takes_a_step_at_its_sizes():
 
 
 def test_chapter6_laptop_groups_take_a_step_at_their_sizes():
-    from dropnotes.engine import StackedCNN
+    from dropnotes.stacked import StackedCNN
     from dropnotes.experiments import interactions as ch
 
     cfg = ch.configure("laptop", device="cpu")

@@ -2,7 +2,7 @@
 
 A small ViT (:class:`dropnotes.models.ViT`) is trained from scratch on a subset of CIFAR-10 with
 AdamW, a cosine schedule and light augmentation (random crop and flip, on the data's device). All
-arms x seeds of one depth train together as one :class:`dropnotes.engine.StackedViT` (each model its
+arms x seeds of one depth train together as one :class:`dropnotes.stacked.StackedViT` (each model its
 own per-block rates, data order and augmentation; models of one seed share their initialisation).
 A validation split, drawn from the training images outside the subset, chooses the best rate; the
 test images are evaluated once, after the last epoch.
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes import bench, data, engine, train
+from dropnotes import bench, data, stacked, train
 from dropnotes.layers import drop_path_rates
 from dropnotes.models import ViT
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish, judged,
@@ -206,16 +206,16 @@ def arms(cfg: DropPathConfig, mid: float) -> dict[int, list[tuple[float, str, in
 
 
 def train_group(cfg: DropPathConfig, d: dict, depth: int, models: list[tuple[float, str, int]]) -> tuple[pd.DataFrame, float]:
-    """Train the ViTs of one depth together (one :class:`~dropnotes.engine.StackedViT`): each model's
+    """Train the ViTs of one depth together (one :class:`~dropnotes.stacked.StackedViT`): each model's
     final train, validation and test error, and the group's wall time."""
     dev = cfg.torch_device
     rates = [drop_path_rates(depth, r, s) for r, s, _ in models]
-    group = engine.StackedViT(len(models), dim=cfg.dim, depth=depth, heads=cfg.heads, rates=rates,
+    group = stacked.StackedViT(len(models), dim=cfg.dim, depth=depth, heads=cfg.heads, rates=rates,
                               seeds=[s for *_, s in models]).to(dev)
     cosine = lambda e: 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))  # noqa: E731 - CosineAnnealingLR, per epoch
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + depth)
     with Timer(dev) as timer:
-        fit = engine.fit_stacked(group, d["x_train"], d["y_train"], d["x_val"], d["y_val"], epochs=cfg.epochs,
+        fit = stacked.fit_stacked(group, d["x_train"], d["y_train"], d["x_val"], d["y_val"], epochs=cfg.epochs,
                                  batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, optimizer="adamw",
                                  lr_schedule=cosine, transform=augment, eval_every=cfg.epochs, generator=gen,
                                  amp_dtype=torch.bfloat16 if cfg.amp else None, x_test=d["x_test"],

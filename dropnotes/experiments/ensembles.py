@@ -24,7 +24,7 @@ from dropnotes.models import MLP
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, finish,
                                         judged, rate_knob, scale_cuts, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
-from dropnotes.engine import StackedMLP, fit_stacked
+from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import (compare_errors, compare_estimates, compare_paired, compare_predictions, equivalent_paired,
@@ -196,7 +196,7 @@ def _plain(cfg: EnsemblesConfig) -> nn.Module:
 
 def train_all(cfg: EnsemblesConfig, d: dict) -> tuple[list[tuple[StackedMLP, nn.Module]], dict]:
     """Every seed's K plain members and its dropout + max-norm net, all trained as one batched group
-    (:mod:`dropnotes.engine`): per seed, ``members`` nets without dropout (lr ``lr``) and one with input and
+    (:mod:`dropnotes.stacked`): per seed, ``members`` nets without dropout (lr ``lr``) and one with input and
     hidden dropout, max-norm and ``lr_dropout``. Returns, per seed, (members, dropout net) and the timing."""
     device = cfg.torch_device
     per_seed = cfg.members + 1

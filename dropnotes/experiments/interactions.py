@@ -5,7 +5,7 @@ Part A trains :class:`dropnotes.models.SmallCNN` on Fashion-MNIST with dropout p
 after the last batch norm, or nowhere, and with per-pixel against channel-wise (spatial) noise. Part B
 trains fully connected nets on MNIST with each noise on the hidden units or weights, max-norm, and a
 dropout x weight-decay grid. Each part's arms x seeds train as one batched group
-(:class:`dropnotes.engine.StackedCNN`, :class:`dropnotes.engine.StackedMLP`); each model's epoch is
+(:class:`dropnotes.stacked.StackedCNN`, :class:`dropnotes.stacked.StackedMLP`); each model's epoch is
 chosen on a validation split held out of the training set, and the test set is used once, at the end.
 """
 
@@ -21,7 +21,7 @@ import torch.nn as nn
 
 from dropnotes import bench, data, train
 from dropnotes import functional as DF
-from dropnotes.engine import StackedCNN, StackedMLP, fit_stacked, predict_stacked
+from dropnotes.stacked import StackedCNN, StackedMLP, fit_stacked, predict_stacked
 from dropnotes.layers import DropConnectLinear, Dropout, GaussianDropout
 from dropnotes.models import SmallCNN
 from dropnotes.experiments._base import plain

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from dropnotes import data, engine, results, train
+from dropnotes import data, stacked, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
 from dropnotes.experiments._base import plain
@@ -279,7 +279,7 @@ def _cosine(steps: int):
     return lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
 
 
-def _group_runs(cfg: LLMConfig, group: engine.StackedGPT, fit: dict, labels: list[str], batch: int,
+def _group_runs(cfg: LLMConfig, group: stacked.StackedGPT, fit: dict, labels: list[str], batch: int,
                 stream_sizes: list[int]) -> list[dict]:
     """Each model's curve, best and final evaluation and throughput from :func:`fit_stacked_windows`."""
     h, steps = fit["history"], sorted(fit["windows"])
@@ -318,14 +318,14 @@ def _label(prefix: str, cfg: LLMConfig, seed: int, lr: float | None = None) -> s
 
 def _pretrain_group(cfg: LLMConfig, corpus: data.TokenSplits, spec: list[tuple[str, int, float]]) -> list[dict]:
     """Train the pretraining models ``spec`` = [(arm, seed, rate), ...] together as one
-    :class:`~dropnotes.engine.StackedGPT`: the models of one seed share their initialisation and batches, so arms
+    :class:`~dropnotes.stacked.StackedGPT`: the models of one seed share their initialisation and batches, so arms
     differ only in their dropout schedules and rates only in their rate. Returns each model's run, with its model."""
     dev = torch.device(cfg.device)
     inits = {}
     for s in dict.fromkeys(s for _, s, _ in spec):
         seed_everything(s)
         inits[s] = _model(cfg, 0.0).to(dev)
-    group = engine.StackedGPT.from_models([inits[s] for _, s, _ in spec], max_rate=cfg.p)
+    group = stacked.StackedGPT.from_models([inits[s] for _, s, _ in spec], max_rate=cfg.p)
     steps = pretrain_steps(cfg, corpus)
     cut = int(cfg.early_fraction * steps)
     p = cfg.p
@@ -333,7 +333,7 @@ def _pretrain_group(cfg: LLMConfig, corpus: data.TokenSplits, spec: list[tuple[s
     schedule = {0: [on[a][0] for a, _, _ in spec], cut: [on[a][1] for a, _, _ in spec]}
     rates = lambda t: dict(p_emb=schedule[t], p_attn=schedule[t], p_resid=schedule[t]) if t in schedule else None  # noqa: E731
     train_stream = corpus.train.to(dev)
-    fit = engine.fit_stacked_windows(group, [train_stream] * group.k, corpus.valid[: cfg.eval_bytes].to(dev),
+    fit = stacked.fit_stacked_windows(group, [train_stream] * group.k, corpus.valid[: cfg.eval_bytes].to(dev),
                                      steps=steps, batch_size=cfg.batch_size, lr=[lr for _, _, lr in spec],
                                      lr_factor=_cosine(steps), weight_decay=0.1, betas=(0.9, 0.95), clip=1.0,
                                      rates=rates, eval_every=cfg.eval_every, seeds=[s for _, s, _ in spec],
@@ -388,7 +388,7 @@ def pretrain(cfg: LLMConfig, corpus: data.TokenSplits) -> dict[str, list[dict]]:
 
 def finetune_group(cfg: LLMConfig, bases: list[GPT], shakes: data.TokenSplits, runs: list[tuple[float, int]]) -> dict:
     """Full fine-tuning runs ``(p, size)`` of copies of each seed's pretrained ``bases[k]``, trained together as one
-    :class:`~dropnotes.engine.StackedGPT`: each on the first ``size`` bytes of tiny-shakespeare (0 = all of
+    :class:`~dropnotes.stacked.StackedGPT`: each on the first ``size`` bytes of tiny-shakespeare (0 = all of
     its training split) with dropout ``p``, on the batches its sequential run drew (its seed). Returns, per run,
     one result per seed."""
     dev = torch.device(cfg.device)
@@ -396,8 +396,8 @@ def finetune_group(cfg: LLMConfig, bases: list[GPT], shakes: data.TokenSplits, r
     valid = shakes.valid[: cfg.eval_bytes].to(dev)
     spec = [(p, size, s, base) for s, base in zip(cfg.seeds, bases, strict=True) for p, size in runs]
     rates = [p for p, _, _, _ in spec]
-    group = engine.StackedGPT.from_models([base for *_, base in spec], p_emb=rates, p_attn=rates, p_resid=rates)
-    fit = engine.fit_stacked_windows(group, [streams[size] for _, size, _, _ in spec], valid, steps=cfg.finetune_steps,
+    group = stacked.StackedGPT.from_models([base for *_, base in spec], p_emb=rates, p_attn=rates, p_resid=rates)
+    fit = stacked.fit_stacked_windows(group, [streams[size] for _, size, _, _ in spec], valid, steps=cfg.finetune_steps,
                                      batch_size=cfg.finetune_batch, lr=cfg.finetune_lr,
                                      lr_factor=_cosine(cfg.finetune_steps), weight_decay=0.1, betas=(0.9, 0.95),
                                      clip=1.0, eval_every=cfg.eval_every, eval_also=early_evals(cfg),

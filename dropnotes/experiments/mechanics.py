@@ -20,7 +20,7 @@ from dropnotes.verdict import not_converged
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, config_of,
                                         finish, judged, rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
-from dropnotes.engine import StackedMLP, fit_stacked
+from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, profile_config, select_device, stream, stream_seed
 
 CHAPTER = "mechanics"
@@ -185,7 +185,7 @@ def arms(cfg: MechanicsConfig) -> list[tuple[float, int]]:
 
 
 def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Train one MLP per (rate, seed), all of them as one batched group (:mod:`dropnotes.engine`); each
+    """Train one MLP per (rate, seed), all of them as one batched group (:mod:`dropnotes.stacked`); each
     model's epoch is chosen on the validation split. Returns the learning curves and the final errors."""
     device = cfg.torch_device
     xtr, ytr, xva, yva, xte, yte = _load(cfg, device)

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from dropnotes import data, train
-from dropnotes.engine import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked, fit_stacked, fit_stacked_lm,
+from dropnotes.stacked import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked, fit_stacked, fit_stacked_lm,
                               lm_window_losses_stacked, lm_windows, mc_window_losses)
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
@@ -179,7 +179,7 @@ def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
 
 
 def train_lms(cfg: VariationalConfig, d: dict, vocab: int) -> dict:
-    """Every scheme x seed as one batched group (:class:`dropnotes.engine.StackedLSTMLM`): the schemes of a
+    """Every scheme x seed as one batched group (:class:`dropnotes.stacked.StackedLSTMLM`): the schemes of a
     seed share its initialisation, so they differ only in where their masks go. Each model keeps its epoch
     of lowest validation perplexity (early stopping) and is tested there, on the same test windows."""
     dev = cfg.torch_device
@@ -261,7 +261,7 @@ def svd_schedules(epochs: int):
 
 def train_sparse_vd(cfg: VariationalConfig) -> dict:
     """LeNet-300-100 with sparse variational dropout on MNIST (Molchanov et al. 2017), one model per seed,
-    trained together as one :class:`dropnotes.engine.StackedSparseMLP`: Adam (lr 1e-3), batch 100, the authors'
+    trained together as one :class:`dropnotes.stacked.StackedSparseMLP`: Adam (lr 1e-3), batch 100, the authors'
     learning-rate and KL-weight schedules (:func:`svd_schedules`). The curve records each model's compression
     and its error on 10,000 of its training images; the test images are evaluated once, at the end."""
     dev = cfg.torch_device

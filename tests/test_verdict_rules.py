@@ -429,7 +429,7 @@ def test_chapter6_complementarity_cells_are_chosen_on_validation():
 # --------------------------------------------------------------------------------- chapter 3's rules
 
 
-def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60) -> dict:
+def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60, best_epoch: int = 1) -> dict:
     """A synthetic chapter-3 record: every rung of the ladder lowers the per-window test loss by ``gain`` nats
     (raises it when negative); tied recurrent masks beat per-step ones by the same; weight-drop equals
     variational up to 0.001 nats of noise; MC beats weight scaling by ``gain``."""
@@ -446,7 +446,7 @@ def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60) -> dict:
             # each scheme's own noise; none when every level is equal, so that the null case is exactly null
             w = level[scheme] + base + (rng.normal(0, 0.001, windows) if gain else 0.0)
             win[scheme, s] = w.tolist()
-            runs.append({"scheme": scheme, "seed": s, "test_loss": float(w.mean())})
+            runs.append({"scheme": scheme, "seed": s, "test_loss": float(w.mean()), "best_epoch": best_epoch})
     summary = pd.DataFrame({"scheme": list(SCHEMES), "words/s (one model)": [1000.0 if SCHEMES[k].time_loop else 5000.0
                                                                             for k in SCHEMES]})
     ws = [win["variational", s] for s in range(seeds)]
@@ -662,3 +662,17 @@ def test_chapter5_selects_on_the_validation_half_and_judges_on_the_test_half():
     out = llm._best_and_final(curve, judged)
     assert out["best"]["step"] == 20 and out["best"]["test_loss"] == 4.0 and out["best"]["windows"] == [4.0, 4.0]
     assert out["final_windows"] == [5.0, 6.0] and out["final"]["test_loss"] == 5.5
+
+
+def test_chapter3_language_model_rows_read_not_converged_when_models_were_still_improving():
+    """Protocol 5: an LSTM whose best validation epoch lies in the last quarter of the schedule makes every
+    language-model row 'not converged' (whichever sign it read); sparse VD's row keeps its own rule."""
+    from dropnotes.experiments import variational as var
+
+    full = var.configure("full", device="cpu")
+    early = var.verdicts(_chapter3_record(0.05)[0], full)
+    late = var.verdicts(_chapter3_record(0.05, best_epoch=full.epochs)[0], full)
+    lm = ~late["source"].str.startswith("Molchanov")
+    assert not early.verdict.str.startswith("not converged").any()
+    assert late.loc[lm, "verdict"].str.startswith("not converged").all()
+    assert (late.loc[~lm, "verdict"] == early.loc[~lm, "verdict"]).all()

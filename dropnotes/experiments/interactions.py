@@ -31,7 +31,7 @@ from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import profile_config, select_device
 from dropnotes.stats import compare_errors, compare_predictions, equivalent_paired
-from dropnotes.verdict import not_converged
+from dropnotes.verdict import not_converged, unconverged
 from dropnotes.experiments.mechanics import PAPER_UPDATES
 
 CHAPTER = "interactions"
@@ -461,11 +461,9 @@ def verdicts(rec: dict, cfg: InteractionsConfig) -> pd.DataFrame:
     last = {"cnn": cfg.cnn_epochs, "mlp": cfg.mlp_epochs}
     for part, runs in (("cnn", cnn), ("mlp", mlp_runs)):
         late = not_converged(runs.best_epoch, last[part])
-        if late:  # whichever sign a row reads, models still improving decide nothing
-            rows_of = (out.part == part) & ~out.verdict.str.startswith(("not measured", "not converged"))
-            out.loc[rows_of, "verdict"] = [f"not converged ({len(late)} of {len(runs)} {part.upper()} models had their best "
-                                           f"validation epoch in the last quarter of {last[part]}; it read: {v})"
-                                           for v in out.loc[rows_of, "verdict"]]
+        rows_of = out.part == part  # whichever sign a row reads, models still improving decide nothing
+        out.loc[rows_of, "verdict"] = [unconverged(v, len(late), len(runs), f"{part.upper()} models", last[part])
+                                       for v in out.loc[rows_of, "verdict"]]
     return out.drop(columns="part")
 
 

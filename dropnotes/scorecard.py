@@ -16,12 +16,10 @@ practitioners' rules of thumb; setup checks are shown, never counted.
 
 from __future__ import annotations
 
-import importlib
-
 import pandas as pd
 
 from dropnotes.experiments import CHAPTERS, TITLES
-from dropnotes.experiments._base import current_verdicts
+from dropnotes.experiments._base import _module, current_verdicts
 from dropnotes.results import load_result
 from dropnotes.verdict import OUTCOMES, Outcome
 
@@ -64,7 +62,7 @@ NEEDS_GPU = Outcome.NEEDS_GPU.value
 
 def _needs_gpu(chapter: str) -> bool:
     """Whether ``chapter`` declares that no laptop setting can test its claims (``LAPTOP_NEEDS_GPU``)."""
-    return bool(getattr(importlib.import_module(f"dropnotes.experiments.{chapter}"), "LAPTOP_NEEDS_GPU", False))
+    return bool(getattr(_module(chapter), "LAPTOP_NEEDS_GPU", False))
 
 
 def collect() -> pd.DataFrame:

@@ -245,6 +245,17 @@ STORED = ("laptop", "full")  # the stored evidence profiles a page shows beside 
 STORED_TITLES = {"laptop": "the stored laptop run (2-core CPU)", "full": "the stored full run (one GPU)"}
 
 
+def _stored_runs(chapter: str):
+    """Each stored evidence run of ``chapter`` (laptop, then full) with its verdicts as the current rules read
+    them: yields (profile, record, verdict table or None, note)."""
+    from dropnotes.experiments._base import current_verdicts
+
+    for profile in STORED:
+        record = _repo_record(chapter, profile)
+        if record is not None:
+            yield (profile, record, *current_verdicts(chapter, record))
+
+
 def stored_caption(profile: str, record: dict, note: str) -> str:
     """The caption of a stored run's verdict table: which run, made when and where, and whether its verdicts
     are current, recomputed with the current rules, or superseded."""
@@ -259,15 +270,10 @@ def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -
     ``caption`` gets the run's name appended; ``header=False``: the tables only. An empty list when none is stored."""
     from IPython.display import Markdown
 
-    from dropnotes.experiments._base import current_verdicts
     from dropnotes.results import describe
 
     out = []
-    for profile in STORED:
-        record = _repo_record(chapter, profile)
-        if record is None:
-            continue
-        verdicts, note = current_verdicts(chapter, record)
+    for profile, record, verdicts, note in _stored_runs(chapter):
         scales = [] if verdicts is None or "scale" not in verdicts else list(dict.fromkeys(verdicts["scale"]))
         line = f"**The stored {profile} run:** {describe(record)}."
         if scales:
@@ -299,14 +305,8 @@ def evidence_summary(chapter: str) -> str:
     (the chapter's ``measured_setting``), where and how long, its achieved GFLOP/s against the 2048³ rate where it
     recorded them, its verdicts counted by outcome as the current rules read them, the claims it could not
     judge for want of convergence, and its shortfall against the papers. Empty when nothing is stored."""
-    from dropnotes.experiments._base import current_verdicts
-
     out = []
-    for profile in STORED:
-        record = _repo_record(chapter, profile)
-        if record is None:
-            continue
-        table, note = current_verdicts(chapter, record)
+    for profile, record, table, note in _stored_runs(chapter):
         module, cfg = _config(chapter, record)
         p = record["provenance"]
         setting = "; ".join(f"{human(k)} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{human(k)} {v}"
@@ -345,17 +345,11 @@ def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | No
     (kept for callers; the page reads both stored runs itself)."""
     from IPython.display import display
 
-    from dropnotes.experiments._base import current_verdicts
-
     kind = "a pipeline check, not evidence" if profile in ("smoke", "quick") else "evidence at its scale"
     display(show(_verdict_first(verdicts), f"Verdicts of this run ({profile} profile, {kind}"
                                            f"{', ' + detail if detail else ''})"))
-    for other in STORED:
-        record = _repo_record(chapter, other)
-        if record is None or other == profile:
-            continue
-        table, note = current_verdicts(chapter, record)
-        if table is not None:
+    for other, record, table, note in _stored_runs(chapter):
+        if other != profile and table is not None:
             display(show(_verdict_first(table), stored_caption(other, record, note),
                          muted=bool((table.get("outcome") == "superseded").all())))
     closing(chapter, profile)
@@ -390,12 +384,9 @@ def closing(chapter: str, profile: str) -> None:
 
 def _repo_record(chapter: str, profile: str) -> dict | None:
     """The result of ``profile`` committed in the repository (not one in ``$DROPNOTES_RESULTS``)."""
-    import json
+    from dropnotes.results import load_repo_result
 
-    from dropnotes.results import REPO_RESULTS, _from_jsonable
-
-    path = REPO_RESULTS / chapter / f"{profile}.json"
-    return _from_jsonable(json.loads(path.read_text())) if path.is_file() else None
+    return load_repo_result(chapter, profile)
 
 
 def _repo_full(chapter: str) -> dict | None:

@@ -179,6 +179,12 @@ def load_result(chapter: str, profile: str) -> dict | None:
     return None
 
 
+def load_repo_result(chapter: str, profile: str) -> dict | None:
+    """The result of ``profile`` committed in the repository (``results/``, never ``$DROPNOTES_RESULTS``), or None."""
+    path = REPO_RESULTS / chapter / f"{profile}.json"
+    return _from_jsonable(json.loads(path.read_text())) if path.is_file() else None
+
+
 def deviations(record: dict, defaults: dict) -> dict[str, tuple[Any, Any]]:
     """Parameters of a stored run that differ from the profile's defaults: name -> (used, default)."""
     params = record.get("params", {})

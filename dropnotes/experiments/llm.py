@@ -705,7 +705,7 @@ def precision_check(seed: int = 0) -> dict:
     from dropnotes.runtime import atomic_write
 
     cfg = replace(configure("laptop", device="cpu", seed=0, n_seeds=1), amp=False)
-    stored = pd.DataFrame(_stored("laptop")["tables"]["pretrain"])
+    stored = pd.DataFrame(results.load_repo_result(CHAPTER, "laptop")["tables"]["pretrain"])
     stored = stored[stored.chosen]
     with Timer(cfg.torch_device) as timer:
         runs = _pretrain_group(cfg, data.load_text(cfg.pretrain_corpus), [(arm, seed, cfg.pretrain_lr) for arm in ARMS])
@@ -720,6 +720,3 @@ def precision_check(seed: int = 0) -> dict:
     atomic_write(results.REPO_RESULTS / CHAPTER / "precision-check.json", json.dumps(out, indent=1))
     return out
 
-
-def _stored(profile: str) -> dict:
-    return results._from_jsonable(json.loads((results.REPO_RESULTS / CHAPTER / f"{profile}.json").read_text()))

@@ -20,7 +20,7 @@ from dropnotes.stacked import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, config_of, finish,
+from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish,
                                         judged,
                                         rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
@@ -34,8 +34,11 @@ CHAPTER = "variational"
 # 39-epoch medium schedule with 3 seeds, bf16, the schemes as one batched group; sparse VD with the authors' 200
 # epochs and schedules, its test set used once. Version 3: the ladder of schemes (naive -> tied -> + tied recurrent
 # -> + embedding dropout = variational; per-step against tied recurrent masks at the same rate), p_emb = p_rec.
-PROTOCOL = 5
-PROTOCOL_CHANGES = {5: "language models still improving in their schedule's last quarter make their rows 'not converged', "
+PROTOCOL = 6
+PROTOCOL_CHANGES = {6: "the learning rate chosen on validation before the seeds are trained (the laptop profile: one rate "
+                       "for every scheme, from a pilot of each scheme at each candidate rate on its own seed), and the "
+                       "laptop schedule lengthened from 8 to 14 epochs",
+                    5: "language models still improving in their schedule's last quarter make their rows 'not converged', "
                        "whichever sign",
                     4: "verdicts read at the run's scale (both signs alike), t intervals over seeds; the weight-drop "
                        "equivalence margin cut from 0.02 nats to a quarter of the paper's naive -> variational effect, "
@@ -101,6 +104,8 @@ class VariationalConfig(ChapterConfig):
     amp: bool
     speed_steps: int = 20  # training windows timed per scheme for the words/s of one standalone model
     init_range: float = 0.1  # parameters drawn uniformly from [-init_range, init_range]
+    lr_grid: tuple = ()  # candidate learning rates for the pilot (empty: ``lr`` as given, no pilot)
+    select_epochs: int = 0  # the pilot's epochs
 
 
 PROFILE_DEFAULTS = {
@@ -109,7 +114,7 @@ PROFILE_DEFAULTS = {
     "smoke": dict(vocab_cap=200, train_tokens=2000, eval_tokens=1000, dim=16, layers=1, init_range=0.1, batch_size=8,
                   seq_len=10, epochs=1, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=2, n_seeds=2,
-                  svd_train_size=500, svd_epochs=1, amp=False, speed_steps=2),
+                  svd_train_size=500, svd_epochs=1, amp=False, speed_steps=2, lr_grid=(1e-2, 3e-3), select_epochs=1),
     # CPU, about three minutes: a 1-layer LSTM on the first 30,000 training words with the 1,999 most
     # frequent words (+ <unk>), Adam, so that the unregularised net begins to overfit within 6 epochs; 2 seeds,
     # because the differences between the dropout schemes are about the size of the seed-to-seed spread.
@@ -118,12 +123,15 @@ PROFILE_DEFAULTS = {
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=10, n_seeds=2,
                   svd_train_size=60000, svd_epochs=2, amp=False, speed_steps=20),
     # This 2-core CPU, up to 45 minutes (measured alone): Zaremba et al.'s small shape (2 x 200) on the first 100,000
-    # training words with the 1,999 most frequent words (+ <unk>), Adam as in quick, 8 epochs, 3 seeds of the seven
-    # schemes as one bf16 group, 20,000 words of validation and test; sparse VD for 10 of the authors' 200 epochs.
+    # training words with the 1,999 most frequent words (+ <unk>), Adam, 14 epochs, 3 seeds of the seven schemes as
+    # one bf16 group, 20,000 words of validation and test; sparse VD for 10 of the authors' 200 epochs. Adam's rate
+    # comes from a 6-epoch pilot on validation (protocol 6): at quick's 1e-2, protocol 5's run left several models
+    # at the unigram plateau (about 225 validation ppl) for most of its 8 epochs.
     "laptop": dict(vocab_cap=2000, train_tokens=100000, eval_tokens=20000, dim=200, layers=2, init_range=0.1,
-                   batch_size=32, seq_len=35, epochs=8, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0,
+                   batch_size=32, seq_len=35, epochs=14, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0,
                    clip=5.0, p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=20, n_seeds=3,
-                   svd_train_size=60000, svd_epochs=10, amp=True, speed_steps=20),
+                   svd_train_size=60000, svd_epochs=10, amp=True, speed_steps=20, lr_grid=(1e-3, 3e-3, 1e-2),
+                   select_epochs=6),
     # One GPU, Zaremba et al.'s medium schedule: 2 x 650, init +-0.05, BPTT 35, batch 20, SGD lr 1 divided by
     # 1.2 every epoch after epoch 6, clip 5, 39 epochs, on all of PTB; 3 seeds; the five schemes x seeds as one
     # batched group, its matmuls in bf16 (weights, cell state and loss in fp32). Rates: Zaremba's medium 0.5 on the
@@ -182,11 +190,39 @@ def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
     return {k: v.to(dev) for k, v in streams.items()}, splits.vocab_size
 
 
-def train_lms(cfg: VariationalConfig, d: dict, vocab: int) -> dict:
+PILOT_SEED = 1000  # the pilot's models are initialised from this seed, apart from every evaluated seed
+
+
+def select_lr(cfg: VariationalConfig, d: dict, vocab: int) -> tuple[float, pd.DataFrame]:
+    """The learning rate, chosen on validation (protocol 6): every scheme at every rate of ``cfg.lr_grid`` as one
+    batched group from :data:`PILOT_SEED`'s initialisation, ``cfg.select_epochs`` epochs; the rate of the lowest
+    mean validation cross-entropy over the schemes (each at its best epoch) is used for every scheme, so that the
+    arms of a comparison differ only in their dropout. The test stream is not read. Without a grid: ``cfg.lr``."""
+    if not cfg.lr_grid:
+        return cfg.lr, pd.DataFrame(columns=["scheme", "lr", "best_epoch", "valid_ppl"])
+    dev = cfg.torch_device
+    arms = [(scheme, lr) for lr in cfg.lr_grid for scheme in SCHEMES]
+    group = StackedLSTMLM(len(arms), vocab, cfg.dim, cfg.layers, scheme=[s for s, _ in arms], p_io=cfg.p_io,
+                          p_rec=cfg.p_rec, p_emb=cfg.p_emb, init_range=cfg.init_range,
+                          seeds=[stream_seed(PILOT_SEED, "init-lm") for _ in arms]).to(dev)
+    fit = fit_stacked_lm(group, d["train"], d["valid"], epochs=cfg.select_epochs, batch_size=cfg.batch_size,
+                         seq_len=cfg.seq_len, lr=[lr for _, lr in arms], clip=cfg.clip, optimizer=cfg.optimizer,
+                         amp_dtype=torch.bfloat16 if cfg.amp else None, restore_best=False,
+                         generator=stream(PILOT_SEED, "train-lm", dev), desc=f"{group.k} LSTM LMs (lr pilot)")
+    pilot = pd.DataFrame({"scheme": [s for s, _ in arms], "lr": [lr for _, lr in arms],
+                          "best_epoch": fit.best_epoch, "valid_loss": fit.best_val_error})
+    pilot["valid_ppl"] = pilot.valid_loss.map(math.exp)
+    mean = pilot.groupby("lr").valid_loss.mean()
+    return float(mean.idxmin()), pilot.drop(columns="valid_loss")
+
+
+def train_lms(cfg: VariationalConfig, d: dict, vocab: int, lr: float | None = None) -> dict:
     """Every scheme x seed as one batched group (:class:`dropnotes.stacked.StackedLSTMLM`): the schemes of a
     seed share its initialisation, so they differ only in where their masks go. Each model keeps its epoch
-    of lowest validation perplexity (early stopping) and is tested there, on the same test windows."""
+    of lowest validation perplexity (early stopping) and is tested there, on the same test windows. ``lr``:
+    the learning rate (default ``cfg.lr``; :func:`select_lr` chooses it)."""
     dev = cfg.torch_device
+    lr = cfg.lr if lr is None else lr
     arms = [(scheme, seed) for seed in cfg.seeds for scheme in SCHEMES]
     group = StackedLSTMLM(len(arms), vocab, cfg.dim, cfg.layers, scheme=[s for s, _ in arms], p_io=cfg.p_io,
                           p_rec=cfg.p_rec, p_emb=cfg.p_emb, init_range=cfg.init_range,
@@ -194,7 +230,7 @@ def train_lms(cfg: VariationalConfig, d: dict, vocab: int) -> dict:
     amp = torch.bfloat16 if cfg.amp else None
     with Timer(dev) as timer:
         fit = fit_stacked_lm(group, d["train"], d["valid"], epochs=cfg.epochs, batch_size=cfg.batch_size,
-                             seq_len=cfg.seq_len, lr=cfg.lr, lr_decay=cfg.lr_decay if cfg.optimizer == "sgd" else 1.0,
+                             seq_len=cfg.seq_len, lr=lr, lr_decay=cfg.lr_decay if cfg.optimizer == "sgd" else 1.0,
                              decay_after=cfg.decay_after, clip=cfg.clip, optimizer=cfg.optimizer, amp_dtype=amp,
                              generator=stream(cfg.seed, "train-lm", dev), restore_best=True,
                              desc=f"{group.k} LSTM LMs (schemes x seeds)")
@@ -212,7 +248,7 @@ def train_lms(cfg: VariationalConfig, d: dict, vocab: int) -> dict:
     n_windows = lm_windows(d["train"], cfg.batch_size, cfg.seq_len)[0].shape[0]
     words = n_windows * cfg.batch_size * cfg.seq_len * cfg.epochs * group.k
     return {"group": group, "runs": pd.DataFrame(rows), "curves": curves, "windows": windows,
-            "training": {"models": group.k, "seconds": timer.seconds, "model-words/s": words / timer.seconds}}
+            "training": {"models": group.k, "lr": lr, "seconds": timer.seconds, "model-words/s": words / timer.seconds}}
 
 
 def scheme_speed(cfg: VariationalConfig, d: dict, vocab: int) -> pd.DataFrame:
@@ -300,7 +336,10 @@ def train_sparse_vd(cfg: VariationalConfig) -> dict:
 def run(cfg: VariationalConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     d, vocab = _lm_data(cfg)
-    lms = train_lms(cfg, d, vocab)
+    with Timer(cfg.torch_device) as pilot_timer:
+        lr, pilot = select_lr(cfg, d, vocab)
+    lms = train_lms(cfg, d, vocab, lr)
+    lms["training"]["pilot_seconds"] = pilot_timer.seconds
     rows, curves, windows = lms["runs"], lms["curves"], lms["windows"]
     mc = []
     for i, (scheme, seed) in enumerate((r.scheme, r.seed) for r in rows.itertuples()):
@@ -310,7 +349,7 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
     speed = scheme_speed(cfg, d, vocab)
     svd = train_sparse_vd(cfg)
     mc_windows = {"ws": [m.pop("ws_windows") for m in mc], "mc": [m.pop("mc_windows") for m in mc]}
-    rec = {"runs": rows, "curves": curves, "mc": pd.DataFrame(mc), "speed": speed,
+    rec = {"runs": rows, "curves": curves, "mc": pd.DataFrame(mc), "speed": speed, "lr_pilot": pilot, "lr": lr,
            "training": pd.DataFrame([lms["training"]]), "windows": windows, "mc_windows": mc_windows,
            "svd": svd["final"], "svd_curve": svd["curve"], "svd_model": svd["model"], "svd_seconds": svd["seconds"],
            "vocab": vocab,
@@ -323,10 +362,10 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
         rec["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset, vocab=vocab,
             tokens=rec["tokens"],
-            metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
+            metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(), "lr": lr,
                      "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
-            tables={k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "svd", "svd_curve", "summary",
-                                        "verdicts")})
+            tables={k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "lr_pilot", "svd", "svd_curve",
+                                        "summary", "verdicts")})
     return rec
 
 
@@ -425,15 +464,6 @@ def converged(table: pd.DataFrame, runs: pd.DataFrame, epochs: int) -> pd.DataFr
     lm = ~out["source"].str.startswith("Molchanov")
     out.loc[lm, col] = [unconverged(v, late, len(runs), "LSTM LMs", epochs) for v in out.loc[lm, col]]
     return out
-
-
-def rejudge(record: dict) -> pd.DataFrame:
-    """A stored run of protocol 4 read with protocol 5's rules: its stored rule verdicts, with the convergence rule
-    applied from its stored best epochs (the training and the other rules are unchanged)."""
-    if int(record["provenance"].get("protocol", 1)) != 4:
-        raise ValueError("only a protocol-4 run shares protocol 5's training")
-    cfg = config_of(VariationalConfig, record)
-    return judged(CHAPTER, cfg, converged(record["tables"]["verdicts"], record["tables"]["runs"], cfg.epochs))
 
 
 def plot_curves(curves: pd.DataFrame):

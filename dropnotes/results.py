@@ -93,15 +93,20 @@ def source_digest(root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+# The code this process runs: the commit and the package's digest when it was imported, not when a run ends (a tree
+# edited or committed during a long run must not be credited with a result that older code made).
+CODE_AT_IMPORT = {"commit": git_commit(), "source_sha256": source_digest()}
+
+
 def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float, dataset: str,
                **extra: Any) -> dict[str, Any]:
-    """Everything needed to tell where a number came from."""
+    """Everything needed to tell where a number came from; the code is named as it was when this module was
+    imported (:data:`CODE_AT_IMPORT`)."""
     from dropnotes import data
 
     return {
         "data_files": data.used_files(),
-        "commit": git_commit(),
-        "source_sha256": source_digest(),
+        **CODE_AT_IMPORT,
         "dropnotes": dropnotes.__version__,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,

@@ -26,7 +26,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import block_se, compare_paired, equivalent_paired
+from dropnotes.stats import block_se, compare_paired, equivalent_paired, mean_sd
 from dropnotes.verdict import not_converged, unconverged
 
 CHAPTER = "variational"
@@ -114,14 +114,14 @@ PROFILE_DEFAULTS = {
     "smoke": dict(vocab_cap=200, train_tokens=2000, eval_tokens=1000, dim=16, layers=1, init_range=0.1, batch_size=8,
                   seq_len=10, epochs=1, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=2, n_seeds=2,
-                  svd_train_size=500, svd_epochs=1, amp=False, speed_steps=2, lr_grid=(1e-2, 3e-3), select_epochs=1),
+                  svd_train_size=500, svd_epochs=1, amp=False, speed_steps=2, lr_grid=(), select_epochs=0),
     # CPU, about three minutes: a 1-layer LSTM on the first 30,000 training words with the 1,999 most
     # frequent words (+ <unk>), Adam, so that the unregularised net begins to overfit within 6 epochs; 2 seeds,
     # because the differences between the dropout schemes are about the size of the seed-to-seed spread.
     "quick": dict(vocab_cap=2000, train_tokens=30000, eval_tokens=10000, dim=160, layers=1, init_range=0.1, batch_size=32,
                   seq_len=35, epochs=6, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=10, n_seeds=2,
-                  svd_train_size=60000, svd_epochs=2, amp=False, speed_steps=20),
+                  svd_train_size=60000, svd_epochs=2, amp=False, speed_steps=20, lr_grid=(), select_epochs=0),
     # This 2-core CPU, up to 45 minutes (measured alone): Zaremba et al.'s small shape (2 x 200) on the first 100,000
     # training words with the 1,999 most frequent words (+ <unk>), Adam, 14 epochs, 3 seeds of the seven schemes as
     # one bf16 group, 20,000 words of validation and test; sparse VD for 10 of the authors' 200 epochs. Adam's rate
@@ -144,7 +144,7 @@ PROFILE_DEFAULTS = {
     "full": dict(vocab_cap=0, train_tokens=0, eval_tokens=0, dim=650, layers=2, init_range=0.05, batch_size=20,
                  seq_len=35, epochs=39, optimizer="sgd", lr=1.0, lr_decay=1.2, decay_after=6, clip=5.0,
                  p_io=0.5, p_rec=0.2, p_emb=0.2, mc_samples=100, n_seeds=3,
-                 svd_train_size=60000, svd_epochs=200, amp=True, speed_steps=50),
+                 svd_train_size=60000, svd_epochs=200, amp=True, speed_steps=50, lr_grid=(), select_epochs=0),
 }
 
 
@@ -494,6 +494,17 @@ def plot_sparsity(model: SparseMLP):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test perplexity per scheme.
+SCALE_AXIS = ("test perplexity", "log")
+PAPER_POINTS = {"none": PAPER_ZAREMBA_SMALL_NOREG, "naive": PAPER_ZAREMBA_MEDIUM, "variational": PAPER_VARIATIONAL_MEDIUM}
+PAPER_POINTS_LABEL = "papers (none: Zaremba's small net; naive, variational: the medium net)"
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test perplexity per scheme (at each model's best validation epoch), mean and SD over seeds, from ``runs``."""
+    return mean_sd(tables["runs"], "scheme", "test_ppl")
 
 
 def stored_full() -> dict | None:

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
@@ -28,6 +29,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
+from dropnotes.stats import mean_sd
 
 CHAPTER = "cost"
 # The protocol's version, stored with each result (see _base.protocol).
@@ -172,7 +174,9 @@ def _models(cfg: CostConfig, p: float) -> dict[str, tuple[nn.Module, torch.Tenso
 
 
 def step_costs(cfg: CostConfig) -> pd.DataFrame:
-    """Median ms per training step (forward, backward, AdamW) per model and variant."""
+    """Median ms per training step (forward, backward, AdamW) per model and variant, and the achieved GFLOP/s of
+    the step's products (counted by torch's FlopCounterMode on the model without dropout, the same for every
+    variant: dropout adds no products)."""
     dev = torch.device(cfg.device)
     amp = torch.bfloat16 if cfg.amp else None
     rows = []
@@ -202,6 +206,9 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
         for label, v in variants.items():  # warm-up
             for _ in range(3):
                 step(*v)
+        with FlopCounterMode(display=False) as counter:  # one step of the model without dropout: its products' FLOPs
+            step(*variants["removed"])
+        flops = counter.get_total_flops()
         for _ in range(cfg.rounds):  # interleaved rounds
             for label, v in variants.items():
                 with Timer(dev) as t:
@@ -212,7 +219,8 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
         for label, ts in times.items():
             rows.append({"model": name, "variant": label, "ms per step": float(np.median(ts)),
                          "spread (IQR) %": float(100 * (np.percentile(ts, 75) - np.percentile(ts, 25)) / np.median(ts)),
-                         "overhead vs removed %": float(100 * (np.median(ts) / base - 1))})
+                         "overhead vs removed %": float(100 * (np.median(ts) / base - 1)),
+                         "GFLOP/s": flops / (np.median(ts) / 1000) / 1e9})
     return pd.DataFrame(rows)
 
 
@@ -251,12 +259,19 @@ def run(cfg: CostConfig, save: bool = True) -> dict:
     table = bench.run_bench(cfg.device, cfg.sizes, cfg.min_run_time)
     rec = {"bench": table, "bench_attrs": dict(table.attrs), "steps": step_costs(cfg), "attention": attention_costs(cfg),
            "device_name": device_name(cfg.device)}
+    amp = cfg.amp  # the steps run under autocast in bf16 when the profile says so
+    rec["matmul_2048_gflops_per_s"] = bench.matmul_rate(cfg.device, torch.bfloat16 if amp else torch.float32) / 1e9
     rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
+        removed = rec["steps"][rec["steps"].variant == "removed"].set_index("model")["GFLOP/s"]
         rec["path"] = finish(CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset="synthetic tensors",
                                           copy_GBps=table.attrs["copy_GBps"], peak_GBps=table.attrs["peak_GBps"],
-                                          metrics={"copy_GBps": table.attrs["copy_GBps"]},
+                                          metrics={"copy_GBps": table.attrs["copy_GBps"],
+                                                   "matmul_2048_gflops_per_s": rec["matmul_2048_gflops_per_s"],
+                                                   "precision": "bf16" if amp else "fp32",
+                                                   **{f"{m.lower()}_train_gflops_per_s": float(v)
+                                                      for m, v in removed.items()}},
                                           tables={k: rec[k] for k in ("bench", "steps", "attention", "verdicts")})
     return rec
 
@@ -314,6 +329,18 @@ def plot_bench(table: pd.DataFrame):
     ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): the overhead of p = 0.1 per training step.
+SCALE_AXIS = ("training-step overhead of p = 0.1 (%)", "linear")
+PAPER_POINTS = {m: 1.5 for m in ("MLP", "ViT", "GPT")}
+PAPER_POINTS_LABEL = "rule of thumb (1-2 %)"
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """The overhead (%) of dropout at p = 0.1 over the model without it, per model (one median: no SD)."""
+    steps = tables["steps"]
+    return mean_sd(steps[steps.variant == "p=0.1"], "model", "overhead vs removed %")
 
 
 def stored_full() -> dict | None:

@@ -26,7 +26,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream
 from dropnotes.runtime import profile_config, seed_everything, select_device
-from dropnotes.stats import compare_errors, direction, fmt_mean_sd
+from dropnotes.stats import compare_errors, direction, fmt_mean_sd, mean_sd
 
 CHAPTER = "droppath"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the best rate
@@ -364,6 +364,16 @@ def plot_sweep(runs: pd.DataFrame, depth: int):
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test error per depth, rate and schedule.
+SCALE_AXIS = ("test error (%)", "linear")
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test error (%) per depth, drop-path rate and schedule, mean and SD over seeds, from a run's ``runs``."""
+    return mean_sd(tables["runs"], ["depth", "rate", "schedule"], "test_error", 100,
+                   label=lambda k: f"depth {k[0]}, {k[2]} {k[1]:g}")
 
 
 def stored_full() -> dict | None:

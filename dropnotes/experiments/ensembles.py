@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes import data, metrics, train
+from dropnotes import bench, data, metrics, train
 from dropnotes.ensemble import step_time_loop_vs_vmap
 from dropnotes.layers import Dropout
 from dropnotes.mc import classifier_summary, mc_predict, regression_summary
@@ -28,7 +28,7 @@ from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import (compare_errors, compare_estimates, compare_paired, compare_predictions, equivalent_paired,
-                             fmt_mean_sd, paired_bootstrap_auroc)
+                             fmt_mean_sd, mean_sd, paired_bootstrap_auroc)
 from dropnotes.verdict import MIN_SEEDS, not_converged
 from dropnotes.experiments.mechanics import PAPER_UPDATES
 
@@ -391,6 +391,14 @@ def regression_gap(seed: int, device: str, steps: int = 3000, p: float = 0.1, sa
 # --------------------------------------------------------------------------- the whole chapter
 
 
+def train_speed(cfg: EnsemblesConfig, train_s: float) -> dict:
+    """The batched group's achieved training GFLOP/s (its evaluations included in ``train_s``) beside this device's
+    2048³ product rate in the run's precision, measured now."""
+    steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
+    flops = bench.mlp_flops([784, *cfg.hidden, 10], cfg.batch_size * steps) * cfg.n_seeds * (cfg.members + 1)
+    return bench.speed(flops, train_s, cfg.torch_device, cfg.amp)
+
+
 def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     device = cfg.torch_device
@@ -421,7 +429,8 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
         rec["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset,
             ood_dataset=cfg.ood_dataset,
-            metrics={"vmap_speedup": speed["speedup"], "regression_std": reg["std_by_region"]},
+            metrics={"vmap_speedup": speed["speedup"], "regression_std": reg["std_by_region"],
+                     **train_speed(cfg, timing["train_s"])},
             tables={"summary": rec["summary"], "mc_curve": rec["mc_curve"], "ood_summary": rec["ood_summary"],
                     "ood_pairs": rec["ood_pairs"], "rotation_pairs": rec["rotation_pairs"], "rotation": rot_table,
                     "verdicts": rec["verdicts"], "quality": rec["quality"],
@@ -707,6 +716,20 @@ def plot_regression(reg: dict):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test error per way of predicting.
+SCALE_AXIS = ("test error (%)", "log")
+PAPER_POINTS = {"single net": PAPER_T2["none"], "dropout, weight scaling": PAPER_T2["dropout_maxnorm"]}
+PAPER_POINTS_LABEL = "paper (Srivastava et al. Table 2: standard net; dropout + max-norm)"
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test error (%) of the single nets, the ensemble and the dropout net (weight scaling, MC), mean and SD over
+    seeds (and members), from a run's ``quality``."""
+    q = tables["quality"]
+    q = q[~q.model.str.contains("temperature")]
+    return mean_sd(q, "model", "error", 100)
 
 
 def stored_full() -> dict | None:

@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 
 from dropnotes import bench, data, functional as DF, train
-from dropnotes.stats import compare_errors
+from dropnotes.stats import compare_errors, mean_sd
 from dropnotes.verdict import not_converged
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, config_of,
                                         finish, judged, rate_knob, size_knob)
@@ -373,28 +373,15 @@ def cite_t() -> str:
     return "{cite:t}`srivastava2014dropout`"
 
 
-def plot_scales(live: pd.DataFrame | None, stored_runs: dict[str, pd.DataFrame]):
-    """Test error per hidden-layer rate, one marker per scale: this page's run, each stored evidence run
-    (``profile -> summary``), and the paper's two numbers (Simard et al.'s net at p = 0, the dropout net at
-    p = 0.5), on one axis."""
-    import matplotlib.pyplot as plt
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test error per hidden-layer rate.
+SCALE_AXIS = ("test error (%)", "log")
+PAPER_POINTS = {"p = 0": PAPER_NO_DROPOUT, "p = 0.5": PAPER_DROPOUT_RELU}
+PAPER_POINTS_LABEL = "paper (p = 0: Simard et al.'s net)"
 
-    fig, ax = plt.subplots(figsize=(6.2, 3.4))
-    series = ([("this page's run", live)] if live is not None else []) + list(stored_runs.items())
-    width = 0.8 / max(len(series) + 1, 1)
-    rates = sorted({float(p) for _, t in series for p in t.p} | {0.0, 0.5})
-    for i, (name, t) in enumerate(series):
-        x = [rates.index(float(p)) + (i - len(series) / 2) * width for p in t.p]
-        err = t["seed sd %"].fillna(0) if "seed sd %" in t else None
-        ax.errorbar(x, t["test error %"], yerr=err, fmt="o", capsize=3, label=name)
-    px = [rates.index(0.0) + len(series) / 2 * width, rates.index(0.5) + len(series) / 2 * width]
-    ax.scatter(px, [PAPER_NO_DROPOUT, PAPER_DROPOUT_RELU], marker="*", s=120, color="k",
-               label="paper (p = 0: Simard et al.'s net)")
-    ax.set_xticks(range(len(rates)), [f"p = {r:g}" for r in rates])
-    ax.set(ylabel="test error (%)", yscale="log")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test error (%) per hidden-layer rate, mean and SD over seeds, from a run's ``finals``."""
+    return mean_sd(tables["finals"], "p", "test_error", 100, label=lambda p: f"p = {p:g}")
 
 
 def stored_full() -> dict | None:

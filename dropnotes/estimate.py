@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
+from dropnotes import results
 from dropnotes.runtime import autocast
 
 # Dense peaks of one H100 SXM (NVIDIA's datasheet): bf16 tensor cores, and fp32 without TF32 (PyTorch's default).
@@ -821,12 +822,7 @@ def estimate(chapters: list[str], profile: str = "full", fraction: float = DEFAU
     return rows
 
 
-def predictions_path():
-    """The committed per-chapter predictions of the full profile (``results/estimate-full.json``), which the
-    chapters' run boxes quote without recomputing them (seconds per chapter); a test keeps them true."""
-    from dropnotes.results import REPO_RESULTS
-
-    return REPO_RESULTS / "estimate-full.json"
+predictions_path, stored_prediction = results.predictions_path, results.stored_prediction  # the committed file
 
 
 def per_chapter(rows: list[dict]) -> dict[str, float]:
@@ -847,14 +843,6 @@ def store_predictions(rows: list[dict]) -> None:
             "predicted_s": per_chapter(rows),
             "how": "python -m dropnotes estimate --profile full --store"}
     atomic_write(predictions_path(), json.dumps(body, indent=1) + "\n")
-
-
-def stored_prediction(chapter: str) -> float | None:
-    """The committed full-profile prediction of ``chapter`` in seconds, if there is one."""
-    import json
-
-    path = predictions_path()
-    return json.loads(path.read_text())["predicted_s"].get(chapter) if path.is_file() else None
 
 
 # ------------------------------------------------------------------ sequential against batched, measured here

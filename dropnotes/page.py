@@ -21,6 +21,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dropnotes.experiments._base import protocol
+from dropnotes.experiments._base import current_verdicts
+from dropnotes.results import describe
+from dropnotes.experiments._base import ChapterConfig, config_of
+from dropnotes import results
+from dropnotes.experiments import CHAPTERS
+from dropnotes.results import load_repo_result
 
 # Column-name pieces: a suffix that names a unit, and words that read better spelt out.
 UNITS = (("_per_s", "/s"), ("_ms", " (ms)"), ("_s", " (s)"), ("_bpb", " (bits/byte)"), ("_pp", " (points)"),
@@ -186,18 +193,15 @@ def provenance_box(this_run: dict | None, stored: dict | None, laptop: dict | No
 def predicted_full_s(chapter: str) -> float | None:
     """``dropnotes estimate``'s prediction of the chapter's full profile on one H100, in seconds, as committed in
     ``results/estimate-full.json`` (``tests/test_estimate.py`` checks that it matches a fresh estimate)."""
-    from dropnotes import estimate
 
-    return estimate.stored_prediction(chapter)
+    return results.stored_prediction(chapter)
 
 
 def _protocol_note(chapter: str, record: dict) -> str:
     """What the run box says of a stored run of an older protocol: the same as its verdict table's caption."""
-    from dropnotes.experiments._base import protocol
 
     if int(record["provenance"].get("protocol", 1)) >= protocol(chapter):
         return ""
-    from dropnotes.experiments._base import current_verdicts
 
     table, _ = current_verdicts(chapter, record)
     if table is not None and not (table.get("outcome") == "superseded").all():
@@ -248,7 +252,6 @@ STORED_TITLES = {"laptop": "the stored laptop run (2-core CPU)", "full": "the st
 def _stored_runs(chapter: str):
     """Each stored evidence run of ``chapter`` (laptop, then full) with its verdicts as the current rules read
     them: yields (profile, record, verdict table or None, note)."""
-    from dropnotes.experiments._base import current_verdicts
 
     for profile in STORED:
         record = _repo_record(chapter, profile)
@@ -270,7 +273,6 @@ def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -
     ``caption`` gets the run's name appended; ``header=False``: the tables only. An empty list when none is stored."""
     from IPython.display import Markdown
 
-    from dropnotes.results import describe
 
     out = []
     for profile, record, verdicts, note in _stored_runs(chapter):
@@ -292,7 +294,6 @@ def _config(chapter: str, record: dict):
     import dataclasses
     import importlib
 
-    from dropnotes.experiments._base import ChapterConfig, config_of
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")
     cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ChapterConfig)
@@ -377,8 +378,6 @@ def closing(chapter: str, profile: str) -> None:
     from IPython.display import Markdown, display
     from myst_nb import glue
 
-    from dropnotes import results
-    from dropnotes.experiments import CHAPTERS
 
     this_run = results.load_result(chapter, profile)
     stored = this_run if profile == "full" else _repo_full(chapter)
@@ -390,7 +389,6 @@ def closing(chapter: str, profile: str) -> None:
 
 def _repo_record(chapter: str, profile: str) -> dict | None:
     """The result of ``profile`` committed in the repository (not one in ``$DROPNOTES_RESULTS``)."""
-    from dropnotes.results import load_repo_result
 
     return load_repo_result(chapter, profile)
 

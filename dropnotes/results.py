@@ -24,6 +24,7 @@ import torch
 
 import dropnotes
 from dropnotes.runtime import RUN_PROFILES, atomic_write, check_choice, device_name
+from dropnotes import data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_RESULTS = REPO_ROOT / "results"
@@ -102,7 +103,6 @@ def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float,
                **extra: Any) -> dict[str, Any]:
     """Everything needed to tell where a number came from; the code is named as it was when this module was
     imported (:data:`CODE_AT_IMPORT`)."""
-    from dropnotes import data
 
     return {
         "data_files": data.used_files(),
@@ -215,3 +215,15 @@ def describe(record: dict | None, defaults: dict | None = None) -> str:
         line += ("; run with " + ", ".join(f"{k}={v!r} (profile default {d!r})" for k, (v, d) in changed.items())
                  if changed else "; the profile's default parameters")
     return line
+
+
+def predictions_path() -> Path:
+    """The committed per-chapter predictions of the full profile (``results/estimate-full.json``, written by
+    ``dropnotes estimate``), which the chapters' run boxes quote without recomputing them; a test keeps them true."""
+    return REPO_RESULTS / "estimate-full.json"
+
+
+def stored_prediction(chapter: str) -> float | None:
+    """The committed full-profile prediction of ``chapter`` in seconds, if there is one."""
+    path = predictions_path()
+    return json.loads(path.read_text())["predicted_s"].get(chapter) if path.is_file() else None

@@ -34,6 +34,9 @@ import torch
 from dropnotes.runtime import DEVICES, PROFILES
 from dropnotes.stats import shortfall
 from dropnotes.verdict import judge
+from dropnotes import data
+from dropnotes.results import results_root
+from dropnotes import results
 
 SEED_MAX = 2**31 - 1  # seeds (and seed + n_seeds) stay in every generator's range (NumPy's is 2**32)
 KINDS = ("int", "float", "str", "bool", "floats", "ints", "any")  # "any": a notebook without declared knobs
@@ -318,7 +321,6 @@ class Knobs(Mapping):
 def check_environment() -> None:
     """What a run needs from its environment, checked before it starts: a writable results folder and,
     when ``DROPNOTES_DATA`` is set, a data folder that exists and is not empty (``ValueError``)."""
-    from dropnotes import data
 
     check_results_writable()
     try:
@@ -330,7 +332,6 @@ def check_environment() -> None:
 def check_results_writable(root: Path | None = None) -> Path:
     """Raise ``ValueError`` naming ``DROPNOTES_RESULTS`` unless the results folder can be written; at the
     start of a run, so that no training is lost to a save that cannot happen."""
-    from dropnotes.results import results_root
 
     root = Path(root) if root is not None else results_root()
     try:
@@ -486,7 +487,6 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     table must have been read at the run's scale (:func:`judged`)."""
     from dataclasses import asdict
 
-    from dropnotes import results
 
     table = tables.get("verdicts")
     if isinstance(table, pd.DataFrame) and "outcome" not in table and _module(chapter) is not None:
@@ -531,6 +531,5 @@ def label_smoke(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 def stored_full(chapter: str) -> dict | None:
     """The committed full-profile result of ``chapter``, if one exists."""
-    from dropnotes import results
 
     return results.load_result(chapter, "full")

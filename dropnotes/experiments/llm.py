@@ -30,6 +30,7 @@ from dropnotes.runtime import Timer
 from dropnotes.runtime import progress
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import Z_ONE_SIDED_5, compare_paired, critical, mean_sd
+from dropnotes.runtime import atomic_write
 
 CHAPTER = "llm"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
@@ -744,7 +745,6 @@ def precision_check(seed: int = 0) -> dict:
     ``results/llm/precision-check.json``."""
     from dataclasses import replace
 
-    from dropnotes.runtime import atomic_write
 
     cfg = replace(configure("laptop", device="cpu", seed=0, n_seeds=1), amp=False)
     stored = pd.DataFrame(results.load_repo_result(CHAPTER, "laptop")["tables"]["pretrain"])

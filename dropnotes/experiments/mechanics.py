@@ -22,6 +22,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, profile_config, select_device, stream, stream_seed
+from dropnotes import results
 
 CHAPTER = "mechanics"
 # The protocol's version, stored with each result (see _base.protocol).
@@ -334,7 +335,6 @@ def plot_curves(curves: pd.DataFrame, title: str = ""):
 
 def stored(profile: str) -> dict | None:
     """The committed result of ``profile`` (``laptop`` or ``full``) of this chapter, if one exists."""
-    from dropnotes import results
 
     return results.load_result(CHAPTER, profile)
 

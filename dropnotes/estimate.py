@@ -30,7 +30,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from dropnotes import results
-from dropnotes.runtime import autocast
+from dropnotes.amp import autocast
 
 # Dense peaks of one H100 SXM (NVIDIA's datasheet): bf16 tensor cores, and fp32 without TF32 (PyTorch's default).
 PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}
@@ -140,7 +140,7 @@ def _moved_bytes(name: str, args, kwargs: dict, out) -> int:
 
 def _distinct_bytes(t: torch.Tensor) -> int:
     """The bytes a kernel must move for ``t`` at least: its distinct elements (a broadcast axis, stride 0,
-    is read once), at its dtype (a bf16 step runs under :class:`~dropnotes.runtime.MetaAutocast`)."""
+    is read once), at its dtype (a bf16 step runs under :class:`~dropnotes.amp.MetaAutocast`)."""
     return t.element_size() * math.prod(n for n, st in zip(t.shape, t.stride()) if st != 0)
 
 
@@ -175,7 +175,7 @@ _SDPA = F.scaled_dot_product_attention
 
 def measure(step: Callable[[], None]) -> Cost:
     """FLOPs, launched kernels and bytes moved of one call of ``step`` (run it on meta tensors; a bf16 step
-    enters :func:`dropnotes.runtime.autocast` on the meta device, which counts the casts and every tensor at
+    enters :func:`dropnotes.amp.autocast` on the meta device, which counts the casts and every tensor at
     its dtype). Attention is counted as the fused kernels a GPU runs (:func:`_fused_sdpa`)."""
     F.scaled_dot_product_attention = _fused_sdpa
     try:

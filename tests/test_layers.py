@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dropnotes"
 # ``__init__`` holds nothing but its version and docstring, so every floor may import it).
 LAYERS = {
     "dropnotes": 0,
-    "runtime": 1, "metrics": 1, "verdict": 1,
+    "runtime": 1, "amp": 1, "metrics": 1, "verdict": 1,
     "functional": 2, "data": 2,
     "layers": 3, "bench": 3,
     "models": 4, "mc": 4, "train": 4,

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from dropnotes.amp import autocast
 from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
@@ -197,7 +198,7 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
         times = {label: [] for label in variants}
 
         def step(model, x, y, loss_fn, opt):
-            with train.autocast(dev, amp):
+            with autocast(dev, amp):
                 loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()

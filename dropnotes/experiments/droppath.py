@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from dropnotes.amp import autocast
 from dropnotes import bench, data, stacked, train
 from dropnotes.layers import drop_path_rates
 from dropnotes.models import ViT
@@ -245,7 +246,7 @@ def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.Da
         times = []
         for i in range(steps + 3):
             with Timer(dev) as t:
-                with train.autocast(dev, torch.bfloat16 if cfg.amp else None):
+                with autocast(dev, torch.bfloat16 if cfg.amp else None):
                     loss = F.cross_entropy(model(x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

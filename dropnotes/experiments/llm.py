@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dropnotes.amp import autocast
 from dropnotes import data, stacked, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
@@ -231,7 +232,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
         if p != current_p:
             _set_p(model, p)
             current_p = p
-        with train.autocast(dev, amp):
+        with autocast(dev, amp):
             loss = train.lm_loss(runner(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()

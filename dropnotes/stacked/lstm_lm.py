@@ -11,7 +11,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes.models.lstm_lm import SCHEMES, scheme_rates
-from dropnotes.runtime import autocast, check_choice, check_positive_int, check_probability, progress
+from dropnotes.amp import autocast
+from dropnotes.runtime import check_choice, check_positive_int, check_probability, progress
 from dropnotes.stacked.fit import FitResult, _BestEpochs, _captured, _mark_dead
 from dropnotes.stacked.noise import _generators, _per_model, _values, _weight
 from dropnotes.stacked.optim import _adam_step, _sgd_step

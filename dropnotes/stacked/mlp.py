@@ -10,7 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import MetaAutocast, check_choice, check_positive_int, check_probability
+from dropnotes.amp import MetaAutocast
+from dropnotes.runtime import check_choice, check_positive_int, check_probability
 from dropnotes.stacked.noise import _generators, _per_model, _seeded, _values, _weight, noise_constants, unit_noise
 from dropnotes.models import MLP
 from dropnotes.layers import SparseVariationalLinear

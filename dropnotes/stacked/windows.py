@@ -9,7 +9,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes.runtime import Timer, autocast, check_positive_int, progress
+from dropnotes.amp import autocast
+from dropnotes.runtime import Timer, check_positive_int, progress
 from dropnotes.stacked.fit import _captured, _mark_dead
 from dropnotes.stacked.lstm_lm import lm_window_losses_stacked
 from dropnotes.stacked.noise import _per_model

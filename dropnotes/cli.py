@@ -36,7 +36,7 @@ from dropnotes.experiments import CHAPTERS
 from dropnotes.results import REPO_ROOT
 from dropnotes.runtime import PROFILES, show_progress
 from dropnotes.experiments._base import Knobs, inferred_knob
-from dropnotes.experiments._base import check_environment
+from dropnotes.experiments._base import check_environment, run_in_blocks
 from dropnotes import notebooks
 from dropnotes.sweep import run_sweep
 from dropnotes.sweep import grid
@@ -305,7 +305,8 @@ def cmd_compute(args) -> int:
     check_results_folder()
     print(f"{args.chapter}: {cfg}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    rec = module.run(cfg)
+    rec = run_in_blocks(args.chapter, cfg, log=lambda m: print(m, file=sys.stderr, flush=True)) if args.blocks \
+        else module.run(cfg)
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(rec["verdicts"][["claim", "ours", "verdict"]].to_string(index=False))
     print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}", flush=True)
@@ -450,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                     help="an argument of the chapter's configure(), as a Python literal")
     co.add_argument("--profile", choices=list(PROFILES), help="shorthand for -p profile NAME")
+    co.add_argument("--blocks", action="store_true", help="run the seeds one block at a time, each stored as it ends "
+                    "(results/<chapter>/<profile>.blocks/); rerun the same command to resume, the blocks are merged "
+                    "into one record at the end (chapters with merge_blocks)")
     co.set_defaults(func=cmd_compute)
     es = sub.add_parser("estimate", help="predict each chapter's GPU time on one H100, measured on this CPU")
     es.add_argument("chapters", nargs="*", help="chapters (default: all)")

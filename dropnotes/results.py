@@ -164,14 +164,27 @@ def _from_jsonable(obj: Any) -> Any:
 
 def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, provenance: dict,
                 tables: dict[str, pd.DataFrame] | None = None, root: Path | None = None,
-                defaults: dict | None = None) -> Path:
-    """Write a result atomically and return its path; ``defaults`` are the profile's defaults, stored
-    beside ``params`` so that :func:`describe` can say what the run changed."""
+                defaults: dict | None = None, path: Path | None = None) -> Path:
+    """Write a result atomically and return its path (default ``<root>/<chapter>/<profile>.json``; a seed
+    block's record goes to :func:`block_path`); ``defaults`` are the profile's defaults, stored beside ``params``
+    so that :func:`describe` can say what the run changed."""
     check_choice("profile", profile, RUN_PROFILES)
-    path = (root or results_root()) / chapter / f"{profile}.json"
+    path = Path(path) if path is not None else (root or results_root()) / chapter / f"{profile}.json"
     record = to_jsonable({"chapter": chapter, "profile": profile, "params": params, "metrics": metrics,
                           "provenance": provenance, "tables": tables or {}, "defaults": defaults or {}})
     return atomic_write(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def block_path(chapter: str, profile: str, seed: int, root: Path | None = None) -> Path:
+    """Where the record of one seed block of a run in blocks is kept until the blocks are merged:
+    ``<root>/<chapter>/<profile>.blocks/seed-<seed>.json``."""
+    return (root or results_root()) / chapter / f"{profile}.blocks" / f"seed-{seed}.json"
+
+
+def load_json_result(path: Path) -> dict | None:
+    """A stored record (tables back as DataFrames) from ``path``, or None if there is none."""
+    path = Path(path)
+    return _from_jsonable(json.loads(path.read_text())) if path.is_file() else None
 
 
 def load_result(chapter: str, profile: str) -> dict | None:

@@ -19,6 +19,8 @@ allowed values or range. A test checks that every notebook's parameters cell and
 from __future__ import annotations
 
 import ast
+import contextvars
+import dataclasses
 import math
 import os
 import tempfile
@@ -496,7 +498,55 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
                               protocol=protocol(chapter), **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
-                               tables=tables, defaults=defaults.get(cfg.profile, {}))
+                               tables=tables, defaults=defaults.get(cfg.profile, {}), path=_BLOCK_PATH.get())
+
+
+# Where finish() writes while run_in_blocks() runs one seed block (None: the profile's record).
+_BLOCK_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("block_path", default=None)
+
+
+def _same_run(block: dict, want: dict, chapter: str) -> bool:
+    """Whether a stored block record was made by this protocol and code with these parameters."""
+    prov = block["provenance"]
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
+    return (int(prov.get("protocol", 1)) == protocol(chapter) and prov.get("source_sha256") ==
+            results.CODE_AT_IMPORT["source_sha256"] and block["params"] == params)
+
+
+def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
+    """Run ``cfg``'s seeds one at a time, each seed block a run of its own (:func:`dataclasses.replace` with
+    ``seed=s, n_seeds=1``, so block ``s`` uses seed ``s``) stored under :func:`dropnotes.results.block_path`; a
+    block already stored by the same protocol, code and parameters is kept, not rerun (an interrupted run
+    resumes where it stopped). When every block is there, the chapter's ``merge_blocks(cfg, records)`` makes
+    one record of them (tables over all seeds, verdicts judged again), stored as the profile's result with each
+    block's provenance. Returns the merged record."""
+    module = _module(chapter)
+    if not hasattr(module, "merge_blocks"):
+        raise ValueError(f"{chapter}: this chapter cannot be run in seed blocks yet (its verdicts need more than its "
+                         "stored tables: it has no merge_blocks); run it whole")
+    blocks = []
+    for s in cfg.seeds:
+        block_cfg = dataclasses.replace(cfg, seed=s, n_seeds=1)
+        path = results.block_path(chapter, cfg.profile, s)
+        kept = results.load_json_result(path)
+        if kept is not None and _same_run(kept, dataclasses.asdict(block_cfg), chapter):
+            log(f"{chapter}: seed block {s} kept from {path}")
+        else:
+            log(f"{chapter}: seed block {s} of {cfg.seeds}")
+            token = _BLOCK_PATH.set(path)
+            try:
+                module.run(block_cfg)
+            finally:
+                _BLOCK_PATH.reset(token)
+            kept = results.load_json_result(path)
+        blocks.append(kept)
+    merged = module.merge_blocks(cfg, blocks)
+    prov = [b["provenance"] for b in blocks]
+    merged["path"] = finish(chapter, cfg, module.PROFILE_DEFAULTS, wall_s=sum(p["wall_time_s"] for p in prov),
+                            dataset=prov[0]["dataset"], metrics=merged["metrics"], tables=merged["tables"],
+                            blocks=[{k: p.get(k) for k in ("seeds", "commit", "source_sha256", "created", "wall_time_s")}
+                                    for p in prov])
+    return merged
 
 
 def protocol(chapter: str) -> int:

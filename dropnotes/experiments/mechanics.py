@@ -314,6 +314,23 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
     return record
 
 
+def merge_blocks(cfg: MechanicsConfig, blocks: list[dict]) -> dict:
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`): the
+    blocks' curves and final errors together, summarised and judged again over all their seeds; the speed as the
+    blocks' mean (each measured in its own block)."""
+    curves = pd.concat([b["tables"]["curves"] for b in blocks], ignore_index=True)
+    finals = pd.concat([b["tables"]["finals"] for b in blocks], ignore_index=True)
+    summary = summarize(finals)
+    table = judged(CHAPTER, cfg, verdicts(summary, finals, cfg.epochs))
+    metrics = [b["metrics"] for b in blocks]
+    speed = {k: float(np.mean([m[k] for m in metrics])) for k in ("train_s", "train_gflops_per_s",
+                                                                   "matmul_2048_gflops_per_s")}
+    return {"curves": curves, "finals": finals, "summary": summary, "verdicts": table,
+            "metrics": {**{f"test_error_p{r:g}": float(summary.loc[summary.p == r, "test error %"].iloc[0])
+                           for r in cfg.rates}, **speed, "precision": metrics[0].get("precision")},
+            "tables": {"summary": summary, "verdicts": table, "curves": curves, "finals": finals}}
+
+
 def plot_curves(curves: pd.DataFrame, title: str = ""):
     """Test and train error (mean over seeds) against epoch, one colour per rate; returns the figure."""
     import matplotlib.pyplot as plt

@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from dropnotes.verdict import Verdict, verdict_table
 from dropnotes.amp import autocast
 from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
@@ -286,21 +287,21 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
         r = g.set_index("variant")
         over, spread = r.loc["p=0.1", "overhead vs removed %"], r["spread (IQR) %"].max()
         verdict = rule_overhead(over, spread)
-        rows.append({"claim": f"dropout (p = 0.1) adds about 1-2 % to a training step: {name}",
-                     "source": "rule of thumb (fine-tuning guides); no paper measures it", "paper": "1-2 %",
-                     "kind": "rule of thumb", "test": "timing",
-                     "ours": (f"{dev}: {r.loc['removed', 'ms per step']:.2f} ms without dropout, "
+        rows.append(Verdict(claim=f"dropout (p = 0.1) adds about 1-2 % to a training step: {name}",
+                     source="rule of thumb (fine-tuning guides); no paper measures it", paper="1-2 %",
+                     kind="rule of thumb", test="timing",
+                     ours=(f"{dev}: {r.loc['removed', 'ms per step']:.2f} ms without dropout, "
                               f"{r.loc['p=0.1', 'ms per step']:.2f} ms at p = 0.1 ({over:+.1f} %, timing spread "
                               f"{spread:.1f} %); module present at p = 0: {r.loc['p=0', 'overhead vs removed %']:+.1f} %"),
-                     "verdict": verdict})
+                     verdict=verdict))
     b = rec["bench"]
     largest = b[(b.elements == b.elements.max()) & b.ratio.notna()]
     worst = largest.loc[largest.ratio.idxmax()]
-    rows.append({"claim": "dropnotes' variants run as fast as PyTorch's own kernels (largest tensor)",
-                 "source": "our test (against PyTorch F.dropout / F.dropout2d; timm drop_path)", "paper": "ratio 1.0",
-                 "kind": "our test", "test": "timing",
-                 "ours": f"{dev}: " + ", ".join(f"{r.variant} {r.ratio:.2f}x" for r in largest.itertuples()),
-                 "verdict": "reproduced" if worst.ratio <= 1.1 else f"not reproduced ({worst.variant} {worst.ratio:.2f}x)"})
+    rows.append(Verdict(claim="dropnotes' variants run as fast as PyTorch's own kernels (largest tensor)",
+                 source="our test (against PyTorch F.dropout / F.dropout2d; timm drop_path)", paper="ratio 1.0",
+                 kind="our test", test="timing",
+                 ours=f"{dev}: " + ", ".join(f"{r.variant} {r.ratio:.2f}x" for r in largest.itertuples()),
+                 verdict="reproduced" if worst.ratio <= 1.1 else f"not reproduced ({worst.variant} {worst.ratio:.2f}x)"))
     big = b[b.elements == b.elements.max()].set_index("variant")
     drop = big.loc["dropout"]
     ours = (f"{dev}: {drop['GB/s']:.1f} GB/s = {drop['of copy bandwidth']:.2f} of a measured copy "
@@ -309,13 +310,13 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
         fused = big.loc["dropout (torch.compile)"]
         ours += f"; compiled (not judged) {fused['GB/s']:.1f} GB/s = {fused['of copy bandwidth']:.2f}"
     eager = float(drop["of copy bandwidth"])
-    rows.append({"claim": "element-wise dropout is memory-bound on a large tensor",
-                 "source": "our test (performance model: 4 bytes moved per element per pass)",
-                 "paper": f"at least {MEMORY_BOUND_AT:g} of the copy bandwidth", "kind": "our test", "test": "timing",
-                 "ours": ours,
-                 "verdict": "reproduced" if eager >= MEMORY_BOUND_AT else
-                 f"not reproduced (the eager kernel at {eager:.2f} of the copy bandwidth)"})
-    return pd.DataFrame(rows)
+    rows.append(Verdict(claim="element-wise dropout is memory-bound on a large tensor",
+                 source="our test (performance model: 4 bytes moved per element per pass)",
+                 paper=f"at least {MEMORY_BOUND_AT:g} of the copy bandwidth", kind="our test", test="timing",
+                 ours=ours,
+                 verdict="reproduced" if eager >= MEMORY_BOUND_AT else
+                 f"not reproduced (the eager kernel at {eager:.2f} of the copy bandwidth)"))
+    return verdict_table(rows)
 
 
 def plot_bench(table: pd.DataFrame):

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dropnotes.verdict import Verdict, verdict_table
 from dropnotes.amp import autocast
 from dropnotes import data, stacked, results, train
 from dropnotes.layers import add_lora
@@ -597,56 +598,56 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     lrs = {a: "/".join(f"{r['lr']:g}" for r in pre[a]) for a in ARMS}
     chose = f"; rates chosen on validation: none {lrs['none']}, dropout {lrs['dropout']}" if len(cfg.lr_factors) > 1 else ""
     single = rec["pretrain_tokens"] <= rec["corpus_tokens"]
-    rows.append({"claim": "single-epoch pretraining: dropout only slows learning",
-                 "source": "Liu et al. 2025", "paper": "no dropout better on every downstream task (BERT, Pythia 160M/1.4B)",
-                 "ours": (f"test-half bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
+    rows.append(Verdict(claim="single-epoch pretraining: dropout only slows learning",
+                 source="Liu et al. 2025", paper="no dropout better on every downstream task (BERT, Pythia 160M/1.4B)",
+                 ours=(f"test-half bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
                           f"{seeds} seed{'s' if seeds > 1 else ''}; {rec['pretrain_tokens']:,} of "
                           f"{rec['corpus_tokens']:,} bytes seen" + ("" if single else " (more than one epoch!)") + chose),
-                 "verdict": v})
+                 verdict=v))
     d, se, v = _cmp(fw("none"), fw("early"))  # is early better than none?
-    rows.append({"claim": "early dropout does not beat no dropout in single-epoch pretraining",
-                 "source": "Liu et al. 2025 (against Liu et al. 2023)",
-                 "paper": "early dropout also degrades results",
-                 "ours": f"early ({cfg.early_fraction:.0%} of steps at p={p:g}) {bpb['early']:.3f} vs none {bpb['none']:.3f} bpb "
+    rows.append(Verdict(claim="early dropout does not beat no dropout in single-epoch pretraining",
+                 source="Liu et al. 2025 (against Liu et al. 2023)",
+                 paper="early dropout also degrades results",
+                 ours=f"early ({cfg.early_fraction:.0%} of steps at p={p:g}) {bpb['early']:.3f} vs none {bpb['none']:.3f} bpb "
                          f"({d:+.3f} ± {se:.3f} in favour of early; margin {EARLY_MARGIN_BPB:g} bpb)",
-                 "verdict": rule_not_better(d, se)})
+                 verdict=rule_not_better(d, se)))
     main = {q: ft["full", q, cfg.finetune_bytes] for q in cfg.finetune_rates}
     # the rate compared is chosen on the validation half (mean over seeds of each run's early-stopped value)
     best_q = min((q for q in cfg.finetune_rates if q > 0),
                  key=lambda q: np.mean([r["best"]["valid_loss"] for r in main[q]]))
     d, se, v = _cmp(bw(main[0.0]), bw(main[best_q]))
     rise = {q: float(np.mean([r["row"]["overfit_bpb"] for r in main[q]])) for q in cfg.finetune_rates}
-    rows.append({"claim": "fine-tuning many epochs on small data: dropout lowers the best validation loss",
-                 "source": "Xue et al. 2023; nanoGPT's shakespeare config", "setting": "Xue et al. 2023",
-                 "paper": "dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
-                 "ours": (f"{cfg.finetune_bytes:,} bytes: best bpb " +
+    rows.append(Verdict(claim="fine-tuning many epochs on small data: dropout lowers the best validation loss",
+                 source="Xue et al. 2023; nanoGPT's shakespeare config", setting="Xue et al. 2023",
+                 paper="dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
+                 ours=(f"{cfg.finetune_bytes:,} bytes: best bpb " +
                           ", ".join(f"p={q:g} {_bpb(main[q], 'best'):.3f} (step {_steps(main[q])})"
                                     for q in cfg.finetune_rates) + f"; p={best_q:g} vs 0: {d:+.3f} ± {se:.3f}; "
                           "rise after the minimum " + ", ".join(f"p={q:g} {rise[q]:+.3f}" for q in cfg.finetune_rates)),
-                 "verdict": rule_resolved(v, {f"p={q:g} (seed {r['seed']})": r["best"]["step"]
-                                              for q in cfg.finetune_rates for r in main[q]}, first_eval(cfg))})
+                 verdict=rule_resolved(v, {f"p={q:g} (seed {r['seed']})": r["best"]["step"]
+                                              for q in cfg.finetune_rates for r in main[q]}, first_eval(cfg))))
     lora = {q: ft["LoRA", q, cfg.finetune_bytes] for q in cfg.lora_rates}
     d, se, v = _cmp(bw(lora[0.0]), bw(lora[p]))
-    rows.append({"claim": "LoRA dropout helps LoRA fine-tuning on small data",
-                 "source": "rule of thumb (common LoRA fine-tuning configs)", "kind": "rule of thumb",
-                 "paper": "lora_dropout 0.05-0.1 used; no ablation value quoted",
-                 "ours": (f"rank {cfg.lora_rank}: best bpb {_bpb(lora[0.0], 'best'):.3f} (p=0) vs "
+    rows.append(Verdict(claim="LoRA dropout helps LoRA fine-tuning on small data",
+                 source="rule of thumb (common LoRA fine-tuning configs)", kind="rule of thumb",
+                 paper="lora_dropout 0.05-0.1 used; no ablation value quoted",
+                 ours=(f"rank {cfg.lora_rank}: best bpb {_bpb(lora[0.0], 'best'):.3f} (p=0) vs "
                           f"{_bpb(lora[p], 'best'):.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
-                 "verdict": v})
+                 verdict=v))
     gains, best_steps = [], {}
     for size in cfg.sizes:
         g, gse, _ = _cmp(bw(ft["full", 0.0, size]), bw(ft["full", p, size]))
         gains.append((size, g, gse, ft["full", 0.0, size][0]["row"]["epochs"]))
         best_steps.update({f"p={q:g} on {size or 'all'} bytes (seed {r['seed']})": r["best"]["step"]
                            for q in (0.0, p) for r in ft["full", q, size]})
-    rows.append({"claim": "dropout's benefit shrinks as the data grow, and vanishes near one epoch",
-                 "source": "Xue et al. 2023; Liu et al. 2025", "setting": "Xue et al. 2023",
-                 "paper": "helps with repeated data, not in single-epoch training",
-                 "ours": "; ".join(f"{s or 'all'} bytes ({e:.1f} epochs): gain {g:+.3f} ± {se_:.3f} bpb"
+    rows.append(Verdict(claim="dropout's benefit shrinks as the data grow, and vanishes near one epoch",
+                 source="Xue et al. 2023; Liu et al. 2025", setting="Xue et al. 2023",
+                 paper="helps with repeated data, not in single-epoch training",
+                 ours="; ".join(f"{s or 'all'} bytes ({e:.1f} epochs): gain {g:+.3f} ± {se_:.3f} bpb"
                                    for s, g, se_, e in gains),
-                 "verdict": rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains], seeds), best_steps,
-                                          first_eval(cfg))})
-    return pd.DataFrame(rows)
+                 verdict=rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains], seeds), best_steps,
+                                          first_eval(cfg))))
+    return verdict_table(rows)
 
 
 def _first_seed(curves: pd.DataFrame) -> pd.DataFrame:

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dropnotes.verdict import Verdict, verdict_table
 from dropnotes import bench, data, functional as DF, train
 from dropnotes.stats import compare_errors, mean_sd
 from dropnotes.verdict import not_converged
@@ -253,15 +254,15 @@ def verdicts(summary: pd.DataFrame, finals: pd.DataFrame, epochs: int | None = N
     diff, se, v1 = compare_errors(finals[finals.p == 0.0].test_error.tolist(),
                                   finals[finals.p == best.p].test_error.tolist(), n_test=10_000)
     diff, se = 100 * diff, 100 * se
-    rows = [{
-        "claim": "dropout lowers the test error of a ReLU MLP on MNIST",
-        "source": "Srivastava et al. 2014, Table 2", "kind": "paper claim", "test": "direction", "setting": "Table 2",
-        "paper": (f"{PAPER_NO_DROPOUT:.2f} % (Simard et al.'s standard net, not the same net without dropout) -> "
+    rows = [Verdict(
+        claim="dropout lowers the test error of a ReLU MLP on MNIST",
+        source="Srivastava et al. 2014, Table 2", kind="paper claim", test="direction", setting="Table 2",
+        paper=(f"{PAPER_NO_DROPOUT:.2f} % (Simard et al.'s standard net, not the same net without dropout) -> "
                   f"{PAPER_DROPOUT_RELU:.2f} % (dropout, 3 x 1024 ReLU)"),
-        "ours": (f"{base['test error %']:.2f} % -> {best['test error %']:.2f} % (p={best.p:g}; "
+        ours=(f"{base['test error %']:.2f} % -> {best['test error %']:.2f} % (p={best.p:g}; "
                  f"chosen on validation; difference {diff:.2f} ± {se:.2f} pp)"),
-        "verdict": _converged(finals, [0.0, float(best.p)], epochs) or v1,
-    }]
+        verdict=_converged(finals, [0.0, float(best.p)], epochs) or v1,
+    )]
     at_half = summary[summary.p == 0.5]
     level = {"claim": "3 x 1024 ReLU dropout net reaches the paper's error", "source": "Srivastava et al. 2014, Table 2",
              "kind": "paper claim", "test": "level", "setting": "Table 2", "paper": f"{PAPER_DROPOUT_RELU:.2f} %"}
@@ -273,8 +274,8 @@ def verdicts(summary: pd.DataFrame, finals: pd.DataFrame, epochs: int | None = N
                      verdict=_converged(finals, [0.5], epochs) or rule)
     else:
         level.update(ours="no p = 0.5 arm", verdict="not measured (no p = 0.5 arm)")
-    rows.append(level)
-    return pd.DataFrame(rows)
+    rows.append(Verdict(**level))
+    return verdict_table(rows)
 
 
 def rejudge(record: dict) -> pd.DataFrame:

@@ -1,9 +1,10 @@
 """dropnotes: dropout variants, data, training and results for a book of reproducible dropout research.
 
-Layers, from the bottom up: ``runtime`` (profiles, devices, seeds, argument checks) and ``data`` →
-``functional`` → ``layers`` → ``models`` → ``mc``, ``train``, ``ensemble``, ``metrics``, ``stats`` →
-``results`` → ``experiments`` (one module per chapter) → ``cli``. A lower layer never imports a
-higher one.
+Floors, from the bottom up (``tests/test_layers.py`` checks every import against them): ``runtime``, ``amp``,
+``metrics``, ``verdict`` → ``functional``, ``data`` → ``layers``, ``bench`` → ``models``, ``mc``, ``train`` →
+``stacked`` (the batched engine) → ``ensemble``, ``results``, ``stats`` → ``experiments`` (one module per
+chapter), ``notebooks`` → ``scorecard``, ``sweep``, ``estimate`` → ``page``, ``book`` → ``cli``. A module
+imports only from floors below its own, at module level.
 """
 
 __version__ = "0.1.0"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from dropnotes.experiments import CHAPTERS
+from dropnotes.results import REPO_RESULTS
 
 STATIC = Path(__file__).with_name("static")
 
@@ -24,8 +26,6 @@ def _add_static(app, config) -> None:
 def publish(outdir: Path) -> dict[str, list[str]]:
     """Copy the executed notebooks over their source copies and the stored full results into ``outdir`` (the
     HTML output folder); returns what was copied, for the log and the tests."""
-    from dropnotes.experiments import CHAPTERS
-    from dropnotes.results import REPO_RESULTS
 
     done = {"notebooks": [], "results": []}
     executed = outdir.parent / "jupyter_execute"

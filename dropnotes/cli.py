@@ -35,6 +35,15 @@ import pandas as pd
 from dropnotes.experiments import CHAPTERS
 from dropnotes.results import REPO_ROOT
 from dropnotes.runtime import PROFILES, show_progress
+from dropnotes.experiments._base import Knobs, inferred_knob
+from dropnotes.experiments._base import check_environment, run_in_blocks
+from dropnotes import notebooks
+from dropnotes.sweep import run_sweep
+from dropnotes.sweep import grid
+from dropnotes.sweep import SweepInterrupted
+from dropnotes.runtime import atomic_write
+from dropnotes import estimate as est
+from dropnotes.sweep import ENGINES
 
 
 class UsageError(ValueError):
@@ -69,7 +78,6 @@ def chapter_module(name: str):
 def chapter_knobs(name: str):
     """The chapter's declared knobs (``KNOBS``); for a notebook without a module, knobs typed like the
     defaults of its parameters cell."""
-    from dropnotes.experiments._base import Knobs, inferred_knob
 
     module = chapter_module(name)
     if module is not None and hasattr(module, "KNOBS"):
@@ -148,7 +156,6 @@ def resolve_parameters(chapter: str, pairs: list[tuple[str, str]], yaml_file: st
 
 def check_results_folder() -> None:
     """A writable results folder and a usable ``DROPNOTES_DATA``, before any work starts."""
-    from dropnotes.experiments._base import check_environment
 
     try:
         check_environment()
@@ -169,7 +176,6 @@ class RunInterrupted(Exception):
 def run_chapter(chapter: str, params: dict[str, Any], runs_dir: Path) -> Path:
     """Execute one chapter with papermill; raises papermill's error on a failing cell, and
     :class:`RunInterrupted` on Ctrl-C (the partial notebook renamed ``*.partial.ipynb``)."""
-    from dropnotes import notebooks
 
     src = chapter_path(chapter)
     out = output_path(chapter, params, runs_dir)
@@ -239,9 +245,7 @@ def sweep_values(chapter: str, pairs: list[tuple[str, str]], profile: str | None
 
 
 def cmd_sweep(args) -> int:
-    from dropnotes.sweep import run_sweep
 
-    from dropnotes.sweep import grid
 
     path = chapter_path(args.chapter)
     if args.workers is not None and args.workers < 1:
@@ -258,7 +262,6 @@ def cmd_sweep(args) -> int:
     check_results_folder()
     sweep_dir = Path(args.sweep_dir or Path(args.runs_dir) / args.chapter / "sweep")
     slurm = {"partition": args.slurm_partition, "timeout_min": args.timeout_min}
-    from dropnotes.sweep import SweepInterrupted
 
     try:
         table = run_sweep(args.chapter, path, values, sweep_dir, engine=args.engine, workers=args.workers,
@@ -302,7 +305,8 @@ def cmd_compute(args) -> int:
     check_results_folder()
     print(f"{args.chapter}: {cfg}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    rec = module.run(cfg)
+    rec = run_in_blocks(args.chapter, cfg, log=lambda m: print(m, file=sys.stderr, flush=True)) if args.blocks \
+        else module.run(cfg)
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(rec["verdicts"][["claim", "ours", "verdict"]].to_string(index=False))
     print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}", flush=True)
@@ -315,7 +319,6 @@ def _device_check(est, chapters: list[str], args) -> int:
 
     import torch
 
-    from dropnotes.runtime import atomic_write
 
     if args.steps < 1:
         raise UsageError(f"--steps must be a positive integer, got {args.steps}")
@@ -340,7 +343,6 @@ def _device_check(est, chapters: list[str], args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    from dropnotes import estimate as est
 
     chapters = args.chapters or list(est.GROUPS)
     for c in chapters:
@@ -399,8 +401,6 @@ def generated_parameters(chapter: str) -> str:
 
 
 def cmd_params(args) -> int:
-    from dropnotes import notebooks
-    from dropnotes.experiments import CHAPTERS
 
     chapters = list(CHAPTERS) if args.chapter == "all" else [args.chapter]
     stale = []
@@ -432,7 +432,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", choices=[p for p in PROFILES], help="shorthand for -p profile NAME")
     run.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"), help="where executed notebooks go")
     run.set_defaults(func=cmd_run)
-    from dropnotes.sweep import ENGINES
 
     sw = sub.add_parser("sweep", help="run a grid of parameters (resumable), write runs.csv")
     sw.add_argument("chapter", help=f"one of: {', '.join(CHAPTERS)}")
@@ -452,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                     help="an argument of the chapter's configure(), as a Python literal")
     co.add_argument("--profile", choices=list(PROFILES), help="shorthand for -p profile NAME")
+    co.add_argument("--blocks", action="store_true", help="run the seeds one block at a time, each stored as it ends "
+                    "(results/<chapter>/<profile>.blocks/); rerun the same command to resume, the blocks are merged "
+                    "into one record at the end (chapters with merge_blocks)")
     co.set_defaults(func=cmd_compute)
     es = sub.add_parser("estimate", help="predict each chapter's GPU time on one H100, measured on this CPU")
     es.add_argument("chapters", nargs="*", help="chapters (default: all)")

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state
 
 from dropnotes.runtime import Timer, check_positive_int
+from dropnotes.stacked import StackedMLP
 
 
 class VmapEnsemble:
@@ -53,7 +54,6 @@ def step_time_loop_vs_vmap(make_model: Callable[[], nn.Module], k: int, x: torch
     """Seconds per training step of K members three ways: a Python loop over K models, one ``vmap``-ed
     step (:class:`VmapEnsemble`), and one step of the batched engine's stacked ``baddbmm`` MLPs
     (:class:`dropnotes.stacked.StackedMLP`, for MLP members): the measurement behind the engine's design."""
-    from dropnotes.stacked import StackedMLP
     models = [make_model().to(x.device) for _ in range(k)]
     opts = [torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for m in models]
     ens = VmapEnsemble(lambda: make_model().to(x.device), k)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jupyter_client.manager import KernelManager
+from dropnotes.runtime import atomic_write
 
 
 class IPCKernelManager(KernelManager):
@@ -57,7 +58,6 @@ def collapse_injected(path: str | Path) -> None:
     parameters cell (one click opens it) instead of as a second, bare code cell."""
     import nbformat
 
-    from dropnotes.runtime import atomic_write
 
     nb = nbformat.read(path, as_version=4)
     changed = False
@@ -98,7 +98,6 @@ def refresh_checked(src: str | Path) -> int:
     chapter's documented behaviour."""
     import nbformat
 
-    from dropnotes.runtime import atomic_write
 
     src = Path(src)
     scratch = Path(tempfile.mkdtemp(prefix="dropnotes-smoke-"))
@@ -143,7 +142,6 @@ def write_parameters(src: str | Path, text: str) -> bool:
     """Put ``text`` into the notebook's ``parameters`` cell (atomically); True when it changed."""
     import nbformat
 
-    from dropnotes.runtime import atomic_write
 
     nb = nbformat.read(str(src), as_version=4)
     cells = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

@@ -21,6 +21,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from dropnotes.experiments._base import protocol
+from dropnotes.experiments._base import current_verdicts
+from dropnotes.results import describe
+from dropnotes.experiments._base import ChapterConfig, config_of
+from dropnotes import results
+from dropnotes.experiments import CHAPTERS
+from dropnotes.results import load_repo_result
 
 # Column-name pieces: a suffix that names a unit, and words that read better spelt out.
 UNITS = (("_per_s", "/s"), ("_ms", " (ms)"), ("_s", " (s)"), ("_bpb", " (bits/byte)"), ("_pp", " (points)"),
@@ -186,18 +193,15 @@ def provenance_box(this_run: dict | None, stored: dict | None, laptop: dict | No
 def predicted_full_s(chapter: str) -> float | None:
     """``dropnotes estimate``'s prediction of the chapter's full profile on one H100, in seconds, as committed in
     ``results/estimate-full.json`` (``tests/test_estimate.py`` checks that it matches a fresh estimate)."""
-    from dropnotes import estimate
 
-    return estimate.stored_prediction(chapter)
+    return results.stored_prediction(chapter)
 
 
 def _protocol_note(chapter: str, record: dict) -> str:
     """What the run box says of a stored run of an older protocol: the same as its verdict table's caption."""
-    from dropnotes.experiments._base import protocol
 
     if int(record["provenance"].get("protocol", 1)) >= protocol(chapter):
         return ""
-    from dropnotes.experiments._base import current_verdicts
 
     table, _ = current_verdicts(chapter, record)
     if table is not None and not (table.get("outcome") == "superseded").all():
@@ -248,7 +252,6 @@ STORED_TITLES = {"laptop": "the stored laptop run (2-core CPU)", "full": "the st
 def _stored_runs(chapter: str):
     """Each stored evidence run of ``chapter`` (laptop, then full) with its verdicts as the current rules read
     them: yields (profile, record, verdict table or None, note)."""
-    from dropnotes.experiments._base import current_verdicts
 
     for profile in STORED:
         record = _repo_record(chapter, profile)
@@ -270,7 +273,6 @@ def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -
     ``caption`` gets the run's name appended; ``header=False``: the tables only. An empty list when none is stored."""
     from IPython.display import Markdown
 
-    from dropnotes.results import describe
 
     out = []
     for profile, record, verdicts, note in _stored_runs(chapter):
@@ -292,7 +294,6 @@ def _config(chapter: str, record: dict):
     import dataclasses
     import importlib
 
-    from dropnotes.experiments._base import ChapterConfig, config_of
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")
     cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ChapterConfig)
@@ -318,9 +319,15 @@ def evidence_summary(chapter: str) -> str:
         metrics = record.get("metrics") or {}
         for key, value in metrics.items():
             if key.endswith("train_gflops_per_s"):
-                ref = metrics.get(key.replace("train_gflops_per_s", "matmul_2048_gflops_per_s"))
-                line += (f" Its training ran at {value:,.0f} GFLOP/s" + (f", against {ref:,.0f} GFLOP/s for a 2048³ "
-                         f"product in {metrics.get('precision', 'its precision')} in the same run" if ref else "") + ".")
+                ref = metrics.get(key.replace("train_gflops_per_s", "matmul_2048_gflops_per_s"),
+                                  metrics.get("matmul_2048_gflops_per_s"))
+                what = key[: -len("train_gflops_per_s")].rstrip("_")
+                line += (f" Its {what.upper() + ' ' if what else ''}training ran at {value:,.0f} GFLOP/s"
+                         + (f", against {ref:,.0f} GFLOP/s for a 2048³ product in "
+                            f"{metrics.get('precision', 'its precision')} in the same run" if ref else "") + ".")
+        for key, value in metrics.items():
+            if (key == "lr" or key.endswith("_lr")) and isinstance(value, (int, float)):
+                line += f" Its {human(key)} ({value:g}) was chosen on validation by a pilot run."
         if table is not None and "outcome" in table:
             counted = table["outcome"].value_counts()
             line += " Its verdicts, as the current rules read them: " + ", ".join(
@@ -371,8 +378,6 @@ def closing(chapter: str, profile: str) -> None:
     from IPython.display import Markdown, display
     from myst_nb import glue
 
-    from dropnotes import results
-    from dropnotes.experiments import CHAPTERS
 
     this_run = results.load_result(chapter, profile)
     stored = this_run if profile == "full" else _repo_full(chapter)
@@ -384,7 +389,6 @@ def closing(chapter: str, profile: str) -> None:
 
 def _repo_record(chapter: str, profile: str) -> dict | None:
     """The result of ``profile`` committed in the repository (not one in ``$DROPNOTES_RESULTS``)."""
-    from dropnotes.results import load_repo_result
 
     return load_repo_result(chapter, profile)
 
@@ -392,3 +396,59 @@ def _repo_record(chapter: str, profile: str) -> dict | None:
 def _repo_full(chapter: str) -> dict | None:
     """The full result committed in the repository (not one in ``$DROPNOTES_RESULTS``)."""
     return _repo_record(chapter, "full")
+
+
+def scale_series(chapter: str, live: dict | None = None, live_label: str = "this page's run") -> list:
+    """The series of :func:`plot_scales`: (label, points) for this page's run (``live``: its record or tables) and
+    each stored evidence run whose tables the chapter's ``scale_points`` reads (laptop, then full). Points: a frame
+    of ``quantity``, ``value`` and ``sd`` (over seeds; NaN for one seed)."""
+    import importlib
+
+    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    series = [(live_label, module.scale_points(live))] if live is not None else []
+    for profile, record, table, _ in _stored_runs(chapter):
+        try:
+            points = module.scale_points(record["tables"])
+        except (KeyError, AttributeError, TypeError, ValueError):
+            continue  # a run older than the quantities the chapter plots now
+        superseded = table is not None and "outcome" in table and bool((table["outcome"] == "superseded").all())
+        series.append((f"stored {profile} run" + (" (superseded protocol)" if superseded else ""), points))
+    return series
+
+
+def plot_scales(chapter: str, live: dict | None = None, live_label: str = "this page's run"):
+    """The chapter's headline quantities at every scale on one axis: this page's run, the stored laptop and full
+    runs (mean ± seed SD), and the papers' values (the module's ``PAPER_POINTS``, stars, with its
+    ``PAPER_POINTS_LABEL``). The axis is the module's ``SCALE_AXIS`` (label, scale)."""
+    import importlib
+
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    series = scale_series(chapter, live, live_label)
+    paper = dict(getattr(module, "PAPER_POINTS", {}))
+    quantities = list(dict.fromkeys([q for _, t in series for q in t["quantity"]] + list(paper)))
+    ylabel, yscale = getattr(module, "SCALE_AXIS", ("value", "linear"))
+    fig, ax = plt.subplots(figsize=(max(6.2, 0.75 * len(quantities) + 2), 3.6))
+    n = len(series) + bool(paper)
+    width = 0.8 / max(n, 1)
+    for i, (name, t) in enumerate(series):
+        x = [quantities.index(q) + (i - (n - 1) / 2) * width for q in t["quantity"]]
+        ax.errorbar(x, t["value"], yerr=t["sd"].fillna(0), fmt="o", capsize=3, label=name)
+    if paper:
+        x = [quantities.index(q) + (n - 1) / 2 * width for q in paper]
+        ax.scatter(x, list(paper.values()), marker="*", s=120, color="k",
+                   label=getattr(module, "PAPER_POINTS_LABEL", "paper"))
+    ax.set_xticks(range(len(quantities)), quantities, rotation=30 if len(quantities) > 4 else 0,
+                  ha="right" if len(quantities) > 4 else "center", fontsize=8)
+    ax.set(ylabel=ylabel, yscale=yscale)
+    if yscale == "log":  # plain numbers on the ticks (2, 3, 5, 10), not powers of ten
+        plain_ticks = FuncFormatter(lambda v, _: f"{v:g}")
+        ax.yaxis.set_major_formatter(plain_ticks)
+        ax.yaxis.set_minor_formatter(plain_ticks)
+    if series or paper:
+        ax.legend(frameon=False, fontsize=8)
+    fig.tight_layout()
+    return fig
+

@@ -24,6 +24,7 @@ import torch
 
 import dropnotes
 from dropnotes.runtime import RUN_PROFILES, atomic_write, check_choice, device_name
+from dropnotes import data
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REPO_RESULTS = REPO_ROOT / "results"
@@ -93,15 +94,19 @@ def source_digest(root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
+# The code this process runs: the commit and the package's digest when it was imported, not when a run ends (a tree
+# edited or committed during a long run must not be credited with a result that older code made).
+CODE_AT_IMPORT = {"commit": git_commit(), "source_sha256": source_digest()}
+
+
 def provenance(device: torch.device | str, seeds: list[int], wall_time_s: float, dataset: str,
                **extra: Any) -> dict[str, Any]:
-    """Everything needed to tell where a number came from."""
-    from dropnotes import data
+    """Everything needed to tell where a number came from; the code is named as it was when this module was
+    imported (:data:`CODE_AT_IMPORT`)."""
 
     return {
         "data_files": data.used_files(),
-        "commit": git_commit(),
-        "source_sha256": source_digest(),
+        **CODE_AT_IMPORT,
         "dropnotes": dropnotes.__version__,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -159,14 +164,27 @@ def _from_jsonable(obj: Any) -> Any:
 
 def save_result(chapter: str, profile: str, *, params: dict, metrics: dict, provenance: dict,
                 tables: dict[str, pd.DataFrame] | None = None, root: Path | None = None,
-                defaults: dict | None = None) -> Path:
-    """Write a result atomically and return its path; ``defaults`` are the profile's defaults, stored
-    beside ``params`` so that :func:`describe` can say what the run changed."""
+                defaults: dict | None = None, path: Path | None = None) -> Path:
+    """Write a result atomically and return its path (default ``<root>/<chapter>/<profile>.json``; a seed
+    block's record goes to :func:`block_path`); ``defaults`` are the profile's defaults, stored beside ``params``
+    so that :func:`describe` can say what the run changed."""
     check_choice("profile", profile, RUN_PROFILES)
-    path = (root or results_root()) / chapter / f"{profile}.json"
+    path = Path(path) if path is not None else (root or results_root()) / chapter / f"{profile}.json"
     record = to_jsonable({"chapter": chapter, "profile": profile, "params": params, "metrics": metrics,
                           "provenance": provenance, "tables": tables or {}, "defaults": defaults or {}})
     return atomic_write(path, json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n")
+
+
+def block_path(chapter: str, profile: str, seed: int, root: Path | None = None) -> Path:
+    """Where the record of one seed block of a run in blocks is kept until the blocks are merged:
+    ``<root>/<chapter>/<profile>.blocks/seed-<seed>.json``."""
+    return (root or results_root()) / chapter / f"{profile}.blocks" / f"seed-{seed}.json"
+
+
+def load_json_result(path: Path) -> dict | None:
+    """A stored record (tables back as DataFrames) from ``path``, or None if there is none."""
+    path = Path(path)
+    return _from_jsonable(json.loads(path.read_text())) if path.is_file() else None
 
 
 def load_result(chapter: str, profile: str) -> dict | None:
@@ -210,3 +228,15 @@ def describe(record: dict | None, defaults: dict | None = None) -> str:
         line += ("; run with " + ", ".join(f"{k}={v!r} (profile default {d!r})" for k, (v, d) in changed.items())
                  if changed else "; the profile's default parameters")
     return line
+
+
+def predictions_path() -> Path:
+    """The committed per-chapter predictions of the full profile (``results/estimate-full.json``, written by
+    ``dropnotes estimate``), which the chapters' run boxes quote without recomputing them; a test keeps them true."""
+    return REPO_RESULTS / "estimate-full.json"
+
+
+def stored_prediction(chapter: str) -> float | None:
+    """The committed full-profile prediction of ``chapter`` in seconds, if there is one."""
+    path = predictions_path()
+    return json.loads(path.read_text())["predicted_s"].get(chapter) if path.is_file() else None

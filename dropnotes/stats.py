@@ -12,6 +12,7 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 from scipy import stats as sps
 
 from dropnotes.metrics import auroc
@@ -244,3 +245,13 @@ def fmt_mean_sd(values: Sequence[float], scale: float = 1.0, digits: int = 2) ->
     if len(v) == 1:
         return f"{v[0]:.{digits}f} (n=1)"
     return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f} (n={len(v)})"
+
+
+def mean_sd(frame: pd.DataFrame, by: str | list[str], value: str, scale: float = 1.0, label=None) -> pd.DataFrame:
+    """Points for :func:`dropnotes.page.plot_scales`: ``value`` x ``scale`` averaged over the rows (seeds) of each
+    ``by`` group, with its SD; ``label(key)`` names the quantity (default: the key as text)."""
+    g = frame.groupby(by, sort=False)[value]
+    out = pd.DataFrame({"value": g.mean() * scale, "sd": g.std() * scale}).reset_index()
+    keys = out[by].itertuples(index=False, name=None) if isinstance(by, list) else out[by]
+    out["quantity"] = [label(k) if label else str(k) for k in keys]
+    return out[["quantity", "value", "sd"]]

@@ -40,6 +40,9 @@ from typing import Any
 
 import pandas as pd
 from dropnotes.runtime import RUN_PROFILES
+from dropnotes.results import atomic_write_text
+from dropnotes import notebooks
+from dropnotes.runtime import check_choice
 
 ENGINES = ("local", "slurm", "submitit-local", "submitit-debug")
 TEMP_PATTERNS = (".quick-*.json", ".full-*.json", ".ckpt-*", ".probe-*", ".*.tmp")
@@ -62,7 +65,6 @@ def grid(values: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     """Write JSON through a temporary file in the same folder and ``os.replace``."""
-    from dropnotes.results import atomic_write_text
 
     atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
 
@@ -118,7 +120,6 @@ def execute_run(run: Run) -> dict[str, Any]:
     """Execute one run (in whatever process the engine chose); returns its outcome, never raises."""
     import papermill as pm
 
-    from dropnotes import notebooks
 
     folder = run.path
     folder.mkdir(parents=True, exist_ok=True)
@@ -248,7 +249,6 @@ def run_sweep(chapter: str, notebook: Path, values: dict[str, list[Any]], sweep_
               knobs=None, log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run the grid (skipping finished runs), rewriting ``runs.csv`` after every run; returns that table.
     Raises :class:`SweepInterrupted` on Ctrl-C, after the table is written."""
-    from dropnotes.runtime import check_choice
 
     check_choice("engine", engine, ENGINES)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -297,7 +297,6 @@ def run_sweep(chapter: str, notebook: Path, values: dict[str, list[Any]], sweep_
 
 
 def write_table(runs: list[Run], status: dict[str, dict], sweep_dir: Path) -> pd.DataFrame:
-    from dropnotes.results import atomic_write_text
 
     table = collect(runs, status)
     atomic_write_text(sweep_dir / "runs.csv", table.to_csv(index=False))

@@ -15,7 +15,6 @@ so the gradient is that of the whole batch, as in a single process.
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Callable, Iterable, Iterator
 
@@ -24,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import autocast as runtime_autocast
+from dropnotes.amp import autocast
 from dropnotes.runtime import check_positive_int, progress, show_progress  # noqa: F401  (show_progress: API)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -121,13 +120,6 @@ def window_table(streams, block_size: int) -> tuple[torch.Tensor, list[int], lis
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of (N, T, V) logits against (N, T) targets."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return runtime_autocast(device.type, dtype)
 
 
 def train_epoch(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch],

@@ -18,6 +18,7 @@ So a small run can never confirm what it could not refute, and never refute what
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass
 from enum import Enum
 
 import pandas as pd
@@ -48,6 +49,46 @@ KINDS = ("paper claim", "our test", "rule of thumb", "setup check")
 # What the rule tests: a sign, an equality (TOST), the paper's number, or a timing (repeated measurements of one
 # setting, where seeds play no part).
 TESTS = ("direction", "equivalence", "level", "timing")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One row of a chapter's closing table, as its rule reads the measurement (before :func:`judge` reads it at
+    the run's scale): the claim and where it comes from, the paper's value and ours, the rule's verdict (a text
+    that starts with an :class:`Outcome`), what kind of claim it is (:data:`KINDS`), what the rule tests
+    (:data:`TESTS`), the paper setting it is judged against (one of the chapter's ``PAPER_SETTINGS``; None: the
+    first) and, where a chapter has several parts judged apart, its part."""
+
+    claim: str
+    source: str
+    paper: str
+    ours: str
+    verdict: str
+    kind: str = "paper claim"
+    test: str = "direction"
+    setting: str | None = None
+    part: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {', '.join(map(repr, KINDS))}, got {self.kind!r}")
+        if self.test not in TESTS:
+            raise ValueError(f"test must be one of {', '.join(map(repr, TESTS))}, got {self.test!r}")
+        rule_outcome(self.verdict)  # a verdict states its outcome first
+
+    def row(self) -> dict:
+        """The table row: every field, the optional ones only where they are set."""
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("setting", "part")}
+
+
+def verdict_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
+    """A chapter's closing table from its :class:`Verdict` rows (what :func:`judge` reads)."""
+    rows = []
+    for v in verdicts:
+        if not isinstance(v, Verdict):
+            raise TypeError(f"a verdict table is made of Verdict rows, got {type(v).__name__}")
+        rows.append(v.row())
+    return pd.DataFrame(rows)
 
 
 def rule_outcome(text: str) -> Outcome:

@@ -34,3 +34,37 @@ def have_data() -> Path:
     if not root or not (Path(root) / "mnist").is_dir():
         pytest.skip("the offline datasets are not available (set DROPNOTES_DATA)")
     return Path(root)
+
+
+def _tree_state() -> set[str] | None:
+    """The source tree's changed and untracked files that git does not ignore (None outside a git checkout)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    state = set()
+    for line in out.splitlines():
+        path = ROOT / line[3:].strip('"')
+        stamp = path.stat().st_mtime_ns if path.exists() else None
+        state.add(f"{line}@{stamp}")
+    return state
+
+
+def pytest_sessionstart(session):
+    session.config._tree_before = _tree_state()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """No test writes into the source tree: a file that git sees, created or changed during the session, fails it."""
+    before = getattr(session.config, "_tree_before", None)
+    after = _tree_state()
+    if before is None or after is None or getattr(session.config, "workerinput", None) is not None:
+        return
+    new = sorted(s.rsplit("@", 1)[0] for s in after - before)
+    if new:
+        session.config.get_terminal_writer().line(
+            "tests wrote into the source tree (write under tmp_path or _build/ instead): " + "; ".join(new), red=True)
+        session.exitstatus = 1

@@ -245,11 +245,9 @@ def test_nbval_fails_when_a_documented_output_changes(tmp_path):
     assert "2.0" in plain
     for kind in ("text/plain", "text/html"):  # what a wrong scaling, 1/(1-p) = 1.5, would show
         cell.outputs[0]["data"][kind] = "".join(cell.outputs[0]["data"][kind]).replace("2.0", "1.5")
-    copy = ROOT / "chapters" / "_nbval_probe.ipynb"  # beside the chapters: the same folder and data paths
-    try:
-        nbformat.write(nb, copy)
-        proc = _nbval([copy], tmp_path)
-    finally:
-        copy.unlink(missing_ok=True)
+    copy = tmp_path / "chapters" / "_nbval_probe.ipynb"  # outside the source tree (the data come from $DROPNOTES_DATA)
+    copy.parent.mkdir()
+    nbformat.write(nb, copy)
+    proc = _nbval([copy], tmp_path)
     assert proc.returncode == 1, proc.stdout[-3000:]
     assert "1 failed" in proc.stdout and "1.5" in proc.stdout, proc.stdout[-3000:]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dropnotes import cli, estimate
+from dropnotes import cli, estimate, results
 
 
 def test_kernel_counter_skips_views_and_counts_launches():
@@ -90,7 +90,7 @@ def test_estimate_covers_every_chapter_as_json(capsys):
     mech = [r for r in rows if r["chapter"] == "mechanics"]
     assert mech[0]["runs"] == 1 and "batched" in mech[0]["group"]  # all arms x seeds in one group
     # the committed predictions the chapters' run boxes quote are this estimate's
-    stored = json.loads(estimate.predictions_path().read_text())["predicted_s"]
+    stored = json.loads(results.predictions_path().read_text())["predicted_s"]
     fresh = estimate.per_chapter(rows)
     assert stored == pytest.approx(fresh, abs=0.11), (
         "results/estimate-full.json is out of date: run `python -m dropnotes estimate --profile full --store`")
@@ -119,7 +119,7 @@ def test_meta_autocast_casts_as_cuda_autocast_does():
     """On the meta device the estimate runs a bf16 step under MetaAutocast: a matmul casts its fp32 inputs
     (one copy each, every use: the engine disables autocast's cache) and returns bf16, layer_norm and softmax
     run in fp32, and the backward returns fp32 gradients to fp32 weights."""
-    from dropnotes.runtime import autocast
+    from dropnotes.amp import autocast
 
     with torch.device("meta"):
         w = torch.empty(64, 32, requires_grad=True)

@@ -145,3 +145,22 @@ def test_sparse_mlp_compression_and_kl():
         net.layers[0].log_sigma2.fill_(10.0)  # log α = 10 > 3: the first layer is pruned
     assert net.sparsity()[0] == 1.0 and net.compression() == pytest.approx(230 / 30)
     assert torch.equal(net.eval()(torch.randn(2, 20)), net(torch.zeros(2, 20)))
+
+
+def test_learning_rate_pilot_chooses_the_lowest_mean_validation_loss_and_never_reads_test():
+    """Chapter 3's pilot (protocol 6) trains every scheme at every candidate rate and keeps the rate of the lowest
+    mean best validation cross-entropy over the schemes; a rate of 0 cannot learn, so it is never chosen; the test
+    stream is not an argument of the pilot's training (a NaN test stream changes nothing)."""
+    from dataclasses import replace
+
+    from dropnotes.experiments import variational as ch
+
+    cfg = replace(ch.configure("smoke", device="cpu"), lr_grid=(0.0, 1e-2), select_epochs=2)
+    stream = torch.arange(3000) % 40  # a periodic stream: learnable within two epochs
+    d = {"train": stream, "valid": stream[:1000].clone(), "test": torch.full((1000,), -1)}
+    lr, pilot = ch.select_lr(cfg, d, 40)
+    assert lr == 1e-2
+    assert len(pilot) == 2 * len(SCHEMES) and set(pilot.lr) == {0.0, 1e-2}
+    mean = pilot.groupby("lr").valid_ppl.apply(lambda s: s.map(math.log).mean())
+    assert mean[1e-2] < mean[0.0]
+    assert ch.select_lr(replace(cfg, lr_grid=()), d, 40)[0] == cfg.lr  # no grid: the configured rate

@@ -134,6 +134,8 @@ def test_every_chapter_has_the_colab_cell_the_run_box_and_the_finale(relpath):
     assert code.index(colab[0]) == 1, "right after the parameters cell, before any import"
     assert f"{{glue:md}} {chapter}-run-box" in nb.cells[1].source, "the run box opens the chapter"
     assert "page.finale(ch.CHAPTER" in code[-1].source, "the last cell shows the verdicts and the provenance"
+    assert any("page.plot_scales(ch.CHAPTER, run)" in c.source for c in code), "the figure of every scale on one axis"
+    assert f"{{glue:figure}} {chapter}-scales" in "".join(c.source for c in nb.cells if c.cell_type == "markdown")
 
 
 def test_evidence_summary_states_each_stored_run_from_its_record():
@@ -150,3 +152,35 @@ def test_evidence_summary_states_each_stored_run_from_its_record():
     for outcome, n in counted.items():
         assert f"{n} {outcome}" in text
     assert page.evidence_summary("no-such-chapter-stored") == ""
+
+
+def test_mean_sd_averages_over_seeds_per_group():
+    from dropnotes.stats import mean_sd
+
+    frame = pd.DataFrame({"p": [0.0, 0.0, 0.5, 0.5], "seed": [0, 1, 0, 1], "err": [0.02, 0.04, 0.01, 0.01]})
+    pts = mean_sd(frame, "p", "err", 100, label=lambda p: f"p = {p:g}")
+    assert pts.quantity.tolist() == ["p = 0", "p = 0.5"]
+    assert pts.value.tolist() == pytest.approx([3.0, 1.0]) and pts.sd.tolist() == pytest.approx([2 ** 0.5, 0.0])
+
+
+@pytest.mark.parametrize("chapter", sorted(CHAPTERS))
+def test_the_scale_figure_plots_every_stored_run_the_chapter_can_read(chapter):
+    """Each stored evidence run of the chapter becomes one series of points (from its own tables), labelled with
+    its profile; the paper's points are on the same axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    current = [profile for profile, _, table, _ in page._stored_runs(chapter)
+               if table is not None and not (table.get("outcome") == "superseded").all()]
+    series = page.scale_series(chapter)
+    plotted = [name.split()[1] for name, _ in series]
+    assert set(current) <= set(plotted), "a stored run of the current protocol is missing from the figure"
+    for _, points in series:
+        assert list(points.columns) == ["quantity", "value", "sd"] and len(points) and points.value.notna().all()
+    fig = page.plot_scales(chapter)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert len(labels) == len(series) + bool(getattr(__import__(f"dropnotes.experiments.{chapter}",
+                                                                fromlist=["x"]), "PAPER_POINTS", {}))
+    plt.close(fig)

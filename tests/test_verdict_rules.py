@@ -676,3 +676,21 @@ def test_chapter3_language_model_rows_read_not_converged_when_models_were_still_
     assert not early.verdict.str.startswith("not converged").any()
     assert late.loc[lm, "verdict"].str.startswith("not converged").all()
     assert (late.loc[~lm, "verdict"] == early.loc[~lm, "verdict"]).all()
+
+
+def test_a_verdict_row_checks_its_kind_test_and_outcome():
+    from dropnotes.verdict import Verdict, verdict_table
+
+    v = Verdict(claim="c", source="s", paper="1 %", ours="2 %", verdict="inconclusive (within noise)")
+    assert v.row() == {"claim": "c", "source": "s", "paper": "1 %", "ours": "2 %", "verdict": "inconclusive (within noise)",
+                       "kind": "paper claim", "test": "direction"}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Verdict(claim="c", source="s", paper="", ours="", verdict="reproduced", kind="hunch")
+    with pytest.raises(ValueError, match="test must be one of"):
+        Verdict(claim="c", source="s", paper="", ours="", verdict="reproduced", test="vibes")
+    with pytest.raises(ValueError, match="verdict must start with one of"):
+        Verdict(claim="c", source="s", paper="", ours="", verdict="looks fine")
+    table = verdict_table([v, Verdict(claim="d", source="s", paper="", ours="", verdict="reproduced", setting="Table 2")])
+    assert list(table.claim) == ["c", "d"] and table.setting.isna().tolist() == [True, False]
+    with pytest.raises(TypeError, match="Verdict rows"):
+        verdict_table([v.row()])

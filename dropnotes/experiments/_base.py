@@ -19,6 +19,8 @@ allowed values or range. A test checks that every notebook's parameters cell and
 from __future__ import annotations
 
 import ast
+import contextvars
+import dataclasses
 import math
 import os
 import tempfile
@@ -34,6 +36,9 @@ import torch
 from dropnotes.runtime import DEVICES, PROFILES
 from dropnotes.stats import shortfall
 from dropnotes.verdict import judge
+from dropnotes import data
+from dropnotes.results import results_root
+from dropnotes import results
 
 SEED_MAX = 2**31 - 1  # seeds (and seed + n_seeds) stay in every generator's range (NumPy's is 2**32)
 KINDS = ("int", "float", "str", "bool", "floats", "ints", "any")  # "any": a notebook without declared knobs
@@ -318,7 +323,6 @@ class Knobs(Mapping):
 def check_environment() -> None:
     """What a run needs from its environment, checked before it starts: a writable results folder and,
     when ``DROPNOTES_DATA`` is set, a data folder that exists and is not empty (``ValueError``)."""
-    from dropnotes import data
 
     check_results_writable()
     try:
@@ -330,7 +334,6 @@ def check_environment() -> None:
 def check_results_writable(root: Path | None = None) -> Path:
     """Raise ``ValueError`` naming ``DROPNOTES_RESULTS`` unless the results folder can be written; at the
     start of a run, so that no training is lost to a save that cannot happen."""
-    from dropnotes.results import results_root
 
     root = Path(root) if root is not None else results_root()
     try:
@@ -486,7 +489,6 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     table must have been read at the run's scale (:func:`judged`)."""
     from dataclasses import asdict
 
-    from dropnotes import results
 
     table = tables.get("verdicts")
     if isinstance(table, pd.DataFrame) and "outcome" not in table and _module(chapter) is not None:
@@ -496,7 +498,55 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
                               protocol=protocol(chapter), **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
-                               tables=tables, defaults=defaults.get(cfg.profile, {}))
+                               tables=tables, defaults=defaults.get(cfg.profile, {}), path=_BLOCK_PATH.get())
+
+
+# Where finish() writes while run_in_blocks() runs one seed block (None: the profile's record).
+_BLOCK_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("block_path", default=None)
+
+
+def _same_run(block: dict, want: dict, chapter: str) -> bool:
+    """Whether a stored block record was made by this protocol and code with these parameters."""
+    prov = block["provenance"]
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
+    return (int(prov.get("protocol", 1)) == protocol(chapter) and prov.get("source_sha256") ==
+            results.CODE_AT_IMPORT["source_sha256"] and block["params"] == params)
+
+
+def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
+    """Run ``cfg``'s seeds one at a time, each seed block a run of its own (:func:`dataclasses.replace` with
+    ``seed=s, n_seeds=1``, so block ``s`` uses seed ``s``) stored under :func:`dropnotes.results.block_path`; a
+    block already stored by the same protocol, code and parameters is kept, not rerun (an interrupted run
+    resumes where it stopped). When every block is there, the chapter's ``merge_blocks(cfg, records)`` makes
+    one record of them (tables over all seeds, verdicts judged again), stored as the profile's result with each
+    block's provenance. Returns the merged record."""
+    module = _module(chapter)
+    if not hasattr(module, "merge_blocks"):
+        raise ValueError(f"{chapter}: this chapter cannot be run in seed blocks yet (its verdicts need more than its "
+                         "stored tables: it has no merge_blocks); run it whole")
+    blocks = []
+    for s in cfg.seeds:
+        block_cfg = dataclasses.replace(cfg, seed=s, n_seeds=1)
+        path = results.block_path(chapter, cfg.profile, s)
+        kept = results.load_json_result(path)
+        if kept is not None and _same_run(kept, dataclasses.asdict(block_cfg), chapter):
+            log(f"{chapter}: seed block {s} kept from {path}")
+        else:
+            log(f"{chapter}: seed block {s} of {cfg.seeds}")
+            token = _BLOCK_PATH.set(path)
+            try:
+                module.run(block_cfg)
+            finally:
+                _BLOCK_PATH.reset(token)
+            kept = results.load_json_result(path)
+        blocks.append(kept)
+    merged = module.merge_blocks(cfg, blocks)
+    prov = [b["provenance"] for b in blocks]
+    merged["path"] = finish(chapter, cfg, module.PROFILE_DEFAULTS, wall_s=sum(p["wall_time_s"] for p in prov),
+                            dataset=prov[0]["dataset"], metrics=merged["metrics"], tables=merged["tables"],
+                            blocks=[{k: p.get(k) for k in ("seeds", "commit", "source_sha256", "created", "wall_time_s")}
+                                    for p in prov])
+    return merged
 
 
 def protocol(chapter: str) -> int:
@@ -531,6 +581,5 @@ def label_smoke(verdicts: pd.DataFrame) -> pd.DataFrame:
 
 def stored_full(chapter: str) -> dict | None:
     """The committed full-profile result of ``chapter``, if one exists."""
-    from dropnotes import results
 
     return results.load_result(chapter, "full")

@@ -18,7 +18,10 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
+from dropnotes.verdict import Verdict, verdict_table
+from dropnotes.amp import autocast
 from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
@@ -28,6 +31,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
+from dropnotes.stats import mean_sd
 
 CHAPTER = "cost"
 # The protocol's version, stored with each result (see _base.protocol).
@@ -172,7 +176,9 @@ def _models(cfg: CostConfig, p: float) -> dict[str, tuple[nn.Module, torch.Tenso
 
 
 def step_costs(cfg: CostConfig) -> pd.DataFrame:
-    """Median ms per training step (forward, backward, AdamW) per model and variant."""
+    """Median ms per training step (forward, backward, AdamW) per model and variant, and the achieved GFLOP/s of
+    the step's products (counted by torch's FlopCounterMode on the model without dropout, the same for every
+    variant: dropout adds no products)."""
     dev = torch.device(cfg.device)
     amp = torch.bfloat16 if cfg.amp else None
     rows = []
@@ -193,7 +199,7 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
         times = {label: [] for label in variants}
 
         def step(model, x, y, loss_fn, opt):
-            with train.autocast(dev, amp):
+            with autocast(dev, amp):
                 loss = loss_fn(model(x).float(), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -202,6 +208,9 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
         for label, v in variants.items():  # warm-up
             for _ in range(3):
                 step(*v)
+        with FlopCounterMode(display=False) as counter:  # one step of the model without dropout: its products' FLOPs
+            step(*variants["removed"])
+        flops = counter.get_total_flops()
         for _ in range(cfg.rounds):  # interleaved rounds
             for label, v in variants.items():
                 with Timer(dev) as t:
@@ -212,7 +221,8 @@ def step_costs(cfg: CostConfig) -> pd.DataFrame:
         for label, ts in times.items():
             rows.append({"model": name, "variant": label, "ms per step": float(np.median(ts)),
                          "spread (IQR) %": float(100 * (np.percentile(ts, 75) - np.percentile(ts, 25)) / np.median(ts)),
-                         "overhead vs removed %": float(100 * (np.median(ts) / base - 1))})
+                         "overhead vs removed %": float(100 * (np.median(ts) / base - 1)),
+                         "GFLOP/s": flops / (np.median(ts) / 1000) / 1e9})
     return pd.DataFrame(rows)
 
 
@@ -251,12 +261,19 @@ def run(cfg: CostConfig, save: bool = True) -> dict:
     table = bench.run_bench(cfg.device, cfg.sizes, cfg.min_run_time)
     rec = {"bench": table, "bench_attrs": dict(table.attrs), "steps": step_costs(cfg), "attention": attention_costs(cfg),
            "device_name": device_name(cfg.device)}
+    amp = cfg.amp  # the steps run under autocast in bf16 when the profile says so
+    rec["matmul_2048_gflops_per_s"] = bench.matmul_rate(cfg.device, torch.bfloat16 if amp else torch.float32) / 1e9
     rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
+        removed = rec["steps"][rec["steps"].variant == "removed"].set_index("model")["GFLOP/s"]
         rec["path"] = finish(CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset="synthetic tensors",
                                           copy_GBps=table.attrs["copy_GBps"], peak_GBps=table.attrs["peak_GBps"],
-                                          metrics={"copy_GBps": table.attrs["copy_GBps"]},
+                                          metrics={"copy_GBps": table.attrs["copy_GBps"],
+                                                   "matmul_2048_gflops_per_s": rec["matmul_2048_gflops_per_s"],
+                                                   "precision": "bf16" if amp else "fp32",
+                                                   **{f"{m.lower()}_train_gflops_per_s": float(v)
+                                                      for m, v in removed.items()}},
                                           tables={k: rec[k] for k in ("bench", "steps", "attention", "verdicts")})
     return rec
 
@@ -270,21 +287,21 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
         r = g.set_index("variant")
         over, spread = r.loc["p=0.1", "overhead vs removed %"], r["spread (IQR) %"].max()
         verdict = rule_overhead(over, spread)
-        rows.append({"claim": f"dropout (p = 0.1) adds about 1-2 % to a training step: {name}",
-                     "source": "rule of thumb (fine-tuning guides); no paper measures it", "paper": "1-2 %",
-                     "kind": "rule of thumb", "test": "timing",
-                     "ours": (f"{dev}: {r.loc['removed', 'ms per step']:.2f} ms without dropout, "
+        rows.append(Verdict(claim=f"dropout (p = 0.1) adds about 1-2 % to a training step: {name}",
+                     source="rule of thumb (fine-tuning guides); no paper measures it", paper="1-2 %",
+                     kind="rule of thumb", test="timing",
+                     ours=(f"{dev}: {r.loc['removed', 'ms per step']:.2f} ms without dropout, "
                               f"{r.loc['p=0.1', 'ms per step']:.2f} ms at p = 0.1 ({over:+.1f} %, timing spread "
                               f"{spread:.1f} %); module present at p = 0: {r.loc['p=0', 'overhead vs removed %']:+.1f} %"),
-                     "verdict": verdict})
+                     verdict=verdict))
     b = rec["bench"]
     largest = b[(b.elements == b.elements.max()) & b.ratio.notna()]
     worst = largest.loc[largest.ratio.idxmax()]
-    rows.append({"claim": "dropnotes' variants run as fast as PyTorch's own kernels (largest tensor)",
-                 "source": "our test (against PyTorch F.dropout / F.dropout2d; timm drop_path)", "paper": "ratio 1.0",
-                 "kind": "our test", "test": "timing",
-                 "ours": f"{dev}: " + ", ".join(f"{r.variant} {r.ratio:.2f}x" for r in largest.itertuples()),
-                 "verdict": "reproduced" if worst.ratio <= 1.1 else f"not reproduced ({worst.variant} {worst.ratio:.2f}x)"})
+    rows.append(Verdict(claim="dropnotes' variants run as fast as PyTorch's own kernels (largest tensor)",
+                 source="our test (against PyTorch F.dropout / F.dropout2d; timm drop_path)", paper="ratio 1.0",
+                 kind="our test", test="timing",
+                 ours=f"{dev}: " + ", ".join(f"{r.variant} {r.ratio:.2f}x" for r in largest.itertuples()),
+                 verdict="reproduced" if worst.ratio <= 1.1 else f"not reproduced ({worst.variant} {worst.ratio:.2f}x)"))
     big = b[b.elements == b.elements.max()].set_index("variant")
     drop = big.loc["dropout"]
     ours = (f"{dev}: {drop['GB/s']:.1f} GB/s = {drop['of copy bandwidth']:.2f} of a measured copy "
@@ -293,13 +310,13 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
         fused = big.loc["dropout (torch.compile)"]
         ours += f"; compiled (not judged) {fused['GB/s']:.1f} GB/s = {fused['of copy bandwidth']:.2f}"
     eager = float(drop["of copy bandwidth"])
-    rows.append({"claim": "element-wise dropout is memory-bound on a large tensor",
-                 "source": "our test (performance model: 4 bytes moved per element per pass)",
-                 "paper": f"at least {MEMORY_BOUND_AT:g} of the copy bandwidth", "kind": "our test", "test": "timing",
-                 "ours": ours,
-                 "verdict": "reproduced" if eager >= MEMORY_BOUND_AT else
-                 f"not reproduced (the eager kernel at {eager:.2f} of the copy bandwidth)"})
-    return pd.DataFrame(rows)
+    rows.append(Verdict(claim="element-wise dropout is memory-bound on a large tensor",
+                 source="our test (performance model: 4 bytes moved per element per pass)",
+                 paper=f"at least {MEMORY_BOUND_AT:g} of the copy bandwidth", kind="our test", test="timing",
+                 ours=ours,
+                 verdict="reproduced" if eager >= MEMORY_BOUND_AT else
+                 f"not reproduced (the eager kernel at {eager:.2f} of the copy bandwidth)"))
+    return verdict_table(rows)
 
 
 def plot_bench(table: pd.DataFrame):
@@ -314,6 +331,18 @@ def plot_bench(table: pd.DataFrame):
     ax.legend(frameon=False, fontsize=7)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): the overhead of p = 0.1 per training step.
+SCALE_AXIS = ("training-step overhead of p = 0.1 (%)", "linear")
+PAPER_POINTS = {m: 1.5 for m in ("MLP", "ViT", "GPT")}
+PAPER_POINTS_LABEL = "rule of thumb (1-2 %)"
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """The overhead (%) of dropout at p = 0.1 over the model without it, per model (one median: no SD)."""
+    steps = tables["steps"]
+    return mean_sd(steps[steps.variant == "p=0.1"], "model", "overhead vs removed %")
 
 
 def stored_full() -> dict | None:

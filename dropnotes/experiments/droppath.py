@@ -18,6 +18,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from dropnotes.verdict import Verdict, verdict_table
+from dropnotes.amp import autocast
 from dropnotes import bench, data, stacked, train
 from dropnotes.layers import drop_path_rates
 from dropnotes.models import ViT
@@ -26,7 +28,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream
 from dropnotes.runtime import profile_config, seed_everything, select_device
-from dropnotes.stats import compare_errors, direction, fmt_mean_sd
+from dropnotes.stats import compare_errors, direction, fmt_mean_sd, mean_sd
 
 CHAPTER = "droppath"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the best rate
@@ -245,7 +247,7 @@ def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.Da
         times = []
         for i in range(steps + 3):
             with Timer(dev) as t:
-                with train.autocast(dev, torch.bfloat16 if cfg.amp else None):
+                with autocast(dev, torch.bfloat16 if cfg.amp else None):
                     loss = F.cross_entropy(model(x).float(), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -312,43 +314,43 @@ def verdicts(rec: dict, cfg: DropPathConfig) -> pd.DataFrame:
     best = float(val[val.index > 0].idxmin())
     diff, se, v = compare_errors(_errors(deep, rate=0.0), _errors(deep, rate=best), n)
     acc = lambda e: 100 * (1 - e)  # noqa: E731
-    rows = [{"claim": f"stochastic depth helps a ViT trained from scratch on limited data (depth {cfg.depth})",
-             "source": "Touvron et al. 2021 (DeiT); Huang et al. 2016",
-             "paper": (f"DeiT default rate {DEIT_DEFAULT_RATE}; ResNet-110 CIFAR-10 error {HUANG_CIFAR10[0]} -> "
+    rows = [Verdict(claim=f"stochastic depth helps a ViT trained from scratch on limited data (depth {cfg.depth})",
+             source="Touvron et al. 2021 (DeiT); Huang et al. 2016",
+             paper=(f"DeiT default rate {DEIT_DEFAULT_RATE}; ResNet-110 CIFAR-10 error {HUANG_CIFAR10[0]} -> "
                        f"{HUANG_CIFAR10[1]} %"),
-             "ours": (f"test accuracy {acc(means[0.0]):.1f} % at rate 0, {acc(means[best]):.1f} % at rate {best:g} "
+             ours=(f"test accuracy {acc(means[0.0]):.1f} % at rate 0, {acc(means[best]):.1f} % at rate {best:g} "
                       f"(the best on validation) "
                       f"({100 * diff:+.2f} ± {100 * se:.2f} pt)"),
-             "verdict": v}]
+             verdict=v)]
     lin, uni = _errors(runs[runs.depth == cfg.depth], rate=mid, schedule="linear"), _errors(
         runs[runs.depth == cfg.depth], rate=mid / 2, schedule="uniform")
     diff, se, v = compare_errors(uni, lin, n)
-    rows.append({"claim": "linear decay beats uniform rates at the same expected depth",
-                 "source": "Huang et al. 2016 (Fig. 8)", "paper": "linear better",
-                 "ours": f"linear to {mid:.2f}: {acc(sum(lin) / len(lin)):.1f} %, uniform {mid / 2:.2f}: "
+    rows.append(Verdict(claim="linear decay beats uniform rates at the same expected depth",
+                 source="Huang et al. 2016 (Fig. 8)", paper="linear better",
+                 ours=f"linear to {mid:.2f}: {acc(sum(lin) / len(lin)):.1f} %, uniform {mid / 2:.2f}: "
                          f"{acc(sum(uni) / len(uni)):.1f} % ({100 * diff:+.2f} ± {100 * se:.2f} pt)",
-                 "verdict": v})
+                 verdict=v))
     shallow = runs[runs.depth == cfg.shallow_depth]
     d_deep, se_deep, _ = compare_errors(_errors(deep, rate=0.0), _errors(deep, rate=mid), n)
     d_shal, se_shal, _ = compare_errors(_errors(shallow, rate=0.0), _errors(shallow, rate=mid), n)
     gap, gap_se = d_deep - d_shal, (se_deep ** 2 + se_shal ** 2) ** 0.5
-    rows.append({"claim": "the benefit of stochastic depth grows with depth",
-                 "source": "Huang et al. 2016",
-                 "paper": "qualitative: stochastic depth lets much deeper nets gain (110 and 1202 layers)",
-                 "ours": (f"gain from rate {mid:.2f}: depth {cfg.depth} {100 * d_deep:+.2f} pt, depth "
+    rows.append(Verdict(claim="the benefit of stochastic depth grows with depth",
+                 source="Huang et al. 2016",
+                 paper="qualitative: stochastic depth lets much deeper nets gain (110 and 1202 layers)",
+                 ours=(f"gain from rate {mid:.2f}: depth {cfg.depth} {100 * d_deep:+.2f} pt, depth "
                           f"{cfg.shallow_depth} {100 * d_shal:+.2f} pt (difference {100 * gap:+.2f} ± {100 * gap_se:.2f})"),
-                 "verdict": direction(gap, gap_se, cfg.n_seeds)})
+                 verdict=direction(gap, gap_se, cfg.n_seeds)))
     sp = rec["speed"].set_index("variant")
     f = rec["speed"].attrs.get("mean_rate", 0.25)
     ratio = sp.loc["skip dropped", "relative to masked"]
-    rows.append({"claim": "skipping dropped branches saves time in proportion to the dropped fraction",
-                 "source": "Huang et al. 2016 (official code)", "test": "timing", "setting": "timing",
-                 "paper": f"{HUANG_EPOCH_S[0]} -> {HUANG_EPOCH_S[1]} s/epoch",
-                 "ours": (f"masked {sp.loc['masked', 'ms per step']:.0f} ms, skip {sp.loc['skip dropped', 'ms per step']:.0f} ms "
+    rows.append(Verdict(claim="skipping dropped branches saves time in proportion to the dropped fraction",
+                 source="Huang et al. 2016 (official code)", test="timing", setting="timing",
+                 paper=f"{HUANG_EPOCH_S[0]} -> {HUANG_EPOCH_S[1]} s/epoch",
+                 ours=(f"masked {sp.loc['masked', 'ms per step']:.0f} ms, skip {sp.loc['skip dropped', 'ms per step']:.0f} ms "
                           f"per step ({ratio:.2f}x; mean drop rate {f:.2f}); "
                           f"no DropPath {sp.loc['no DropPath', 'ms per step']:.0f} ms"),
-                 "verdict": "reproduced" if ratio <= 1 - 0.8 * f else "not reproduced"})
-    return pd.DataFrame(rows)
+                 verdict="reproduced" if ratio <= 1 - 0.8 * f else "not reproduced"))
+    return verdict_table(rows)
 
 
 def plot_sweep(runs: pd.DataFrame, depth: int):
@@ -364,6 +366,16 @@ def plot_sweep(runs: pd.DataFrame, depth: int):
     ax.legend(frameon=False)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test error per depth, rate and schedule.
+SCALE_AXIS = ("test error (%)", "linear")
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test error (%) per depth, drop-path rate and schedule, mean and SD over seeds, from a run's ``runs``."""
+    return mean_sd(tables["runs"], ["depth", "rate", "schedule"], "test_error", 100,
+                   label=lambda k: f"depth {k[0]}, {k[2]} {k[1]:g}")
 
 
 def stored_full() -> dict | None:

@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes import data, metrics, train
+from dropnotes.verdict import Verdict, verdict_table
+from dropnotes import bench, data, metrics, train
 from dropnotes.ensemble import step_time_loop_vs_vmap
 from dropnotes.layers import Dropout
 from dropnotes.mc import classifier_summary, mc_predict, regression_summary
@@ -28,7 +29,7 @@ from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
 from dropnotes.stats import (compare_errors, compare_estimates, compare_paired, compare_predictions, equivalent_paired,
-                             fmt_mean_sd, paired_bootstrap_auroc)
+                             fmt_mean_sd, mean_sd, paired_bootstrap_auroc)
 from dropnotes.verdict import MIN_SEEDS, not_converged
 from dropnotes.experiments.mechanics import PAPER_UPDATES
 
@@ -391,6 +392,14 @@ def regression_gap(seed: int, device: str, steps: int = 3000, p: float = 0.1, sa
 # --------------------------------------------------------------------------- the whole chapter
 
 
+def train_speed(cfg: EnsemblesConfig, train_s: float) -> dict:
+    """The batched group's achieved training GFLOP/s (its evaluations included in ``train_s``) beside this device's
+    2048³ product rate in the run's precision, measured now."""
+    steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
+    flops = bench.mlp_flops([784, *cfg.hidden, 10], cfg.batch_size * steps) * cfg.n_seeds * (cfg.members + 1)
+    return bench.speed(flops, train_s, cfg.torch_device, cfg.amp)
+
+
 def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     device = cfg.torch_device
@@ -421,7 +430,8 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
         rec["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset,
             ood_dataset=cfg.ood_dataset,
-            metrics={"vmap_speedup": speed["speedup"], "regression_std": reg["std_by_region"]},
+            metrics={"vmap_speedup": speed["speedup"], "regression_std": reg["std_by_region"],
+                     **train_speed(cfg, timing["train_s"])},
             tables={"summary": rec["summary"], "mc_curve": rec["mc_curve"], "ood_summary": rec["ood_summary"],
                     "ood_pairs": rec["ood_pairs"], "rotation_pairs": rec["rotation_pairs"], "rotation": rot_table,
                     "verdicts": rec["verdicts"], "quality": rec["quality"],
@@ -550,13 +560,13 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
     diff, se, v1 = compare_errors(single, ws, n_test)
     ws_mean = 100 * float(np.mean(ws))
     cut = scale_cuts(CHAPTER, cfg)["Table 2"]
-    rows = [{"claim": "dropout (+ max-norm) lowers the test error of a ReLU MLP on MNIST",
-             "source": "Srivastava et al. 2014, Table 2",
-             "paper": (f"{PAPER_T2['none']:.2f} % (Simard et al.'s standard net, not the same net without dropout) -> "
+    rows = [Verdict(claim="dropout (+ max-norm) lowers the test error of a ReLU MLP on MNIST",
+             source="Srivastava et al. 2014, Table 2",
+             paper=(f"{PAPER_T2['none']:.2f} % (Simard et al.'s standard net, not the same net without dropout) -> "
                        f"{PAPER_T2['dropout_maxnorm']:.2f} % (dropout + max-norm)"),
-             "kind": "setup check", "setting": "Table 2",
-             "ours": f"{100 * np.mean(single):.2f} % -> {ws_mean:.2f} % ({100 * diff:.2f} ± {100 * se:.2f} pp)",
-             "verdict": rule_level(v1, ws_mean, cut)}]
+             kind="setup check", setting="Table 2",
+             ours=f"{100 * np.mean(single):.2f} % -> {ws_mean:.2f} % ({100 * diff:.2f} ± {100 * se:.2f} pp)",
+             verdict=rule_level(v1, ws_mean, cut))]
 
     wrong = rec["wrong"]
     ks = [k for k in wrong[0] if k != "weight scaling"]
@@ -564,12 +574,12 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
     d1, se1, worse = compare_predictions([w[k1] for w in wrong], [w["weight scaling"] for w in wrong])
     dk, sek, eq = equivalent_paired([w["weight scaling"] for w in wrong], [w[k_big] for w in wrong],
                                     EQUAL_MARGIN_PP / 100, shown=f"{EQUAL_MARGIN_PP:g} pt")
-    rows.append({"claim": "MC averaging over k sub-networks matches weight scaling around k = 50 (k = 1 is worse)",
-                 "source": "Srivastava et al. 2014, Fig. 11 / §7.5", "paper": "k ≈ 50",
-                 "ours": (f"k={k1} minus weight scaling {100 * d1:+.2f} ± {100 * se1:.2f} pt; k={k_big} minus weight "
+    rows.append(Verdict(claim="MC averaging over k sub-networks matches weight scaling around k = 50 (k = 1 is worse)",
+                 source="Srivastava et al. 2014, Fig. 11 / §7.5", paper="k ≈ 50",
+                 ours=(f"k={k1} minus weight scaling {100 * d1:+.2f} ± {100 * se1:.2f} pt; k={k_big} minus weight "
                           f"scaling {-100 * dk:+.2f} ± {100 * sek:.2f} pt (TOST margin ±{EQUAL_MARGIN_PP:g} pt), "
                           f"on the same {len(wrong[0]['weight scaling']):,} test images"),
-                 "verdict": rule_mc_matches(worse, eq)})
+                 verdict=rule_mc_matches(worse, eq)))
 
     s = rec["summary"].set_index("model")
     mc_name = [m for m in s.index if m.startswith("dropout, MC")][0]
@@ -580,59 +590,59 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
     cal = rec["calibration"]
     dt, set_, beats_t = compare_paired([c["single net + temperature"] for c in cal], [c["dropout, MC"] for c in cal])
     nll_t = s.loc["single net + temperature", "nll_mean"]
-    rows.append({"claim": "ensemble < MC dropout <= single net in NLL and ECE",
-                 "source": "uncertainty-baselines (CIFAR-10, WRN-28-10)",
-                 "paper": f"NLL {PAPER_UB_NLL['ensemble']} / {PAPER_UB_NLL['mc']} / {PAPER_UB_NLL['single']}; "
+    rows.append(Verdict(claim="ensemble < MC dropout <= single net in NLL and ECE",
+                 source="uncertainty-baselines (CIFAR-10, WRN-28-10)",
+                 paper=f"NLL {PAPER_UB_NLL['ensemble']} / {PAPER_UB_NLL['mc']} / {PAPER_UB_NLL['single']}; "
                           f"ECE {PAPER_UB_ECE['ensemble']} / {PAPER_UB_ECE['mc']} / {PAPER_UB_ECE['single']}",
-                 "setting": "uncertainty-baselines",
-                 "ours": (f"NLL {nll[0]:.3f} / {nll[1]:.3f} / {nll[2]:.3f} (MC - ensemble {nll_a}, single - MC {nll_b}); "
+                 setting="uncertainty-baselines",
+                 ours=(f"NLL {nll[0]:.3f} / {nll[1]:.3f} / {nll[2]:.3f} (MC - ensemble {nll_a}, single - MC {nll_b}); "
                           f"ECE {ece[0]:.4f} / {ece[1]:.4f} / {ece[2]:.4f} (MC - ensemble {ece_a}, single - MC {ece_b}; "
                           f"paired over seeds); single net + temperature NLL {nll_t:.3f}"),
-                 "verdict": rule_ordering(nll_v, ece_v, beats_t)})
-    rows.append({"claim": "MC dropout has a lower NLL than a temperature-scaled single net",
-                 "source": "the baseline of Guo et al. 2017 (temperature fitted on validation)", "paper": "not claimed",
-                 "kind": "our test", "setting": "uncertainty-baselines",
-                 "ours": (f"single net + temperature minus MC dropout: {dt:+.4f} ± {set_:.4f} nats per test image "
+                 verdict=rule_ordering(nll_v, ece_v, beats_t)))
+    rows.append(Verdict(claim="MC dropout has a lower NLL than a temperature-scaled single net",
+                 source="the baseline of Guo et al. 2017 (temperature fitted on validation)", paper="not claimed",
+                 kind="our test", setting="uncertainty-baselines",
+                 ours=(f"single net + temperature minus MC dropout: {dt:+.4f} ± {set_:.4f} nats per test image "
                           f"(paired); Brier {s.loc['single net + temperature', 'brier_mean']:.4f} vs "
                           f"{s.loc[mc_name, 'brier_mean']:.4f}"),
-                 "verdict": beats_t})
+                 verdict=beats_t))
 
     regs = rec["regression_seeds"]
     ratio, ratio_se, reg_v = rule_regression(regs)
-    rows.append({"claim": "MC-dropout predictive std grows away from the data",
-                 "source": "Gal & Ghahramani 2016 (regression experiments)", "paper": "qualitative",
-                 "setting": "Gal & Ghahramani 2016",
-                 "ours": (f"std on data {regs.data.mean():.3f}, in the gap {regs.gap.mean():.3f}, outside "
+    rows.append(Verdict(claim="MC-dropout predictive std grows away from the data",
+                 source="Gal & Ghahramani 2016 (regression experiments)", paper="qualitative",
+                 setting="Gal & Ghahramani 2016",
+                 ours=(f"std on data {regs.data.mean():.3f}, in the gap {regs.gap.mean():.3f}, outside "
                           f"{regs.outside.mean():.3f}; min(gap, outside) / data {ratio:.2f} (log ratio SE "
                           f"{ratio_se:.3f}, {len(regs)} seeds)"),
-                 "verdict": reg_v})
+                 verdict=reg_v))
 
     r = rec["rotation_pairs"]
     rise_m, rise_se, rise = compare_estimates(r.rise_mc, r.rise_mc_se)
     more_m, more_se, more = compare_estimates(r["diff"], r.diff_se)
-    rows.append({"claim": "MC-dropout uncertainty rises as a rotated digit becomes ambiguous, more than the same "
+    rows.append(Verdict(claim="MC-dropout uncertainty rises as a rotated digit becomes ambiguous, more than the same "
                           "net's deterministic softmax",
-                 "source": "Gal & Ghahramani 2016 (rotated-digit experiment)", "paper": "qualitative",
-                 "setting": "Gal & Ghahramani 2016",
-                 "ours": (f"entropy rise 30-150° vs 0°: MC {rise_m:.3f} ± {rise_se:.3f} nats, deterministic "
+                 source="Gal & Ghahramani 2016 (rotated-digit experiment)", paper="qualitative",
+                 setting="Gal & Ghahramani 2016",
+                 ours=(f"entropy rise 30-150° vs 0°: MC {rise_m:.3f} ± {rise_se:.3f} nats, deterministic "
                           f"{r.rise_deterministic.mean():.3f}; difference {more_m:+.3f} ± {more_se:.3f} "
                           f"({int(r.digits.iloc[0])} digits x {len(r)} seeds, paired)"),
-                 "verdict": rule_rotation(rise, more)})
+                 verdict=rule_rotation(rise, more)))
 
     o = rec["ood_pairs"]
     for shift in ("fashion-mnist", "inverted mnist"):
         g = o[o["shift"] == shift]
         dd, sd_, better = compare_estimates(g["diff"], g.se)
         mc_h = float(g.auroc_mc.mean())
-        rows.append({"claim": f"MC-dropout uncertainty detects out-of-distribution inputs ({shift}) better than the "
+        rows.append(Verdict(claim=f"MC-dropout uncertainty detects out-of-distribution inputs ({shift}) better than the "
                               "same net's deterministic softmax",
-                     "source": f"our test (after Gal & Ghahramani 2016's uncertainty argument; that paper has no "
+                     source=f"our test (after Gal & Ghahramani 2016's uncertainty argument; that paper has no "
                                f"OOD experiment); protocol threshold AUROC >= {OOD_THRESHOLD}",
-                     "paper": "not in the paper", "kind": "our test", "setting": "Gal & Ghahramani 2016",
-                     "ours": (f"AUROC of the entropy: MC {mc_h:.3f}, deterministic {g.auroc_deterministic.mean():.3f} "
+                     paper="not in the paper", kind="our test", setting="Gal & Ghahramani 2016",
+                     ours=(f"AUROC of the entropy: MC {mc_h:.3f}, deterministic {g.auroc_deterministic.mean():.3f} "
                               f"(difference {dd:+.3f} ± {sd_:.3f}, paired bootstrap)"),
-                     "verdict": rule_ood(mc_h, better)})
-    out = pd.DataFrame(rows)
+                     verdict=rule_ood(mc_h, better)))
+    out = verdict_table(rows)
     best = rec.get("best_epochs")
     if best is not None and cfg.eval_every:  # whichever sign a row reads, models still improving decide nothing
         late = not_converged(best.best_epoch, cfg.epochs)
@@ -707,6 +717,20 @@ def plot_regression(reg: dict):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test error per way of predicting.
+SCALE_AXIS = ("test error (%)", "log")
+PAPER_POINTS = {"single net": PAPER_T2["none"], "dropout, weight scaling": PAPER_T2["dropout_maxnorm"]}
+PAPER_POINTS_LABEL = "paper (Srivastava et al. Table 2: standard net; dropout + max-norm)"
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test error (%) of the single nets, the ensemble and the dropout net (weight scaling, MC), mean and SD over
+    seeds (and members), from a run's ``quality``."""
+    q = tables["quality"]
+    q = q[~q.model.str.contains("temperature")]
+    return mean_sd(q, "model", "error", 100)
 
 
 def stored_full() -> dict | None:

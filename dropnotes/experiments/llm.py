@@ -13,12 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import pandas as pd
 import torch
 
+from dropnotes.verdict import Verdict, verdict_table
+from dropnotes.amp import autocast
 from dropnotes import data, stacked, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
@@ -29,7 +31,8 @@ from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import progress
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import Z_ONE_SIDED_5, compare_paired, critical
+from dropnotes.stats import Z_ONE_SIDED_5, compare_paired, critical, mean_sd
+from dropnotes.runtime import atomic_write
 
 CHAPTER = "llm"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
@@ -38,8 +41,10 @@ CHAPTER = "llm"
 # selects (the best step, the best rate) and the second half judges, so no selection touches the judging data;
 # the python-sources corpus (the standard library, torch, numpy, matplotlib; every 20th file held out); in full,
 # a model sized for it (about 20 tokens per parameter), 3 seeds, and each arm's learning rate chosen on validation.
-PROTOCOL = 4
-PROTOCOL_CHANGES = {4: "verdicts read at the run's scale (both signs alike), t intervals over seeds (the crossing "
+PROTOCOL = 5
+PROTOCOL_CHANGES = {5: "the full fine-tuning learning rate chosen on validation by a pilot on the first seed's base (every "
+                       "rate of the main slice at each candidate learning rate; one learning rate for every run)",
+                    4: "verdicts read at the run's scale (both signs alike), t intervals over seeds (the crossing "
                        "rule too); LoRA dropout labelled a rule of thumb"}
 # The papers' settings, declared once (dropnotes.verdict reads a run below them "at reduced scale").
 PAPER_SETTINGS = {"Liu et al. 2025": {"model": "Pythia 160M or larger"},
@@ -82,6 +87,7 @@ class LLMConfig(ChapterConfig):
     compile: bool
     n_seeds: int = 1  # seeds of every pretraining arm and fine-tuning run (block ``seed``, see ChapterConfig.seeds)
     lr_factors: tuple[float, ...] = (1.0,)  # pretraining: each arm's rate is chosen on validation from pretrain_lr x these
+    finetune_lr_factors: tuple[float, ...] = (1.0,)  # full fine-tuning: one rate, chosen on validation from finetune_lr x these
 
 
 PROFILE_DEFAULTS = {
@@ -90,20 +96,22 @@ PROFILE_DEFAULTS = {
     "smoke": dict(dim=16, layers=1, heads=1, block_size=16, batch_size=4, pretrain_steps=4, pretrain_lr=3e-3,
                   finetune_steps=4, finetune_batch=4, finetune_lr=3e-3, finetune_bytes=1000,
                   sizes=(500, 1000, 0), lora_rank=2, lora_lr=1e-2, eval_bytes=512, eval_every=2,
-                  amp=False, compile=False, n_seeds=1, lr_factors=(1.0,)),
+                  amp=False, compile=False, n_seeds=1, lr_factors=(1.0,), finetune_lr_factors=(1.0,)),
     # CPU, about two minutes: a 2-layer, 64-wide GPT, 400 pretraining steps of 32 x 64 bytes; 300 fine-tuning
     # steps of 16 x 64 bytes, i.e. about 31 epochs of the 10 kB slice, so that the plain net overfits.
     "quick": dict(dim=64, layers=2, heads=2, block_size=64, batch_size=32, pretrain_steps=400, pretrain_lr=3e-3,
                   finetune_steps=300, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
                   sizes=(2500, 10000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=16384, eval_every=10,
-                  amp=False, compile=False, n_seeds=1, lr_factors=(1.0,)),
+                  amp=False, compile=False, n_seeds=1, lr_factors=(1.0,), finetune_lr_factors=(1.0,)),
     # This 2-core CPU, up to 45 minutes (measured alone): the quick profile's GPT (2 x 64, about 0.12 M parameters)
     # pretrained compute-optimally (1,200 steps of 32 x 64 bytes, about 20 tokens per parameter), 3 seeds; fine-tuning
-    # 600 steps of 16 x 64 bytes on the 10 kB slice (about 61 epochs) and the crossing's slices, 3 seeds.
+    # 600 steps of 16 x 64 bytes on the 10 kB slice (about 61 epochs) and the crossing's slices, 3 seeds. The
+    # fine-tuning rate comes from a pilot on validation (protocol 5) among 3e-4, 1e-3 and 3e-3: at 3e-3 alone,
+    # protocol 4's runs had their best step within the first 60 of 600.
     "laptop": dict(dim=64, layers=2, heads=2, block_size=64, batch_size=32, pretrain_steps=1200, pretrain_lr=3e-3,
                    finetune_steps=600, finetune_batch=16, finetune_lr=3e-3, finetune_bytes=10000,
                    sizes=(2500, 10000, 40000, 0), lora_rank=4, lora_lr=1e-2, eval_bytes=32768, eval_every=20,
-                   amp=True, compile=False, n_seeds=3, lr_factors=(1.0,)),
+                   amp=True, compile=False, n_seeds=3, lr_factors=(1.0,), finetune_lr_factors=(0.1, 0.3, 1.0)),
     # One GPU: a GPT of 6 layers, width 192 and 3 heads (block 256; `dropnotes estimate` and the chapter give its
     # parameter count) sized for one pass over the python-sources corpus (about 20 tokens per parameter), bf16; 3 seeds,
     # and each arm's learning rate chosen on
@@ -113,7 +121,7 @@ PROFILE_DEFAULTS = {
     "full": dict(dim=192, layers=6, heads=3, block_size=256, batch_size=64, pretrain_steps=3400, pretrain_lr=1e-3,
                  finetune_steps=1000, finetune_batch=32, finetune_lr=3e-4, finetune_bytes=100000,
                  sizes=(20000, 100000, 400000, 0), lora_rank=8, lora_lr=1e-3, eval_bytes=262144, eval_every=50,
-                 amp=True, compile=True, n_seeds=3, lr_factors=(0.5, 1.0, 2.0)),
+                 amp=True, compile=True, n_seeds=3, lr_factors=(0.5, 1.0, 2.0), finetune_lr_factors=(1.0,)),
 }
 
 
@@ -225,7 +233,7 @@ def train_run(cfg: LLMConfig, model: GPT, stream: torch.Tensor, valid: torch.Ten
         if p != current_p:
             _set_p(model, p)
             current_p = p
-        with train.autocast(dev, amp):
+        with autocast(dev, amp):
             loss = train.lm_loss(runner(x), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -386,19 +394,21 @@ def pretrain(cfg: LLMConfig, corpus: data.TokenSplits) -> dict[str, list[dict]]:
     return out
 
 
-def finetune_group(cfg: LLMConfig, bases: list[GPT], shakes: data.TokenSplits, runs: list[tuple[float, int]]) -> dict:
+def finetune_group(cfg: LLMConfig, bases: list[GPT], shakes: data.TokenSplits, runs: list[tuple[float, int]],
+                   lr: float | list[float] | None = None) -> dict:
     """Full fine-tuning runs ``(p, size)`` of copies of each seed's pretrained ``bases[k]``, trained together as one
     :class:`~dropnotes.stacked.StackedGPT`: each on the first ``size`` bytes of tiny-shakespeare (0 = all of
-    its training split) with dropout ``p``, on the batches its sequential run drew (its seed). Returns, per run,
-    one result per seed."""
+    its training split) with dropout ``p``, on the batches its sequential run drew (its seed), at learning rate
+    ``lr`` (default ``cfg.finetune_lr``; a list: one per run). Returns, per run, one result per seed."""
     dev = torch.device(cfg.device)
+    lrs = [cfg.finetune_lr] * len(runs) if lr is None else [lr] * len(runs) if np.isscalar(lr) else list(lr)
     streams = {size: (shakes.train[:size] if size else shakes.train).to(dev) for _, size in runs}
     valid = shakes.valid[: cfg.eval_bytes].to(dev)
     spec = [(p, size, s, base) for s, base in zip(cfg.seeds, bases, strict=True) for p, size in runs]
     rates = [p for p, _, _, _ in spec]
     group = stacked.StackedGPT.from_models([base for *_, base in spec], p_emb=rates, p_attn=rates, p_resid=rates)
     fit = stacked.fit_stacked_windows(group, [streams[size] for _, size, _, _ in spec], valid, steps=cfg.finetune_steps,
-                                     batch_size=cfg.finetune_batch, lr=cfg.finetune_lr,
+                                     batch_size=cfg.finetune_batch, lr=lrs * len(bases),
                                      lr_factor=_cosine(cfg.finetune_steps), weight_decay=0.1, betas=(0.9, 0.95),
                                      clip=1.0, eval_every=cfg.eval_every, eval_also=early_evals(cfg),
                                      seeds=[s for _, _, s, _ in spec],
@@ -453,6 +463,24 @@ def _judged_row(r: dict) -> dict:
             "overfit_bpb": (r["final"]["test_loss"] - r["best"]["test_loss"]) / LN2}
 
 
+def select_finetune_lr(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits) -> tuple[float, pd.DataFrame]:
+    """The full fine-tuning learning rate, chosen on validation (protocol 5): the first seed's ``base`` fine-tuned
+    on the main slice at every rate of ``finetune_rates`` and every candidate ``finetune_lr x finetune_lr_factors``,
+    as one group; the candidate of the lowest mean best validation-half loss over the rates is used for every run,
+    so that the arms differ only in their dropout. The test half is not read. One candidate: no pilot."""
+    lrs = [cfg.finetune_lr * f for f in cfg.finetune_lr_factors]
+    if len(lrs) == 1:
+        return lrs[0], pd.DataFrame(columns=["p", "lr", "best_step", "valid_bpb"])
+    one = replace(cfg, n_seeds=1, seed=cfg.seeds[0])
+    runs = [(q, cfg.finetune_bytes) for _ in lrs for q in cfg.finetune_rates]
+    ft = finetune_group(one, [base], shakes, runs, lr=[lr for lr in lrs for _ in cfg.finetune_rates])
+    # runs of one rate at several learning rates share a key, in the order trained
+    rows = [{"p": q, "lr": lr, "best_step": r["best"]["step"], "valid_bpb": r["best"]["valid_loss"] / LN2}
+            for q in cfg.finetune_rates for lr, r in zip(lrs, ft["full", q, cfg.finetune_bytes])]
+    pilot = pd.DataFrame(rows)
+    return float(pilot.groupby("lr").valid_bpb.mean().idxmin()), pilot
+
+
 def full_runs(cfg: LLMConfig) -> list[tuple[float, int]]:
     """The full fine-tuning runs (p, size): every rate on the main slice, then the crossing (0 and p at every
     size), each once."""
@@ -467,7 +495,8 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
     shakes = data.load_tinyshakespeare()
     pre = pretrain(cfg, corpus)
     bases = [r["model"] for r in pre["none"]]  # each seed's pretrained net without dropout
-    ft = finetune_group(cfg, bases, shakes, full_runs(cfg))  # 1. every rate on the main slice; 3. the crossing
+    ft_lr, ft_pilot = select_finetune_lr(cfg, bases[0], shakes)
+    ft = finetune_group(cfg, bases, shakes, full_runs(cfg), lr=ft_lr)  # 1. every rate on the main slice; 3. the crossing
     for p in cfg.lora_rates:  # 2. LoRA on the main slice
         ft["LoRA", p, cfg.finetune_bytes] = [finetune(cfg, base, shakes, size=cfg.finetune_bytes, p=p, seed=s)
                                              for s, base in zip(cfg.seeds, bases)]
@@ -482,7 +511,7 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
     rec = {"pretrain": pd.DataFrame(pre_rows), "curves": pd.DataFrame(curves),
            "finetune": pd.DataFrame([r["row"] for runs in ft.values() for r in runs]), "pre": pre, "ft": ft,
            "corpus": corpus.provenance, "pretrain_tokens": pretrain_steps(cfg, corpus) * cfg.batch_size * cfg.block_size,
-           "corpus_tokens": int(corpus.train.numel())}
+           "corpus_tokens": int(corpus.train.numel()), "finetune_lr": ft_lr, "finetune_lr_pilot": ft_pilot}
     rec["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
     rec["wall_time_s"] = wall.elapsed()
     if save:
@@ -491,8 +520,8 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
             corpus=corpus.provenance, finetune_dataset="tinyshakespeare",
             metrics={"pretrain_bpb": {arm: float(np.mean([r["final"]["test_loss"] for r in pre[arm]])) / LN2
                                       for arm in ARMS},
-                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"]},
-            tables={k: rec[k] for k in ("pretrain", "curves", "finetune", "verdicts")})
+                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"], "finetune_lr": ft_lr},
+            tables={k: rec[k] for k in ("pretrain", "curves", "finetune", "finetune_lr_pilot", "verdicts")})
     return rec
 
 
@@ -569,56 +598,56 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     lrs = {a: "/".join(f"{r['lr']:g}" for r in pre[a]) for a in ARMS}
     chose = f"; rates chosen on validation: none {lrs['none']}, dropout {lrs['dropout']}" if len(cfg.lr_factors) > 1 else ""
     single = rec["pretrain_tokens"] <= rec["corpus_tokens"]
-    rows.append({"claim": "single-epoch pretraining: dropout only slows learning",
-                 "source": "Liu et al. 2025", "paper": "no dropout better on every downstream task (BERT, Pythia 160M/1.4B)",
-                 "ours": (f"test-half bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
+    rows.append(Verdict(claim="single-epoch pretraining: dropout only slows learning",
+                 source="Liu et al. 2025", paper="no dropout better on every downstream task (BERT, Pythia 160M/1.4B)",
+                 ours=(f"test-half bpb {bpb['none']:.3f} (p=0) vs {bpb['dropout']:.3f} (p={p:g}), {d:+.3f} ± {se:.3f}; "
                           f"{seeds} seed{'s' if seeds > 1 else ''}; {rec['pretrain_tokens']:,} of "
                           f"{rec['corpus_tokens']:,} bytes seen" + ("" if single else " (more than one epoch!)") + chose),
-                 "verdict": v})
+                 verdict=v))
     d, se, v = _cmp(fw("none"), fw("early"))  # is early better than none?
-    rows.append({"claim": "early dropout does not beat no dropout in single-epoch pretraining",
-                 "source": "Liu et al. 2025 (against Liu et al. 2023)",
-                 "paper": "early dropout also degrades results",
-                 "ours": f"early ({cfg.early_fraction:.0%} of steps at p={p:g}) {bpb['early']:.3f} vs none {bpb['none']:.3f} bpb "
+    rows.append(Verdict(claim="early dropout does not beat no dropout in single-epoch pretraining",
+                 source="Liu et al. 2025 (against Liu et al. 2023)",
+                 paper="early dropout also degrades results",
+                 ours=f"early ({cfg.early_fraction:.0%} of steps at p={p:g}) {bpb['early']:.3f} vs none {bpb['none']:.3f} bpb "
                          f"({d:+.3f} ± {se:.3f} in favour of early; margin {EARLY_MARGIN_BPB:g} bpb)",
-                 "verdict": rule_not_better(d, se)})
+                 verdict=rule_not_better(d, se)))
     main = {q: ft["full", q, cfg.finetune_bytes] for q in cfg.finetune_rates}
     # the rate compared is chosen on the validation half (mean over seeds of each run's early-stopped value)
     best_q = min((q for q in cfg.finetune_rates if q > 0),
                  key=lambda q: np.mean([r["best"]["valid_loss"] for r in main[q]]))
     d, se, v = _cmp(bw(main[0.0]), bw(main[best_q]))
     rise = {q: float(np.mean([r["row"]["overfit_bpb"] for r in main[q]])) for q in cfg.finetune_rates}
-    rows.append({"claim": "fine-tuning many epochs on small data: dropout lowers the best validation loss",
-                 "source": "Xue et al. 2023; nanoGPT's shakespeare config", "setting": "Xue et al. 2023",
-                 "paper": "dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
-                 "ours": (f"{cfg.finetune_bytes:,} bytes: best bpb " +
+    rows.append(Verdict(claim="fine-tuning many epochs on small data: dropout lowers the best validation loss",
+                 source="Xue et al. 2023; nanoGPT's shakespeare config", setting="Xue et al. 2023",
+                 paper="dropout 0.2 for the small Shakespeare set ('we expect to overfit')",
+                 ours=(f"{cfg.finetune_bytes:,} bytes: best bpb " +
                           ", ".join(f"p={q:g} {_bpb(main[q], 'best'):.3f} (step {_steps(main[q])})"
                                     for q in cfg.finetune_rates) + f"; p={best_q:g} vs 0: {d:+.3f} ± {se:.3f}; "
                           "rise after the minimum " + ", ".join(f"p={q:g} {rise[q]:+.3f}" for q in cfg.finetune_rates)),
-                 "verdict": rule_resolved(v, {f"p={q:g} (seed {r['seed']})": r["best"]["step"]
-                                              for q in cfg.finetune_rates for r in main[q]}, first_eval(cfg))})
+                 verdict=rule_resolved(v, {f"p={q:g} (seed {r['seed']})": r["best"]["step"]
+                                              for q in cfg.finetune_rates for r in main[q]}, first_eval(cfg))))
     lora = {q: ft["LoRA", q, cfg.finetune_bytes] for q in cfg.lora_rates}
     d, se, v = _cmp(bw(lora[0.0]), bw(lora[p]))
-    rows.append({"claim": "LoRA dropout helps LoRA fine-tuning on small data",
-                 "source": "rule of thumb (common LoRA fine-tuning configs)", "kind": "rule of thumb",
-                 "paper": "lora_dropout 0.05-0.1 used; no ablation value quoted",
-                 "ours": (f"rank {cfg.lora_rank}: best bpb {_bpb(lora[0.0], 'best'):.3f} (p=0) vs "
+    rows.append(Verdict(claim="LoRA dropout helps LoRA fine-tuning on small data",
+                 source="rule of thumb (common LoRA fine-tuning configs)", kind="rule of thumb",
+                 paper="lora_dropout 0.05-0.1 used; no ablation value quoted",
+                 ours=(f"rank {cfg.lora_rank}: best bpb {_bpb(lora[0.0], 'best'):.3f} (p=0) vs "
                           f"{_bpb(lora[p], 'best'):.3f} (p={p:g}), {d:+.3f} ± {se:.3f}"),
-                 "verdict": v})
+                 verdict=v))
     gains, best_steps = [], {}
     for size in cfg.sizes:
         g, gse, _ = _cmp(bw(ft["full", 0.0, size]), bw(ft["full", p, size]))
         gains.append((size, g, gse, ft["full", 0.0, size][0]["row"]["epochs"]))
         best_steps.update({f"p={q:g} on {size or 'all'} bytes (seed {r['seed']})": r["best"]["step"]
                            for q in (0.0, p) for r in ft["full", q, size]})
-    rows.append({"claim": "dropout's benefit shrinks as the data grow, and vanishes near one epoch",
-                 "source": "Xue et al. 2023; Liu et al. 2025", "setting": "Xue et al. 2023",
-                 "paper": "helps with repeated data, not in single-epoch training",
-                 "ours": "; ".join(f"{s or 'all'} bytes ({e:.1f} epochs): gain {g:+.3f} ± {se_:.3f} bpb"
+    rows.append(Verdict(claim="dropout's benefit shrinks as the data grow, and vanishes near one epoch",
+                 source="Xue et al. 2023; Liu et al. 2025", setting="Xue et al. 2023",
+                 paper="helps with repeated data, not in single-epoch training",
+                 ours="; ".join(f"{s or 'all'} bytes ({e:.1f} epochs): gain {g:+.3f} ± {se_:.3f} bpb"
                                    for s, g, se_, e in gains),
-                 "verdict": rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains], seeds), best_steps,
-                                          first_eval(cfg))})
-    return pd.DataFrame(rows)
+                 verdict=rule_resolved(rule_crossing([(g, se_) for _, g, se_, _ in gains], seeds), best_steps,
+                                          first_eval(cfg))))
+    return verdict_table(rows)
 
 
 def _first_seed(curves: pd.DataFrame) -> pd.DataFrame:
@@ -654,6 +683,22 @@ def plot_finetuning(curves: pd.DataFrame, size: int):
     axes[0].set(ylabel="validation bits per byte")
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): bits per byte on the test half, pretraining
+# per arm and fine-tuning (full, on the main slice) per rate. The papers report other models' losses: no points.
+SCALE_AXIS = ("bits per byte (test half)", "linear")
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Pretraining bpb per arm and the best full fine-tuning bpb per rate on the main slice, mean and SD over seeds."""
+    pre = tables["pretrain"]
+    pre = pre[pre.chosen] if "chosen" in pre else pre
+    ft = tables["finetune"]
+    main = ft[(ft.method == "full") & (ft["size"] == ft.loc[ft.method == "LoRA", "size"].iloc[0])] \
+        if (ft.method == "LoRA").any() else ft[ft.method == "full"]
+    return pd.concat([mean_sd(pre, "arm", "final_bpb", label=lambda a: f"pretrain {a}"),
+                      mean_sd(main, "p", "best_bpb", label=lambda q: f"fine-tune p = {q:g}")], ignore_index=True)
 
 
 def stored_full() -> dict | None:
@@ -702,7 +747,6 @@ def precision_check(seed: int = 0) -> dict:
     ``results/llm/precision-check.json``."""
     from dataclasses import replace
 
-    from dropnotes.runtime import atomic_write
 
     cfg = replace(configure("laptop", device="cpu", seed=0, n_seeds=1), amp=False)
     stored = pd.DataFrame(results.load_repo_result(CHAPTER, "laptop")["tables"]["pretrain"])

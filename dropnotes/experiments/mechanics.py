@@ -14,14 +14,16 @@ import numpy as np
 import pandas as pd
 import torch
 
+from dropnotes.verdict import Verdict, verdict_table
 from dropnotes import bench, data, functional as DF, train
-from dropnotes.stats import compare_errors
+from dropnotes.stats import compare_errors, mean_sd
 from dropnotes.verdict import not_converged
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, config_of,
                                         finish, judged, rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.runtime import Timer, profile_config, select_device, stream, stream_seed
+from dropnotes import results
 
 CHAPTER = "mechanics"
 # The protocol's version, stored with each result (see _base.protocol).
@@ -252,15 +254,15 @@ def verdicts(summary: pd.DataFrame, finals: pd.DataFrame, epochs: int | None = N
     diff, se, v1 = compare_errors(finals[finals.p == 0.0].test_error.tolist(),
                                   finals[finals.p == best.p].test_error.tolist(), n_test=10_000)
     diff, se = 100 * diff, 100 * se
-    rows = [{
-        "claim": "dropout lowers the test error of a ReLU MLP on MNIST",
-        "source": "Srivastava et al. 2014, Table 2", "kind": "paper claim", "test": "direction", "setting": "Table 2",
-        "paper": (f"{PAPER_NO_DROPOUT:.2f} % (Simard et al.'s standard net, not the same net without dropout) -> "
+    rows = [Verdict(
+        claim="dropout lowers the test error of a ReLU MLP on MNIST",
+        source="Srivastava et al. 2014, Table 2", kind="paper claim", test="direction", setting="Table 2",
+        paper=(f"{PAPER_NO_DROPOUT:.2f} % (Simard et al.'s standard net, not the same net without dropout) -> "
                   f"{PAPER_DROPOUT_RELU:.2f} % (dropout, 3 x 1024 ReLU)"),
-        "ours": (f"{base['test error %']:.2f} % -> {best['test error %']:.2f} % (p={best.p:g}; "
+        ours=(f"{base['test error %']:.2f} % -> {best['test error %']:.2f} % (p={best.p:g}; "
                  f"chosen on validation; difference {diff:.2f} ± {se:.2f} pp)"),
-        "verdict": _converged(finals, [0.0, float(best.p)], epochs) or v1,
-    }]
+        verdict=_converged(finals, [0.0, float(best.p)], epochs) or v1,
+    )]
     at_half = summary[summary.p == 0.5]
     level = {"claim": "3 x 1024 ReLU dropout net reaches the paper's error", "source": "Srivastava et al. 2014, Table 2",
              "kind": "paper claim", "test": "level", "setting": "Table 2", "paper": f"{PAPER_DROPOUT_RELU:.2f} %"}
@@ -272,8 +274,8 @@ def verdicts(summary: pd.DataFrame, finals: pd.DataFrame, epochs: int | None = N
                      verdict=_converged(finals, [0.5], epochs) or rule)
     else:
         level.update(ours="no p = 0.5 arm", verdict="not measured (no p = 0.5 arm)")
-    rows.append(level)
-    return pd.DataFrame(rows)
+    rows.append(Verdict(**level))
+    return verdict_table(rows)
 
 
 def rejudge(record: dict) -> pd.DataFrame:
@@ -313,6 +315,23 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
     return record
 
 
+def merge_blocks(cfg: MechanicsConfig, blocks: list[dict]) -> dict:
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`): the
+    blocks' curves and final errors together, summarised and judged again over all their seeds; the speed as the
+    blocks' mean (each measured in its own block)."""
+    curves = pd.concat([b["tables"]["curves"] for b in blocks], ignore_index=True)
+    finals = pd.concat([b["tables"]["finals"] for b in blocks], ignore_index=True)
+    summary = summarize(finals)
+    table = judged(CHAPTER, cfg, verdicts(summary, finals, cfg.epochs))
+    metrics = [b["metrics"] for b in blocks]
+    speed = {k: float(np.mean([m[k] for m in metrics])) for k in ("train_s", "train_gflops_per_s",
+                                                                   "matmul_2048_gflops_per_s")}
+    return {"curves": curves, "finals": finals, "summary": summary, "verdicts": table,
+            "metrics": {**{f"test_error_p{r:g}": float(summary.loc[summary.p == r, "test error %"].iloc[0])
+                           for r in cfg.rates}, **speed, "precision": metrics[0].get("precision")},
+            "tables": {"summary": summary, "verdicts": table, "curves": curves, "finals": finals}}
+
+
 def plot_curves(curves: pd.DataFrame, title: str = ""):
     """Test and train error (mean over seeds) against epoch, one colour per rate; returns the figure."""
     import matplotlib.pyplot as plt
@@ -334,7 +353,6 @@ def plot_curves(curves: pd.DataFrame, title: str = ""):
 
 def stored(profile: str) -> dict | None:
     """The committed result of ``profile`` (``laptop`` or ``full``) of this chapter, if one exists."""
-    from dropnotes import results
 
     return results.load_result(CHAPTER, profile)
 
@@ -373,28 +391,15 @@ def cite_t() -> str:
     return "{cite:t}`srivastava2014dropout`"
 
 
-def plot_scales(live: pd.DataFrame | None, stored_runs: dict[str, pd.DataFrame]):
-    """Test error per hidden-layer rate, one marker per scale: this page's run, each stored evidence run
-    (``profile -> summary``), and the paper's two numbers (Simard et al.'s net at p = 0, the dropout net at
-    p = 0.5), on one axis."""
-    import matplotlib.pyplot as plt
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test error per hidden-layer rate.
+SCALE_AXIS = ("test error (%)", "log")
+PAPER_POINTS = {"p = 0": PAPER_NO_DROPOUT, "p = 0.5": PAPER_DROPOUT_RELU}
+PAPER_POINTS_LABEL = "paper (p = 0: Simard et al.'s net)"
 
-    fig, ax = plt.subplots(figsize=(6.2, 3.4))
-    series = ([("this page's run", live)] if live is not None else []) + list(stored_runs.items())
-    width = 0.8 / max(len(series) + 1, 1)
-    rates = sorted({float(p) for _, t in series for p in t.p} | {0.0, 0.5})
-    for i, (name, t) in enumerate(series):
-        x = [rates.index(float(p)) + (i - len(series) / 2) * width for p in t.p]
-        err = t["seed sd %"].fillna(0) if "seed sd %" in t else None
-        ax.errorbar(x, t["test error %"], yerr=err, fmt="o", capsize=3, label=name)
-    px = [rates.index(0.0) + len(series) / 2 * width, rates.index(0.5) + len(series) / 2 * width]
-    ax.scatter(px, [PAPER_NO_DROPOUT, PAPER_DROPOUT_RELU], marker="*", s=120, color="k",
-               label="paper (p = 0: Simard et al.'s net)")
-    ax.set_xticks(range(len(rates)), [f"p = {r:g}" for r in rates])
-    ax.set(ylabel="test error (%)", yscale="log")
-    ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test error (%) per hidden-layer rate, mean and SD over seeds, from a run's ``finals``."""
+    return mean_sd(tables["finals"], "p", "test_error", 100, label=lambda p: f"p = {p:g}")
 
 
 def stored_full() -> dict | None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
+from dropnotes.verdict import Verdict, verdict_table
 from dropnotes import data, train
 from dropnotes.stacked import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked, fit_stacked, fit_stacked_lm,
                               lm_window_losses_stacked, lm_windows, mc_window_losses)
@@ -26,7 +27,7 @@ from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, K
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import block_se, compare_paired, equivalent_paired
+from dropnotes.stats import block_se, compare_paired, equivalent_paired, mean_sd
 from dropnotes.verdict import not_converged, unconverged
 
 CHAPTER = "variational"
@@ -114,14 +115,14 @@ PROFILE_DEFAULTS = {
     "smoke": dict(vocab_cap=200, train_tokens=2000, eval_tokens=1000, dim=16, layers=1, init_range=0.1, batch_size=8,
                   seq_len=10, epochs=1, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=2, n_seeds=2,
-                  svd_train_size=500, svd_epochs=1, amp=False, speed_steps=2, lr_grid=(1e-2, 3e-3), select_epochs=1),
+                  svd_train_size=500, svd_epochs=1, amp=False, speed_steps=2, lr_grid=(), select_epochs=0),
     # CPU, about three minutes: a 1-layer LSTM on the first 30,000 training words with the 1,999 most
     # frequent words (+ <unk>), Adam, so that the unregularised net begins to overfit within 6 epochs; 2 seeds,
     # because the differences between the dropout schemes are about the size of the seed-to-seed spread.
     "quick": dict(vocab_cap=2000, train_tokens=30000, eval_tokens=10000, dim=160, layers=1, init_range=0.1, batch_size=32,
                   seq_len=35, epochs=6, optimizer="adam", lr=1e-2, lr_decay=1.0, decay_after=0, clip=5.0,
                   p_io=0.4, p_rec=0.25, p_emb=0.1, mc_samples=10, n_seeds=2,
-                  svd_train_size=60000, svd_epochs=2, amp=False, speed_steps=20),
+                  svd_train_size=60000, svd_epochs=2, amp=False, speed_steps=20, lr_grid=(), select_epochs=0),
     # This 2-core CPU, up to 45 minutes (measured alone): Zaremba et al.'s small shape (2 x 200) on the first 100,000
     # training words with the 1,999 most frequent words (+ <unk>), Adam, 14 epochs, 3 seeds of the seven schemes as
     # one bf16 group, 20,000 words of validation and test; sparse VD for 10 of the authors' 200 epochs. Adam's rate
@@ -144,7 +145,7 @@ PROFILE_DEFAULTS = {
     "full": dict(vocab_cap=0, train_tokens=0, eval_tokens=0, dim=650, layers=2, init_range=0.05, batch_size=20,
                  seq_len=35, epochs=39, optimizer="sgd", lr=1.0, lr_decay=1.2, decay_after=6, clip=5.0,
                  p_io=0.5, p_rec=0.2, p_emb=0.2, mc_samples=100, n_seeds=3,
-                 svd_train_size=60000, svd_epochs=200, amp=True, speed_steps=50),
+                 svd_train_size=60000, svd_epochs=200, amp=True, speed_steps=50, lr_grid=(), select_epochs=0),
 }
 
 
@@ -403,56 +404,56 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
 
     rows = []
     ours, v = cmp("none", "naive")
-    rows.append({"claim": "naive dropout on the non-recurrent connections lowers test perplexity",
-                 "source": "Zaremba et al. 2014", "paper": f"small, none: {PAPER_ZAREMBA_SMALL_NOREG}; medium, dropout: "
-                 f"{PAPER_ZAREMBA_MEDIUM}", "ours": ours, "verdict": v})
+    rows.append(Verdict(claim="naive dropout on the non-recurrent connections lowers test perplexity",
+                 source="Zaremba et al. 2014", paper=f"small, none: {PAPER_ZAREMBA_SMALL_NOREG}; medium, dropout: "
+                 f"{PAPER_ZAREMBA_MEDIUM}", ours=ours, verdict=v))
     # Gal & Ghahramani's variational package against naive dropout, one factor per rung (the paper reports only
     # the package, medium 82.7 -> 79.7, which no single rung tests).
     package = (f"the package only: medium {PAPER_ZAREMBA_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM} "
                f"({100 * (1 - PAPER_VARIATIONAL_MEDIUM / PAPER_ZAREMBA_MEDIUM):.1f} %)")
     for base, new, claim in LADDER:
         ours, v = cmp(base, new)
-        rows.append({"claim": claim, "source": "Gal & Ghahramani 2016, RNNs (Table 1; one rung of the package)",
-                     "paper": package, "ours": ours, "verdict": v})
+        rows.append(Verdict(claim=claim, source="Gal & Ghahramani 2016, RNNs (Table 1; one rung of the package)",
+                     paper=package, ours=ours, verdict=v))
     ours, v = cmp("per-step-recurrent", "tied-recurrent")
-    rows.append({"claim": "on the recurrent connections, masks tied in time beat fresh masks at every step (same rate "
+    rows.append(Verdict(claim="on the recurrent connections, masks tied in time beat fresh masks at every step (same rate "
                           "and placement)",
-                 "source": "Gal & Ghahramani 2016, RNNs (motivation); Zaremba et al. 2014",
-                 "paper": "fresh recurrent masks hurt (argued, no number)", "ours": ours, "verdict": v})
+                 source="Gal & Ghahramani 2016, RNNs (motivation); Zaremba et al. 2014",
+                 paper="fresh recurrent masks hurt (argued, no number)", ours=ours, verdict=v))
     ours, _ = cmp("variational", "weight-drop")
     seeds = sorted(runs.seed.unique())
     _, _, eq = equivalent_paired([windows["variational", s] for s in seeds], [windows["weight-drop", s] for s in seeds],
                                  EQUAL_MARGIN_NATS, shown=f"{EQUAL_MARGIN_NATS:g} nats")
     s = rec["summary"].set_index("scheme")["words/s (one model)"]
     speed = s["weight-drop"] / s["variational"]
-    rows.append({"claim": "weight-drop on W_hh matches variational dropout in perplexity",
-                 "source": "our test (weight-drop from Merity et al. 2018, who make no equivalence claim)",
-                 "kind": "our test", "test": "equivalence", "setting": "medium LSTM",
-                 "paper": "no claim (AWD-LSTM uses weight-drop; no comparison with variational dropout)",
-                 "ours": (f"{ours}; equivalence margin ±{EQUAL_MARGIN_NATS:g} nats (TOST, 5 %; a quarter of the paper's "
+    rows.append(Verdict(claim="weight-drop on W_hh matches variational dropout in perplexity",
+                 source="our test (weight-drop from Merity et al. 2018, who make no equivalence claim)",
+                 kind="our test", test="equivalence", setting="medium LSTM",
+                 paper="no claim (AWD-LSTM uses weight-drop; no comparison with variational dropout)",
+                 ours=(f"{ours}; equivalence margin ±{EQUAL_MARGIN_NATS:g} nats (TOST, 5 %; a quarter of the paper's "
                           f"naive -> variational effect); {speed:.2f}x the words/s of the time loop (not judged: a "
                           "fused kernel outruns a time loop by construction)"),
-                 "verdict": eq})
+                 verdict=eq))
     mc = rec["mc"]
     if len(mc):
         diff, se, v = compare_paired(list(rec["mc_windows"]["ws"]), list(rec["mc_windows"]["mc"]))
-        rows.append({"claim": "MC averaging lowers test perplexity slightly",
-                     "source": "Gal & Ghahramani 2016, RNNs (Table 1)",
-                     "paper": f"medium tied: {PAPER_VARIATIONAL_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM_MC} (1,000 passes)",
-                     "ours": (f"weight scaling {mc.ws_ppl.mean():.1f}, MC-{cfg.mc_samples} {mc.mc_ppl.mean():.1f} "
-                              f"({diff:+.4f} ± {se:.4f} nats)"), "verdict": v})
+        rows.append(Verdict(claim="MC averaging lowers test perplexity slightly",
+                     source="Gal & Ghahramani 2016, RNNs (Table 1)",
+                     paper=f"medium tied: {PAPER_VARIATIONAL_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM_MC} (1,000 passes)",
+                     ours=(f"weight scaling {mc.ws_ppl.mean():.1f}, MC-{cfg.mc_samples} {mc.mc_ppl.mean():.1f} "
+                              f"({diff:+.4f} ± {se:.4f} nats)"), verdict=v))
     last = rec["svd"].mean(numeric_only=True)  # over seeds
     err, comp = 100 * last.test_error, last.compression
     # a level claim: below the authors' schedule it reads "not at paper scale" with the compression it measured
     rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
-    rows.append({"claim": "sparse VD prunes most of LeNet-300-100 at a small cost in error",
-                 "source": "Molchanov et al. 2017 (Table 1)", "test": "level", "setting": "sparse VD",
-                 "paper": f"error {PAPER_SVD_ERROR} %, {PAPER_SVD_COMPRESSION}x fewer weights (200 epochs)",
-                 "ours": (f"error {err:.2f} %, sparsity {last.sparsity_fc1:.3f} / {last.sparsity_fc2:.3f} / "
+    rows.append(Verdict(claim="sparse VD prunes most of LeNet-300-100 at a small cost in error",
+                 source="Molchanov et al. 2017 (Table 1)", test="level", setting="sparse VD",
+                 paper=f"error {PAPER_SVD_ERROR} %, {PAPER_SVD_COMPRESSION}x fewer weights (200 epochs)",
+                 ours=(f"error {err:.2f} %, sparsity {last.sparsity_fc1:.3f} / {last.sparsity_fc2:.3f} / "
                           f"{last.sparsity_fc3:.3f}, {comp:.1f}x ({comp / PAPER_SVD_COMPRESSION:.2f} of the paper's) "
                           f"after {int(last.epoch)} epochs, mean of {len(rec['svd'])} seeds; rule: {rule}"),
-                 "verdict": "reproduced" if ok else "not reproduced"})
-    return converged(pd.DataFrame(rows), runs, cfg.epochs)
+                 verdict="reproduced" if ok else "not reproduced"))
+    return converged(verdict_table(rows), runs, cfg.epochs)
 
 
 def converged(table: pd.DataFrame, runs: pd.DataFrame, epochs: int) -> pd.DataFrame:
@@ -494,6 +495,17 @@ def plot_sparsity(model: SparseMLP):
     ax.legend(frameon=False, fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# The figure of every scale on one axis (dropnotes.page.plot_scales): test perplexity per scheme.
+SCALE_AXIS = ("test perplexity", "log")
+PAPER_POINTS = {"none": PAPER_ZAREMBA_SMALL_NOREG, "naive": PAPER_ZAREMBA_MEDIUM, "variational": PAPER_VARIATIONAL_MEDIUM}
+PAPER_POINTS_LABEL = "papers (none: Zaremba's small net; naive, variational: the medium net)"
+
+
+def scale_points(tables: dict) -> pd.DataFrame:
+    """Test perplexity per scheme (at each model's best validation epoch), mean and SD over seeds, from ``runs``."""
+    return mean_sd(tables["runs"], "scheme", "test_ppl")
 
 
 def stored_full() -> dict | None:

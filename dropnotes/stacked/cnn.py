@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from dropnotes.runtime import check_choice, check_positive_int, check_probability
 from dropnotes.stacked.noise import _generators, _values, noise_constants, unit_noise
+from dropnotes.layers import Dropout, GaussianDropout, SpatialDropout
+from dropnotes.models import SmallCNN
 
 
 class StackedCNN(nn.Module):
@@ -71,7 +73,6 @@ class StackedCNN(nn.Module):
 
     @staticmethod
     def _noise_of(module: nn.Module) -> tuple[float, str | None]:
-        from dropnotes.layers import Dropout, GaussianDropout, SpatialDropout
 
         for cls, kind in ((SpatialDropout, "spatial"), (GaussianDropout, "gaussian"), (Dropout, "pixel")):
             if isinstance(module, cls):
@@ -102,7 +103,6 @@ class StackedCNN(nn.Module):
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.SmallCNN` with its weights and BN statistics
         (e.g. to measure its variance shift or re-estimate its BN statistics)."""
-        from dropnotes.models import SmallCNN
 
         p1, p2 = float(self.p1[i]), float(self.p2[i])
         if p1 > 0 and p2 > 0:

@@ -11,7 +11,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import autocast, check_choice, check_positive_int, progress
+from dropnotes.amp import autocast
+from dropnotes.runtime import check_choice, check_positive_int, progress
 from dropnotes.stacked.mlp import StackedMLP
 from dropnotes.stacked.noise import _per_model
 from dropnotes.stacked.optim import _adam_step, _flat, _max_norm_, _sgd_step

@@ -11,10 +11,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes.models.lstm_lm import SCHEMES, scheme_rates
-from dropnotes.runtime import autocast, check_choice, check_positive_int, check_probability, progress
+from dropnotes.amp import autocast
+from dropnotes.runtime import check_choice, check_positive_int, check_probability, progress
 from dropnotes.stacked.fit import FitResult, _BestEpochs, _captured, _mark_dead
 from dropnotes.stacked.noise import _generators, _per_model, _values, _weight
 from dropnotes.stacked.optim import _adam_step, _sgd_step
+from dropnotes.models import LSTMLM
+from dropnotes.train import lm_batches
 
 # ------------------------------------------------------------------ the LSTM language models of chapter 3
 
@@ -98,7 +101,6 @@ class StackedLSTMLM(nn.Module):
 
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.LSTMLM` (e.g. for MC-dropout evaluation)."""
-        from dropnotes.models import LSTMLM
 
         m = LSTMLM(self.vocab, self.dim, self.layers, self.schemes[i], p_io=float(self.p_io[i]),
                    p_rec=float(self.p_rec[i]), p_emb=float(self.p_emb[i])).to(self.embed.device)
@@ -386,7 +388,6 @@ def lm_window_losses_stacked(model: StackedLSTMLM, tokens: torch.Tensor, batch_s
     LSTM group's state carried across windows (the windows of :func:`dropnotes.train.lm_batches`, the last one
     included): (K, windows) losses and each window's token count. On CUDA the pass over one full window is
     captured once as a CUDA graph (:func:`_graphed`) and replayed for each; a shorter last window runs eagerly."""
-    from dropnotes.train import lm_batches
 
     was = model.training
     model.eval()
@@ -428,7 +429,6 @@ def mc_window_losses(model: StackedLSTMLM, i: int, tokens: torch.Tensor, batch_s
     averaged before the log. The passes run ``chunk`` at a time as one group (:meth:`StackedLSTMLM.replicas`),
     so a window costs one batched forward per chunk instead of one per pass. Returns the per-window mean
     cross-entropy (nats) and each window's token count, as :func:`dropnotes.train.lm_window_losses` does."""
-    from dropnotes.train import lm_batches
 
     samples, chunk = check_positive_int("samples", samples), check_positive_int("chunk", chunk)
     sizes = [min(chunk, samples - start) for start in range(0, samples, chunk)]

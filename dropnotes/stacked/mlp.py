@@ -10,8 +10,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dropnotes.runtime import MetaAutocast, check_choice, check_positive_int, check_probability
+from dropnotes.amp import MetaAutocast
+from dropnotes.runtime import check_choice, check_positive_int, check_probability
 from dropnotes.stacked.noise import _generators, _per_model, _seeded, _values, _weight, noise_constants, unit_noise
+from dropnotes.models import MLP
+from dropnotes.layers import SparseVariationalLinear
+from dropnotes.models import SparseMLP
 
 
 class StackedMLP(nn.Module):
@@ -85,7 +89,6 @@ class StackedMLP(nn.Module):
         """Model ``i`` as a standalone :class:`~dropnotes.models.MLP` (with its own drop rates), e.g. for
         MC-dropout prediction with :func:`dropnotes.mc.mc_predict`. Bernoulli unit dropout only: a Gaussian or
         DropConnect model has no standalone :class:`~dropnotes.models.MLP` form."""
-        from dropnotes.models import MLP
 
         if self.noise[i] != "bernoulli" or float(self.p_connect[i]) > 0:
             raise ValueError(f"model {i} uses {self.noise[i]} noise / DropConnect; model(i) takes Bernoulli-dropout models")
@@ -166,7 +169,6 @@ class StackedSparseMLP(nn.Module):
     def __init__(self, k: int, in_features: int = 784, hidden: Sequence[int] = (300, 100), out_features: int = 10,
                  seeds: Sequence[int] | None = None) -> None:
         super().__init__()
-        from dropnotes.layers import SparseVariationalLinear
 
         self.k = check_positive_int("k", k)
         self.widths = [in_features, *hidden, out_features]
@@ -182,7 +184,6 @@ class StackedSparseMLP(nn.Module):
     @torch.no_grad()
     def reset_parameters(self, seeds: Sequence[int] | None = None) -> None:
         """Model k initialised as ``SparseMLP(...)`` is under ``torch.manual_seed(seeds[k])`` (default k)."""
-        from dropnotes.models import SparseMLP
 
         for i, m in _seeded(seeds, self.k, lambda: SparseMLP(self.widths[0], tuple(self.widths[1:-1]), self.widths[-1])):
             self._copy(m, i, into_group=True)
@@ -204,7 +205,6 @@ class StackedSparseMLP(nn.Module):
 
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.SparseMLP`."""
-        from dropnotes.models import SparseMLP
 
         m = SparseMLP(self.widths[0], tuple(self.widths[1:-1]), self.widths[-1]).to(self.weights[0].device)
         with torch.no_grad():

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 from dropnotes.runtime import check_positive_int, check_probability
 from dropnotes.stacked.noise import _per_model, _seeded, _values, _weight, dropout_mult, unit_noise
+from dropnotes.models import ViT
+from dropnotes.models import GPT
 
 # ------------------------------------------------------------------ the transformers of chapters 4 and 5
 
@@ -127,7 +129,6 @@ class StackedViT(_StackedTransformer):
     def __init__(self, k: int, *, image_size: int = 32, patch: int = 4, channels: int = 3, classes: int = 10,
                  dim: int = 192, depth: int = 12, heads: int = 3, rates=0.0, seeds: Sequence[int] | None = None) -> None:
         super().__init__()
-        from dropnotes.models import ViT
 
         self.k = check_positive_int("k", k)
         self.depth, self.heads, self.dim = check_positive_int("depth", depth), heads, dim
@@ -163,7 +164,6 @@ class StackedViT(_StackedTransformer):
         return out
 
     def _single(self) -> nn.Module:
-        from dropnotes.models import ViT
 
         return ViT(**self._shape, drop_path_rate=0.0)
 
@@ -247,7 +247,6 @@ class StackedGPT(_StackedTransformer):
                  heads: int = 2, p_emb=0.0, p_attn=0.0, p_resid=0.0, max_rate: float | None = None,
                  seeds: Sequence[int] | None = None) -> None:
         super().__init__()
-        from dropnotes.models import GPT
 
         self.k = check_positive_int("k", k)
         self._shape = dict(vocab_size=vocab_size, block_size=block_size, dim=dim, layers=layers, heads=heads)
@@ -274,7 +273,6 @@ class StackedGPT(_StackedTransformer):
         return out
 
     def _single(self) -> nn.Module:
-        from dropnotes.models import GPT
 
         return GPT(**self._shape)
 

@@ -9,12 +9,14 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from dropnotes.runtime import Timer, autocast, check_positive_int, progress
+from dropnotes.amp import autocast
+from dropnotes.runtime import Timer, check_positive_int, progress
 from dropnotes.stacked.fit import _captured, _mark_dead
 from dropnotes.stacked.lstm_lm import lm_window_losses_stacked
 from dropnotes.stacked.noise import _per_model
 from dropnotes.stacked.optim import _adam_step, _flat
 from dropnotes.stacked.transformer import StackedGPT
+from dropnotes.train import window_table
 
 
 def window_orders(counts: Sequence[int], steps: int, batch_size: int, seeds: Sequence[int]) -> torch.Tensor:
@@ -81,7 +83,6 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
     captured once as a CUDA graph and replayed; the schedules write into tensors the graph reads. Returns the
     history (``model``, ``step``, ``train_loss`` of that step, ``valid_loss``), each evaluation's (K, windows)
     losses, the seconds of training between evaluations and the step at which a model died (-1 if not)."""
-    from dropnotes.train import window_table
 
     k = model.k
     steps, eval_every = check_positive_int("steps", steps), check_positive_int("eval_every", eval_every)

@@ -1,0 +1,55 @@
+"""A chapter run in seed blocks (``dropnotes compute CHAPTER --blocks``): each block stored as it ends, a rerun keeps
+the blocks already stored (an interrupted run resumes), and the blocks merge into one record over all seeds."""
+
+from __future__ import annotations
+
+import pytest
+
+from dropnotes import results
+from dropnotes.experiments import _base, mechanics
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    return tmp_path
+
+
+def test_seed_blocks_resume_and_merge_into_one_record(store, have_data, monkeypatch):
+    cfg = mechanics.configure("smoke", device="cpu", n_seeds=2)
+    merged = _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    for s in cfg.seeds:
+        block = results.load_json_result(results.block_path("mechanics", "smoke", s))
+        assert block["params"]["seed"] == s and block["params"]["n_seeds"] == 1
+        assert block["tables"]["finals"].seed.unique().tolist() == [s]
+    record = results.load_result("mechanics", "smoke")
+    assert record["params"]["n_seeds"] == 2 and record["provenance"]["seeds"] == cfg.seeds
+    assert sorted(record["tables"]["finals"].seed.unique()) == cfg.seeds
+    assert [b["seeds"] for b in record["provenance"]["blocks"]] == [[s] for s in cfg.seeds]
+    assert len(merged["summary"]) == len(cfg.rates) and (merged["summary"].seeds == 2).all()
+
+    ran = []
+    real = mechanics.run
+    monkeypatch.setattr(mechanics, "run", lambda c, save=True: ran.append(c.seed) or real(c, save))
+    _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    assert ran == [], "stored blocks are kept, not rerun"
+    results.block_path("mechanics", "smoke", cfg.seeds[1]).unlink()  # as if interrupted during the second block
+    _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    assert ran == [cfg.seeds[1]]
+
+
+def test_a_block_of_other_parameters_is_run_again(store, have_data, monkeypatch):
+    cfg = mechanics.configure("smoke", device="cpu", n_seeds=1)
+    _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    ran = []
+    real = mechanics.run
+    monkeypatch.setattr(mechanics, "run", lambda c, save=True: ran.append(c.epochs) or real(c, save))
+    _base.run_in_blocks("mechanics", mechanics.configure("smoke", device="cpu", n_seeds=1, epochs=1), log=lambda m: None)
+    assert ran == [1]
+
+
+def test_a_chapter_without_merge_blocks_is_refused_by_name():
+    from dropnotes.experiments import cost
+
+    with pytest.raises(ValueError, match="cost: this chapter cannot be run in seed blocks"):
+        _base.run_in_blocks("cost", cost.configure("smoke", device="cpu"))

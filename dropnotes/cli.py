@@ -43,7 +43,7 @@ from dropnotes.sweep import grid
 from dropnotes.sweep import SweepInterrupted
 from dropnotes.runtime import atomic_write
 from dropnotes import estimate as est
-from dropnotes.sweep import ENGINES
+from dropnotes.sweep import EXECUTORS
 
 
 class UsageError(ValueError):
@@ -252,8 +252,8 @@ def cmd_sweep(args) -> int:
         raise UsageError(f"--workers must be an integer >= 1, got {args.workers}")
     if args.timeout_min is not None and args.timeout_min < 1:
         raise UsageError(f"--timeout-min must be an integer >= 1, got {args.timeout_min}")
-    if args.engine == "slurm" and shutil.which("sbatch") is None:
-        raise UsageError("--engine slurm needs Slurm, but sbatch is not on PATH; use --engine local")
+    if args.executor == "slurm" and shutil.which("sbatch") is None:
+        raise UsageError("--executor slurm needs Slurm, but sbatch is not on PATH; use --executor local")
     values = sweep_values(args.chapter, _pairs(args.param), args.profile)
     if not values:
         raise UsageError("give at least one -p NAME V1,V2,... to sweep over")
@@ -264,7 +264,7 @@ def cmd_sweep(args) -> int:
     slurm = {"partition": args.slurm_partition, "timeout_min": args.timeout_min}
 
     try:
-        table = run_sweep(args.chapter, path, values, sweep_dir, engine=args.engine, workers=args.workers,
+        table = run_sweep(args.chapter, path, values, sweep_dir, executor=args.executor, workers=args.workers,
                           slurm=slurm, knobs=chapter_knobs(args.chapter))
     except SweepInterrupted as stop:
         print(f"dropnotes: interrupted; {stop}; stopped runs keep notebook.partial.ipynb; "
@@ -438,13 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "V1,V2"),
                     help="values to sweep, separated by commas (semicolons for list-valued parameters)")
     sw.add_argument("--profile", choices=list(PROFILES), help="the profile of every run")
-    sw.add_argument("--engine", choices=ENGINES, default="local",
+    sw.add_argument("--executor", "--engine", dest="executor", choices=EXECUTORS, default="local",
                     help="local process pool (one worker per GPU), slurm, or submitit's local/debug executors")
     sw.add_argument("--workers", type=int, help="local pool size (default: one per visible GPU, else 1)")
     sw.add_argument("--sweep-dir", help="default: runs/<chapter>/sweep")
     sw.add_argument("--runs-dir", default=str(REPO_ROOT / "runs"))
-    sw.add_argument("--slurm-partition", help="Slurm partition (engine slurm)")
-    sw.add_argument("--timeout-min", type=int, default=60, help="per-run time limit for submitit engines")
+    sw.add_argument("--slurm-partition", help="Slurm partition (executor slurm)")
+    sw.add_argument("--timeout-min", type=int, default=60, help="per-run time limit for the submitit executors")
     sw.set_defaults(func=cmd_sweep)
     co = sub.add_parser("compute", help="run a chapter's experiment without Jupyter and store its result")
     co.add_argument("chapter", help=f"one of: {', '.join(CHAPTERS)}")

@@ -44,7 +44,7 @@ from dropnotes.results import atomic_write_text
 from dropnotes import notebooks
 from dropnotes.runtime import check_choice
 
-ENGINES = ("local", "slurm", "submitit-local", "submitit-debug")
+EXECUTORS = ("local", "slurm", "submitit-local", "submitit-debug")  # where a sweep's runs execute
 TEMP_PATTERNS = (".quick-*.json", ".full-*.json", ".ckpt-*", ".probe-*", ".*.tmp")
 
 
@@ -117,7 +117,7 @@ class Run:
 
 
 def execute_run(run: Run) -> dict[str, Any]:
-    """Execute one run (in whatever process the engine chose); returns its outcome, never raises."""
+    """Execute one run (in whatever process the executor chose); returns its outcome, never raises."""
     import papermill as pm
 
 
@@ -142,7 +142,7 @@ def execute_run(run: Run) -> dict[str, Any]:
     return outcome
 
 
-# ------------------------------------------------------------------------------------------ engines
+# ------------------------------------------------------------------------------------------ executors
 
 class SweepInterrupted(Exception):
     """Ctrl-C during a sweep: what was done, stopped and never started."""
@@ -220,11 +220,11 @@ def _local(runs: list[Run], workers: int | None, on_start: Callable, on_end: Cal
         raise SweepInterrupted(0, len(running), len(queue)) from None
 
 
-def _submitit(runs: list[Run], engine: str, folder: Path, slurm: dict[str, Any], on_start: Callable,
+def _submitit(runs: list[Run], executor: str, folder: Path, slurm: dict[str, Any], on_start: Callable,
               on_end: Callable) -> None:
     import submitit
 
-    cluster = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}[engine]
+    cluster = {"slurm": "slurm", "submitit-local": "local", "submitit-debug": "debug"}[executor]
     executor = submitit.AutoExecutor(folder=folder / "submitit", cluster=cluster)
     executor.update_parameters(timeout_min=int(slurm.get("timeout_min", 60)),
                                **({"gpus_per_node": 1} if cluster == "slurm" else {}),
@@ -245,12 +245,12 @@ def _submitit(runs: list[Run], engine: str, folder: Path, slurm: dict[str, Any],
 
 
 def run_sweep(chapter: str, notebook: Path, values: dict[str, list[Any]], sweep_dir: Path, *,
-              engine: str = "local", workers: int | None = None, slurm: dict[str, Any] | None = None,
+              executor: str = "local", workers: int | None = None, slurm: dict[str, Any] | None = None,
               knobs=None, log: Callable[[str], None] | None = None) -> pd.DataFrame:
     """Run the grid (skipping finished runs), rewriting ``runs.csv`` after every run; returns that table.
     Raises :class:`SweepInterrupted` on Ctrl-C, after the table is written."""
 
-    check_choice("engine", engine, ENGINES)
+    check_choice("executor", executor, EXECUTORS)
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     points = grid(values)
     runs, seen = [], set()
@@ -286,10 +286,10 @@ def run_sweep(chapter: str, notebook: Path, values: dict[str, list[Any]], sweep_
 
     try:
         if todo:
-            if engine == "local":
+            if executor == "local":
                 _local(todo, workers, on_start, on_end)
             else:
-                _submitit(todo, engine, sweep_dir, slurm or {}, on_start, on_end)
+                _submitit(todo, executor, sweep_dir, slurm or {}, on_start, on_end)
     except SweepInterrupted as stop:
         done = sum(1 for o in status.values() if o["status"].startswith("done"))
         raise SweepInterrupted(done, stop.interrupted, stop.not_started) from None
@@ -323,7 +323,7 @@ def collect(runs: list[Run], status: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _worker(folder: str) -> int:  # pragma: no cover - exercised through the local engine
+def _worker(folder: str) -> int:  # pragma: no cover - exercised through the local executor
     """``python -m dropnotes.sweep RUN_FOLDER``: execute the run described in ``RUN_FOLDER/run.json``."""
     spec = json.loads((Path(folder) / "run.json").read_text())
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

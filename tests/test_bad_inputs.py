@@ -71,7 +71,7 @@ CLI_CASES = [
     (["sweep", "mechanics", "-p", "p", "0.1,2"], "p must be a number in [0, 1), got 2.0"),
     (["sweep", "mechanics", "-p", "seed", "1,2", "--workers", "0"], "--workers must be an integer >= 1, got 0"),
     (["sweep", "mechanics", "-p", "seed", "1,2", "--workers", "-3"], "--workers must be an integer >= 1, got -3"),
-    (["sweep", "mechanics", "-p", "seed", "1", "--engine", "slurm"], "--engine slurm needs Slurm, but sbatch is not on PATH"),
+    (["sweep", "mechanics", "-p", "seed", "1", "--executor", "slurm"], "--executor slurm needs Slurm, but sbatch is not on PATH"),
     (["sweep", "mechanics", "-p", "seed", "1", "--timeout-min", "0"], "--timeout-min must be an integer >= 1, got 0"),
     (["sweep", "mechanics", "-p", "rates", "0,0.5;0.5"], "rates must be a list of at least 2 numbers"),
     (["sweep", "droppath", "-p", "depth", "4,1"], "depth must be > 2 (the shallow comparison), got 1"),

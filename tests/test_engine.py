@@ -833,8 +833,8 @@ def test_stacked_gpts_trained_on_their_own_streams_equal_sequential_adamw():
         torch.testing.assert_close(stacked.tok[i], net.tok.weight, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(stacked.b0_qkv_w[i], net.blocks[0].attn.qkv.weight, rtol=1e-4, atol=1e-5)
         ref, _ = train.lm_window_losses(net, valid, 3, 8)
-        torch.testing.assert_close(fit["windows"][4][i], ref, rtol=1e-4, atol=1e-5)
-    assert sorted(fit["windows"]) == [2, 4] and len(fit["history"]) == 6 and fit["died_at_step"] == [-1, -1, -1]
+        torch.testing.assert_close(fit.windows[4][i], ref, rtol=1e-4, atol=1e-5)
+    assert sorted(fit.windows) == [2, 4] and len(fit.history) == 6 and fit.died_at_step == [-1, -1, -1]
 
 
 def test_dropconnect_rows_scale_before_the_cast_and_backward_is_the_gradient():

@@ -42,10 +42,10 @@ def test_sweep_values_split_and_type():
         cli.sweep_values("ensembles", [("dropout", "0.1")], None)
 
 
-@pytest.mark.parametrize("engine", ["submitit-debug", "submitit-local", "local"])
-def test_sweep_runs_the_grid_and_resumes(storing_chapter, engine, capsys):
-    argv = ["sweep", "tiny", "-p", "x", "1,2", "--engine", engine, "--sweep-dir", str(storing_chapter)]
-    if engine == "local":
+@pytest.mark.parametrize("executor", ["submitit-debug", "submitit-local", "local"])
+def test_sweep_runs_the_grid_and_resumes(storing_chapter, executor, capsys):
+    argv = ["sweep", "tiny", "-p", "x", "1,2", "--executor", executor, "--sweep-dir", str(storing_chapter)]
+    if executor == "local":
         argv += ["--workers", "2"]
     assert cli.main(argv) == 0
     table = pd.read_csv(storing_chapter / "runs.csv")
@@ -61,7 +61,7 @@ def test_sweep_runs_the_grid_and_resumes(storing_chapter, engine, capsys):
 
 
 def test_failed_run_is_reported_and_kept(storing_chapter, capsys):
-    rc = cli.main(["sweep", "tiny", "-p", "x", "3,-1", "--engine", "submitit-debug", "--sweep-dir", str(storing_chapter)])
+    rc = cli.main(["sweep", "tiny", "-p", "x", "3,-1", "--executor", "submitit-debug", "--sweep-dir", str(storing_chapter)])
     assert rc == 1
     table = pd.read_csv(storing_chapter / "runs.csv").set_index("x")
     assert table.loc[-1, "status"] == "failed" and "x must be >= 0" in table.loc[-1, "error"]

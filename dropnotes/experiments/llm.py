@@ -287,20 +287,20 @@ def _cosine(steps: int):
     return lambda s: min((s + 1) / warm, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
 
 
-def _group_runs(cfg: LLMConfig, group: stacked.StackedGPT, fit: dict, labels: list[str], batch: int,
+def _group_runs(cfg: LLMConfig, group: stacked.StackedGPT, fit: stacked.FitResult, labels: list[str], batch: int,
                 stream_sizes: list[int]) -> list[dict]:
     """Each model's curve, best and final evaluation and throughput from :func:`fit_stacked_windows`."""
-    h, steps = fit["history"], sorted(fit["windows"])
+    h, steps = fit.history, sorted(fit.windows)
     intervals = np.diff([0] + steps)
-    per_model_tps = [n * batch * cfg.block_size / dt for n, dt in zip(intervals, fit["seconds"])]
+    per_model_tps = [n * batch * cfg.block_size / dt for n, dt in zip(intervals, fit.seconds)]
     # Throughput: the median over evaluation intervals (the first holds the CUDA-graph capture); the
     # overall rate, capture included, beside it. Every model of the group trains at the group's rate.
     tps = float(np.median(per_model_tps))
-    overall = steps[-1] * batch * cfg.block_size / sum(fit["seconds"])
+    overall = steps[-1] * batch * cfg.block_size / sum(fit.seconds)
     one = group.model(0)
     out = []
     for m, label in enumerate(labels):
-        halves = {s: split_windows(fit["windows"][s][m].tolist()) for s in steps}
+        halves = {s: split_windows(fit.windows[s][m].tolist()) for s in steps}
         curve = [{"run": label, "step": int(r.step), "train_loss": r.train_loss,
                   "valid_loss": float(np.mean(halves[int(r.step)][0])),
                   "valid_bpb": float(np.mean(halves[int(r.step)][0])) / LN2,
@@ -309,7 +309,7 @@ def _group_runs(cfg: LLMConfig, group: stacked.StackedGPT, fit: dict, labels: li
         out.append({"curve": curve, **_best_and_final(curve, {s: judge for s, (_, judge) in halves.items()}),
                     "tokens_per_s": tps, "tokens_per_s_overall": overall,
                     "group_tokens_per_s": tps * group.k, "models": group.k,
-                    "mfu": mfu(cfg, one, tps * group.k), "died_at_step": fit["died_at_step"][m]})
+                    "mfu": mfu(cfg, one, tps * group.k), "died_at_step": fit.died_at_step[m]})
     return out
 
 

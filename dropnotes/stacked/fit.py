@@ -20,13 +20,18 @@ from dropnotes.stacked.optim import _adam_step, _flat, _max_norm_, _sgd_step
 
 @dataclass
 class FitResult:
-    """What :func:`fit_stacked` returns: the per-model history, each model's best epoch and error on the
-    validation data, and the step at which a model died (-1 if it did not)."""
+    """What every loop of the engine returns (:func:`fit_stacked`, :func:`~dropnotes.stacked.fit_stacked_lm`,
+    :func:`~dropnotes.stacked.fit_stacked_windows`): the per-model history, each model's best epoch (or step) and
+    its validation error (or loss) there, and the step at which a model died (-1 if it did not). The window
+    loop adds each evaluation's per-window validation losses (``windows``: step -> (K, windows)) and the
+    seconds of training between evaluations (``seconds``)."""
 
     history: pd.DataFrame
     best_epoch: list[int]
     best_val_error: list[float]
     died_at_step: list[int]
+    windows: dict | None = None
+    seconds: list[float] | None = None
 
 
 class _BestEpochs:

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from dropnotes.amp import autocast
 from dropnotes.runtime import Timer, check_positive_int, progress
-from dropnotes.stacked.fit import _captured, _mark_dead
+from dropnotes.stacked.fit import FitResult, _captured, _mark_dead
 from dropnotes.stacked.lstm_lm import lm_window_losses_stacked
 from dropnotes.stacked.noise import _per_model
 from dropnotes.stacked.optim import _adam_step, _flat
@@ -70,7 +70,7 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
                         rates: Callable[[int], dict | None] | None = None, eval_every: int,
                         seeds: Sequence[int], amp_dtype: torch.dtype | None = None,
                         generator: torch.Generator | None = None, capture: bool = True,
-                        desc: str = "GPTs", eval_also: Sequence[int] = ()) -> dict:
+                        desc: str = "GPTs", eval_also: Sequence[int] = ()) -> FitResult:
     """Train the K language models of ``model`` together on windows of their own token streams (model k on
     ``streams[k]``, batches from :func:`window_orders`), with AdamW per model (``lr``, decoupled
     ``weight_decay``, ``betas``, gradient clipping at ``clip[k]``), the rate multiplied by ``lr_factor(step)``
@@ -82,7 +82,8 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
     measured in eval mode (the one host read). On CUDA the step (gather, forward, backward, clipping, AdamW) is
     captured once as a CUDA graph and replayed; the schedules write into tensors the graph reads. Returns the
     history (``model``, ``step``, ``train_loss`` of that step, ``valid_loss``), each evaluation's (K, windows)
-    losses, the seconds of training between evaluations and the step at which a model died (-1 if not)."""
+    losses, the seconds of training between evaluations and the step at which a model died (-1 if not), as a
+    :class:`~dropnotes.stacked.fit.FitResult` (its best step: the lowest mean validation loss)."""
 
     k = model.k
     steps, eval_every = check_positive_int("steps", steps), check_positive_int("eval_every", eval_every)
@@ -136,4 +137,6 @@ def fit_stacked_windows(model: StackedGPT, streams: Sequence[torch.Tensor], vali
                 rows.append({"model": m, "step": s + 1, "train_loss": train_loss[m], "valid_loss": mean[m]})
             model.train()
             timer = Timer(dev).start()
-    return {"history": pd.DataFrame(rows), "windows": evals, "seconds": seconds, "died_at_step": died.tolist()}
+    history = pd.DataFrame(rows)
+    best = history.loc[history.groupby("model").valid_loss.idxmin()].sort_values("model")
+    return FitResult(history, best.step.tolist(), best.valid_loss.tolist(), died.tolist(), windows=evals, seconds=seconds)

@@ -158,7 +158,7 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretra
 
 
 def _model(cfg: LLMConfig, p: float) -> GPT:
-    return GPT(256, cfg.block_size, cfg.dim, cfg.layers, cfg.heads, emb_p=p, attn_p=p, resid_p=p)
+    return GPT(256, cfg.block_size, cfg.dim, cfg.layers, cfg.heads, p_emb=p, p_attn=p, p_resid=p)
 
 
 def _set_p(model: torch.nn.Module, p: float) -> None:

@@ -268,12 +268,12 @@ class SelfAttention(StochasticModule):
     ``x`` is (N, T, D); ``causal=True`` masks future positions.
     """
 
-    def __init__(self, dim: int, heads: int, attn_p: float = 0.0, causal: bool = False, bias: bool = True) -> None:
+    def __init__(self, dim: int, heads: int, p_attn: float = 0.0, causal: bool = False, bias: bool = True) -> None:
         super().__init__()
         self.dim, self.heads = check_positive_int("dim", dim), check_positive_int("heads", heads)
         if dim % heads:
             raise ValueError(f"dim={dim} must be divisible by heads={heads}")
-        self.attn_p = check_probability("attn_p", attn_p)
+        self.p_attn = check_probability("p_attn", p_attn)
         self.causal = check_flag("causal", causal)
         self.qkv = nn.Linear(dim, 3 * dim, bias=check_flag("bias", bias))
         self.proj = nn.Linear(dim, dim, bias=bias)
@@ -281,12 +281,12 @@ class SelfAttention(StochasticModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, t, d = x.shape
         q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_p if self.training else 0.0,
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.p_attn if self.training else 0.0,
                                            is_causal=self.causal)
         return self.proj(y.transpose(1, 2).reshape(n, t, d))
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, heads={self.heads}, attn_p={self.attn_p:.3f}, causal={self.causal}"
+        return f"dim={self.dim}, heads={self.heads}, p_attn={self.p_attn:.3f}, causal={self.causal}"
 
 
 class LoRALinear(StochasticModule):

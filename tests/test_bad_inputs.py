@@ -43,7 +43,7 @@ CLI_CASES = [
     (["run", "mechanics", "-p", "device", "gpu"], "device='gpu' is not allowed; choose one of 'auto', 'cuda', 'mps', 'cpu'"),
     (["run", "mechanics", "-p", "device", "cuda"], "device='cuda' was requested but CUDA is not available"),
     (["run", "mechanics", "-p", "profile", "3e2"], "profile='3e2' is not allowed"),
-    (["run", "mechanics", "-p", "input_p", "0.99999999999999999"], "input_p must be a number in [0, 1)"),
+    (["run", "mechanics", "-p", "p_input", "0.99999999999999999"], "p_input must be a number in [0, 1)"),
     (["run", "ensembles", "-p", "members", "1"], "members must be an integer in [2, 100], got 1"),
     (["run", "ensembles", "-p", "lr_dropout", "0"], "lr_dropout must be a number in (0, 10], got 0"),
     (["run", "ensembles", "-p", "lr_dropout", "inf"], "lr_dropout must be a number in (0, 10]"),

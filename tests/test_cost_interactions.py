@@ -38,12 +38,12 @@ def test_dropout_before_bn_shifts_the_running_variance():
 
 
 def test_strip_and_set_rate():
-    model = GPT(block_size=8, dim=16, layers=2, heads=2, emb_p=0.1, attn_p=0.1, resid_p=0.1)
+    model = GPT(block_size=8, dim=16, layers=2, heads=2, p_emb=0.1, p_attn=0.1, p_resid=0.1)
     cost.set_rate(model, 0.0)
     assert all(m.p == 0 for m in model.modules() if isinstance(m, Dropout))
     cost.strip_dropout(model)
     assert not any(isinstance(m, Dropout) for m in model.modules())
-    assert all(m.attn_p == 0 for m in model.modules() if isinstance(m, SelfAttention))
+    assert all(m.p_attn == 0 for m in model.modules() if isinstance(m, SelfAttention))
     model(torch.zeros(1, 8, dtype=torch.long))
 
 

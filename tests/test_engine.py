@@ -266,7 +266,7 @@ def test_stacked_cnn_placements_and_noise_round_trip():
     nets = [models.SmallCNN(channels=(4, 6), placement=pl, noise=nz, p=0.3)
             for pl, nz in (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "spatial"), ("before-bn", "gaussian"))]
     s = engine.StackedCNN.from_models(nets)
-    assert s.p1.tolist() == pytest.approx([0, 0.3, 0, 0.3]) and s.p2.tolist() == pytest.approx([0, 0, 0.3, 0])
+    assert s.p_before_bn.tolist() == pytest.approx([0, 0.3, 0, 0.3]) and s.p_after_bn.tolist() == pytest.approx([0, 0, 0.3, 0])
     assert s.noise == ("pixel", "pixel", "spatial", "gaussian")
     for i, net in enumerate(nets):
         back = s.model(i)
@@ -486,7 +486,7 @@ def test_gaussian_and_dropconnect_mlps_are_deterministic_in_eval():
 
 def _vits(rates=(0.0, 0.2, 0.4), seed=0, depth=2):
     torch.manual_seed(seed)
-    return [models.ViT(image_size=8, patch=4, dim=16, depth=depth, heads=2, drop_path_rate=r) for r in rates]
+    return [models.ViT(image_size=8, patch=4, dim=16, depth=depth, heads=2, p_path=r) for r in rates]
 
 
 def test_stacked_vit_is_its_k_vits():
@@ -579,8 +579,8 @@ def test_stacked_vit_trained_with_adamw_and_a_cosine_schedule_equals_sequential(
 
 
 def test_stacked_vit_refuses_what_it_does_not_stack():
-    with pytest.raises(ValueError, match="rates"):
-        engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, rates=[[0.1, 0.2, 0.3], 0.0])
+    with pytest.raises(ValueError, match="p_path must give one rate per block"):
+        engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, p_path=[[0.1, 0.2, 0.3], 0.0])
     with pytest.raises(ValueError, match="drop-path only"):
         engine.StackedViT.from_models([models.ViT(image_size=8, patch=4, dim=16, depth=1, heads=2, p=0.1)])
 
@@ -894,7 +894,7 @@ def test_weight_gradients_arrive_in_their_parameters_layout():
         groups = [
             (engine.StackedLSTMLM(3, 50, 16, 2, scheme=["none", "variational", "weight-drop"], p_io=0.3, p_rec=0.2,
                                   p_emb=0.1), lambda m: m(torch.zeros(4, 7, dtype=torch.long))[0], ["w_ih.0", "dec_w"]),
-            (engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, rates=0.1),
+            (engine.StackedViT(2, image_size=8, patch=4, dim=16, depth=2, heads=2, p_path=0.1),
              lambda m: m(torch.zeros(3, 3, 8, 8)), ["embed_w", "head_w", "b1_qkv_w", "b1_fc1_w", "b1_fc2_w"]),
             (engine.StackedGPT(2, vocab_size=30, block_size=8, dim=16, layers=2, heads=2),
              lambda m: m(torch.zeros(2, 8, dtype=torch.long)), ["b0_qkv_w", "b0_proj_w", "b0_fc1_w"]),

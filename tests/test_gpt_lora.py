@@ -10,26 +10,26 @@ from dropnotes.models import GPT
 
 def test_gpt_is_causal_and_dropout_knobs_are_separate():
     torch.manual_seed(0)
-    model = GPT(block_size=16, dim=32, layers=2, heads=4, emb_p=0.1, attn_p=0.2, resid_p=0.3).eval()
+    model = GPT(block_size=16, dim=32, layers=2, heads=4, p_emb=0.1, p_attn=0.2, p_resid=0.3).eval()
     x = torch.randint(0, 256, (2, 16))
     y = model(x)
     x2 = x.clone()
     x2[:, 10:] = (x2[:, 10:] + 1) % 256
     assert torch.allclose(model(x2)[:, :10], y[:, :10], atol=1e-5), "future bytes must not change the past"
     assert not torch.allclose(model(x2)[:, 10:], y[:, 10:])
-    assert model.drop_emb.p == 0.1 and model.blocks[0].attn.attn_p == 0.2 and model.blocks[1].drop_mlp.p == 0.3
-    model.set_dropout(resid_p=0.0)
-    assert model.blocks[1].drop_attn.p == 0.0 and model.blocks[0].attn.attn_p == 0.2
+    assert model.drop_emb.p == 0.1 and model.blocks[0].attn.p_attn == 0.2 and model.blocks[1].drop_mlp.p == 0.3
+    model.set_dropout(p_resid=0.0)
+    assert model.blocks[1].drop_attn.p == 0.0 and model.blocks[0].attn.p_attn == 0.2
     assert model.head.weight is model.tok.weight
     with pytest.raises(ValueError, match="block_size"):
         model(torch.zeros(1, 17, dtype=torch.long))
-    with pytest.raises(ValueError, match="attn_p"):
-        model.set_dropout(attn_p=1.0)
+    with pytest.raises(ValueError, match="p_attn"):
+        model.set_dropout(p_attn=1.0)
 
 
 def test_gpt_dropout_is_active_in_training_only():
     torch.manual_seed(0)
-    model = GPT(block_size=8, dim=16, layers=1, heads=2, resid_p=0.5)
+    model = GPT(block_size=8, dim=16, layers=1, heads=2, p_resid=0.5)
     x = torch.randint(0, 256, (4, 8))
     assert not torch.allclose(model(x), model(x))
     model.eval()

@@ -463,20 +463,20 @@ def test_attention_dropout_goes_to_sdpa_only_in_training(monkeypatch):
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
     torch.manual_seed(0)
-    attn = L.SelfAttention(16, 4, attn_p=0.25, causal=True)
+    attn = L.SelfAttention(16, 4, p_attn=0.25, causal=True)
     x = torch.randn(2, 5, 16)
     a, b = attn(x), attn(x)
     attn.eval()
     e1, e2 = attn(x), attn(x)
     assert seen == [0.25, 0.25, 0.0, 0.0]
     assert not torch.allclose(a, b) and torch.equal(e1, e2)
-    assert "attn_p=0.250" in attn.extra_repr()
+    assert "p_attn=0.250" in attn.extra_repr()
     # Causality: the first position does not see later ones.
     x2 = x.clone()
     x2[:, 1:] += 1.0
     assert torch.allclose(attn(x2)[:, 0], e1[:, 0], atol=1e-6)
-    with pytest.raises(ValueError, match="attn_p"):
-        L.SelfAttention(16, 4, attn_p=1.0)
+    with pytest.raises(ValueError, match="p_attn"):
+        L.SelfAttention(16, 4, p_attn=1.0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -7,11 +7,11 @@ from dropnotes.models import ViT
 
 def test_vit_shapes_rates_and_eval():
     torch.manual_seed(0)
-    model = ViT(dim=32, depth=5, heads=2, drop_path_rate=0.2, attn_p=0.1)
+    model = ViT(dim=32, depth=5, heads=2, p_path=0.2, p_attn=0.1)
     x = torch.randn(3, 3, 32, 32)
     assert model(x).shape == (3, 10)
     assert [b.drop_path.p for b in model.blocks] == pytest.approx([0.0, 0.05, 0.1, 0.15, 0.2])
-    assert [b.drop_path.p for b in ViT(dim=32, depth=3, heads=2, drop_path_rate=0.2, schedule="uniform").blocks] \
+    assert [b.drop_path.p for b in ViT(dim=32, depth=3, heads=2, p_path=0.2, schedule="uniform").blocks] \
         == [0.2, 0.2, 0.2]
     model.eval()
     assert torch.equal(model(x), model(x))
@@ -39,8 +39,8 @@ def test_drop_path_skip_equals_the_masked_residual():
 
 def test_vit_skip_variant_matches_masked_vit():
     torch.manual_seed(0)
-    a = ViT(dim=32, depth=4, heads=2, drop_path_rate=0.3)
-    b = ViT(dim=32, depth=4, heads=2, drop_path_rate=0.3, skip_dropped=True)
+    a = ViT(dim=32, depth=4, heads=2, p_path=0.3)
+    b = ViT(dim=32, depth=4, heads=2, p_path=0.3, skip_dropped=True)
     b.load_state_dict(a.state_dict())
     x = torch.randn(16, 3, 32, 32)
     torch.manual_seed(1)

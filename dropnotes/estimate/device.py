@@ -23,8 +23,8 @@ def _engine_groups(chapter: str, cfg) -> list[tuple]:
 
     if chapter == "mechanics":
         k = len(cfg.rates) * cfg.n_seeds
-        return [("MLPs", k, lambda: MLP(784, cfg.hidden, 10, p_input=cfg.input_p, p_hidden=0.5),
-                 lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=cfg.input_p, p_hidden=0.5), (784,), False)]
+        return [("MLPs", k, lambda: MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=0.5),
+                 lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=0.5), (784,), False)]
     if chapter == "ensembles":
         k = cfg.n_seeds * (cfg.members + 1)
         return [("MLPs", k, lambda: MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden),
@@ -34,7 +34,7 @@ def _engine_groups(chapter: str, cfg) -> list[tuple]:
 
         kc, km = len(CNN_ARMS) * cfg.n_seeds, len(mlp_arms(cfg)) * cfg.n_seeds
         return [("CNNs", kc, lambda: SmallCNN(placement="before-bn", p=cfg.p),
-                 lambda: StackedCNN(kc, p1=cfg.p, p2=cfg.p), (1, 28, 28), False),
+                 lambda: StackedCNN(kc, p_before_bn=cfg.p, p_after_bn=cfg.p), (1, 28, 28), False),
                 ("MLPs", km, lambda: mlp("dropout", cfg.mlp_hidden, 0.5),
                  lambda: StackedMLP(km, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
                                     p_connect=[0.5] + [0.0] * (km - 1)), (1, 28, 28), True)]
@@ -45,8 +45,8 @@ def _engine_groups(chapter: str, cfg) -> list[tuple]:
 
         k = len(arms(cfg, 0.1)[cfg.depth])
         return [(f"ViTs of depth {cfg.depth} (arms x seeds)", k,
-                 lambda: ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, drop_path_rate=0.1),
-                 lambda: StackedViT(k, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, rates=0.1), (3, 32, 32), False)]
+                 lambda: ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, p_path=0.1),
+                 lambda: StackedViT(k, dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, p_path=0.1), (3, 32, 32), False)]
     if chapter in ("variational", "llm"):
         return []  # their groups are language models: see _lm_steps
     raise ValueError(f"chapter must be one of {', '.join(COMPARE_CHAPTERS)} (the engine's chapters), got {chapter!r}")

@@ -79,7 +79,7 @@ def _vit_args(cfg, depth: int, k: int) -> tuple:
     from dropnotes.stacked import StackedViT
     from dropnotes.experiments.droppath import augment
 
-    return ((lambda: StackedViT(k, dim=cfg.dim, depth=depth, heads=cfg.heads, rates=0.1, seeds=[0] * k), (3, 32, 32)),
+    return ((lambda: StackedViT(k, dim=cfg.dim, depth=depth, heads=cfg.heads, p_path=0.1, seeds=[0] * k), (3, 32, 32)),
             dict(momentum=0.0, weight_decay=True, optimizer="adamw", transform=augment))
 
 
@@ -88,7 +88,8 @@ def _interaction_model(cfg, name: str, k: int) -> Callable[[], nn.Module]:
     from dropnotes.stacked import StackedCNN, StackedMLP
 
     if name == "CNN":
-        return lambda: StackedCNN(k, p1=cfg.p, p2=cfg.p, noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
+        return lambda: StackedCNN(k, p_before_bn=cfg.p, p_after_bn=cfg.p,
+                                  noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
                                   seeds=[0] * k)
     return lambda: StackedMLP(k, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
                               noise=["bernoulli", "gaussian"] * (k // 2) + ["bernoulli"] * (k % 2),
@@ -271,7 +272,7 @@ def _droppath(cfg) -> list[Group]:
                 Group("droppath", f"depth {depth} evaluation (train, validation, test once)", 1, evals, fe, ne, dtype,
                       models_per_step=k, bytes_per_step=be)]
     with torch.device("meta"):  # the speed table: 3 variants x 28 steps of one deep ViT, eager
-        m = ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, drop_path_rate=0.5)
+        m = ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, p_path=0.5)
         f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
                              loss=F.cross_entropy, optimizer="adamw", amp=cfg.amp)
     out.append(Group("droppath", "speed: one deep ViT, 3 variants", 3, 28, f, n, dtype, bytes_per_step=b))
@@ -287,7 +288,7 @@ def _droppath_sequential(cfg) -> list[Group]:
     out = []
     for depth, runs in ((cfg.depth, len(cfg.rates) + 1), (cfg.shallow_depth, 2)):
         with torch.device("meta"):
-            m = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, drop_path_rate=0.1)
+            m = ViT(dim=cfg.dim, depth=depth, heads=cfg.heads, p_path=0.1)
             f, n, b = _meta_step(m, torch.empty(cfg.batch_size, 3, 32, 32), torch.zeros(cfg.batch_size, dtype=torch.long),
                                  loss=F.cross_entropy, optimizer="adamw", amp=cfg.amp)
         out.append(Group("droppath", f"ViT depth {depth} dim {cfg.dim}", runs * cfg.n_seeds, steps, f, n,

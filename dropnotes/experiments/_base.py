@@ -408,11 +408,16 @@ class ChapterConfig:
         return [self.seed * n + k for k in range(n)]
 
 
+# Parameters renamed since runs were stored (old name -> new), so that a stored run still yields its config.
+RENAMED_PARAMS = {"input_p": "p_input"}
+
+
 def config_of(cls: type, record: dict):
-    """The config a stored run was made with (its ``params``; JSON lists back as tuples)."""
+    """The config a stored run was made with (its ``params``, under their current names (:data:`RENAMED_PARAMS`);
+    JSON lists back as tuples)."""
     from dataclasses import fields
 
-    params = record["params"]
+    params = {RENAMED_PARAMS.get(k, k): v for k, v in record["params"].items()}
     return cls(**{f.name: tuple(params[f.name]) if isinstance(params.get(f.name), list) else params[f.name]
                   for f in fields(cls) if f.name in params})
 

@@ -148,7 +148,7 @@ def strip_dropout(model: nn.Module) -> nn.Module:
             if isinstance(child, Dropout):
                 setattr(module, name, nn.Identity())
         if isinstance(module, SelfAttention):
-            module.attn_p = 0.0
+            module.p_attn = 0.0
     return model
 
 
@@ -157,7 +157,7 @@ def set_rate(model: nn.Module, p: float) -> nn.Module:
         if isinstance(m, Dropout):
             m.p = p
         if isinstance(m, SelfAttention):
-            m.attn_p = p
+            m.p_attn = p
     return model
 
 
@@ -167,7 +167,7 @@ def _models(cfg: CostConfig, p: float) -> dict[str, tuple[nn.Module, torch.Tenso
     return {
         "MLP": (MLP(784, (cfg.mlp_width, cfg.mlp_width), 10, p_input=p, p_hidden=p),
                 torch.randn(b, 784, device=dev), torch.randint(0, 10, (b,), device=dev), ce),
-        "ViT": (ViT(dim=cfg.vit_dim, depth=4, heads=max(cfg.vit_dim // 64, 1), drop_path_rate=0.0, attn_p=p, p=p),
+        "ViT": (ViT(dim=cfg.vit_dim, depth=4, heads=max(cfg.vit_dim // 64, 1), p_path=0.0, p_attn=p, p=p),
                 torch.randn(b, 3, 32, 32, device=dev), torch.randint(0, 10, (b,), device=dev), ce),
         "GPT": (GPT(256, 64 if cfg.profile != "full" else 256, cfg.gpt_dim, 4, max(cfg.gpt_dim // 64, 1), p, p, p),
                 torch.randint(0, 256, (b // 2, 64 if cfg.profile != "full" else 256), device=dev), None,

@@ -212,7 +212,7 @@ def train_group(cfg: DropPathConfig, d: dict, depth: int, models: list[tuple[flo
     final train, validation and test error, and the group's wall time."""
     dev = cfg.torch_device
     rates = [drop_path_rates(depth, r, s) for r, s, _ in models]
-    group = stacked.StackedViT(len(models), dim=cfg.dim, depth=depth, heads=cfg.heads, rates=rates,
+    group = stacked.StackedViT(len(models), dim=cfg.dim, depth=depth, heads=cfg.heads, p_path=rates,
                               seeds=[s for *_, s in models]).to(dev)
     cosine = lambda e: 0.5 * (1 + math.cos(math.pi * e / cfg.epochs))  # noqa: E731 - CosineAnnealingLR, per epoch
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + depth)
@@ -239,8 +239,8 @@ def step_times(cfg: DropPathConfig, rate: float = 0.5, steps: int = 25) -> pd.Da
     x = torch.randn(cfg.batch_size, 3, 32, 32, device=dev)
     y = torch.randint(0, 10, (cfg.batch_size,), device=dev)
     rows = []
-    for name, kw in (("no DropPath", dict(drop_path_rate=0.0)), ("masked", dict(drop_path_rate=rate)),
-                     ("skip dropped", dict(drop_path_rate=rate, skip_dropped=True))):
+    for name, kw in (("no DropPath", dict(p_path=0.0)), ("masked", dict(p_path=rate)),
+                     ("skip dropped", dict(p_path=rate, skip_dropped=True))):
         torch.manual_seed(cfg.seed)
         model = ViT(dim=cfg.dim, depth=cfg.depth, heads=cfg.heads, **kw).to(dev)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

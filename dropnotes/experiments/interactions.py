@@ -242,8 +242,8 @@ def run_cnns(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.Da
     before-BN (pixel) models re-evaluated after re-estimating their BN statistics with dropout off."""
     d = _split("fashion-mnist", cfg.cnn_train_size, cfg.val_size, cfg.seed, cfg.device, test_size=cfg.test_size)
     arms = [(placement, noise, seed) for seed in cfg.seeds for placement, noise in CNN_ARMS]
-    group = StackedCNN(len(arms), p1=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
-                       p2=[cfg.p if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
+    group = StackedCNN(len(arms), p_before_bn=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
+                       p_after_bn=[cfg.p if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
                        seeds=[stream_seed(s, "init-cnn") for _, _, s in arms]).to(cfg.device)
     cols, history, timing, _ = _fit(cfg, group, d, "CNN", epochs=cfg.cnn_epochs, lr=cfg.lr)
     rows, reest = [], []

@@ -21,7 +21,7 @@ import torch
 
 from dropnotes.verdict import Verdict, verdict_table
 from dropnotes.amp import autocast
-from dropnotes import data, stacked, results, train
+from dropnotes import bench, data, stacked, results, train
 from dropnotes.layers import add_lora
 from dropnotes.models import GPT
 from dropnotes.experiments._base import plain
@@ -158,7 +158,7 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretra
 
 
 def _model(cfg: LLMConfig, p: float) -> GPT:
-    return GPT(256, cfg.block_size, cfg.dim, cfg.layers, cfg.heads, emb_p=p, attn_p=p, resid_p=p)
+    return GPT(256, cfg.block_size, cfg.dim, cfg.layers, cfg.heads, p_emb=p, p_attn=p, p_resid=p)
 
 
 def _set_p(model: torch.nn.Module, p: float) -> None:
@@ -177,6 +177,15 @@ def mfu(cfg: LLMConfig, model: GPT, tokens_per_s: float) -> float | None:
     name = torch.cuda.get_device_name(torch.device(cfg.device))
     peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
     return None if peak is None else model.flops_per_token() * tokens_per_s / peak
+
+
+def train_speed(cfg: LLMConfig, model: GPT, run: dict) -> dict:
+    """The pretraining group's achieved GFLOP/s (nanoGPT's FLOPs per token times the group's tokens/s; a stored
+    run from the cache has no timing) beside this device's 2048³ product rate in the run's precision, measured now."""
+    tps = run.get("group_tokens_per_s")
+    if not tps or run.get("cached"):
+        return {}
+    return bench.speed(model.flops_per_token() * tps, 1.0, cfg.torch_device, cfg.amp)
 
 
 def early_evals(cfg: LLMConfig) -> list[int]:
@@ -520,7 +529,8 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
             corpus=corpus.provenance, finetune_dataset="tinyshakespeare",
             metrics={"pretrain_bpb": {arm: float(np.mean([r["final"]["test_loss"] for r in pre[arm]])) / LN2
                                       for arm in ARMS},
-                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"], "finetune_lr": ft_lr},
+                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"], "finetune_lr": ft_lr,
+                     **train_speed(cfg, bases[0], pre["none"][0])},
             tables={k: rec[k] for k in ("pretrain", "curves", "finetune", "finetune_lr_pilot", "verdicts")})
     return rec
 

@@ -57,7 +57,7 @@ class MechanicsConfig(ChapterConfig):
 
     p: float  # the rate of the worked examples
     rates: tuple[float, ...]  # hidden-layer rates of the MNIST sweep
-    input_p: float  # input dropout used by the arms with a rate > 0
+    p_input: float  # input dropout used by the arms with a rate > 0
     train_size: int  # training examples (a subset in the quick profile)
     val_size: int  # held out of MNIST's training set: chooses the rate and the epoch (the test set is used once)
     hidden: tuple[int, ...]
@@ -100,7 +100,7 @@ KNOBS = Knobs(
     rate_knob("p", 0.5, "drop rate of the worked examples"),
     Knob("rates", "floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at least one more",
          low=0.0, high=1.0, high_open=True, min_len=2),
-    rate_knob("input_p", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
+    rate_knob("p_input", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
     size_knob("train_size", "training examples (the validation split is held out beside them)",
               high=59000),
     size_knob("epochs", "training epochs", high=10000),
@@ -110,7 +110,7 @@ KNOBS = Knobs(
 
 
 def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: float = 0.5,
-              rates=(0.0, 0.2, 0.5), input_p: float = 0.2, train_size: int | None = None,
+              rates=(0.0, 0.2, 0.5), p_input: float = 0.2, train_size: int | None = None,
               epochs: int | None = None, n_seeds: int | None = None, dataset: str = "mnist") -> MechanicsConfig:
     """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
     v = KNOBS.check(locals())
@@ -125,7 +125,7 @@ def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: flo
         raise ValueError(f"train_size must be <= {MNIST_TRAIN - defaults['val_size']:,} (MNIST's 60,000 training "
                          f"images less the {defaults['val_size']:,} held out for validation), got {defaults['train_size']}")
     return MechanicsConfig(profile=resolved, device=str(dev), seed=v["seed"], p=v["p"], rates=v["rates"],
-                           input_p=v["input_p"], dataset=v["dataset"], **defaults)
+                           p_input=v["p_input"], dataset=v["dataset"], **defaults)
 
 
 # --------------------------------------------------------------------------- the worked examples
@@ -192,7 +192,7 @@ def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     device = cfg.torch_device
     xtr, ytr, xva, yva, xte, yte = _load(cfg, device)
     group = arms(cfg)
-    model = StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[cfg.input_p if r > 0 else 0.0 for r, _ in group],
+    model = StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[cfg.p_input if r > 0 else 0.0 for r, _ in group],
                        p_hidden=[r for r, _ in group], seeds=[stream_seed(s, "init") for _, s in group]).to(device)
     with Timer(device) as timer:
         fit = fit_stacked(model, xtr, ytr, xva, yva, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,

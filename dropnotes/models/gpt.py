@@ -1,8 +1,8 @@
 """A small byte-level GPT in the spirit of nanoGPT, with three separate dropout knobs.
 
-Token + position embedding -> ``emb_p`` dropout -> ``layers`` pre-norm blocks
+Token + position embedding -> ``p_emb`` dropout -> ``layers`` pre-norm blocks
 (``x + Dropout_resid(Attn(LN(x)))``, ``x + Dropout_resid(MLP(LN(x)))``; causal attention through
-``scaled_dot_product_attention`` with ``dropout_p = attn_p``) -> LN -> a head tied to the token
+``scaled_dot_product_attention`` with ``dropout_p = p_attn``) -> LN -> a head tied to the token
 embedding. :meth:`GPT.set_dropout` changes the rates during training (early dropout).
 """
 
@@ -16,12 +16,12 @@ from dropnotes.runtime import check_positive_int, check_probability
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, attn_p: float, resid_p: float) -> None:
+    def __init__(self, dim: int, heads: int, p_attn: float, p_resid: float) -> None:
         super().__init__()
         self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, attn_p=attn_p, causal=True)
+        self.attn = SelfAttention(dim, heads, p_attn=p_attn, causal=True)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
-        self.drop_attn, self.drop_mlp = Dropout(resid_p), Dropout(resid_p)
+        self.drop_attn, self.drop_mlp = Dropout(p_resid), Dropout(p_resid)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_attn(self.attn(self.ln1(x)))
@@ -30,14 +30,14 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     def __init__(self, vocab_size: int = 256, block_size: int = 64, dim: int = 64, layers: int = 2, heads: int = 2,
-                 emb_p: float = 0.0, attn_p: float = 0.0, resid_p: float = 0.0) -> None:
+                 p_emb: float = 0.0, p_attn: float = 0.0, p_resid: float = 0.0) -> None:
         super().__init__()
         self.block_size = check_positive_int("block_size", block_size)
         self.tok = nn.Embedding(check_positive_int("vocab_size", vocab_size), check_positive_int("dim", dim))
         self.pos = nn.Embedding(block_size, dim)
-        self.drop_emb = Dropout(check_probability("emb_p", emb_p))
-        attn_p, resid_p = check_probability("attn_p", attn_p), check_probability("resid_p", resid_p)
-        self.blocks = nn.ModuleList(Block(dim, heads, attn_p, resid_p) for _ in range(check_positive_int("layers", layers)))
+        self.drop_emb = Dropout(check_probability("p_emb", p_emb))
+        p_attn, p_resid = check_probability("p_attn", p_attn), check_probability("p_resid", p_resid)
+        self.blocks = nn.ModuleList(Block(dim, heads, p_attn, p_resid) for _ in range(check_positive_int("layers", layers)))
         self.ln_f = nn.LayerNorm(dim)
         self.head = nn.Linear(dim, vocab_size, bias=False)
         self.head.weight = self.tok.weight  # weight tying
@@ -50,15 +50,15 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def set_dropout(self, emb_p: float | None = None, attn_p: float | None = None, resid_p: float | None = None) -> None:
+    def set_dropout(self, p_emb: float | None = None, p_attn: float | None = None, p_resid: float | None = None) -> None:
         """Change the dropout rates in place (``None`` leaves one unchanged)."""
-        if emb_p is not None:
-            self.drop_emb.p = check_probability("emb_p", emb_p)
+        if p_emb is not None:
+            self.drop_emb.p = check_probability("p_emb", p_emb)
         for b in self.blocks:
-            if attn_p is not None:
-                b.attn.attn_p = check_probability("attn_p", attn_p)
-            if resid_p is not None:
-                b.drop_attn.p = b.drop_mlp.p = check_probability("resid_p", resid_p)
+            if p_attn is not None:
+                b.attn.p_attn = check_probability("p_attn", p_attn)
+            if p_resid is not None:
+                b.drop_attn.p = b.drop_mlp.p = check_probability("p_resid", p_resid)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """``idx`` (N, T) with T <= block_size -> logits (N, T, vocab)."""

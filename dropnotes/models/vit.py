@@ -2,7 +2,7 @@
 
 Patch embedding -> learned position embedding -> ``depth`` pre-norm blocks, each
 ``x + DropPath(Attention(LN(x)))`` then ``x + DropPath(MLP(LN(x)))`` -> LN -> mean over tokens -> head.
-Block ``i`` drops its branches with rate ``drop_path_rates(depth, drop_path_rate, schedule)[i]``;
+Block ``i`` drops its branches with rate ``drop_path_rates(depth, p_path, schedule)[i]``;
 attention dropout runs inside ``scaled_dot_product_attention``. With ``skip_dropped=True`` a
 dropped sample's branch is not computed at all (:func:`dropnotes.functional.drop_path_skip`).
 """
@@ -18,13 +18,13 @@ from dropnotes.layers import Dropout, DropPath, SelfAttention, drop_path_rates
 
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, drop_path: float, attn_p: float = 0.0, p: float = 0.0,
+    def __init__(self, dim: int, heads: int, p_path: float, p_attn: float = 0.0, p: float = 0.0,
                  skip_dropped: bool = False) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = SelfAttention(dim, heads, attn_p=attn_p)
+        self.attn = SelfAttention(dim, heads, p_attn=p_attn)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), Dropout(p), nn.Linear(4 * dim, dim), Dropout(p))
-        self.drop_path = DropPath(drop_path)
+        self.drop_path = DropPath(p_path)
         self.skip_dropped = check_flag("skip_dropped", skip_dropped)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,21 +39,21 @@ class Block(nn.Module):
 
 class ViT(nn.Module):
     def __init__(self, image_size: int = 32, patch: int = 4, channels: int = 3, classes: int = 10, dim: int = 192,
-                 depth: int = 12, heads: int = 3, drop_path_rate: float = 0.1, schedule: str = "linear",
-                 attn_p: float = 0.0, p: float = 0.0, skip_dropped: bool = False) -> None:
+                 depth: int = 12, heads: int = 3, p_path: float = 0.1, schedule: str = "linear",
+                 p_attn: float = 0.0, p: float = 0.0, skip_dropped: bool = False) -> None:
         super().__init__()
         for name, value in (("image_size", image_size), ("patch", patch), ("channels", channels), ("classes", classes),
                             ("dim", dim), ("depth", depth), ("heads", heads)):
             check_positive_int(name, value)
-        drop_path_rate = check_probability("drop_path_rate", drop_path_rate)
+        p_path = check_probability("p_path", p_path)
         skip_dropped = check_flag("skip_dropped", skip_dropped)
         if image_size % patch:
             raise ValueError(f"image_size={image_size} must be divisible by patch={patch}")
         self.embed = nn.Conv2d(channels, dim, kernel_size=patch, stride=patch)
         self.pos = nn.Parameter(torch.zeros(1, (image_size // patch) ** 2, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
-        self.blocks = nn.ModuleList(Block(dim, heads, r, attn_p, p, skip_dropped)
-                                    for r in drop_path_rates(depth, drop_path_rate, schedule))
+        self.blocks = nn.ModuleList(Block(dim, heads, r, p_attn, p, skip_dropped)
+                                    for r in drop_path_rates(depth, p_path, schedule))
         self.norm, self.head = nn.LayerNorm(dim), nn.Linear(dim, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

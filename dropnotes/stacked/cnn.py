@@ -20,8 +20,8 @@ class StackedCNN(nn.Module):
 
     Every convolution is one grouped convolution over the K models' channel blocks, and every batch-norm
     layer normalises each model's channels over that model's own batch, so the group computes exactly
-    the K separate networks. Model k applies noise with rate ``p1[k]`` directly before the second BN layer
-    (after the second convolution: SmallCNN's ``"before-bn"`` placement) and ``p2[k]`` after block 2 (after
+    the K separate networks. Model k applies noise with rate ``p_before_bn[k]`` directly before the second BN layer
+    (after the second convolution: SmallCNN's ``"before-bn"`` placement) and ``p_after_bn[k]`` after block 2 (after
     the last BN: ``"after-bn"``);
     ``noise[k]`` is ``"pixel"`` (Bernoulli per unit), ``"spatial"`` (per channel) or ``"gaussian"``.
     Parameters have shape (K, ...); the BN running statistics are (K, channels) buffers.
@@ -30,22 +30,24 @@ class StackedCNN(nn.Module):
     NOISES = ("pixel", "spatial", "gaussian")
 
     def __init__(self, k: int, in_channels: int = 1, classes: int = 10, channels: tuple[int, int] = (16, 32),
-                 image_size: int = 28, *, p1=0.0, p2=0.0, noise="pixel", seeds: Sequence[int] | None = None) -> None:
+                 image_size: int = 28, *, p_before_bn=0.0, p_after_bn=0.0, noise="pixel",
+                 seeds: Sequence[int] | None = None) -> None:
         super().__init__()
         self.k = check_positive_int("k", k)
         self.in_channels, self.classes = check_positive_int("in_channels", in_channels), check_positive_int("classes", classes)
         self.channels = tuple(check_positive_int("channels", c) for c in channels)
         self.image_size = check_positive_int("image_size", image_size, minimum=4)
         c1, c2 = self.channels
-        p1v, p2v = (_values(n, v, k, check=check_probability) for n, v in (("p1", p1), ("p2", p2)))
+        p_before_bn_v, p_after_bn_v = (_values(n, v, k, check=check_probability)
+                                       for n, v in (("p_before_bn", p_before_bn), ("p_after_bn", p_after_bn)))
         kinds = _values("noise", noise, k, check=lambda n, v: check_choice(n, v, self.NOISES))
         self.noise = tuple(kinds)
-        self._sites = (any(v > 0 for v in p1v), any(v > 0 for v in p2v))
+        self._sites = (any(v > 0 for v in p_before_bn_v), any(v > 0 for v in p_after_bn_v))
         self._kinds = ("spatial" in kinds, "gaussian" in kinds)
-        self.register_buffer("p1", torch.tensor([float(v) for v in p1v]))
-        self.register_buffer("p2", torch.tensor([float(v) for v in p2v]))
-        self.register_buffer("noise1", noise_constants(self.p1))  # the rates are fixed: their noise constants kept
-        self.register_buffer("noise2", noise_constants(self.p2))
+        self.register_buffer("p_before_bn", torch.tensor([float(v) for v in p_before_bn_v]))
+        self.register_buffer("p_after_bn", torch.tensor([float(v) for v in p_after_bn_v]))
+        self.register_buffer("noise1", noise_constants(self.p_before_bn))  # the rates are fixed: their noise constants kept
+        self.register_buffer("noise2", noise_constants(self.p_after_bn))
         self.register_buffer("spatial", torch.tensor([v == "spatial" for v in kinds]))
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
         self.conv1 = nn.Parameter(torch.empty(k, c1, in_channels, 3, 3))
@@ -88,7 +90,7 @@ class StackedCNN(nn.Module):
         kinds = [s1[1] or s2[1] or "pixel" for s1, s2 in sites]
         out = cls(len(models), conv1.in_channels, first.head.out_features, (conv1.out_channels, conv2.out_channels),
                   int(math.isqrt(first.head.in_features // conv2.out_channels)) * 4,
-                  p1=[s1[0] for s1, _ in sites], p2=[s2[0] for _, s2 in sites], noise=kinds)
+                  p_before_bn=[s1[0] for s1, _ in sites], p_after_bn=[s2[0] for _, s2 in sites], noise=kinds)
         with torch.no_grad():
             for i, m in enumerate(models):
                 bn1, bn2 = m.bn_layers
@@ -104,11 +106,12 @@ class StackedCNN(nn.Module):
         """Model ``i`` as a standalone :class:`~dropnotes.models.SmallCNN` with its weights and BN statistics
         (e.g. to measure its variance shift or re-estimate its BN statistics)."""
 
-        p1, p2 = float(self.p1[i]), float(self.p2[i])
-        if p1 > 0 and p2 > 0:
-            raise ValueError(f"model {i} has noise at both sites (p1={p1:g}, p2={p2:g}): a SmallCNN has one dropout layer")
-        placement = "before-bn" if p1 > 0 else "after-bn" if p2 > 0 else "none"
-        net = SmallCNN(self.in_channels, self.classes, self.channels, placement=placement, p=max(p1, p2),
+        p_before_bn, p_after_bn = float(self.p_before_bn[i]), float(self.p_after_bn[i])
+        if p_before_bn > 0 and p_after_bn > 0:
+            raise ValueError(f"model {i} has noise at both sites (p_before_bn={p_before_bn:g}, p_after_bn={p_after_bn:g}): "
+                             "a SmallCNN has one dropout layer")
+        placement = "before-bn" if p_before_bn > 0 else "after-bn" if p_after_bn > 0 else "none"
+        net = SmallCNN(self.in_channels, self.classes, self.channels, placement=placement, p=max(p_before_bn, p_after_bn),
                        noise=self.noise[i], image_size=self.image_size).to(self.conv1.device)
         bn1, bn2 = net.bn_layers
         with torch.no_grad():
@@ -130,7 +133,7 @@ class StackedCNN(nn.Module):
             return h
         b, _, height, width = h.shape
         h5 = h.view(b, self.k, -1, height, width)  # (B, K, C, H, W): the model axis is 1
-        out = unit_noise(h5, self.p1 if i == 0 else self.p2, model_dim=1, generator=generator, mask=mask,
+        out = unit_noise(h5, self.p_before_bn if i == 0 else self.p_after_bn, model_dim=1, generator=generator, mask=mask,
                          spatial=self.spatial if self._kinds[0] else None,
                          gaussian=self.gaussian if self._kinds[1] else None,
                          constants=self.noise1 if i == 0 else self.noise2)

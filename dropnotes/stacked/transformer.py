@@ -120,14 +120,14 @@ class StackedViT(_StackedTransformer):
     blocks, mean pooling, a linear head) as one group, every linear layer a ``bmm`` over the models and the
     attention of all K x N images one call of ``scaled_dot_product_attention``.
 
-    Model k drops the branches of block j with rate ``rates[k][j]`` (stochastic depth, one draw per model,
+    Model k drops the branches of block j with rate ``p_path[k][j]`` (stochastic depth, one draw per model,
     sample and branch, as :class:`~dropnotes.layers.DropPath`), so depth-wise schedules and rates differ per
     model. Parameters have shape (K, ...) in torch's layout (a linear weight is (K, out, in)); activations
     are (K, N·T, D). Attention and MLP dropout are not stacked (chapter 4 trains without them).
     """
 
     def __init__(self, k: int, *, image_size: int = 32, patch: int = 4, channels: int = 3, classes: int = 10,
-                 dim: int = 192, depth: int = 12, heads: int = 3, rates=0.0, seeds: Sequence[int] | None = None) -> None:
+                 dim: int = 192, depth: int = 12, heads: int = 3, p_path=0.0, seeds: Sequence[int] | None = None) -> None:
         super().__init__()
 
         self.k = check_positive_int("k", k)
@@ -135,15 +135,15 @@ class StackedViT(_StackedTransformer):
         self._shape = dict(image_size=image_size, patch=patch, channels=channels, classes=classes, dim=dim,
                            depth=depth, heads=heads)
         with torch.device("meta"):
-            ViT(**self._shape, drop_path_rate=0.0)  # validates the shape arguments
-        per_model = _values("rates", rates, k)
-        table = [[check_probability("rates", float(r)) for r in (row if isinstance(row, (list, tuple)) else [row] * depth)]
+            ViT(**self._shape, p_path=0.0)  # validates the shape arguments
+        per_model = _values("p_path", p_path, k)
+        table = [[check_probability("p_path", float(r)) for r in (row if isinstance(row, (list, tuple)) else [row] * depth)]
                  for row in per_model]
         if any(len(row) != depth for row in table):
-            raise ValueError(f"rates must give one rate per block ({depth}) for each model")
+            raise ValueError(f"p_path must give one rate per block ({depth}) for each model")
         if any(r >= 1.0 for row in table for r in row):
-            raise ValueError("rates must be < 1 (a branch dropped always has no gradient)")
-        self.register_buffer("rates", torch.tensor(table, dtype=torch.float32))  # (K, depth)
+            raise ValueError("p_path must be < 1 (a branch dropped always has no gradient)")
+        self.register_buffer("p_path", torch.tensor(table, dtype=torch.float32))  # (K, depth)
         self._drops = any(r > 0 for row in table for r in row)  # known on the host: no sync in the step
         self.patch, self.tokens = patch, (image_size // patch) ** 2
         d, e = dim, channels * patch * patch
@@ -165,20 +165,20 @@ class StackedViT(_StackedTransformer):
 
     def _single(self) -> nn.Module:
 
-        return ViT(**self._shape, drop_path_rate=0.0)
+        return ViT(**self._shape, p_path=0.0)
 
     @classmethod
     def from_models(cls, models: Sequence[nn.Module]) -> "StackedViT":
         """Stack K :class:`~dropnotes.models.ViT` of one shape, each with its blocks' drop-path rates."""
         first = models[0]
         for m in models:
-            if any(b.attn.attn_p > 0 or b.mlp[2].p > 0 or b.skip_dropped for b in m.blocks):
-                raise ValueError("StackedViT stacks drop-path only: attn_p, p and skip_dropped must be 0/False")
+            if any(b.attn.p_attn > 0 or b.mlp[2].p > 0 or b.skip_dropped for b in m.blocks):
+                raise ValueError("StackedViT stacks drop-path only: p_attn, p and skip_dropped must be 0/False")
         blocks = first.blocks[0]
         out = cls(len(models), image_size=int(math.isqrt(first.pos.shape[1])) * first.embed.stride[0],
                   patch=first.embed.stride[0], channels=first.embed.in_channels, classes=first.head.out_features,
                   dim=first.pos.shape[2], depth=len(first.blocks), heads=blocks.attn.heads,
-                  rates=[[b.drop_path.p for b in m.blocks] for m in models])
+                  p_path=[[b.drop_path.p for b in m.blocks] for m in models])
         for i, m in enumerate(models):
             out._copy_in(m, i)
         return out.to(first.pos.device)
@@ -186,7 +186,7 @@ class StackedViT(_StackedTransformer):
     def model(self, i: int) -> nn.Module:
         """Model ``i`` as a standalone :class:`~dropnotes.models.ViT` with its per-block rates."""
         m = self._single().to(self.pos.device)
-        for block, r in zip(m.blocks, self.rates[i].tolist()):
+        for block, r in zip(m.blocks, self.p_path[i].tolist()):
             block.drop_path.p = r
         return self._copy_out(m, i)
 
@@ -213,7 +213,7 @@ class StackedViT(_StackedTransformer):
         for j in range(self.depth):
             def residual(h: torch.Tensor, out: torch.Tensor, which: int) -> torch.Tensor:
                 mult = masks[2 * j + which] if masks is not None else _drop_path_mult(
-                    self.rates[:, j], n, out.device, generator)  # (K, N, 1): one draw per model and sample
+                    self.p_path[:, j], n, out.device, generator)  # (K, N, 1): one draw per model and sample
                 return torch.addcmul(h.view(k, n, t * d), out.view(k, n, t * d), mult.to(out.dtype)).view(k, n * t, d)
 
             h = self._block(h, j, n, t, causal=False, residual=residual if drops else None)

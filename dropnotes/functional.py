@@ -39,7 +39,8 @@ class _MaskedScale(torch.autograd.Function):
 
     @staticmethod
     def forward(x: torch.Tensor, mask: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        return x * scale * mask
+        # one new tensor, then an in-place scaling: a bool operand in a product takes a slow casting path on CPU
+        return torch.where(mask, x, 0.0).mul_(scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
@@ -49,14 +50,19 @@ class _MaskedScale(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         mask, scale = ctx.saved_tensors
-        return grad * scale * mask, None, None
+        return torch.where(mask, grad, 0.0).mul_(scale), None, None
 
 
 def _apply_keep(x: torch.Tensor, keep: float, shape: tuple[int, ...] | None = None, scale: bool = True) -> torch.Tensor:
     """``x`` times a Bernoulli(``keep``) mask of ``shape`` (``x``'s by default; broadcast), divided by ``keep`` if
     ``scale``. The mask is drawn exactly as :func:`_keep_mask` draws it (the same random numbers, the same
-    values), but autograd keeps it as one byte per element."""
-    mask = torch.empty(x.shape if shape is None else shape, dtype=x.dtype, device=x.device).bernoulli_(keep).bool()
+    values), but autograd keeps it as one byte per element of ``x`` at most: a full-size mask as bools, a broadcast
+    one (smaller than ``x``) in ``x``'s dtype."""
+    shape = tuple(x.shape if shape is None else shape)
+    if math.prod(shape) < x.numel():  # a broadcast mask (spatial, variational, drop-path): small; one product is fastest
+        return x * _keep_mask(shape, keep, x, scale)
+    # drawn straight into a bool tensor: the same draws as in x's dtype (checked in tests/test_variants.py)
+    mask = torch.empty(shape, dtype=torch.bool, device=x.device).bernoulli_(keep)
     factor = torch.ones((), dtype=x.dtype, device=x.device)
     if scale:
         factor.div_(keep)

@@ -495,3 +495,19 @@ def test_eager_dropout_saves_no_more_bytes_than_torch(dtype):
     saved = saved_bytes(lambda t: DF.dropconnect(inp, t, None, 0.5), w)
     plain = saved_bytes(lambda t: F.linear(inp, t), w)
     assert saved - plain <= w.numel() * 1 + 16 + w.numel() * w.element_size()  # the masked weight F.linear keeps
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_one_byte_mask_holds_the_draws_of_a_mask_in_the_inputs_dtype(dtype):
+    """Eager dropout draws its bool mask directly; the kept units and their scaling are those of a mask drawn in the
+    input's dtype and divided by the keep rate (the form before the 1-byte mask), on the same seed."""
+    x = torch.randn(4096, dtype=dtype)
+    torch.manual_seed(3)
+    y = DF.dropout(x, 0.3)
+    torch.manual_seed(3)
+    assert torch.equal(y, x * DF._keep_mask(x.shape, 0.7, x))
+    w = torch.randn(64, 32, dtype=dtype, requires_grad=True)
+    torch.manual_seed(4)
+    DF.dropout(w, 0.3).sum().backward()
+    torch.manual_seed(4)
+    assert torch.equal(w.grad, torch.ones_like(w) * DF._keep_mask(w.shape, 0.7, w))

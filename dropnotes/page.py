@@ -325,7 +325,7 @@ def evidence_summary(chapter: str) -> str:
                 line += (f" Its {what.upper() + ' ' if what else ''}training ran at {value:,.0f} GFLOP/s"
                          + (f", against {ref:,.0f} GFLOP/s for a 2048³ product in "
                             f"{metrics.get('precision', 'its precision')} in the same run" if ref else "") + ".")
-        for key, value in metrics.items():
+        for key, value in metrics.items():  # a chapter stores a learning rate in its metrics only when a pilot chose it
             if (key == "lr" or key.endswith("_lr")) and isinstance(value, (int, float)):
                 line += f" Its {human(key)} ({value:g}) was chosen on validation by a pilot run."
         if table is not None and "outcome" in table:

@@ -529,7 +529,8 @@ def run(cfg: LLMConfig, save: bool = True) -> dict:
             corpus=corpus.provenance, finetune_dataset="tinyshakespeare",
             metrics={"pretrain_bpb": {arm: float(np.mean([r["final"]["test_loss"] for r in pre[arm]])) / LN2
                                       for arm in ARMS},
-                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"], "finetune_lr": ft_lr,
+                     "tokens_per_s": pre["none"][0]["tokens_per_s"], "mfu": pre["none"][0]["mfu"],
+                     **({"finetune_lr": ft_lr} if len(cfg.finetune_lr_factors) > 1 else {}),  # chosen by a pilot
                      **train_speed(cfg, bases[0], pre["none"][0])},
             tables={k: rec[k] for k in ("pretrain", "curves", "finetune", "finetune_lr_pilot", "verdicts")})
     return rec

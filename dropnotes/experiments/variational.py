@@ -363,7 +363,8 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
         rec["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=rec["wall_time_s"], dataset=cfg.dataset, vocab=vocab,
             tokens=rec["tokens"],
-            metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(), "lr": lr,
+            metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
+                     **({"lr": lr} if cfg.lr_grid else {}),  # a rate a pilot chose (the page says so)
                      "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
             tables={k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "lr_pilot", "svd", "svd_curve",
                                         "summary", "verdicts")})

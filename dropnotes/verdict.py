@@ -37,6 +37,8 @@ class Outcome(str, Enum):
     INCONCLUSIVE = "inconclusive"
     NOT_AT_SCALE = "not at paper scale"
     NOT_CONVERGED = "not converged"
+    NOT_TRAINED = "not trained"  # a net at chance or diverged: never evidence
+    NOT_JUDGED = "not judged"  # the record lacks what the rule needs (curves, per-example correctness)
     NOT_MEASURED = "not measured"
     NEEDS_GPU = "needs a GPU"  # no laptop setting can test the claim (the chapter gives the estimate)
     SUPERSEDED = "superseded"
@@ -49,6 +51,9 @@ KINDS = ("paper claim", "our test", "rule of thumb", "setup check")
 # What the rule tests: a sign, an equality (TOST), the paper's number, or a timing (repeated measurements of one
 # setting, where seeds play no part).
 TESTS = ("direction", "equivalence", "level", "timing")
+
+
+OPTIONAL = ("setting", "part", "effect", "low", "high", "paper_effect", "margin", "unit", "decide")
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,17 @@ class Verdict:
     test: str = "direction"
     setting: str | None = None
     part: str | None = None
+    # The numbers behind the verdict, for the forest plot and the power statement (None where a row has none):
+    # the measured effect, signed so that > 0 is the paper's direction, with its 95 % interval; the paper's own
+    # effect on the same scale; the margin of an equivalence (TOST) or "does not beat" claim, or the convergence
+    # tolerance; the unit all of them are in; and, for an undecided row, what would decide it (computed).
+    effect: float | None = None
+    low: float | None = None
+    high: float | None = None
+    paper_effect: float | None = None
+    margin: float | None = None
+    unit: str | None = None
+    decide: str | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -78,7 +94,7 @@ class Verdict:
 
     def row(self) -> dict:
         """The table row: every field, the optional ones only where they are set."""
-        return {k: v for k, v in asdict(self).items() if v is not None or k not in ("setting", "part")}
+        return {k: v for k, v in asdict(self).items() if v is not None or k not in OPTIONAL}
 
 
 def verdict_table(verdicts: Iterable[Verdict]) -> pd.DataFrame:
@@ -108,6 +124,7 @@ def scaled(rule: str, cut: Sequence[str], test: str = "direction") -> tuple[Outc
         raise ValueError(f"test must be one of {', '.join(map(repr, TESTS))}, got {test!r}")
     raw = rule_outcome(rule)
     if not cut or raw in (Outcome.INCONCLUSIVE, Outcome.NOT_CONVERGED, Outcome.NOT_MEASURED, Outcome.NOT_AT_SCALE,
+                          Outcome.NOT_TRAINED, Outcome.NOT_JUDGED,
                           Outcome.SUPERSEDED, Outcome.DIRECTION, Outcome.OPPOSITE):
         return raw, str(rule)
     if test == "level":

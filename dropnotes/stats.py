@@ -286,6 +286,9 @@ class Plateau:
         curve gives no estimate."""
         if self.plateaued:
             return ""
+        if self.gain < self.delta:
+            return ("its late gain is below δ but too noisy to bound below it: more seeds or more evaluation points "
+                    "per quarter, not a longer schedule, would decide it")
         r = self.ratio
         if not (0 < r < 1) or not self.upper > 0:
             return "its gains are not shrinking, so its curve gives no estimate of the schedule that would plateau it"

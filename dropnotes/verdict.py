@@ -23,6 +23,13 @@ from enum import Enum
 
 import pandas as pd
 
+# The book's verdict rules, versioned apart from the chapters' protocols (which define what a run trains): a stored
+# verdict table made under older rules is never shown as it is; the chapter judges the record again from its stored
+# numbers (its ``rejudge``), or it reads *not judged*. 1: best validation epoch before the last quarter, the larger
+# of a seed and an unpaired binomial SE times t. 2: the plateau test per arm (stats.plateau, stats.blocks), paired
+# comparisons on the same test examples with seed variance (stats.compare_examples), interval rules for levels and
+# "does not beat" claims.
+RULES = 2
 MIN_SEEDS = 3  # fewer seeds: the SE holds test-set noise only, and a verdict can be a direction at most
 
 

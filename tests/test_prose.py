@@ -17,7 +17,8 @@ PERCENT = re.compile(r"(?<![\w.,{])(\d+(?:\.\d+)?)\s?%")  # "18 %", "1.5%" (not 
 # Sentences that state what a run showed, found typed into the book's prose by a referee: each must come from
 # the numbers (generated or glued) or go. Kept here so that they cannot come back.
 RESULT_PHRASES = ("train error reaches 0", "training error reaches zero", "turns up first", "still underfits",
-                  "at no measurable cost", "from over a hundred to less than one")
+                  "at no measurable cost", "from over a hundred to less than one", "results hold at this scale",
+                  "≈ 1.5 points", "The claim fails on the GPU too", "eager 0.33 failed", "trained to convergence")
 SETTINGS = ("params", "defaults", "provenance")  # a record's settings, not its measurements
 # Words that introduce a rule's threshold or a setting ("error <= 3 %", "the first 20 % of steps"), not a result.
 RULE_WORDS = ("≤", "≥", "<", ">", "within", "exceeds", "first", "last", "level", "margin", "about", "warm-up",
@@ -143,3 +144,24 @@ def test_the_check_finds_a_typed_number(tmp_path):
     assert typed_numbers(nb, record) == [(0, "1.903")]
     record["metrics"]["v"] = 82.71
     assert typed_numbers(nb, record) == [(0, "1.903"), (0, "82.7")]
+
+
+def _finale_and_notes(notebook: Path) -> tuple[int, list[tuple[int, str]]]:
+    """The index of the chapter's closing cell (``page.finale``) and its markdown cells (index, text)."""
+    cells = json.loads(notebook.read_text())["cells"]
+    finale = next(i for i, c in enumerate(cells) if c["cell_type"] == "code" and "page.finale(" in "".join(c["source"]))
+    return finale, list(_markdown(notebook))
+
+
+@pytest.mark.parametrize("chapter", list(CHAPTERS))
+def test_findings_come_first_and_superseded_runs_are_a_collapsed_note_at_the_end(chapter):
+    """A stored run of an older protocol ("predates") and the protocols' history are told after the verdicts,
+    in a collapsed note (a MyST dropdown), never in the page's findings before them."""
+    finale, cells = _finale_and_notes(ROOT / CHAPTERS[chapter])
+    for i, text in cells:
+        if "predates" in text:
+            assert i > finale and text.lstrip().startswith(":::{dropdown}"), (chapter, i, text[:80])
+
+
+def test_the_scorecard_does_not_call_the_laptop_runs_converged():
+    assert result_phrases(ROOT / "scorecard.ipynb") == []

@@ -35,7 +35,7 @@ import torch
 
 from dropnotes.runtime import DEVICES, PROFILES
 from dropnotes.stats import shortfall
-from dropnotes.verdict import judge
+from dropnotes.verdict import RULES, judge
 from dropnotes import data
 from dropnotes.results import results_root
 from dropnotes import results
@@ -425,32 +425,44 @@ def config_of(cls: type, record: dict):
 def current_verdicts(chapter: str, record: dict | None) -> tuple[pd.DataFrame | None, str]:
     """The verdicts of a stored run as the chapter's current rules read them, and a note on how:
 
-    * a run of the current protocol: its stored (judged) table, note ``""``;
-    * an older protocol whose numbers the chapter can judge again (its module's ``rejudge(record)``): the
-      recomputed table, note ``"recomputed with protocol N's rules"``;
-    * else the stored table with every verdict read *superseded (protocol M)*, note naming what changed."""
+    * a run of the current protocol judged by the current rules (:data:`dropnotes.verdict.RULES`): its stored
+      (judged) table, note ``""``;
+    * else, where the chapter can judge the record again from its stored numbers (its module's
+      ``rejudge(record)``): the recomputed table, note ``"recomputed ..."``; a row whose numbers the record lacks
+      reads *not judged* there, never the old rule;
+    * else, a run made by an older protocol: the stored table with every verdict read *superseded (protocol M)*;
+    * else (the current protocol, older rules, no ``rejudge``): every verdict reads *not judged*, with the old
+      rule's reading kept in brackets."""
     if record is None:
         return None, ""
     table = record.get("tables", {}).get("verdicts")
-    made, now = int(record["provenance"].get("protocol", 1)), protocol(chapter)
-    if made >= now and table is not None and "outcome" in table:
+    prov = record["provenance"]
+    made, now = int(prov.get("protocol", 1)), protocol(chapter)
+    rules = int(prov.get("rules", 1))
+    if made >= now and rules >= RULES and table is not None and "outcome" in table:
         return table, ""
     module = _module(chapter)
     if hasattr(module, "rejudge"):
         try:
-            return module.rejudge(record), f"verdicts recomputed from the stored numbers with protocol {now}'s rules"
-        except (KeyError, TypeError, ValueError):
+            return module.rejudge(record), (f"verdicts recomputed from the stored numbers with protocol {now}'s rules"
+                                            f" (rules {RULES})")
+        except (KeyError, TypeError, ValueError, AttributeError):
             pass  # the record lacks what the current rules read
     if table is None:
         return None, ""
-    changes = protocol_changes(chapter)
-    what = "; ".join(f"protocol {v}: {changes[v]}" for v in sorted(changes) if made < v <= now)
     out = table.copy()
     out["rule_verdict"] = out["verdict"]
-    out["verdict"] = [f"superseded (protocol {made}; it read: {v})" for v in out["verdict"]]
-    out["outcome"] = "superseded"
-    out["scale"] = "superseded"
-    return out, f"superseded: made by protocol {made}, the chapter is at protocol {now}" + (f" ({what})" if what else "")
+    if made < now:
+        changes = protocol_changes(chapter)
+        what = "; ".join(f"protocol {v}: {changes[v]}" for v in sorted(changes) if made < v <= now)
+        out["verdict"] = [f"superseded (protocol {made}; it read: {v})" for v in out["verdict"]]
+        out["outcome"] = "superseded"
+        out["scale"] = "superseded"
+        return out, f"superseded: made by protocol {made}, the chapter is at protocol {now}" + (f" ({what})" if what else "")
+    out["verdict"] = [f"not judged (the record was judged by the book's rules {rules}, superseded by rules {RULES}, "
+                      f"and lacks what they read; the old rule read: {v})" for v in out["verdict"]]
+    out["outcome"] = "not judged"
+    return out, f"not judged: judged by rules {rules}; the current rules are {RULES}"
 
 
 def check_seed_block(seed: int, n_seeds: int) -> None:
@@ -501,7 +513,7 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     if cfg.profile == "smoke" and isinstance(table, pd.DataFrame):
         label_smoke(table)
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
-                              protocol=protocol(chapter), **provenance_extra)
+                              protocol=protocol(chapter), rules=RULES, **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
                                tables=tables, defaults=defaults.get(cfg.profile, {}), path=_BLOCK_PATH.get())
 

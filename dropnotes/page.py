@@ -334,8 +334,9 @@ def evidence_summary(chapter: str) -> str:
                 f"{n} {o}" for o, n in counted.items()) + "."
             unconverged = table.loc[table["outcome"] == "not converged", "claim"].tolist()
             if unconverged:
-                line += (f" {len(unconverged)} of {len(table)} claims could not be judged because models were still "
-                         "improving in the last quarter of their schedule; a longer schedule is the next step.")
+                line += (f" {len(unconverged)} of {len(table)} claims could not be judged because an arm was still "
+                         "improving by enough to close its gap (the plateau test); each verdict names the arm and the "
+                         "schedule that would plateau it.")
             scales = list(dict.fromkeys(s for s in table.get("scale", []) if s))
             if scales:
                 line += " Its scale against the papers: " + " / ".join(scales) + "."

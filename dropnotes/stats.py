@@ -397,6 +397,38 @@ class Paired:
             return f"{v}; p = {self.p:.2g}, {df}{note})"
         return f"inconclusive (p = {self.p:.2g}, {df}{note})"
 
+    def equivalent(self, margin: float, shown: str | None = None, alpha: float = ALPHA) -> str:
+        """TOST (Schuirmann 1987) on this comparison, with a margin stated before the run: *reproduced
+        (equivalent)* when the ``1 - 2 alpha`` interval (t at this comparison's degrees of freedom) lies inside
+        (-margin, margin), *not reproduced* when it lies wholly outside [-margin, margin], else *inconclusive*."""
+        if not margin > 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        m = shown or f"{margin:g}"
+        c = float(sps.t.ppf(1 - alpha, self.df)) if math.isfinite(self.df) else float(sps.norm.ppf(1 - alpha))
+        low, high = self.diff - c * self.se, self.diff + c * self.se
+        note = seeds_note(self.seeds)
+        if -margin < low and high < margin:
+            return f"reproduced (equivalent within ±{m}; 90 % interval {low:.3g} to {high:.3g}{note})"
+        if low > margin or high < -margin:
+            return f"not reproduced (they differ by more than {m}; 90 % interval {low:.3g} to {high:.3g}{note})"
+        return f"inconclusive (equivalence within ±{m} not shown; 90 % interval {low:.3g} to {high:.3g}{note})"
+
+    def not_better(self, margin: float, shown: str | None = None, alpha: float = ALPHA) -> str:
+        """A "new does not beat base" claim with a margin stated before the run: *reproduced* when the one-sided
+        ``1 - alpha`` upper bound of the gain (``diff``, base - new) lies below ``margin``, *not reproduced* when
+        the lower bound lies above it, else *inconclusive*."""
+        if not margin > 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        m = shown or f"{margin:g}"
+        c = float(sps.t.ppf(1 - alpha, self.df)) if math.isfinite(self.df) else float(sps.norm.ppf(1 - alpha))
+        low, high = self.diff - c * self.se, self.diff + c * self.se
+        note = seeds_note(self.seeds)
+        if high < margin:
+            return f"reproduced (its gain's upper bound {high:.3g} lies below {m}{note})"
+        if low > margin:
+            return f"not reproduced (its gain's lower bound {low:.3g} lies above {m}{note})"
+        return f"inconclusive (its gain's bounds {low:.3g} to {high:.3g} straddle {m}{note})"
+
     def power(self, seeds: int, effect: float | None = None, alpha: float = ALPHA) -> float:
         """The power of this comparison with ``seeds`` seeds per arm on the same test set, at the measured effect
         (or ``effect``) and variance components (scipy's noncentral t at the Satterthwaite df)."""
@@ -452,8 +484,9 @@ def _power(ncp: float, df: float, alpha: float = ALPHA) -> float:
 
 def compare_examples(base_wrong: Sequence[Sequence[float]], new_wrong: Sequence[Sequence[float]],
                      alpha: float = ALPHA) -> Paired:
-    """Is ``new`` wrong less often than ``base`` on the same test examples, over seeds? One 0/1 array per seed for
-    each arm (1 = misclassified; seed ``s`` of both arms paired, on the same examples in the same order).
+    """Is ``new`` wrong less often than ``base`` on the same test examples, over seeds? One array per seed for each
+    arm, per test example: 0/1 mistakes (1 = misclassified), or any per-example loss (a language model's loss on each
+    test window); seed ``s`` of both arms paired, on the same examples in the same order. Lower is better.
 
     The variance model: the differences d_si = base_si - new_si form a seeds x examples table with crossed random
     effects, a seed's (how much one training run differs from another), an example's (some examples separate the

@@ -133,7 +133,13 @@ def test_every_chapter_has_the_colab_cell_the_run_box_and_the_finale(relpath):
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code.index(colab[0]) == 1, "right after the parameters cell, before any import"
     assert f"{{glue:md}} {chapter}-run-box" in nb.cells[1].source, "the run box opens the chapter"
-    assert "page.finale(ch.CHAPTER" in code[-1].source, "the last cell shows the verdicts and the provenance"
+    # the finale shows the verdicts and the provenance; after it come only collapsed or hidden cells (a superseded
+    # run's tables, the glue of a collapsed history note): the findings come first
+    finale = [i for i, c in enumerate(code) if "page.finale(ch.CHAPTER" in c.source]
+    assert finale, "the chapter ends with page.finale"
+    after = code[finale[-1] + 1:]
+    assert all({"remove-cell", "hide-output"} & set(c.metadata.get("tags", [])) for c in after), \
+        "only hidden or collapsed cells follow the finale"
     assert any("page.plot_scales(ch.CHAPTER, run)" in c.source for c in code), "the figure of every scale on one axis"
     assert f"{{glue:figure}} {chapter}-scales" in "".join(c.source for c in nb.cells if c.cell_type == "markdown")
 

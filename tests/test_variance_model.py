@@ -73,3 +73,17 @@ def test_bad_input_is_refused():
         stats.compare_examples([[0, 1]], [[0, 1], [1, 0]])
     with pytest.raises(ValueError, match="same test examples"):
         stats.compare_examples([[0, 1], [0, 1, 1]], [[0, 1], [0, 1, 1]])
+
+
+def test_equivalence_and_not_better_read_their_intervals():
+    rng = np.random.default_rng(5)
+    base = [rng.normal(4.0, 0.5, 2000) for _ in range(3)]
+    same = [b + rng.normal(0, 0.01, 2000) for b in base]
+    r = stats.compare_examples(base, same)
+    assert r.equivalent(0.05).startswith("reproduced (equivalent")
+    assert r.not_better(0.05).startswith("reproduced")
+    far = stats.compare_examples(base, [b - 0.3 for b in same])  # new lower by 0.3: a gain of 0.3
+    assert far.equivalent(0.05).startswith("not reproduced")
+    assert far.not_better(0.05).startswith("not reproduced")
+    with pytest.raises(ValueError, match="margin"):
+        r.equivalent(0)

@@ -311,15 +311,14 @@ def test_chapter1_rate_is_chosen_on_validation_not_test():
 def test_chapter5_rule_functions():
     from dropnotes.experiments import llm
 
-    assert llm.rule_not_better(-0.05, 0.005).startswith("reproduced")  # early clearly worse
-    assert llm.rule_not_better(0.002, 0.002).startswith("reproduced")  # a gain shown below the margin
-    assert llm.rule_not_better(0.05, 0.005).startswith("not reproduced")
-    assert llm.rule_not_better(0.0, 0.02).startswith("inconclusive")  # a noisy tie is not evidence of no gain
     up = "reproduced (direction"
     assert llm.rule_resolved(up, {"p=0": 100, "p=0.1": 300}, 50) == up
     assert llm.rule_resolved(up, {"p=0": 50, "p=0.1": 300}, 50).startswith("inconclusive (the minimum of p=0 falls")
     se = 0.01
     assert llm.rule_crossing([(0.30, se), (0.10, se), (0.02, se), (-0.01, se)]) == "reproduced"
+    # the factor is t at each slice's Satterthwaite df (from its Paired result): 2 df need a gain beyond 4.30 SE
+    assert llm.rule_crossing([(0.03, se, 2.0), (0.0, se, 2.0)]).startswith("inconclusive (no gain")
+    assert llm.rule_crossing([(0.03, se, 200.0), (0.0, se, 200.0)]) == "reproduced"
     # the issue's example: +0.28, -0.08, +0.01, -0.08 rises between the 2nd and 3rd slice
     assert llm.rule_crossing([(0.28, se), (-0.08, se), (0.01, se), (-0.08, se)]).startswith("not reproduced (the gain does not")
     assert llm.rule_crossing([(0.28, se), (-0.08, se), (-0.07, se), (-0.08, se)]).startswith("inconclusive (not monotone")
@@ -481,6 +480,22 @@ def test_chapter6_complementarity_cells_are_chosen_on_validation():
 # --------------------------------------------------------------------------------- chapter 3's rules
 
 
+def _chapter3_curves(seeds: int, epochs: int = 6, late: dict | None = None) -> pd.DataFrame:
+    """Validation curves of every scheme: flat (plateaued) up to tiny noise, or still falling by ``late[scheme]``
+    nats a quarter."""
+    from dropnotes.models.lstm_lm import SCHEMES
+
+    rng = np.random.default_rng(6)
+    rows = []
+    for scheme in SCHEMES:
+        slope = (late or {}).get(scheme, 0.0) / (epochs / 4)
+        for s in range(seeds):
+            for e in range(1, epochs + 1):
+                rows.append({"scheme": scheme, "seed": s, "epoch": e,
+                             "valid_ppl": math.exp(5.0 + slope * (epochs - e) + rng.normal(0, 1e-4))})
+    return pd.DataFrame(rows)
+
+
 def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60, best_epoch: int = 1) -> dict:
     """A synthetic chapter-3 record: every rung of the ladder lowers the per-window test loss by ``gain`` nats
     (raises it when negative); tied recurrent masks beat per-step ones by the same; weight-drop equals
@@ -503,7 +518,7 @@ def _chapter3_record(gain: float, seeds: int = 3, windows: int = 60, best_epoch:
                                                                             for k in SCHEMES]})
     ws = [win["variational", s] for s in range(seeds)]
     mc = [(np.array(w) - gain).tolist() for w in ws]
-    return {"runs": pd.DataFrame(runs), "windows": win, "summary": summary,
+    return {"runs": pd.DataFrame(runs), "windows": win, "summary": summary, "curves": _chapter3_curves(seeds),
             "mc": pd.DataFrame({"seed": range(seeds), "ws_ppl": [math.exp(np.mean(w)) for w in ws],
                                 "mc_ppl": [math.exp(np.mean(w)) for w in mc]}),
             "mc_windows": {"ws": ws, "mc": mc},
@@ -544,6 +559,31 @@ def test_chapter3_ladder_verdicts_on_synthetic_records(gain, ladder, equal):
     assert short.outcome[svd] == "not at paper scale"
 
 
+def test_chapter3_a_scheme_still_improving_blocks_only_the_rungs_it_could_change():
+    rec, var = _chapter3_record(0.05)
+    full = var.configure("full", device="cpu")
+    # naive still falling by 0.3 nats a quarter before the decay: it is the better arm of none -> naive (no block) and
+    # the worse arm of naive -> tied (0.05 nats: it could close it)
+    rec["curves"] = _chapter3_curves(3, late={"naive": 0.3})
+    table = var.verdicts(rec, full).set_index("claim").verdict
+    assert table["naive dropout on the non-recurrent connections lowers test perplexity"].startswith("reproduced")
+    tied = table[var.LADDER[0][2]]
+    assert tied.startswith("not converged (naive") and "close the gap" in tied, tied
+    assert table["MC averaging lowers test perplexity slightly"].startswith("reproduced")  # the same weights: no gate
+
+
+def test_chapter3_stored_record_without_windows_is_not_judged():
+    rec, var = _chapter3_record(0.05)
+    rec["windows"] = None
+    table = var.verdicts(rec, var.configure("full", device="cpu"))
+    lm = table[~table.source.str.startswith("Molchanov")]
+    assert all(v.startswith("not judged (per-window") for v in lm.verdict[:-1]), list(lm.verdict)
+    rec, _ = _chapter3_record(0.05)
+    rec["curves"] = None
+    table = var.verdicts(rec, var.configure("full", device="cpu"))
+    assert table.verdict.iloc[0].startswith("not judged (learning curves")
+
+
 def test_chapter3_weight_drop_margin_is_tighter_than_the_effect():
     """The case protocol 3 missed: weight-drop 0.015 nats worse than variational on every window passed the
     0.02-nat margin as "equivalent", though the paper's whole naive -> variational effect is 0.037 nats. The
@@ -565,7 +605,7 @@ def test_chapter3_weight_drop_equality_needs_power():
     table = var.verdicts(rec, var.configure("full", device="cpu")).set_index("claim").verdict
     wd = [c for c in table.index if c.startswith("weight-drop")][0]
     assert table[wd].startswith("not reproduced (they differ")
-    rec, var = _chapter3_record(0.05, seeds=1, windows=3)  # three windows of noise 0.3 nats: no power
+    rec, var = _chapter3_record(0.05, seeds=2, windows=3)  # three windows of noise 0.3 nats: no power
     rng = np.random.default_rng(6)
     for k in list(rec["windows"]):
         rec["windows"][k] = (np.array(rec["windows"][k]) + rng.normal(0, 0.3, 3)).tolist()
@@ -652,9 +692,27 @@ def test_chapter7_memory_bound_is_judged_on_the_eager_kernel():
 # --------------------------------------------------------------------------------- chapter 5's table
 
 
-def _chapter5_record(gain: float, cfg, first_best: bool = False) -> dict:
+def _chapter5_curves(cfg, late: dict | None = None) -> pd.DataFrame:
+    """Validation-half curves of every fine-tuning run: flat (plateaued) unless ``late`` names a (method, p, size)
+    whose curves still fall by the given bpb per evaluation to the end."""
+    rng = np.random.default_rng(3)
+    late = late or {}
+    rows = []
+    keys = [("full", q, s) for s in sorted({*cfg.sizes, cfg.finetune_bytes}) for q in sorted({0.0, cfg.p, *cfg.finetune_rates})]
+    keys += [("LoRA", q, cfg.finetune_bytes) for q in cfg.lora_rates]
+    for method, q, size in keys:
+        slope = late.get((method, q, size), 0.0)
+        for s in range(cfg.n_seeds):
+            for k in range(1, cfg.finetune_steps // cfg.eval_every + 1):
+                rows.append({"method": method, "p": q, "size": size, "seed": s, "step": k * cfg.eval_every,
+                             "valid_bpb": 3.0 - slope * k + rng.normal(0, 1e-4)})
+    return pd.DataFrame(rows)
+
+
+def _chapter5_record(gain: float, cfg, first_best: bool = False, late: dict | None = None) -> dict:
     """Synthetic LLM runs: dropout costs ``gain`` bpb in pretraining (and early dropout half of it), and lowers the
-    best fine-tuning loss by ``gain`` on the smallest slice, shrinking to nothing on all the data."""
+    best fine-tuning loss by ``gain`` on the smallest slice, shrinking to nothing on all the data. Every fine-tuning
+    curve is flat (plateaued) unless ``late`` says otherwise (see :func:`_chapter5_curves`)."""
     from dropnotes.experiments.llm import LN2
 
     rng = np.random.default_rng(7)
@@ -679,25 +737,106 @@ def _chapter5_record(gain: float, cfg, first_best: bool = False) -> dict:
     for q in cfg.lora_rates:
         ft["LoRA", q, cfg.finetune_bytes] = [run(s, base[s] - (gain * LN2 if q > 0 else 0.0) + noise(), 10.0)
                                              for s in seeds]
-    return {"pre": pre, "ft": ft, "pretrain_tokens": 1000, "corpus_tokens": 5000}
+    return {"pre": pre, "ft": ft, "pretrain_tokens": 1000, "corpus_tokens": 5000, "curves": _chapter5_curves(cfg, late)}
 
 
 @pytest.mark.parametrize("gain, expected", [
-    (0.05, ["reproduced (direction", "reproduced", "reproduced (direction", "reproduced (direction", "reproduced"]),
-    (-0.05, ["not reproduced (the opposite", "not reproduced (a gain above", "not reproduced (the opposite",
+    (0.05, ["reproduced (direction", "reproduced (its gain", "reproduced (direction", "reproduced (direction",
+            "reproduced"]),
+    (-0.05, ["not reproduced (the opposite", "not reproduced (its gain's lower bound", "not reproduced (the opposite",
              "not reproduced (the opposite", "not reproduced (dropout hurts"]),
 ])
-@pytest.mark.parametrize("n_seeds", [1, 3])
-def test_chapter5_verdicts_on_synthetic_records(gain, expected, n_seeds):
+def test_chapter5_verdicts_on_synthetic_records(gain, expected):
     from dropnotes.experiments import llm
 
-    cfg = llm.configure("quick", device="cpu", n_seeds=n_seeds)
+    cfg = llm.configure("quick", device="cpu", n_seeds=3)
     table = llm.verdicts(_chapter5_record(gain, cfg), cfg)
     for got, want in zip(table.verdict, expected, strict=True):
         assert got.startswith(want), (got, want)
+    assert table.unit.eq("bpb").all() and table.effect.notna().all() and (table.low <= table.high).all()
     # every minimum on the first evaluation: the fine-tuning comparisons cannot be judged
     table = llm.verdicts(_chapter5_record(gain, cfg, first_best=True), cfg)
     assert table.verdict.iloc[2].startswith("inconclusive (the minimum") and table.verdict.iloc[4].startswith("inconclusive")
+    assert table.decide.iloc[2].startswith("evaluations before step")
+
+
+def test_chapter5_one_seed_cannot_take_the_plateau_test():
+    """Pretraining needs no plateau gate (one pass is the claim's regime): with one seed it is still judged; the
+    fine-tuning rows need two seeds for the plateau test and read not judged."""
+    from dropnotes.experiments import llm
+
+    cfg = llm.configure("quick", device="cpu", n_seeds=1)
+    table = llm.verdicts(_chapter5_record(0.05, cfg), cfg)
+    assert table.verdict.iloc[0].startswith("reproduced (direction")
+    assert table.verdict.iloc[1].startswith("reproduced")
+    assert all(v.startswith("not judged (the plateau test needs 2 seeds") for v in table.verdict.iloc[2:])
+
+
+def test_chapter5_a_late_arm_blocks_only_the_rows_it_could_change():
+    """The p = 0 arm of full fine-tuning on the main slice still falls by far more than the gap: the fine-tuning row
+    reads not converged (and says what would plateau it); LoRA and pretraining are untouched. A late arm whose gain is
+    below the gap (the better arm, here dropout's) widens the gap and blocks nothing."""
+    from dropnotes.experiments import llm
+
+    cfg = llm.configure("quick", device="cpu", n_seeds=3)
+    main = ("full", 0.0, cfg.finetune_bytes)
+    table = llm.verdicts(_chapter5_record(0.05, cfg, late={main: 0.01}), cfg).set_index("claim")
+    fine = table.loc[llm.CLAIMS["finetune"]["claim"]]
+    assert fine.verdict.startswith("not converged (the base arm was still improving") and "it read: reproduced" in fine.verdict
+    assert fine.decide and fine.margin == llm.FT_DELTA_BPB
+    assert table.loc[llm.CLAIMS["lora"]["claim"]].verdict.startswith("reproduced (direction")
+    assert table.loc[llm.CLAIMS["pretrain"]["claim"]].verdict.startswith("reproduced (direction")
+    # the crossing reads every slice's arms: the main slice is one of them
+    assert table.loc[llm.CLAIMS["crossing"]["claim"]].verdict.startswith("not converged (on 10000 bytes")
+    better = ("full", max(cfg.finetune_rates), cfg.finetune_bytes)  # 2p: chosen on validation (ties: the first)
+    table = llm.verdicts(_chapter5_record(0.05, cfg, late={("LoRA", cfg.p, cfg.finetune_bytes): 0.01, better: 0.0}),
+                         cfg).set_index("claim")
+    assert table.loc[llm.CLAIMS["lora"]["claim"]].verdict.startswith("reproduced (direction")
+
+
+def test_chapter5_an_inconclusive_row_says_what_would_decide_it():
+    from dropnotes.experiments import llm
+
+    cfg = llm.configure("quick", device="cpu", n_seeds=3)
+    rec = _chapter5_record(0.0, cfg)
+    rng = np.random.default_rng(0)
+    for runs in (*rec["pre"].values(), *rec["ft"].values()):  # seed noise on every run: no difference is shown
+        for r in runs:
+            shift = rng.normal(0, 0.01)
+            if "final_windows" in r:
+                r["final_windows"] = (np.asarray(r["final_windows"]) + shift).tolist()
+            else:
+                r["best"]["windows"] = (np.asarray(r["best"]["windows"]) + shift).tolist()
+    table = llm.verdicts(rec, cfg)
+    undecided = table[table.verdict.str.startswith("inconclusive")]
+    assert len(undecided) >= 3, table.verdict.tolist()
+    assert undecided.decide.notna().all() and undecided.decide.str.contains("seeds|test examples").all()
+
+
+def test_chapter5_rejudge_reads_the_stored_tables_and_never_the_old_rule():
+    """A record made before rules 2 holds no per-window losses: every row reads not judged, saying so; a record
+    that stores them is judged again from them as the run judged it."""
+    from dropnotes import results
+    from dropnotes.experiments import _base, llm
+
+    laptop = results.load_result(llm.CHAPTER, "laptop")
+    if laptop is not None:
+        table = llm.rejudge(laptop)
+        assert len(table) == len(llm.CLAIMS)
+        assert table.verdict.eq(f"not judged ({llm.NO_WINDOWS})").all() and table.outcome.eq("not judged").all()
+        shown, note = _base.current_verdicts(llm.CHAPTER, laptop)
+        assert shown.verdict.eq("not judged (per-window losses not stored)").all() and note.startswith("verdicts recomputed")
+    cfg = llm.configure("quick", device="cpu", n_seeds=3)
+    rec = _chapter5_record(0.05, cfg)
+    direct = llm.verdicts(rec, cfg)
+    import dataclasses
+
+    record = {"params": dataclasses.asdict(cfg), "metrics": {"pretrain_tokens": 1000, "corpus_tokens": 5000},
+              "tables": {"windows": llm.window_table(rec["pre"], rec["ft"]), "curves": rec["curves"]}}
+    again = llm.rejudge(record)
+    assert again.rule_verdict.tolist() == direct.verdict.tolist()
+    record["tables"].pop("windows")
+    assert llm.rejudge(record).verdict.str.startswith("not judged (per-window losses not stored)").all()
 
 
 def test_chapter5_selects_on_the_validation_half_and_judges_on_the_test_half():
@@ -714,20 +853,6 @@ def test_chapter5_selects_on_the_validation_half_and_judges_on_the_test_half():
     out = llm._best_and_final(curve, judged)
     assert out["best"]["step"] == 20 and out["best"]["test_loss"] == 4.0 and out["best"]["windows"] == [4.0, 4.0]
     assert out["final_windows"] == [5.0, 6.0] and out["final"]["test_loss"] == 5.5
-
-
-def test_chapter3_language_model_rows_read_not_converged_when_models_were_still_improving():
-    """Protocol 5: an LSTM whose best validation epoch lies in the last quarter of the schedule makes every
-    language-model row 'not converged' (whichever sign it read); sparse VD's row keeps its own rule."""
-    from dropnotes.experiments import variational as var
-
-    full = var.configure("full", device="cpu")
-    early = var.verdicts(_chapter3_record(0.05)[0], full)
-    late = var.verdicts(_chapter3_record(0.05, best_epoch=full.epochs)[0], full)
-    lm = ~late["source"].str.startswith("Molchanov")
-    assert not early.verdict.str.startswith("not converged").any()
-    assert late.loc[lm, "verdict"].str.startswith("not converged").all()
-    assert (late.loc[~lm, "verdict"] == early.loc[~lm, "verdict"]).all()
 
 
 def test_a_verdict_row_checks_its_kind_test_and_outcome():

@@ -442,7 +442,9 @@ def current_verdicts(chapter: str, record: dict | None) -> tuple[pd.DataFrame | 
     if made >= now and rules >= RULES and table is not None and "outcome" in table:
         return table, ""
     module = _module(chapter)
-    if hasattr(module, "rejudge"):
+    # a chapter judges again the records of the protocols whose training its current one keeps (REJUDGE_FROM: the
+    # oldest such; default, only its current protocol)
+    if hasattr(module, "rejudge") and made >= int(getattr(module, "REJUDGE_FROM", now)):
         try:
             return module.rejudge(record), (f"verdicts recomputed from the stored numbers with protocol {now}'s rules"
                                             f" (rules {RULES})")

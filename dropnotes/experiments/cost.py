@@ -40,6 +40,8 @@ PROTOCOL_CHANGES = {2: "verdicts read at the run's scale; the memory-bound claim
                        "again (the rule first stated: at least half the copy bandwidth), the compiled kernel reported "
                        "beside it (protocol 1 had switched to the best of eager and compiled in the commit that stored "
                        "its GPU run, after seeing it); the claims labelled rule of thumb or this book's own test"}
+# Protocol 2 changed only the rules: a protocol-1 record (the same timings) is judged again from its numbers.
+REJUDGE_FROM = 1
 # The claims' setting: kernels and training steps on a GPU (where the rule of thumb and the kernels' design live).
 PAPER_SETTINGS = {"GPU": {"device": "a GPU"}}
 MEMORY_BOUND_AT = 0.5  # the eager dropout kernel reaches at least this fraction of a measured copy's bandwidth

@@ -34,6 +34,10 @@ PROTOCOL_CHANGES = {2: "verdicts read at the run's scale (both signs alike), t i
                        "claim paired on the same test images over seeds (stats.compare_examples), each chosen model's "
                        "per-example test correctness stored; the level claim by the interval of the mean over seeds"}
 
+# Protocols 2 and 3 changed the verdict rules and what a run stores (curves, per-example correctness), not what it
+# trains: a protocol-1 record is judged again from its numbers (what it lacks reads "not judged").
+REJUDGE_FROM = 1
+
 # Srivastava et al. (2014), Table 2: permutation-invariant MNIST test error (%).  Checked against
 # independent secondary sources that agree (third-party reproductions quoting the table); the PDF itself was not
 # reachable offline.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -20,15 +21,14 @@ from dropnotes.stacked import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked
                               lm_window_losses_stacked, lm_windows, mc_window_losses)
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
-from dropnotes.experiments._base import plain
+from dropnotes.experiments._base import config_of, plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish,
                                         judged,
                                         rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
-from dropnotes.stats import block_se, compare_paired, equivalent_paired, mean_sd
-from dropnotes.verdict import not_converged, unconverged
+from dropnotes.stats import block_se, blocks, compare_examples, mean_sd, plateau
 
 CHAPTER = "variational"
 # The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): Zaremba et al.'s
@@ -64,6 +64,12 @@ PAPER_SVD_ERROR, PAPER_SVD_COMPRESSION = 1.92, 68
 # = 0.037 nats, so that "equal" is tighter than the effect the same chapter tries to detect (protocol 3's 0.02
 # nats, more than half of it, was changed after its runs had been seen: the reason is the effect size, not them).
 EQUAL_MARGIN_NATS = round(math.log(PAPER_ZAREMBA_MEDIUM / PAPER_VARIATIONAL_MEDIUM) / 4, 4)
+# Convergence (the book's rules 2, declared before any run judged by them): a language model arm has plateaued when
+# the one-sided 95 % upper bound of its late gain in validation cross-entropy (third quarter's mean minus the fourth's,
+# per seed, over seeds) is below δ, the same quarter of the paper's naive -> variational effect. A schedule that decays
+# the rate (SGD after `decay_after`) is judged on its epochs before the decay, where the curve still says whether the
+# model had stopped learning; the decay then shrinks every late gain by construction.
+DELTA_NATS = EQUAL_MARGIN_NATS
 # Each claim's paper setting, declared once (dropnotes.verdict reads a run below it "at reduced scale"):
 # Zaremba et al.'s medium LSTM on all of PTB (10k words), 39 epochs; the authors' sparse VD script.
 PAPER_SETTINGS = {
@@ -366,8 +372,12 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
             metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
                      **({"lr": lr} if cfg.lr_grid else {}),  # a rate a pilot chose (the page says so)
                      "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
-            tables={k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "lr_pilot", "svd", "svd_curve",
-                                        "summary", "verdicts")})
+            tables={**{k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "lr_pilot", "svd",
+                                           "svd_curve", "summary", "verdicts")},
+                    # what the paired rule reads: every model's loss on each test window, and MC against scaling
+                    "windows": pd.DataFrame([{"scheme": k, "seed": s, "losses": v} for (k, s), v in windows.items()]),
+                    "mc_windows": pd.DataFrame({"seed": rec["mc"].seed if len(rec["mc"]) else [],
+                                                "ws": mc_windows["ws"], "mc": mc_windows["mc"]})})
     return rec
 
 
@@ -390,63 +400,108 @@ LADDER = (("naive", "tied", "tying the masks in time (same connections, same rat
           ("tied-recurrent", "variational", "adding word-type embedding dropout lowers it further"))
 
 
+def lm_plateau(curves: pd.DataFrame | None, scheme: str, cfg: VariationalConfig):
+    """The plateau test (:func:`dropnotes.stats.plateau`) of one scheme's language models, on validation
+    cross-entropy at every epoch (before the decay, for a decaying schedule), or the reason it cannot run (a text)."""
+    if curves is None or "valid_ppl" not in curves:
+        return "learning curves not stored"
+    arm = curves[curves.scheme == scheme].sort_values("epoch")
+    if cfg.optimizer == "sgd" and cfg.lr_decay != 1.0 and cfg.decay_after > 0:
+        arm = arm[arm.epoch <= cfg.decay_after]
+    per_seed = [np.log(g.valid_ppl.to_numpy()) for _, g in arm.groupby("seed")]
+    if len(per_seed) < 2 or min(map(len, per_seed), default=0) < 4:
+        return (f"the plateau test needs 2 seeds and 4 evaluation points{' before the decay' if cfg.lr_decay != 1.0 else ''}"
+                f" per arm; {scheme} has {len(per_seed)} and {min(map(len, per_seed), default=0)}")
+    return plateau(per_seed, DELTA_NATS)
+
+
+def _per_window(table: pd.DataFrame | dict | None) -> dict | None:
+    """(scheme, seed) -> per-window test losses, from a run (a dict) or a stored record (a table)."""
+    if table is None:
+        return None
+    if isinstance(table, dict):
+        return table
+    return {(r.scheme, int(r.seed)): list(r.losses) for r in table.itertuples()}
+
+
 def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
-    """The closing table, from the measurements, with the rules stated in the chapter. Differences are
-    in test cross-entropy (nats), paired over the same test windows; the SE is the larger of the seed-based
-    and the per-window estimate."""
-    runs, windows = rec["runs"], rec["windows"]
+    """The closing table, from the measurements, with the rules stated in the chapter. Differences are in test
+    cross-entropy (nats, base - new: > 0 when the new scheme is better), paired on the same test windows over seeds
+    (:func:`dropnotes.stats.compare_examples`: the seeds' spread and the windows' shared term, Satterthwaite df). A
+    comparison of two trained schemes is gated by the plateau test of each (:func:`lm_plateau`): a scheme still
+    improving blocks it only when its late gain could close the gap (:func:`dropnotes.stats.blocks`). MC against
+    weight scaling compares two inferences of the same weights and needs no gate. A record without per-window losses
+    or curves reads *not judged*."""
+    runs, windows, curves = rec["runs"], _per_window(rec.get("windows")), rec.get("curves")
+    seeds = sorted(runs.seed.unique())
+    tests = {k: lm_plateau(curves, k, cfg) for k in SCHEMES}
 
-    def cmp(base: str, new: str) -> tuple[str, str]:
-        seeds = sorted(runs.seed.unique())
-        diff, se, v = compare_paired([windows[base, s] for s in seeds], [windows[new, s] for s in seeds])
+    def numbers(base: str, new: str):
+        if windows is None:
+            return None, "per-window test losses not stored"
+        if isinstance(tests[base], str) or isinstance(tests[new], str):
+            return None, tests[base] if isinstance(tests[base], str) else tests[new]
+        return compare_examples([windows[base, s] for s in seeds], [windows[new, s] for s in seeds]), ""
+
+    def row(base: str, new: str, rule=None, test: str = "direction", margin: float | None = None, **fields) -> Verdict:
         b, n = (runs[runs.scheme == k].test_loss.tolist() for k in (base, new))
-        return (f"{base} {_ppl(b):.1f}, {new} {_ppl(n):.1f} ({100 * (1 - _ppl(n) / _ppl(b)):+.1f} % ppl; "
-                f"{diff:+.3f} ± {se:.3f} nats)"), v
+        ours = f"{base} {_ppl(b):.1f}, {new} {_ppl(n):.1f} ({100 * (1 - _ppl(n) / _ppl(b)):+.1f} % ppl"
+        r, missing = numbers(base, new)
+        if r is None:
+            return Verdict(ours=ours + ")", verdict=f"not judged ({missing})", test=test, unit="nats", **fields)
+        text = rule(r) if rule else r.verdict()
+        why = blocks(r.diff, tests[base], tests[new], test, margin)
+        verdict = f"not converged ({base if r.diff > 0 else new}: {why}; it read: {text})" if why else text
+        decide = why or (r.decide() if text.startswith("inconclusive") else None)
+        return Verdict(ours=f"{ours}; {r.diff:+.3f} nats, 95 % interval {r.low:+.3f} to {r.high:+.3f})",
+                       verdict=verdict, test=test, effect=r.diff, low=r.low, high=r.high, unit="nats", margin=margin,
+                       decide=decide, **fields)
 
-    rows = []
-    ours, v = cmp("none", "naive")
-    rows.append(Verdict(claim="naive dropout on the non-recurrent connections lowers test perplexity",
-                 source="Zaremba et al. 2014", paper=f"small, none: {PAPER_ZAREMBA_SMALL_NOREG}; medium, dropout: "
-                 f"{PAPER_ZAREMBA_MEDIUM}", ours=ours, verdict=v))
+    rows = [row("none", "naive", claim="naive dropout on the non-recurrent connections lowers test perplexity",
+                source="Zaremba et al. 2014",
+                paper=f"small, none: {PAPER_ZAREMBA_SMALL_NOREG}; medium, dropout: {PAPER_ZAREMBA_MEDIUM}")]
     # Gal & Ghahramani's variational package against naive dropout, one factor per rung (the paper reports only
     # the package, medium 82.7 -> 79.7, which no single rung tests).
     package = (f"the package only: medium {PAPER_ZAREMBA_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM} "
                f"({100 * (1 - PAPER_VARIATIONAL_MEDIUM / PAPER_ZAREMBA_MEDIUM):.1f} %)")
     for base, new, claim in LADDER:
-        ours, v = cmp(base, new)
-        rows.append(Verdict(claim=claim, source="Gal & Ghahramani 2016, RNNs (Table 1; one rung of the package)",
-                     paper=package, ours=ours, verdict=v))
-    ours, v = cmp("per-step-recurrent", "tied-recurrent")
-    rows.append(Verdict(claim="on the recurrent connections, masks tied in time beat fresh masks at every step (same rate "
+        rows.append(row(base, new, claim=claim, source="Gal & Ghahramani 2016, RNNs (Table 1; one rung of the package)",
+                        paper=package))
+    rows.append(row("per-step-recurrent", "tied-recurrent",
+                    claim="on the recurrent connections, masks tied in time beat fresh masks at every step (same rate "
                           "and placement)",
-                 source="Gal & Ghahramani 2016, RNNs (motivation); Zaremba et al. 2014",
-                 paper="fresh recurrent masks hurt (argued, no number)", ours=ours, verdict=v))
-    ours, _ = cmp("variational", "weight-drop")
-    seeds = sorted(runs.seed.unique())
-    _, _, eq = equivalent_paired([windows["variational", s] for s in seeds], [windows["weight-drop", s] for s in seeds],
-                                 EQUAL_MARGIN_NATS, shown=f"{EQUAL_MARGIN_NATS:g} nats")
-    s = rec["summary"].set_index("scheme")["words/s (one model)"]
-    speed = s["weight-drop"] / s["variational"]
-    rows.append(Verdict(claim="weight-drop on W_hh matches variational dropout in perplexity",
-                 source="our test (weight-drop from Merity et al. 2018, who make no equivalence claim)",
-                 kind="our test", test="equivalence", setting="medium LSTM",
-                 paper="no claim (AWD-LSTM uses weight-drop; no comparison with variational dropout)",
-                 ours=(f"{ours}; equivalence margin ±{EQUAL_MARGIN_NATS:g} nats (TOST, 5 %; a quarter of the paper's "
-                          f"naive -> variational effect); {speed:.2f}x the words/s of the time loop (not judged: a "
-                          "fused kernel outruns a time loop by construction)"),
-                 verdict=eq))
+                    source="Gal & Ghahramani 2016, RNNs (motivation); Zaremba et al. 2014",
+                    paper="fresh recurrent masks hurt (argued, no number)"))
+    rows.append(row("variational", "weight-drop", test="equivalence", margin=EQUAL_MARGIN_NATS,
+                    rule=lambda r: r.equivalent(EQUAL_MARGIN_NATS, shown=f"{EQUAL_MARGIN_NATS:g} nats"),
+                    claim="weight-drop on W_hh matches variational dropout in perplexity",
+                    source="our test (weight-drop from Merity et al. 2018, who make no equivalence claim)",
+                    kind="our test", setting="medium LSTM",
+                    paper="no claim (AWD-LSTM uses weight-drop; no comparison with variational dropout); margin "
+                          f"±{EQUAL_MARGIN_NATS:g} nats (TOST, 5 %; a quarter of the paper's naive -> variational "
+                          "effect)"))
     mc = rec["mc"]
     if len(mc):
-        diff, se, v = compare_paired(list(rec["mc_windows"]["ws"]), list(rec["mc_windows"]["mc"]))
-        rows.append(Verdict(claim="MC averaging lowers test perplexity slightly",
-                     source="Gal & Ghahramani 2016, RNNs (Table 1)",
+        mcw = rec.get("mc_windows")
+        if isinstance(mcw, pd.DataFrame):
+            mcw = {"ws": list(mcw.ws), "mc": list(mcw.mc)}
+        claim = dict(claim="MC averaging lowers test perplexity slightly", source="Gal & Ghahramani 2016, RNNs (Table 1)",
                      paper=f"medium tied: {PAPER_VARIATIONAL_MEDIUM} -> {PAPER_VARIATIONAL_MEDIUM_MC} (1,000 passes)",
-                     ours=(f"MC over {cfg.mc_samples:,} passes (the paper: 1,000; fewer passes overstate MC "
-                              f"perplexity): weight scaling {mc.ws_ppl.mean():.1f}, MC {mc.mc_ppl.mean():.1f} "
-                              f"({diff:+.4f} ± {se:.4f} nats)"), verdict=v))
+                     unit="nats")
+        ours = (f"MC over {cfg.mc_samples:,} passes (the paper: 1,000; fewer passes overstate MC perplexity): weight "
+                f"scaling {mc.ws_ppl.mean():.1f}, MC {mc.mc_ppl.mean():.1f}")
+        if mcw is None:
+            rows.append(Verdict(**claim, ours=ours, verdict="not judged (per-window test losses not stored)"))
+        else:  # the same trained weights, two inferences: no convergence gate
+            r = compare_examples(mcw["ws"], mcw["mc"])
+            rows.append(Verdict(**claim, ours=f"{ours} ({r.diff:+.4f} nats, 95 % interval {r.low:+.4f} to {r.high:+.4f})",
+                                verdict=r.verdict(), effect=r.diff, low=r.low, high=r.high,
+                                paper_effect=math.log(PAPER_VARIATIONAL_MEDIUM / PAPER_VARIATIONAL_MEDIUM_MC),
+                                decide=r.decide() if r.verdict().startswith("inconclusive") else None))
     last = rec["svd"].mean(numeric_only=True)  # over seeds
     err, comp = 100 * last.test_error, last.compression
-    # a level claim: below the authors' schedule it reads "not at paper scale" with the compression it measured
+    # a level claim: below the authors' schedule it reads "not at paper scale" with the compression it measured; at
+    # their schedule (a decaying one, the authors' own) the level is theirs, so no plateau gate applies
     rule, ok = "error <= 2.2 % and compression >= 30x", err <= 2.2 and comp >= 30
     rows.append(Verdict(claim="sparse VD prunes most of LeNet-300-100 at a small cost in error",
                  source="Molchanov et al. 2017 (Table 1)", test="level", setting="sparse VD",
@@ -455,18 +510,17 @@ def verdicts(rec: dict, cfg: VariationalConfig) -> pd.DataFrame:
                           f"{last.sparsity_fc3:.3f}, {comp:.1f}x ({comp / PAPER_SVD_COMPRESSION:.2f} of the paper's) "
                           f"after {int(last.epoch)} epochs, mean of {len(rec['svd'])} seeds; rule: {rule}"),
                  verdict="reproduced" if ok else "not reproduced"))
-    return converged(verdict_table(rows), runs, cfg.epochs)
+    return verdict_table(rows)
 
 
-def converged(table: pd.DataFrame, runs: pd.DataFrame, epochs: int) -> pd.DataFrame:
-    """Protocol 5: the language-model rows (all but sparse VD's, whose schedule is fixed) read *not converged*
-    when any LSTM of the group had its best validation epoch in the last quarter of its ``epochs``."""
-    late = len(not_converged(runs.best_epoch, epochs))
-    out = table.copy()
-    col = "rule_verdict" if "rule_verdict" in out else "verdict"
-    lm = ~out["source"].str.startswith("Molchanov")
-    out.loc[lm, col] = [unconverged(v, late, len(runs), "LSTM LMs", epochs) for v in out.loc[lm, col]]
-    return out
+def rejudge(record: dict) -> pd.DataFrame:
+    """The verdicts of a stored run, computed again from its stored tables with the current rules; rows whose
+    numbers the record lacks (per-window losses, before the book's rules 2) read *not judged*."""
+    cfg = config_of(VariationalConfig, record)
+    t = record["tables"]
+    rec = {"runs": t["runs"], "curves": t.get("curves"), "windows": t.get("windows"), "mc": t["mc"],
+           "mc_windows": t.get("mc_windows"), "svd": t["svd"]}
+    return judged(CHAPTER, cfg, verdicts(rec, cfg))
 
 
 def plot_curves(curves: pd.DataFrame):

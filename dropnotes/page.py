@@ -363,14 +363,21 @@ def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | No
     closing(chapter, profile)
 
 
-VERDICT_ORDER = ("claim", "verdict", "scale", "paper", "ours", "source", "kind")
-HIDDEN = ("rule_verdict", "outcome", "test", "setting")  # kept in the record, not shown (the verdict says them)
+VERDICT_ORDER = ("claim", "verdict", "decide", "scale", "paper", "ours", "source", "kind")
+# kept in the record, not shown as columns: the verdict says them, "ours" writes the numbers, the scorecard's forest
+# plot draws them
+HIDDEN = ("rule_verdict", "outcome", "test", "setting", "effect", "low", "high", "paper_effect", "margin", "unit")
+SHOWN_AS = {"decide": "what would decide it"}
 
 
 def _verdict_first(table: pd.DataFrame) -> pd.DataFrame:
-    """A verdict table with the verdict second, beside its claim (as on the scorecard); other columns after."""
+    """A verdict table with the verdict second, beside its claim (as on the scorecard), then what would decide an
+    undecided claim (computed by its rule); other columns after."""
     first = [c for c in VERDICT_ORDER if c in table.columns]
-    return table[first + [c for c in table.columns if c not in first and c not in HIDDEN]]
+    out = table[first + [c for c in table.columns if c not in first and c not in HIDDEN]]
+    if "decide" in out:
+        out = out.assign(decide=out["decide"].fillna("").astype(str).replace({"nan": "", "None": ""}))
+    return out.rename(columns=SHOWN_AS)
 
 
 def closing(chapter: str, profile: str) -> None:
@@ -420,18 +427,42 @@ def scale_series(chapter: str, live: dict | None = None, live_label: str = "this
 def plot_scales(chapter: str, live: dict | None = None, live_label: str = "this page's run"):
     """The chapter's headline quantities at every scale on one axis: this page's run, the stored laptop and full
     runs (mean ± seed SD), and the papers' values (the module's ``PAPER_POINTS``, stars, with its
-    ``PAPER_POINTS_LABEL``). The axis is the module's ``SCALE_AXIS`` (label, scale)."""
+    ``PAPER_POINTS_LABEL``). The axis is the module's ``SCALE_AXIS`` (label, scale). A chapter whose runs measure on
+    scales that are not comparable (chapter 3's vocabularies) defines ``scale_panel(label, live) -> key`` and
+    ``SCALE_PANEL_TITLE`` (a format for the key), and ``PAPER_PANEL``, the key of the papers' own setting: one
+    panel per key, so that no axis mixes them, and the papers' values only on theirs."""
     import importlib
 
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")
     series = scale_series(chapter, live, live_label)
     paper = dict(getattr(module, "PAPER_POINTS", {}))
+    panel_of = getattr(module, "scale_panel", None)
+    if panel_of is None:
+        panels = {None: series}
+    else:
+        panels = {}
+        for label, points in series:
+            panels.setdefault(panel_of(label, live), []).append((label, points))
+        panels.setdefault(module.PAPER_PANEL, [])
+    keys = sorted(panels, key=lambda k: (k is None, k))
+    widths = [max(4.6, 0.75 * len({q for _, t in panels[k] for q in t["quantity"]} | set(paper)) + 2) for k in keys]
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.2, sum(widths)), 3.8), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        shown = paper if (panel_of is None or key == module.PAPER_PANEL) else {}
+        _draw_scales(ax, module, panels[key], shown)
+        if key is not None:
+            ax.set_title(module.SCALE_PANEL_TITLE.format(key), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_scales(ax, module, series: list, paper: dict) -> None:
+    from matplotlib.ticker import FuncFormatter
+
     quantities = list(dict.fromkeys([q for _, t in series for q in t["quantity"]] + list(paper)))
     ylabel, yscale = getattr(module, "SCALE_AXIS", ("value", "linear"))
-    fig, ax = plt.subplots(figsize=(max(6.2, 0.75 * len(quantities) + 2), 3.6))
     n = len(series) + bool(paper)
     width = 0.8 / max(n, 1)
     for i, (name, t) in enumerate(series):
@@ -449,7 +480,5 @@ def plot_scales(chapter: str, live: dict | None = None, live_label: str = "this 
         ax.yaxis.set_major_formatter(plain_ticks)
         ax.yaxis.set_minor_formatter(plain_ticks)
     if series or paper:
-        ax.legend(frameon=False, fontsize=8)
-    fig.tight_layout()
-    return fig
+        ax.legend(frameon=False, fontsize=7)
 

@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from dropnotes.verdict import Verdict, verdict_table
-from dropnotes import data, train
+from dropnotes import data, results, train
 from dropnotes.stacked import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked, fit_stacked, fit_stacked_lm,
                               lm_window_losses_stacked, lm_windows, mc_window_losses)
 from dropnotes.models import LSTMLM, SparseMLP
@@ -557,6 +557,19 @@ def plot_sparsity(model: SparseMLP):
 SCALE_AXIS = ("test perplexity", "log")
 PAPER_POINTS = {"none": PAPER_ZAREMBA_SMALL_NOREG, "naive": PAPER_ZAREMBA_MEDIUM, "variational": PAPER_VARIATIONAL_MEDIUM}
 PAPER_POINTS_LABEL = "papers (none: Zaremba's small net; naive, variational: the medium net)"
+# Perplexities over different vocabularies are not comparable: one panel per vocabulary, the papers' values (over
+# the full 10,000-word vocabulary) on that panel only (dropnotes.page.plot_scales).
+PAPER_PANEL = 10000
+SCALE_PANEL_TITLE = "{:,}-word vocabulary"
+
+
+def scale_panel(label: str, live: dict | None = None) -> int:
+    """The vocabulary of the run a scale-figure series comes from: this page's run (``live``) or a stored one
+    ("stored laptop run ...")."""
+    if not label.startswith("stored"):
+        return int(live["vocab"])
+    record = results.load_repo_result(CHAPTER, label.split()[1])
+    return int(record["provenance"].get("vocab") or record["params"].get("vocab_cap") or PAPER_PANEL)
 
 
 def scale_points(tables: dict) -> pd.DataFrame:

@@ -618,18 +618,25 @@ def test_chapter3_weight_drop_equality_needs_power():
 
 def _chapter4_record(effect: float, cfg) -> dict:
     """Synthetic ViT runs: with ``effect`` 1 drop-path helps (more at depth 12 than 6), linear beats uniform
-    and skipping dropped branches saves time; -1 reverses each; 0: all equal."""
+    and skipping dropped branches saves time; -1 reverses each; 0: all equal. Each model's per-image mistakes: one
+    difficulty per seed and test image (shared by the arms, so their mistakes are correlated), each model erring
+    where the difficulty lies below its error rate, with 2 % of its answers flipped at random."""
+    from dropnotes import results
     from dropnotes.experiments import droppath as dp
 
+    rng = np.random.default_rng(11)
+    difficulty = {s: rng.random(cfg.test_size) for s in cfg.seeds}
     nonzero = [r for r in cfg.rates if r > 0]
     mid = nonzero[len(nonzero) // 2]
     rows = []
     for depth, models in dp.arms(cfg, mid).items():
-        gain = (0.10 if depth == cfg.depth else 0.0) * effect  # far beyond the binomial SE of the test set
+        gain = (0.10 if depth == cfg.depth else 0.0) * effect  # far beyond the test set's sampling error
         for rate, schedule, seed in models:
             e = 0.40 - (gain if rate > 0 else 0.0) + (0.08 * effect if schedule == "uniform" else 0.0)
+            wrong = (difficulty[seed] < e) ^ (rng.random(cfg.test_size) < 0.02)
             rows.append({"depth": depth, "rate": rate, "schedule": schedule, "seed": seed, "train_error": 0.1,
-                         "val_error": e + (0.01 if rate != mid and rate > 0 else 0.0), "test_error": e})
+                         "val_error": e + (0.01 if rate != mid and rate > 0 else 0.0), "test_error": float(wrong.mean()),
+                         "wrong": results.pack_wrong(wrong)})
     ratio = 1 - 0.25 * effect if effect > 0 else 1.0 + 0.1 * abs(effect)
     speed = pd.DataFrame({"variant": ["no DropPath", "masked", "skip dropped"], "ms per step": [90.0, 100.0, 100 * ratio],
                           "relative to masked": [0.9, 1.0, ratio]})
@@ -651,10 +658,34 @@ def test_chapter4_verdicts_on_synthetic_records(effect, expected):
     table = dp.verdicts(rec, cfg)
     for got, want in zip(table.verdict, expected, strict=True):
         assert got.startswith(want), (got, want)
+    compared = table.iloc[:3]
+    assert compared.unit.eq(dp.UNIT).all() and (compared.low <= compared.effect).all() \
+        and (compared.effect <= compared.high).all()
+    assert (np.sign(compared.effect) == np.sign(effect)).all() or effect == 0
+    # an undecided comparison says what would decide it, computed from its variance components
+    undecided = table[table.verdict.str.startswith("inconclusive")]
+    if len(undecided):
+        assert undecided.decide.notna().all() and undecided.decide.str.contains("seeds|test examples").all()
     # the rate compared with 0 is the one best on validation, even where another rate's test error is lower
     runs = rec["runs"]
     runs.loc[(runs.rate == max(cfg.rates)) & (runs.depth == cfg.depth), "test_error"] -= 0.2
     assert f"rate {rec['mid']:g} (the best on validation)" in dp.verdicts(rec, cfg).ours.iloc[0]
+
+
+def test_chapter4_record_without_per_image_correctness_is_not_judged_and_rejudge_reads_the_tables():
+    import dataclasses
+
+    from dropnotes.experiments import droppath as dp
+
+    cfg = dp.configure("quick", device="cpu", n_seeds=3)
+    rec = _chapter4_record(1.0, cfg)
+    record = {"params": dataclasses.asdict(cfg), "tables": {"runs": rec["runs"], "speed": rec["speed"]}}
+    again = dp.rejudge(record)
+    assert again.rule_verdict.tolist() == dp.verdicts(rec, cfg).verdict.tolist()
+    record["tables"]["runs"] = rec["runs"].drop(columns="wrong")
+    table = dp.rejudge(record)
+    assert table.verdict.iloc[:3].str.startswith("not judged (per-example test correctness not stored)").all()
+    assert table.outcome.iloc[:3].eq("not judged").all() and table.verdict.iloc[3] == "reproduced"
 
 
 # --------------------------------------------------------------------------------- chapter 7's rules

@@ -48,3 +48,34 @@ def test_vit_skip_variant_matches_masked_vit():
     torch.manual_seed(1)
     yb = b(x)
     assert torch.allclose(ya, yb, atol=1e-5)
+
+
+def test_droppath_has_no_plateau_gate_because_its_schedule_anneals_to_zero():
+    """Chapter 4's declared choice (droppath.PLATEAU_GATE): every arm trains on a cosine schedule annealed to zero and is
+    compared at its end, so the last quarter's gain is the annealing's. The reason must hold: the schedule used to
+    train starts at the full rate, decays from the first epoch (no points before the decay) and ends near zero, below
+    15 % of its peak over the whole last quarter."""
+    from dropnotes.experiments import droppath as dp
+
+    assert dp.PLATEAU_GATE.startswith("not applicable")
+    for epochs in (10, 100):
+        f = dp.lr_factor(epochs)
+        assert f(0) == 1.0 and f(1) < 1.0
+        assert all(f(e) < 0.15 for e in range(int(0.75 * epochs) + 1, epochs)) and f(epochs - 1) < 0.03
+
+
+def test_droppath_group_stores_each_models_per_image_mistakes():
+    """A tiny group on random images: each model's stored mistakes match its stored test error, and the verdicts read
+    them (paired on the same images)."""
+    from dropnotes import results
+    from dropnotes.experiments import droppath as dp
+
+    cfg = dp.configure("smoke", device="cpu", n_seeds=2)
+    g = torch.Generator().manual_seed(0)
+    d = {k: torch.randn(n, 3, 32, 32, generator=g) for k, n in (("x_train", 100), ("x_val", 50), ("x_test", 60))}
+    d.update({f"y_{k[2:]}": torch.randint(0, 10, (v.shape[0],), generator=g) for k, v in list(d.items())})
+    models = [(r, "linear", s) for s in cfg.seeds for r in cfg.rates]
+    table, _ = dp.train_group(cfg, d, cfg.depth, models)
+    for row in table.itertuples():
+        wrong = results.unpack_wrong(row.wrong)
+        assert wrong.size == 60 and abs(wrong.mean() - row.test_error) < 1e-6

@@ -164,7 +164,11 @@ def init_distributed() -> tuple[int, int]:
 def profile_config(profile: str, defaults: dict[str, dict], device: "torch.device | str | None" = None,
                    **overrides: int | None) -> tuple[str, dict]:
     """Resolve ``profile`` (for ``device``) and return it with a copy of its defaults, where every override
-    that is not None replaces the default after being checked as a positive integer (a chapter's size knobs)."""
+    that is not None replaces the default after being checked as a positive integer (a chapter's size knobs).
+
+    A profile that asks for bf16 autocast (``amp``) on a CPU without fast bf16 products (:func:`cpu_bf16_fast`)
+    runs in float32 instead, with a warning: there, bf16 would be slower by orders of magnitude, not faster. The
+    run's parameters (and so its record) say ``amp=False``."""
     resolved = resolve_profile(profile, device)
     if resolved not in defaults:
         raise ValueError(f"profile={resolved!r} is not defined for this chapter; choose one of "
@@ -173,7 +177,44 @@ def profile_config(profile: str, defaults: dict[str, dict], device: "torch.devic
     for name, value in overrides.items():
         if value is not None:
             config[name] = check_positive_int(name, value)
+    # the CPU profiles only: "full" is a GPU's profile (the estimator configures it on the CPU to count a GPU's step)
+    if (config.get("amp") and resolved in CPU_PROFILES and device is not None and torch.device(device).type == "cpu"
+            and not cpu_bf16_fast()):
+        import warnings
+
+        bf16, fp32 = _CPU_RATES["bf16"], _CPU_RATES["fp32"]
+        warnings.warn(f"bf16 autocast off: this CPU multiplies bf16 matrices at {bf16 / 1e9:.1f} GFLOP/s against "
+                      f"{fp32 / 1e9:.1f} in float32 (no native bf16 products), so the {resolved} profile runs in "
+                      f"float32 (set {BF16_OVERRIDE}=1 to force bf16)", stacklevel=2)
+        config["amp"] = False
     return resolved, config
+
+
+CPU_PROFILES = ("smoke", "quick", "laptop")  # the profiles made for a CPU
+BF16_OVERRIDE = "DROPNOTES_CPU_BF16"  # 1: treat this CPU's bf16 products as fast, 0: as slow (skips the measurement)
+_CPU_RATES: dict[str, float] = {}
+
+
+def cpu_bf16_fast(size: int = 256, repeats: int = 3) -> bool:
+    """Whether this CPU multiplies bf16 matrices at least as fast as float32 ones, measured once per process on
+    ``size``³ products (well under a second). CPUs with native bf16 dot products (AVX-512 BF16, AMX) run bf16
+    autocast faster than float32; without them PyTorch takes a slow fallback for bf16 products, and the laptop
+    profiles' bf16 would cost orders of magnitude instead of saving time. ``DROPNOTES_CPU_BF16`` (1 or 0)
+    overrides the measurement."""
+    forced = os.environ.get(BF16_OVERRIDE)
+    if forced in ("0", "1"):
+        return forced == "1"
+    if not _CPU_RATES:
+        import time
+
+        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            a = torch.randn(size, size).to(dtype)
+            a @ a  # warm-up
+            start = time.perf_counter()
+            for _ in range(repeats):
+                a @ a
+            _CPU_RATES[name] = repeats * 2 * size ** 3 / (time.perf_counter() - start)
+    return _CPU_RATES["bf16"] >= _CPU_RATES["fp32"]
 
 
 def select_device(device: str = "auto") -> torch.device:

@@ -136,3 +136,29 @@ def test_every_chapter_has_a_smoke_profile_on_the_quick_code_path():
         d = module.PROFILE_DEFAULTS
         assert set(d["smoke"]) == set(d["quick"]), chapter
         assert module.configure(profile="smoke", device="cpu").profile == "smoke"
+
+
+def test_a_cpu_without_fast_bf16_runs_the_bf16_profiles_in_float32(monkeypatch):
+    """On a CPU whose bf16 products are slower than float32 (no native bf16 dot products), a profile's bf16 autocast
+    would cost orders of magnitude: the profile runs in float32 instead, says so, and its config records it."""
+    import warnings
+
+    from dropnotes import runtime
+
+    defaults = {"laptop": {"amp": True, "epochs": 3}, "quick": {"amp": False, "epochs": 1},
+                "full": {"amp": True, "epochs": 9}}
+    monkeypatch.setenv(runtime.BF16_OVERRIDE, "0")
+    monkeypatch.setitem(runtime._CPU_RATES, "bf16", 1e9)
+    monkeypatch.setitem(runtime._CPU_RATES, "fp32", 1e11)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _, cfg = runtime.profile_config("laptop", defaults, "cpu")
+    assert cfg["amp"] is False and any("bf16 autocast off" in str(w.message) for w in caught)
+    assert runtime.profile_config("full", defaults, "cpu")[1]["amp"] is True  # a GPU's profile, as the estimator counts it
+    monkeypatch.setenv(runtime.BF16_OVERRIDE, "1")
+    assert runtime.profile_config("laptop", defaults, "cpu")[1]["amp"] is True
+    assert runtime.profile_config("laptop", defaults, "meta")[1]["amp"] is True  # the estimator counts a GPU's step
+    monkeypatch.delenv(runtime.BF16_OVERRIDE)
+    runtime._CPU_RATES.clear()
+    fast = runtime.cpu_bf16_fast(size=64, repeats=1)
+    assert set(runtime._CPU_RATES) == {"fp32", "bf16"} and fast == (runtime._CPU_RATES["bf16"] >= runtime._CPU_RATES["fp32"])

@@ -261,3 +261,25 @@ def unpack_wrong(text: str) -> np.ndarray:
         raise ValueError(f"not a packed correctness array: {str(text)[:40]!r}")
     bits = np.unpackbits(np.frombuffer(base64.b64decode(payload), dtype=np.uint8))[: int(size)]
     return bits.astype(np.uint8)
+
+
+def pack_values(values) -> str:
+    """Per-example values (a language model's loss on each test window, an MC average of mistakes) stored compactly
+    in a record table: float32, base64 (512 values: 2.7 kB). :func:`unpack_values` reads them back."""
+    import base64
+
+    a = np.asarray(values, dtype="<f4").ravel()
+    return f"{a.size}:" + base64.b64encode(a.tobytes()).decode("ascii")
+
+
+def unpack_values(text: str) -> np.ndarray:
+    """The float array :func:`pack_values` stored."""
+    import base64
+
+    size, _, payload = str(text).partition(":")
+    if not size.isdigit() or not payload:
+        raise ValueError(f"not packed values: {str(text)[:40]!r}")
+    a = np.frombuffer(base64.b64decode(payload), dtype="<f4").astype(float)
+    if a.size != int(size):
+        raise ValueError(f"packed values hold {a.size} values, expected {size}")
+    return a

@@ -180,25 +180,6 @@ def judge(table: pd.DataFrame, cuts: dict[str, list[str]] | list[str], n_seeds: 
     return out
 
 
-CONVERGED_BEFORE = 0.75  # a model converged when its best validation point lies in the first 3/4 of its schedule
-
-
-def not_converged(best: Sequence[float], schedule: float) -> list[int]:
-    """The positions of the models whose best validation epoch (or step) lies in the last quarter of their
-    ``schedule``: still improving when it ended, so a verdict on them reads *not converged*."""
-    return [i for i, b in enumerate(best) if float(b) > CONVERGED_BEFORE * float(schedule)]
-
-
-def unconverged(verdict: str, late: int, total: int, what: str, schedule: int, unit: str = "epoch") -> str:
-    """A rule verdict read again when ``late`` of the ``total`` models it rests on were still improving (their best
-    validation ``unit`` in the last quarter of ``schedule``): *not converged*, whichever sign it read, with the rule's
-    own reading kept in brackets. A verdict that measured nothing, or already reads so, stays as it is."""
-    if late == 0 or str(verdict).startswith(("not measured", "not converged")):
-        return verdict
-    return (f"not converged ({late} of {total} {what} had their best validation {unit} in the last quarter of "
-            f"{schedule}; it read: {verdict})")
-
-
 def counted(kinds: Iterable[str]) -> list[bool]:
     """Which rows a count of the literature's claims includes: paper claims only."""
     return [k == "paper claim" for k in kinds]

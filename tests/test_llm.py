@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from dropnotes import data
+from dropnotes import data, results
 from dropnotes.experiments import llm
 
 
@@ -90,10 +90,10 @@ def test_window_losses_round_trip_through_the_record_table():
     rec = _runs(cfg, lambda a: 0.0, cfg.seeds)
     t = llm.window_table(rec["pre"], rec["ft"])
     assert len(t) == sum(len(v) for v in rec["pre"].values()) + sum(len(v) for v in rec["ft"].values())
-    w = llm.unpack_losses(t.losses.iloc[0])
+    w = results.unpack_values(t.losses.iloc[0])
     assert np.allclose(w, rec["pre"]["none"][0]["final_windows"], atol=1e-6)
     with pytest.raises(ValueError):
-        llm.unpack_losses("not packed")
+        results.unpack_values("not packed")
 
 
 def test_verdict_rows_carry_their_numbers_and_cite_what_each_source_claimed():

@@ -8,7 +8,7 @@ import torch
 from dropnotes import data, train
 from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES, lstm_loop
-from dropnotes.stats import compare_paired
+from dropnotes.stats import compare_examples
 
 
 def test_time_loop_equals_nn_lstm_without_masks():
@@ -121,15 +121,15 @@ def test_capped_vocabulary_keeps_frequent_words():
         splits.capped(1)
 
 
-def test_compare_paired_uses_the_same_windows():
+def test_paired_windows_use_the_same_windows():
     rng = torch.Generator().manual_seed(0)
     b = torch.randn(200, generator=rng) + 5
     better = b - 0.05 + 0.01 * torch.randn(200, generator=rng)
-    diff, se, verdict = compare_paired([b.tolist()], [better.tolist()])
-    assert verdict.startswith("reproduced (direction") and diff == pytest.approx(0.05, abs=0.005)
-    diff, se, verdict = compare_paired([b.tolist()] * 3, [(b + 0.05).tolist(), (b - 0.06).tolist(), (b + 0.04).tolist()])
-    assert verdict.startswith("inconclusive"), "a seed-to-seed spread larger than the mean is not trusted"
-    verdict = compare_paired([b.tolist()] * 2, [(b + 0.05).tolist(), (b - 0.06).tolist()])[2]
+    r = compare_examples([b.tolist()], [better.tolist()])
+    assert r.verdict().startswith("reproduced (direction") and r.diff == pytest.approx(0.05, abs=0.005)
+    r = compare_examples([b.tolist()] * 3, [(b + 0.05).tolist(), (b - 0.06).tolist(), (b + 0.04).tolist()])
+    assert r.verdict().startswith("inconclusive"), "a seed-to-seed spread larger than the mean is not trusted"
+    verdict = compare_examples([b.tolist()] * 2, [(b + 0.05).tolist(), (b - 0.06).tolist()]).verdict()
     assert "2 seeds: test noise only" in verdict, "two seeds cannot estimate the spread, and the verdict says so"
 
 

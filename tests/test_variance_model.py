@@ -87,3 +87,16 @@ def test_equivalence_and_not_better_read_their_intervals():
     assert far.not_better(0.05).startswith("not reproduced")
     with pytest.raises(ValueError, match="margin"):
         r.equivalent(0)
+
+
+def test_over_seeds_is_the_one_sample_t_test_and_its_power_model():
+    from scipy import stats as sps
+
+    d = [0.02, 0.03, 0.025, 0.018]
+    r = stats.over_seeds(d)
+    assert r.p == pytest.approx(sps.ttest_1samp(d, 0).pvalue) and r.df == 3
+    se, df = stats._crossed(r.seed_var, 0.0, 0.0, 4, 1)
+    assert se == pytest.approx(r.se) and df == pytest.approx(3)
+    assert stats.over_seeds([0.1, -0.1, 0.05]).verdict().startswith("inconclusive")
+    with pytest.raises(ValueError, match="2 seeds"):
+        stats.over_seeds([0.1])

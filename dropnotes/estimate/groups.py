@@ -115,10 +115,14 @@ def _ensembles(cfg) -> list[Group]:
     from dropnotes.models import MLP
 
     k = cfg.n_seeds * (cfg.members + 1)
-    (f, n, b), _ = _engine_step(k, cfg, max_norm=cfg.n_seeds)  # the dropout nets; the members are unconstrained
+    (f, n, b), group = _engine_step(k, cfg, max_norm=0)  # one factor: no net is max-norm constrained (protocol 4)
     with torch.device("meta"):
         net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).train()
         fe, ne, be = _meta_forward(net, torch.empty(4096, 784))
+        group.eval()
+        fv, nv, bv = _meta_forward(group, torch.empty(4096, 784), cfg.amp)
+    # the group's evaluations on train and validation every eval_every epochs (at the end only when 0)
+    evals = math.ceil(cfg.epochs / (cfg.eval_every or cfg.epochs)) * math.ceil((cfg.train_size + cfg.val_size) / 4096)
     from dropnotes.experiments.ensembles import ROTATION_ANGLES, ROTATION_SAMPLES
 
     # MC passes per seed over 10,000 test images, the in- and out-of-distribution sets, the k-sweep and the
@@ -130,6 +134,8 @@ def _ensembles(cfg) -> list[Group]:
     return [Group("ensembles", f"{k} MLPs (members + dropout nets), batched", 1,
                   cfg.epochs * (cfg.train_size // cfg.batch_size), f, n, dtype, captured=True, models_per_step=k,
                   bytes_per_step=b),
+            Group("ensembles", "evaluation of the group (train, validation)", 1, evals, fv, nv, dtype, models_per_step=k,
+                  bytes_per_step=bv),
             Group("ensembles", "MC-dropout evaluation", 1, passes, fe, ne, bytes_per_step=be)]
 
 

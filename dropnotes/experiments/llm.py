@@ -568,27 +568,6 @@ FT_DELTA_BPB = EARLY_MARGIN_BPB / 4
 NO_WINDOWS = "per-window losses not stored"
 
 
-def pack_losses(values) -> str:
-    """Per-window losses stored compactly in a record table: float32, base64 (a 512-window test half: 2.7 kB)."""
-    import base64
-
-    a = np.asarray(values, dtype="<f4").ravel()
-    return f"{a.size}:" + base64.b64encode(a.tobytes()).decode("ascii")
-
-
-def unpack_losses(text: str) -> np.ndarray:
-    """The float array :func:`pack_losses` stored."""
-    import base64
-
-    size, _, payload = str(text).partition(":")
-    if not size.isdigit() or not payload:
-        raise ValueError(f"not packed losses: {str(text)[:40]!r}")
-    a = np.frombuffer(base64.b64decode(payload), dtype="<f4").astype(float)
-    if a.size != int(size):
-        raise ValueError(f"packed losses hold {a.size} values, expected {size}")
-    return a
-
-
 def window_table(pre: dict, ft: dict) -> pd.DataFrame:
     """The record table the rules read again (:func:`rejudge`): per model judged, its test-half window losses
     (nats, packed) at the step the rules read (pretraining: the final step; fine-tuning: the step chosen on the
@@ -600,13 +579,13 @@ def window_table(pre: dict, ft: dict) -> pd.DataFrame:
                          "seed": int(r["seed"]), "lr": float(r.get("lr", np.nan)),
                          "step": int(r.get("final", {}).get("step", -1)),
                          "valid_loss": float(r.get("final", {}).get("valid_loss", np.nan)),
-                         "losses": pack_losses(r["final_windows"])})
+                         "losses": results.pack_values(r["final_windows"])})
     for (method, q, size), runs in ft.items():
         for r in runs:
             row = r.get("row", {})
             rows.append({"method": method, "arm": "", "p": float(q), "size": int(size), "seed": int(r["seed"]),
                          "lr": np.nan, "step": int(r["best"]["step"]), "valid_loss": float(r["best"]["valid_loss"]),
-                         "losses": pack_losses(r["best"]["windows"]), "epochs": float(row.get("epochs", np.nan)),
+                         "losses": results.pack_values(r["best"]["windows"]), "epochs": float(row.get("epochs", np.nan)),
                          "overfit_bpb": float(row.get("overfit_bpb", np.nan))})
     return pd.DataFrame(rows)
 
@@ -620,7 +599,7 @@ def _sel(table: pd.DataFrame, **where) -> pd.DataFrame:
 
 def _bpb_windows(table: pd.DataFrame, **where) -> list[np.ndarray]:
     """One array of test-half window losses per seed, in bits per byte, in seed order."""
-    return [unpack_losses(t) / LN2 for t in _sel(table, **where).losses]
+    return [results.unpack_values(t) / LN2 for t in _sel(table, **where).losses]
 
 
 def _mean_bpb(windows: list[np.ndarray]) -> float:

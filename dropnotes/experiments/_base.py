@@ -366,8 +366,9 @@ class DeviceKnob(Knob):
 
 
 PROFILE = Knob("profile", "str", "auto", '"smoke" (seconds: does the environment work?), "quick" (2-core CPU, '
-               'minutes: a pipeline check), "laptop" (2-core CPU, about 45 min: 3 seeds or more, each arm tested for convergence), "full" (one GPU, '
-               'paper scale), "auto" (full when the chosen device is a GPU, else quick)', choices=PROFILES)
+               'minutes: a pipeline check), "laptop" (2-core CPU, about 45 min: 3 seeds or more, each arm tested for '
+               'convergence), "full" (one GPU, paper scale), "auto" (full when the chosen device is a GPU, else quick)',
+               choices=PROFILES)
 DEVICE = DeviceKnob("device", "str", "auto", '"auto", "cuda", "cuda:N", "mps" or "cpu"')
 SEED = Knob("seed", "int", 0, "seed block: seeds seed*n_seeds ... seed*n_seeds + n_seeds - 1 are used", low=0, high=SEED_MAX)
 

@@ -59,6 +59,11 @@ PROTOCOL_CHANGES = {3: "verdicts read at the run's scale (both signs alike), t i
 # claim 2: k = 50 and weight scaling equal within ±0.2 points of test error (TOST, 5 %): a practical threshold stated
 # before protocol 2's runs: 20 of the 10,000 test images.
 EQUAL_MARGIN_PP = 0.2
+# Protocol 4 changed how the dropout net is trained (one factor), not the inferences of one net: a protocol-3 record is
+# judged again, its rows comparing inferences of its own dropout net (MC against the deterministic softmax, the
+# regression gap) from its numbers, and its rows comparing the dropout net with the plain nets read "not judged"
+# (they lack curves and per-example mistakes, and its dropout net differed in learning rate and max-norm).
+REJUDGE_FROM = 3
 # Convergence (the book's rules 2, declared before any run judged by them): an arm (the plain members, the dropout
 # net) has plateaued when the one-sided 95 % upper bound of its late gain in validation error (third quarter's mean
 # minus the fourth's, per seed, over seeds; the members averaged per seed) lies below δ, a quarter of the reference
@@ -741,7 +746,7 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
                  ours=(f"std on data {regs.data.mean():.3f}, in the gap {regs.gap.mean():.3f}, outside "
                           f"{regs.outside.mean():.3f}; min(gap, outside) / data {ratio:.2f} (log ratio SE "
                           f"{ratio_se:.3f}, {len(regs)} seeds)"),
-                 verdict=reg_v))
+                 verdict=reg_v, **_decided(reg_v, regs)))
 
     r = rec["rotation_pairs"]
     rise, more = over_seeds(r.rise_mc.to_numpy()), over_seeds(r["diff"].to_numpy())
@@ -753,7 +758,7 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
                           f"{r.rise_deterministic.mean():.3f}; difference {more.diff:+.3f} ± {more.se:.3f} "
                           f"({int(r.digits.iloc[0])} digits x {len(r)} seeds, paired)"),
                  verdict=rule_rotation(rise.verdict(), more.verdict()), effect=more.diff, low=more.low,
-                 high=more.high))
+                 high=more.high, decide=more.decide() if not more.verdict().startswith(("reproduced", "not")) else None))
 
     o = rec["ood_pairs"]
     for shift in ("fashion-mnist", "inverted mnist"):
@@ -771,6 +776,14 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
                      verdict=rule_ood(mc_h, better.verdict()), effect=better.diff, low=better.low, high=better.high,
                      decide=better.decide() if better.verdict().startswith("inconclusive") else None))
     return verdict_table(rows)
+
+
+def _decided(verdict: str, regs: pd.DataFrame) -> dict:
+    """What would decide the regression row when it is undecided (its log ratio over seeds), else nothing."""
+    if not str(verdict).startswith("inconclusive") or len(regs) < 2:
+        return {}
+    logs = np.log(np.minimum(regs["gap"], regs["outside"]) / regs["data"]).to_numpy(dtype=float)
+    return {"decide": over_seeds(logs).decide()}
 
 
 def rejudge(record: dict) -> pd.DataFrame:

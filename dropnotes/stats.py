@@ -241,16 +241,19 @@ class Paired:
             return f"{v}; p = {self.p:.2g}, {df}{note})"
         return f"inconclusive (p = {self.p:.2g}, {df}{note})"
 
+    def _one_sided(self, margin: float, shown: str | None, alpha: float) -> tuple[str, float, float, str]:
+        """The margin as written, the one-sided ``1 - alpha`` bounds of ``diff`` (t at this comparison's degrees of
+        freedom) and the seeds' note: what a margin rule reads."""
+        if not margin > 0:
+            raise ValueError(f"margin must be > 0, got {margin}")
+        c = float(sps.t.ppf(1 - alpha, self.df)) if math.isfinite(self.df) else float(sps.norm.ppf(1 - alpha))
+        return shown or f"{margin:g}", self.diff - c * self.se, self.diff + c * self.se, seeds_note(self.seeds)
+
     def equivalent(self, margin: float, shown: str | None = None, alpha: float = ALPHA) -> str:
         """TOST (Schuirmann 1987) on this comparison, with a margin stated before the run: *reproduced
         (equivalent)* when the ``1 - 2 alpha`` interval (t at this comparison's degrees of freedom) lies inside
         (-margin, margin), *not reproduced* when it lies wholly outside [-margin, margin], else *inconclusive*."""
-        if not margin > 0:
-            raise ValueError(f"margin must be > 0, got {margin}")
-        m = shown or f"{margin:g}"
-        c = float(sps.t.ppf(1 - alpha, self.df)) if math.isfinite(self.df) else float(sps.norm.ppf(1 - alpha))
-        low, high = self.diff - c * self.se, self.diff + c * self.se
-        note = seeds_note(self.seeds)
+        m, low, high, note = self._one_sided(margin, shown, alpha)
         if -margin < low and high < margin:
             return f"reproduced (equivalent within ±{m}; 90 % interval {low:.3g} to {high:.3g}{note})"
         if low > margin or high < -margin:
@@ -261,12 +264,7 @@ class Paired:
         """A "new does not beat base" claim with a margin stated before the run: *reproduced* when the one-sided
         ``1 - alpha`` upper bound of the gain (``diff``, base - new) lies below ``margin``, *not reproduced* when
         the lower bound lies above it, else *inconclusive*."""
-        if not margin > 0:
-            raise ValueError(f"margin must be > 0, got {margin}")
-        m = shown or f"{margin:g}"
-        c = float(sps.t.ppf(1 - alpha, self.df)) if math.isfinite(self.df) else float(sps.norm.ppf(1 - alpha))
-        low, high = self.diff - c * self.se, self.diff + c * self.se
-        note = seeds_note(self.seeds)
+        m, low, high, note = self._one_sided(margin, shown, alpha)
         if high < margin:
             return f"reproduced (its gain's upper bound {high:.3g} lies below {m}{note})"
         if low > margin:

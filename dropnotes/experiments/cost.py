@@ -295,7 +295,13 @@ def verdicts(rec: dict, cfg: CostConfig) -> pd.DataFrame:
                      ours=(f"{dev}: {r.loc['removed', 'ms per step']:.2f} ms without dropout, "
                               f"{r.loc['p=0.1', 'ms per step']:.2f} ms at p = 0.1 ({over:+.1f} %, timing spread "
                               f"{spread:.1f} %); module present at p = 0: {r.loc['p=0', 'overhead vs removed %']:+.1f} %"),
-                     verdict=verdict))
+                     verdict=verdict, margin=100 * SEED_CLAIM,  # an interquartile spread, not a 95 % interval: no bars
+                     unit="% of a training step",
+                     # the spread is an interquartile range, which more rounds do not shrink: what decides is a
+                     # spread below the overhead's distance from the bound
+                     decide=(f"a timing spread below {abs(100 * SEED_CLAIM - over):.1f} % (a quieter machine or longer "
+                             f"rounds; more rounds do not narrow an interquartile range)"
+                             if verdict.startswith("inconclusive") else None)))
     b = rec["bench"]
     largest = b[(b.elements == b.elements.max()) & b.ratio.notna()]
     worst = largest.loc[largest.ratio.idxmax()]

@@ -915,3 +915,12 @@ def test_a_verdict_row_checks_its_kind_test_and_outcome():
     assert list(table.claim) == ["c", "d"] and table.setting.isna().tolist() == [True, False]
     with pytest.raises(TypeError, match="Verdict rows"):
         verdict_table([v.row()])
+
+
+def test_chapter1_page_states_its_rules_power_at_the_records_noise():
+    from dropnotes.experiments import mechanics as mech
+
+    finals, curves = _chapter1_record({0.0: 0.020, 0.2: 0.016, 0.5: 0.0125})
+    text = mech.rule_power({"tables": {"finals": finals, "curves": curves}})
+    assert "simulated" in text and "power with 3 seeds" in text, text
+    assert mech.rule_power({"tables": {"finals": finals}}) == ""

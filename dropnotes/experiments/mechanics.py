@@ -453,6 +453,42 @@ def plateaus(record: dict) -> dict[float, object]:
     return {} if curves is None else {float(r): arm_plateau(curves, float(r)) for r in rates}
 
 
+def curve_noise(curves: pd.DataFrame) -> float:
+    """The evaluation noise of a record's validation curves, in percentage points: the residual SD around a straight
+    line over the last half of each dropout model's curve, averaged (the noise the plateau test's power depends on;
+    the p = 0 arm, whose curve freezes once it fits its training set, would understate it)."""
+    res = []
+    for _, g in curves[curves.p > 0].groupby(["p", "seed"]):
+        y = 100 * g.sort_values("epoch").val_error.to_numpy()
+        h = y[len(y) // 2:]
+        if len(h) >= 4:
+            t = np.arange(len(h))
+            res.append(float(np.std(h - np.polyval(np.polyfit(t, h, 1), t), ddof=2)))
+    return float(np.mean(res)) if res else float("nan")
+
+
+def rule_power(record: dict) -> str:
+    """The power of the chapter's rules at a record's own noise, simulated (:func:`dropnotes.stats.simulate_plateau`)
+    and computed (:meth:`dropnotes.stats.Paired.power`), as the page states it."""
+    from dropnotes.stats import simulate_plateau
+
+    curves, finals = record["tables"].get("curves"), record["tables"]["finals"]
+    if curves is None or "val_error" not in curves:
+        return ""
+    noise, seeds = curve_noise(curves), int(finals.seed.nunique())
+    points = int(curves.groupby(["p", "seed"]).size().min())
+    flat = simulate_plateau(noise, points, seeds, DELTA_PP, gain=0.0, sims=4000, seed=0)
+    late = simulate_plateau(noise, points, seeds, DELTA_PP, gain=DELTA_PP, sims=4000, seed=1)
+    text = (f"At this run's curve noise ({noise:.3f} pp a point, {points} points, {seeds} seeds) the plateau test "
+            f"calls a flat arm plateaued {100 * flat:.0f} % of the time and lets in an arm still improving by δ "
+            f"{100 * late:.1f} % of the time (simulated).")
+    if "wrong" in finals and not finals["wrong"].isna().any():
+        r = compare_examples(_wrong(finals, 0.0), _wrong(finals, 0.5))
+        text += (f" At the reference effect ({REFERENCE_EFFECT_PP:.2f} pp) and this run's spread, the paired direction "
+                 f"test has {100 * r.power(seeds, effect=REFERENCE_EFFECT_PP / 100):.0f} % power with {seeds} seeds.")
+    return text
+
+
 def evidence_text(record: dict, verdicts: pd.DataFrame) -> str:
     """What a stored evidence run measured, at what scale, beside the paper's values and with its verdicts: the
     chapter's sentences, generated from the record (no number in them is typed)."""
@@ -475,7 +511,7 @@ def evidence_text(record: dict, verdicts: pd.DataFrame) -> str:
             f"Mean test error: {errs}; {cite_t()} report {PAPER_NO_DROPOUT:.2f} % for Simard et al.'s "
             f"standard net and {PAPER_DROPOUT_RELU:.2f} % for the dropout net. "
             f"The direction claim reads **{direction.verdict}**, the level claim **{level.verdict}**. "
-            f"Its shortfall against the paper's setting: {direction.scale}.")
+            f"Its shortfall against the paper's setting: {direction.scale}. {rule_power(record)}").strip()
 
 
 def cite_t() -> str:

@@ -36,7 +36,7 @@ from dropnotes.experiments import CHAPTERS
 from dropnotes.results import REPO_ROOT
 from dropnotes.runtime import PROFILES, show_progress
 from dropnotes.experiments._base import Knobs, inferred_knob
-from dropnotes.experiments._base import check_environment, run_in_blocks
+from dropnotes.experiments._base import check_environment, predicted_wall, run_in_blocks
 from dropnotes import notebooks
 from dropnotes.sweep import run_sweep
 from dropnotes.sweep import grid
@@ -304,12 +304,45 @@ def cmd_compute(args) -> int:
         raise UsageError(f"{args.chapter}: {err}") from None
     check_results_folder()
     print(f"{args.chapter}: {cfg}", file=sys.stderr, flush=True)
+    predicted = None
+    if cfg.profile == "laptop" and cfg.torch_device.type == "cpu":  # the first progress line: the expected minutes
+        predicted = est.predict_here(args.chapter, cfg.profile, **{k: v for k, v in params.items() if k != "profile"})
+        print(f"{args.chapter}: predicted {predicted['predicted_s'] / 60:.1f} minutes of training and evaluation on "
+              f"this CPU ({predicted['precision']})", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    rec = run_in_blocks(args.chapter, cfg, log=lambda m: print(m, file=sys.stderr, flush=True)) if args.blocks \
-        else module.run(cfg)
+    with predicted_wall(predicted["predicted_s"] if predicted else None):
+        rec = run_in_blocks(args.chapter, cfg, log=lambda m: print(m, file=sys.stderr, flush=True)) if args.blocks \
+            else module.run(cfg)
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(rec["verdicts"][["claim", "ours", "verdict"]].to_string(index=False))
     print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}", flush=True)
+    return 0
+
+
+def _estimate_here(chapters: list[str], args) -> int:
+    """``dropnotes estimate CHAPTER --profile laptop`` (or ``--here``): the profile's wall time on this machine,
+    its groups timed at this CPU's rate measured on the chapter's own steps (:mod:`dropnotes.estimate.local`)."""
+    import json
+
+    import pandas as pd
+
+    from dropnotes.results import cpu_model
+
+    if args.profile not in ("smoke", "quick", "laptop", "full"):
+        raise UsageError(f"--profile must be 'smoke', 'quick', 'laptop' or 'full', got {args.profile!r}")
+    out = []
+    for chapter in chapters:
+        pred = est.predict_here(chapter, args.profile)
+        out.append(pred)
+        if not args.json:
+            print(f"{chapter}, {pred['profile']} profile ({pred['precision']}) on {cpu_model()}: predicted "
+                  f"{pred['predicted_s'] / 60:.1f} minutes of training and evaluation", flush=True)
+            with pd.option_context("display.width", 200):
+                print(pd.DataFrame(pred["groups"]).round(3).to_string(index=False))
+                if pred["measured"]:
+                    print(pd.DataFrame(pred["measured"]).round(3).to_string(index=False))
+    if args.json:
+        print(json.dumps(out, indent=1, default=float))
     return 0
 
 
@@ -348,8 +381,10 @@ def cmd_estimate(args) -> int:
     for c in chapters:
         if c not in est.GROUPS:
             raise UsageError(f"unknown chapter {c!r}; choose one of {', '.join(est.GROUPS)}")
+    if args.profile in ("smoke", "laptop") or args.here:
+        return _estimate_here(chapters, args)
     if args.profile not in ("quick", "full"):
-        raise UsageError(f"--profile must be 'quick' or 'full', got {args.profile!r}")
+        raise UsageError(f"--profile must be 'smoke', 'quick', 'laptop' or 'full', got {args.profile!r}")
     if args.compare:
         engine_chapters = [c for c in chapters if c in est.COMPARE_CHAPTERS]
         if not engine_chapters:
@@ -457,7 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     co.set_defaults(func=cmd_compute)
     es = sub.add_parser("estimate", help="predict each chapter's GPU time on one H100, measured on this CPU")
     es.add_argument("chapters", nargs="*", help="chapters (default: all)")
-    es.add_argument("--profile", default="full", help="quick or full (default full)")
+    es.add_argument("--profile", default="full", help="quick or full: the GPU time (default full); laptop or smoke: "
+                    "the wall time on this machine, measured on the chapter's own steps")
+    es.add_argument("--here", action="store_true", help="predict the wall time on this machine for any profile")
     es.add_argument("--json", action="store_true", help="a JSON list of {chapter, group, runs, steps, "
                     "flops_per_step, kernels_per_step, predicted_s}")
     es.add_argument("--calibrate", action="store_true", help="refit the constants to the stored H100 runs and print "

@@ -25,7 +25,7 @@ from dropnotes.experiments._base import protocol
 from dropnotes.experiments._base import current_verdicts
 from dropnotes.results import describe
 from dropnotes.experiments._base import ChapterConfig, config_of
-from dropnotes import results
+from dropnotes import estimate, results
 from dropnotes.experiments import CHAPTERS
 from dropnotes.results import load_repo_result
 
@@ -210,19 +210,29 @@ def _protocol_note(chapter: str, record: dict) -> str:
 
 
 def run_box(chapter: str, notebook: str, this_run: dict | None, stored: dict | None,
-            predicted_s: float | None, laptop: dict | None = None) -> str:
-    """The "run it yourself" box's MyST text: this page's run (profile, device, wall time), the full profile's
-    predicted GPU time and the stored full run's, the commands, and the downloads."""
+            predicted_s: float | None, laptop: dict | None = None, laptop_here: dict | None = None) -> str:
+    """The "run it yourself" box's MyST text: this page's run (profile, device, wall time), the laptop profile's
+    stored run and its time predicted on the machine that built the page (``laptop_here``:
+    :func:`dropnotes.estimate.predict_here`), the full profile's predicted GPU time and the stored full run's, the
+    commands, and the downloads."""
     lines = []
     if this_run is not None:
         p = this_run["provenance"]
         lines.append(f"- **This page** ran the *{this_run['profile']}* profile on {p['device']} in "
                      f"{p['wall_time_s']:,.0f} s.")
+    here = (f"predicted {laptop_here['predicted_s'] / 60:.0f} min of training and evaluation on the machine that "
+            f"built this page ({results.cpu_model()}, {laptop_here['precision']}; `dropnotes estimate {chapter} "
+            f"--profile laptop`)") if laptop_here else ""
     if laptop is not None:
         p = laptop["provenance"]
+        then = (f", predicted {p['predicted_wall_s'] / 60:.0f} min there before it ran"
+                if p.get("predicted_wall_s") else "")
         lines.append(f"- **Laptop profile** (2-core CPU, the evidence without a GPU): the stored run took "
-                     f"{p['wall_time_s'] / 60:.1f} min on {p.get('cpu') or p['device']}{_protocol_note(chapter, laptop)} "
+                     f"{p['wall_time_s'] / 60:.1f} min on {p.get('cpu') or p['device']}{then}"
+                     f"{_protocol_note(chapter, laptop)}{'; ' + here if here else ''} "
                      f"(`dropnotes run {chapter} --profile laptop`).")
+    elif here:
+        lines.append(f"- **Laptop profile** (2-core CPU, the evidence without a GPU): no stored run; {here}.")
     full = [f"predicted {predicted_s / 60:.1f} min on one H100 (`dropnotes estimate`)"] if predicted_s else []
     if stored is not None:
         p = stored["provenance"]
@@ -391,8 +401,25 @@ def closing(chapter: str, profile: str) -> None:
     stored = this_run if profile == "full" else _repo_full(chapter)
     laptop = this_run if profile == "laptop" else _repo_record(chapter, "laptop")
     display(Markdown(provenance_box(this_run, stored, laptop)))
-    box = run_box(chapter, CHAPTERS[chapter], this_run, stored, predicted_full_s(chapter), laptop)
+    box = run_box(chapter, CHAPTERS[chapter], this_run, stored, predicted_full_s(chapter), laptop,
+                  laptop_here(chapter) if profile != "smoke" else None)
     glue(f"{chapter}-run-box", Markdown(box), display=False)
+
+
+def laptop_here(chapter: str) -> dict | None:
+    """The laptop profile's wall time predicted on this machine (:func:`dropnotes.estimate.predict_here`, a few
+    seconds of the chapter's own steps), or None for a chapter without a laptop setting or when it cannot be
+    measured here."""
+    module = __import__(f"dropnotes.experiments.{chapter}", fromlist=["PROFILE_DEFAULTS"])
+    if "laptop" not in getattr(module, "PROFILE_DEFAULTS", {}) or getattr(module, "LAPTOP_NEEDS_GPU", False):
+        return None
+    try:
+        return estimate.predict_here(chapter, "laptop", budget_s=0.2, least=2)
+    except (RuntimeError, ValueError, KeyError) as err:  # a step that cannot be built or timed here
+        import warnings
+
+        warnings.warn(f"{chapter}: the laptop profile's time could not be predicted here: {err}", stacklevel=2)
+        return None
 
 
 def _repo_record(chapter: str, profile: str) -> dict | None:

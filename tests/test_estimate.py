@@ -202,3 +202,21 @@ def test_the_estimated_step_is_the_engines_training_step(which, monkeypatch):
         step, _, _ = estimate._gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
     step()
     assert len(calls) == 1 and int(calls[0]) == 1
+
+
+@pytest.mark.slow
+def test_the_wall_time_predicted_on_this_cpu_holds_within_30_percent(tmp_path, monkeypatch):
+    """The prediction a laptop run prints before it starts (dropnotes.estimate.local), checked on a small profile:
+    chapter 1 at quick with fewer epochs, predicted from its own steps timed here, against the training and
+    evaluation time the run then measures."""
+    from dropnotes.estimate.local import predict_here
+    from dropnotes.experiments import mechanics
+
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    monkeypatch.setenv("DROPNOTES_PROGRESS", "0")
+    pred = predict_here("mechanics", "quick", epochs=12)
+    assert pred["measured"] and all(g["seconds"] > 0 for g in pred["groups"])
+    cfg = mechanics.configure("quick", device="cpu", epochs=12)
+    _, finals = mechanics.run_mnist_sweep(cfg)
+    measured = finals.attrs["train_s"]
+    assert 0.7 * measured <= pred["predicted_s"] <= 1.3 * measured, (pred["predicted_s"], measured)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from dropnotes import book, notebooks, page
+from dropnotes import book, notebooks, page, results
 from dropnotes.experiments import CHAPTERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,3 +193,29 @@ def test_the_scale_figure_plots_every_stored_run_the_chapter_can_read(chapter):
         titles = [ax.get_title() for ax in fig.axes]
         assert len(set(titles)) == len(titles) == len({module.scale_panel(n) for n, _ in series} | {module.PAPER_PANEL})
     plt.close(fig)
+
+
+def test_the_run_box_gives_the_laptop_time_recorded_predicted_there_and_predicted_here():
+    laptop = _record("laptop", wall_time_s=2400.0, cpu="CPU A", predicted_wall_s=2100.0)
+    here = {"predicted_s": 7200.0, "precision": "fp32"}
+    box = page.run_box("mechanics", CHAPTERS["mechanics"], _record(), None, None, laptop, here)
+    assert "took 40.0 min on CPU A, predicted 35 min there before it ran" in box
+    assert "predicted 120 min of training and evaluation on the machine that built this page" in box and "fp32" in box
+    assert "no stored run; predicted 120 min" in page.run_box("mechanics", CHAPTERS["mechanics"], None, None, None,
+                                                              None, here)
+
+
+def test_a_run_made_under_a_prediction_stores_it_beside_its_wall_time(tmp_path, monkeypatch):
+    from dropnotes.experiments import _base, mechanics
+
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
+    cfg = mechanics.configure("smoke", device="cpu")
+    table = _base.judged("mechanics", cfg, pd.DataFrame([{"claim": "c", "source": "s", "paper": "p", "ours": "o",
+                                                          "verdict": "inconclusive"}]))
+    with _base.predicted_wall(123.0):
+        path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=100.0, dataset="mnist", metrics={},
+                            tables={"verdicts": table})
+    assert results.load_json_result(path)["provenance"]["predicted_wall_s"] == 123.0
+    path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=100.0, dataset="mnist", metrics={},
+                        tables={"verdicts": table})
+    assert "predicted_wall_s" not in results.load_json_result(path)["provenance"]

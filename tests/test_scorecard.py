@@ -10,9 +10,9 @@ def _table(rule: str, kind: str = "paper claim", test: str = "direction", claim:
                           "verdict": rule, "kind": kind, "test": test}])
 
 
-def _store(profile, table, cut, n_seeds=3, protocol=1, device="cpu"):
+def _store(profile, table, cut, n_seeds=3, protocol=1, device="cpu", rules=verdict.RULES):
     judged = verdict.judge(table, cut, n_seeds)
-    prov = results.provenance(device, list(range(n_seeds)), 1.0, "mnist", protocol=protocol)
+    prov = results.provenance(device, list(range(n_seeds)), 1.0, "mnist", protocol=protocol, rules=rules)
     results.save_result("demo", profile, params={}, metrics={}, provenance=prov, tables={"verdicts": judged})
 
 
@@ -193,3 +193,11 @@ def test_multiplicity_counts_tests_and_directional_verdicts():
     assert "0.05 × 4 = 0.2" in text and "3 verdicts read a sign (2 the paper's, 1 the opposite)" in text
     assert "no family-wise correction" in text.lower() and "Benjamini–Hochberg" in text
     assert "no claim was tested" in text
+
+
+def test_a_record_judged_by_older_rules_reads_not_judged_never_the_old_rule(demo):
+    """The book's rules 2: a stored verdict table made under older rules, by a chapter that cannot judge its record
+    again, is never shown as it is."""
+    _store("laptop", _table("reproduced (direction)"), ["epochs 80 of 3,000"], rules=1)
+    row = scorecard.collect().iloc[0]
+    assert row.laptop_outcome == "not judged" and "the old rule read" in row.laptop_verdict

@@ -19,7 +19,7 @@ The package, one concern a file: :mod:`~dropnotes.estimate.counter` (FLOPs, kern
 the meta device), :mod:`~dropnotes.estimate.timemodel` (the constants and :class:`Group`),
 :mod:`~dropnotes.estimate.groups` (every chapter's model groups), :mod:`~dropnotes.estimate.calibration` (the
 fit to the stored GPU runs, the estimate of a profile) and :mod:`~dropnotes.estimate.device` (steps measured on a
-real device).
+real device) and :mod:`~dropnotes.estimate.local` (a profile's wall time on this machine, before it runs).
 """
 
 from dropnotes.estimate.calibration import (calibrate, calibration_points, estimate, per_chapter, predictions_path,
@@ -27,6 +27,7 @@ from dropnotes.estimate.calibration import (calibrate, calibration_points, estim
 from dropnotes.estimate.counter import Cost, KernelCounter, _meta_forward, _meta_step, measure
 from dropnotes.estimate.device import (COMPARE_CHAPTERS, DEVICE_CHECK_PATH, checked_steps, compare_steps, device_check,
                                       device_check_points)
+from dropnotes.estimate.local import op_seconds, predict_here
 from dropnotes.estimate.groups import GROUPS, _gpt_step_fn, _lstm_step_fn, chapter_groups, config_from_record
 from dropnotes.estimate.timemodel import (BANDWIDTH_FRACTION, DEFAULT_FRACTION, DEFAULT_LAUNCH_S, GRAPH_LAUNCH_FACTOR,
                                          PEAK_BANDWIDTH, PEAK_FLOPS, Group)
@@ -35,4 +36,4 @@ __all__ = ["BANDWIDTH_FRACTION", "COMPARE_CHAPTERS", "Cost", "DEFAULT_FRACTION",
            "GRAPH_LAUNCH_FACTOR", "GROUPS", "Group", "KernelCounter", "PEAK_BANDWIDTH", "PEAK_FLOPS", "_gpt_step_fn",
            "_lstm_step_fn", "_meta_forward", "_meta_step", "calibrate", "calibration_points", "chapter_groups",
            "checked_steps", "compare_steps", "config_from_record", "device_check", "device_check_points", "estimate",
-           "measure", "per_chapter", "predictions_path", "store_predictions", "stored_prediction"]
+           "measure", "op_seconds", "per_chapter", "predict_here", "predictions_path", "store_predictions", "stored_prediction"]

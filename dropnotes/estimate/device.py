@@ -199,7 +199,7 @@ def checked_steps(chapter: str, cfg) -> list[tuple[str, int, str, Callable]]:
         return [(f"{k} MLPs {cfg.hidden}", k, dtype, lambda dev: _engine_step_fn(k, cfg, 0, device=dev))]
     if chapter == "ensembles":
         k = cfg.n_seeds * (cfg.members + 1)
-        return [(f"{k} MLPs {cfg.hidden}", k, dtype, lambda dev: _engine_step_fn(k, cfg, cfg.n_seeds, device=dev))]
+        return [(f"{k} MLPs {cfg.hidden}", k, dtype, lambda dev: _engine_step_fn(k, cfg, 0, device=dev))]  # no max-norm
     if chapter == "variational":
         from dropnotes.models.lstm_lm import SCHEMES
 

@@ -19,6 +19,7 @@ allowed values or range. A test checks that every notebook's parameters cell and
 from __future__ import annotations
 
 import ast
+import contextlib
 import contextvars
 import dataclasses
 import math
@@ -516,9 +517,26 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     if cfg.profile == "smoke" and isinstance(table, pd.DataFrame):
         label_smoke(table)
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
-                              protocol=protocol(chapter), rules=RULES, **provenance_extra)
+                              protocol=protocol(chapter), rules=RULES,
+                              **({"predicted_wall_s": _PREDICTED.get()} if _PREDICTED.get() is not None else {}),
+                              **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
                                tables=tables, defaults=defaults.get(cfg.profile, {}), path=_BLOCK_PATH.get())
+
+
+# The wall time predicted for the run before it started (dropnotes compute, on a CPU), stored by finish() beside the
+# measured one (None: no prediction was made).
+_PREDICTED: contextvars.ContextVar[float | None] = contextvars.ContextVar("predicted_wall_s", default=None)
+
+
+@contextlib.contextmanager
+def predicted_wall(seconds: float | None):
+    """While a run made inside it stores its record, :func:`finish` writes ``seconds`` as its predicted wall time."""
+    token = _PREDICTED.set(seconds)
+    try:
+        yield
+    finally:
+        _PREDICTED.reset(token)
 
 
 # Where finish() writes while run_in_blocks() runs one seed block (None: the profile's record).

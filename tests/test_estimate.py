@@ -100,7 +100,7 @@ def test_estimate_refuses_bad_input(capsys):
     assert cli.main(["estimate", "nosuch"]) == 2
     assert "unknown chapter 'nosuch'" in capsys.readouterr().err
     assert cli.main(["estimate", "--profile", "auto"]) == 2
-    assert "--profile must be 'quick' or 'full'" in capsys.readouterr().err
+    assert "--profile must be 'smoke', 'quick', 'laptop' or 'full'" in capsys.readouterr().err
 
 
 @pytest.mark.slow

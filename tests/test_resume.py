@@ -37,6 +37,7 @@ if kill.startswith(f"{x}:") and not marker.exists():
         (folder / ".quick-abc123.json").write_text('{"chapter": "tin')
     os.kill(int(os.environ["SWEEP_PID"]), signal.SIGKILL)
     time.sleep(30)
+(Path(os.environ["DROPNOTES_TEST_MARKERS"]) / f"sleeping-{x}").write_text("in the sleep cell")
 time.sleep(sleep)
 results.save_result("tiny", "quick", params={"x": x}, metrics={"double": 2 * x},
                     provenance=results.provenance("cpu", [0], 0.0, "none"))
@@ -162,9 +163,11 @@ def test_ctrl_c_stops_the_sweep_and_starts_nothing_more(tiny, tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = sweep(tiny, sweep_dir, "1,2,3", wait=False, sleep="20.0")
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(sweep_dir.glob("*/notebook.ipynb")):
+    sleeping = tiny.parent / "markers" / "sleeping-1"  # written by the first run as it enters its 20-second sleep
+    while time.monotonic() < deadline and not sleeping.exists():
         time.sleep(0.1)
-    time.sleep(2.0)  # the first run is in its 20-second cell
+    assert sleeping.exists(), "the first run never reached its sleep"
+    time.sleep(1.0)  # the first run is in its 20-second cell (a slow machine may still be importing before the marker)
     start = time.monotonic()
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

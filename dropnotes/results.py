@@ -8,6 +8,7 @@ committed full-profile (GPU) results that the book shows beside a CPU run.
 
 from __future__ import annotations
 
+import ast
 import datetime as _dt
 import hashlib
 import json
@@ -92,6 +93,55 @@ def source_digest(root: Path | None = None) -> str:
     for path in sorted(root.rglob("*.py")):
         h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
+
+
+def module_digest(name: str, root: Path | None = None) -> str:
+    """SHA-256 (first 16 hex digits) of the ``.py`` files of package module ``name`` (``dropnotes.x.y``) and of every
+    package module it imports, directly or through others (:func:`module_sources`): the code a chapter's run depends
+    on. A seed block is kept when this digest, not the whole package's, is unchanged, so that a change to another
+    chapter, the page or the estimator between sessions leaves a chapter's stored blocks usable."""
+    h = hashlib.sha256()
+    for mod, path in sorted(module_sources(name, root).items()):
+        h.update(mod.encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def module_sources(name: str, root: Path | None = None) -> dict[str, Path]:
+    """Package module ``name`` and every package module it imports, directly or through others, with their files
+    (read from the source, not from what is loaded; a package's ``__init__`` counts for its modules)."""
+    root = Path(root) if root is not None else Path(dropnotes.__file__).parent
+    top = root.name
+
+    def path_of(mod: str) -> Path | None:
+        rel = root.joinpath(*mod.split(".")[1:])
+        for cand in ((rel.with_suffix(".py"),) if rel != root else ()) + (rel / "__init__.py",):
+            if cand.is_file():
+                return cand
+        return None
+
+    seen: dict[str, Path] = {}
+    todo = [name]
+    while todo:
+        mod = todo.pop()
+        path = path_of(mod)
+        if mod in seen or path is None:
+            continue
+        seen[mod] = path
+        package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                todo += [a.name for a in node.names if a.name.split(".")[0] == top]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    base = ".".join(parts[:len(parts) - node.level + 1] + ([base] if base else []))
+                if base.split(".")[0] == top:
+                    todo += [base] + [f"{base}.{a.name}" for a in node.names]
+        parent = mod.rpartition(".")[0]
+        if parent:
+            todo.append(parent)  # a package's __init__ runs before its modules
+    return seen
 
 
 # The code this process runs: the commit and the package's digest when it was imported, not when a run ends (a tree

@@ -53,3 +53,36 @@ def test_a_chapter_without_merge_blocks_is_refused_by_name():
 
     with pytest.raises(ValueError, match="cost: this chapter cannot be run in seed blocks"):
         _base.run_in_blocks("cost", cost.configure("smoke", device="cpu"))
+
+
+def test_chapter_six_blocks_merge_with_each_curve_on_its_own_row(store, have_data):
+    from dropnotes.experiments import interactions
+
+    cfg = interactions.configure("smoke", device="cpu", n_seeds=2)
+    _base.run_in_blocks("interactions", cfg, log=lambda m: None)
+    t = results.load_result("interactions", "smoke")["tables"]
+    for part in ("cnn", "mlp"):
+        first = t["curves"][t["curves"].part == part].drop_duplicates("model").set_index("model")
+        assert sorted(first.index) == list(range(len(t[part]))), "every model of the part has one curve"
+        assert (t[part].loc[first.index, ["seed", "arm"]].to_numpy() == first[["seed", "arm"]].to_numpy()).all()
+        wrong = t["wrong"][t["wrong"].part == part]
+        assert wrong[["seed", "arm"]].to_numpy().tolist() == t[part][["seed", "arm"]].to_numpy().tolist()
+    assert sorted(t["cnn"].seed.unique()) == cfg.seeds
+
+
+def test_a_block_is_kept_across_changes_outside_its_chapter_code(tmp_path):
+    """The digest that keeps a block names the chapter's module and what it imports, not the whole package: a
+    change to another chapter or to the page leaves it, a change to the training code does not."""
+    import shutil
+
+    import dropnotes
+
+    root = tmp_path / "dropnotes"
+    shutil.copytree(results.Path(dropnotes.__file__).parent, root)
+    before = results.module_digest("dropnotes.experiments.interactions", root)
+    assert "dropnotes.experiments.llm" not in results.module_sources("dropnotes.experiments.interactions", root)
+    (root / "page.py").write_text((root / "page.py").read_text() + "\n# edited\n")
+    (root / "experiments" / "llm.py").write_text((root / "experiments" / "llm.py").read_text() + "\n# edited\n")
+    assert results.module_digest("dropnotes.experiments.interactions", root) == before
+    (root / "stacked" / "noise.py").write_text((root / "stacked" / "noise.py").read_text() + "\n# edited\n")
+    assert results.module_digest("dropnotes.experiments.interactions", root) != before

@@ -22,6 +22,7 @@ import ast
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import math
 import os
 import tempfile
@@ -517,7 +518,7 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
     if cfg.profile == "smoke" and isinstance(table, pd.DataFrame):
         label_smoke(table)
     prov = results.provenance(cfg.device, seeds if seeds is not None else cfg.seeds, wall_s, dataset,
-                              protocol=protocol(chapter), rules=RULES,
+                              protocol=protocol(chapter), rules=RULES, code_sha256=chapter_code(chapter),
                               **({"predicted_wall_s": _PREDICTED.get()} if _PREDICTED.get() is not None else {}),
                               **provenance_extra)
     return results.save_result(chapter, cfg.profile, params=asdict(cfg), metrics=metrics, provenance=prov,
@@ -543,12 +544,22 @@ def predicted_wall(seconds: float | None):
 _BLOCK_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("block_path", default=None)
 
 
+@functools.cache
+def chapter_code(chapter: str) -> str:
+    """The digest of the code ``chapter``'s run depends on (:func:`dropnotes.results.module_digest` of its module),
+    taken once per process, at its first use (a run in blocks takes it before its first block)."""
+    return results.module_digest(f"dropnotes.experiments.{chapter}")
+
+
 def _same_run(block: dict, want: dict, chapter: str) -> bool:
-    """Whether a stored block record was made by this protocol and code with these parameters."""
+    """Whether a stored block record was made by this protocol and the same chapter code (its module and what it
+    imports: :func:`chapter_code`; a block stored before that digest existed, by the same package) with these
+    parameters."""
     prov = block["provenance"]
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in want.items()}
-    return (int(prov.get("protocol", 1)) == protocol(chapter) and prov.get("source_sha256") ==
-            results.CODE_AT_IMPORT["source_sha256"] and block["params"] == params)
+    same_code = (prov["code_sha256"] == chapter_code(chapter) if "code_sha256" in prov else
+                 prov.get("source_sha256") == results.CODE_AT_IMPORT["source_sha256"])
+    return int(prov.get("protocol", 1)) == protocol(chapter) and same_code and block["params"] == params
 
 
 def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
@@ -559,6 +570,7 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
     one record of them (tables over all seeds, verdicts judged again), stored as the profile's result with each
     block's provenance. Returns the merged record."""
     module = _module(chapter)
+    chapter_code(chapter)  # the code the blocks run, named before the first one starts
     if not hasattr(module, "merge_blocks"):
         raise ValueError(f"{chapter}: this chapter cannot be run in seed blocks yet (its verdicts need more than its "
                          "stored tables: it has no merge_blocks); run it whole")
@@ -572,8 +584,10 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
         else:
             log(f"{chapter}: seed block {s} of {cfg.seeds}")
             token = _BLOCK_PATH.set(path)
+            whole = _PREDICTED.get()  # a block's prediction: its share of the whole run's
             try:
-                module.run(block_cfg)
+                with predicted_wall(None if whole is None else whole / len(cfg.seeds)):
+                    module.run(block_cfg)
             finally:
                 _BLOCK_PATH.reset(token)
             kept = results.load_json_result(path)
@@ -582,7 +596,8 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
     prov = [b["provenance"] for b in blocks]
     merged["path"] = finish(chapter, cfg, module.PROFILE_DEFAULTS, wall_s=sum(p["wall_time_s"] for p in prov),
                             dataset=prov[0]["dataset"], metrics=merged["metrics"], tables=merged["tables"],
-                            blocks=[{k: p.get(k) for k in ("seeds", "commit", "source_sha256", "created", "wall_time_s")}
+                            blocks=[{k: p.get(k) for k in ("seeds", "commit", "source_sha256", "code_sha256", "created",
+                                                            "wall_time_s", "cpu", "predicted_wall_s")}
                                     for p in prov])
     return merged
 

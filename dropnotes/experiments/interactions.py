@@ -130,13 +130,15 @@ PROFILE_DEFAULTS = {
     "quick": dict(cnn_train_size=2000, cnn_epochs=15, mlp_train_size=2000, mlp_hidden=512, mlp_epochs=40, n_seeds=1,
                   grid_rates=(0.0, 0.5), grid_decays=(0.0, 5e-4, 5e-3), batch_size=64, val_size=1000, eval_every=3,
                   amp=False, test_size=10000),
-    # This 2-core CPU, up to 45 minutes (measured alone): the CNNs on 6,000 Fashion-MNIST images for 16 epochs, the
-    # MLPs at Wan et al.'s 2 x 800 on 30,000 MNIST training images for 20 epochs (10,000 more held out), 3 seeds, a
-    # 2 x 2 grid of dropout x weight decay, each part one bf16 batched group. The first laptop run (10,000 CNN images
-    # x 10 epochs, 50,000 MLP images x 12) cost the same and left 12 of 15 CNNs and 17 of 24 MLPs still improving
-    # in their last quarter: fewer images for more epochs, so that more of them reach their best epoch in time.
+    # This 2-core CPU, up to 90 minutes (measured alone; run in seed blocks, `dropnotes compute interactions
+    # --profile laptop --blocks`): the CNNs on 6,000 Fashion-MNIST images for 16 epochs, the MLPs at Wan et al.'s
+    # 2 x 800 on 30,000 MNIST training images for 20 epochs (10,000 more held out), 5 seeds (protocol 5's CNN
+    # comparisons sat at 2.5-3.3 seed SEs with 3 seeds, where 5 bring the t factor from 4.30 to 2.78), a 2 x 2 grid
+    # of dropout x weight decay, each part one batched group (bf16 where the CPU multiplies bf16 fast). The first
+    # laptop run (10,000 CNN images x 10 epochs, 50,000 MLP images x 12) left 12 of 15 CNNs and 17 of 24 MLPs still
+    # improving in their last quarter: fewer images for more epochs, so that more of them reach their best epoch.
     "laptop": dict(cnn_train_size=6000, cnn_epochs=16, mlp_train_size=30000, mlp_hidden=800, mlp_epochs=20,
-                   n_seeds=3, grid_rates=(0.0, 0.5), grid_decays=(0.0, 1e-4), batch_size=128, val_size=10000,
+                   n_seeds=5, grid_rates=(0.0, 0.5), grid_decays=(0.0, 1e-4), batch_size=128, val_size=10000,
                    eval_every=1, amp=True, test_size=10000),
     # One GPU: 50,000 training images and 10,000 held out for validation (as Srivastava et al. did), 3 seeds,
     # long enough for the plain nets to overfit (CNNs 60 epochs, 23,400 updates; MLPs 200 epochs, 78,000
@@ -387,6 +389,36 @@ def run(cfg: InteractionsConfig, save: bool = True) -> dict:
                              tables={k: rec[k] for k in ("shift_check", "cnn", "reestimated", "mlp", "grid", "timing",
                                                          "verdicts", "curves", "wrong")})
     return rec
+
+
+def merge_blocks(cfg: InteractionsConfig, blocks: list[dict]) -> dict:
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`; block s
+    is the run with ``seed=s, n_seeds=1``, so it draws its own training subset and validation split, and every block
+    tests on the same test images): the blocks' tables together, each learning curve's ``model`` renumbered to its
+    row in the merged part table, judged again over all their seeds; the speed as the blocks' mean (each measured in
+    its own block)."""
+    t = [b["tables"] for b in blocks]
+    tables = {k: pd.concat([x[k] for x in t], ignore_index=True) for k in ("cnn", "reestimated", "mlp", "timing")}
+    tables["shift_check"] = t[0]["shift_check"]  # the same simulation in every block
+    parts, offset = [], {"cnn": 0, "mlp": 0}
+    for x in t:
+        c = x["curves"].copy()
+        for part in offset:
+            c.loc[c.part == part, "model"] += offset[part]
+            offset[part] += len(x[part])
+        parts.append(c)
+    tables["curves"] = pd.concat(parts, ignore_index=True)
+    wrong = pd.concat([x["wrong"] for x in t], ignore_index=True)
+    tables["wrong"] = pd.concat([wrong[wrong.part == part] for part in ("cnn", "mlp")], ignore_index=True)
+    tables["grid"] = grid(tables["mlp"])
+    rec = {**tables, **{f"{part}_wrong": np.stack([unpack_wrong(w) for w in wrong[wrong.part == part].packed])
+                        for part in ("cnn", "mlp")}}
+    tables["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
+    metrics = [b["metrics"] for b in blocks]
+    speed = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k.startswith("mlp_")}
+    return {"metrics": {**speed, "precision": metrics[0].get("precision"), "bn2_shift_before_bn": float(
+                tables["cnn"].loc[tables["cnn"].arm == "before-bn (pixel)", "bn2 shift"].mean())},
+            "tables": tables, "verdicts": tables["verdicts"]}
 
 
 def mlp_speed(cfg: InteractionsConfig, timing: dict) -> dict:

@@ -101,6 +101,13 @@ def mlp_flops(widths: Sequence[int], examples: int) -> float:
     return 3.0 * 2 * sum(a * b for a, b in zip(widths[:-1], widths[1:])) * examples
 
 
+def lstm_lm_flops(dim: int, layers: int, vocab: int, tokens: int) -> float:
+    """Multiply-add FLOPs of training an LSTM language model (embedding and hidden size ``dim``, ``layers`` layers, a
+    ``vocab``-way softmax decoder) on ``tokens`` tokens: per token and layer the four gates' products with the input
+    and the recurrent state (2 x 4 x dim x 2 dim), and the decoder's (2 x dim x vocab), forward + backward = 3 x."""
+    return 3.0 * (layers * 16 * dim * dim + 2 * dim * vocab) * tokens
+
+
 def speed(flops: float, seconds: float, device: torch.device | str, amp: bool) -> dict:
     """A run's achieved training GFLOP/s beside this device's 2048³ product rate in the run's precision, measured
     now (in the same run, on the same machine)."""

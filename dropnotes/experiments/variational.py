@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 
 from dropnotes.verdict import Verdict, verdict_table
-from dropnotes import data, results, train
+from dropnotes import bench, data, results, train
 from dropnotes.stacked import (StackedLSTMLM, StackedSparseMLP, evaluate_stacked, fit_stacked, fit_stacked_lm,
                               lm_window_losses_stacked, lm_windows, mc_window_losses)
 from dropnotes.models import LSTMLM, SparseMLP
@@ -254,8 +254,10 @@ def train_lms(cfg: VariationalConfig, d: dict, vocab: int, lr: float | None = No
                            "epoch": h.epoch, "train_ppl": h.train_loss.map(math.exp), "valid_ppl": h.val_loss.map(math.exp)})
     n_windows = lm_windows(d["train"], cfg.batch_size, cfg.seq_len)[0].shape[0]
     words = n_windows * cfg.batch_size * cfg.seq_len * cfg.epochs * group.k
+    rate = bench.speed(bench.lstm_lm_flops(cfg.dim, cfg.layers, vocab, words), timer.seconds, dev, cfg.amp)
     return {"group": group, "runs": pd.DataFrame(rows), "curves": curves, "windows": windows,
-            "training": {"models": group.k, "lr": lr, "seconds": timer.seconds, "model-words/s": words / timer.seconds}}
+            "training": {"models": group.k, "lr": lr, "seconds": timer.seconds, "model-words/s": words / timer.seconds},
+            "speed": rate}
 
 
 def scheme_speed(cfg: VariationalConfig, d: dict, vocab: int) -> pd.DataFrame:
@@ -371,7 +373,9 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
             tokens=rec["tokens"],
             metrics={"test_ppl": rec["summary"].set_index("scheme")["test ppl"].to_dict(),
                      **({"lr": lr} if cfg.lr_grid else {}),  # a rate a pilot chose (the page says so)
-                     "svd_error": float(last.test_error), "svd_compression": float(last.compression)},
+                     "svd_error": float(last.test_error), "svd_compression": float(last.compression),
+                     # the LSTM group's training GFLOP/s (its validation passes' time counted, their FLOPs not)
+                     **{("lstm_" + k if k != "precision" else k): v for k, v in lms["speed"].items()}},
             tables={**{k: rec[k] for k in ("runs", "curves", "mc", "speed", "training", "lr_pilot", "svd",
                                            "svd_curve", "summary", "verdicts")},
                     # what the paired rule reads: every model's loss on each test window, and MC against scaling

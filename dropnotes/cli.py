@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from dropnotes.experiments import CHAPTERS
+from dropnotes.data import DataError
 from dropnotes.results import REPO_ROOT
 from dropnotes.runtime import PROFILES, show_progress
 from dropnotes.experiments._base import Knobs, inferred_knob
@@ -205,7 +206,9 @@ def _pairs(values: list[list[str]] | None) -> list[tuple[str, str]]:
 
 
 def cmd_run(args) -> int:
-    if bool(args.all) == bool(args.chapter):
+    if args.all and args.chapter:
+        raise UsageError(f"name one chapter or pass --all, not both (got {args.chapter!r} and --all)")
+    if not (args.all or args.chapter):
         raise UsageError("name one chapter or pass --all")
     chapters = list(CHAPTERS) if args.all else [args.chapter]
     # Validate everything first: no kernel starts if any request is bad.
@@ -306,9 +309,16 @@ def cmd_compute(args) -> int:
     print(f"{args.chapter}: {cfg}", file=sys.stderr, flush=True)
     predicted = None
     if cfg.profile == "laptop" and cfg.torch_device.type == "cpu":  # the first progress line: the expected minutes
-        predicted = est.predict_here(args.chapter, cfg.profile, **{k: v for k, v in params.items() if k != "profile"})
+        over = {k: v for k, v in params.items() if k != "profile"}
+        n = len(cfg.seeds)
+        if args.blocks:  # a block is the run with one seed: its groups are 1/n as wide, so time them at that width
+            predicted = est.predict_here(args.chapter, cfg.profile, **{**over, "n_seeds": 1})
+            predicted["predicted_s"] *= n
+        else:
+            predicted = est.predict_here(args.chapter, cfg.profile, **over)
         print(f"{args.chapter}: predicted {predicted['predicted_s'] / 60:.1f} minutes of training and evaluation on "
-              f"this CPU ({predicted['precision']})", file=sys.stderr, flush=True)
+              f"this CPU ({predicted['precision']})" + (f", {predicted['predicted_s'] / n / 60:.1f} a seed block"
+                                                        if args.blocks else ""), file=sys.stderr, flush=True)
     start = time.perf_counter()
     with predicted_wall(predicted["predicted_s"] if predicted else None):
         rec = run_in_blocks(args.chapter, cfg, log=lambda m: print(m, file=sys.stderr, flush=True)) if args.blocks \
@@ -524,6 +534,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"dropnotes: error: {err}", file=sys.stderr)
         return 2
+    except DataError as err:  # a dataset missing, unreachable or failing its checksum: one line, as every other fault
+        print(f"dropnotes: data error: {err}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # output piped into e.g. `head`, which closed early
         import os
 

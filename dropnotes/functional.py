@@ -77,7 +77,7 @@ def dropout(x: torch.Tensor, p: float = 0.5, training: bool = True, inverted: bo
     identity. ``inverted=False`` (the paper's form) does not scale in training; at test time the
     output is multiplied by :math:`1-p` ("weight scaling"). Both give the same expected activation.
     """
-    p, training = check_probability("p", p), check_flag("training", training)
+    p, training, inverted = check_probability("p", p), check_flag("training", training), check_flag("inverted", inverted)
     if p == 0.0:
         return x
     if inverted:

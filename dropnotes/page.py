@@ -15,16 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import html
+import importlib
 import math
 import re
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from dropnotes.experiments._base import protocol
-from dropnotes.experiments._base import current_verdicts
+from dropnotes.experiments._base import current_verdicts, protocol, record_config
 from dropnotes.results import describe
-from dropnotes.experiments._base import ChapterConfig, config_of
 from dropnotes import estimate, results
 from dropnotes.experiments import CHAPTERS
 from dropnotes.results import load_repo_result
@@ -300,15 +299,8 @@ def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -
 
 
 def _config(chapter: str, record: dict):
-    """The chapter config a stored run was made with (its module's ChapterConfig subclass, from the record)."""
-    import dataclasses
-    import importlib
-
-
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ChapterConfig)
-               and v is not ChapterConfig and dataclasses.is_dataclass(v))
-    return module, config_of(cls, record)
+    """The chapter's module and the config a stored run was made with (:func:`~dropnotes.experiments._base.record_config`)."""
+    return importlib.import_module(f"dropnotes.experiments.{chapter}"), record_config(chapter, record)
 
 
 def evidence_summary(chapter: str) -> str:
@@ -439,7 +431,6 @@ def scale_series(chapter: str, live: dict | None = None, live_label: str = "this
     """The series of :func:`plot_scales`: (label, points) for this page's run (``live``: its record or tables) and
     each stored evidence run whose tables the chapter's ``scale_points`` reads (laptop, then full). Points: a frame
     of ``quantity``, ``value`` and ``sd`` (over seeds; NaN for one seed)."""
-    import importlib
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")
     series = [(live_label, module.scale_points(live))] if live is not None else []
@@ -460,8 +451,6 @@ def plot_scales(chapter: str, live: dict | None = None, live_label: str = "this 
     scales that are not comparable (chapter 3's vocabularies) defines ``scale_panel(label, live) -> key`` and
     ``SCALE_PANEL_TITLE`` (a format for the key), and ``PAPER_PANEL``, the key of the papers' own setting: one
     panel per key, so that no axis mixes them, and the papers' values only on theirs."""
-    import importlib
-
     import matplotlib.pyplot as plt
 
     module = importlib.import_module(f"dropnotes.experiments.{chapter}")

@@ -338,3 +338,27 @@ def test_concrete_dropout_refuses_a_rate_out_of_range_as_float_or_tensor():
         with pytest.raises(ValueError, match="p must be in"):
             DF.concrete_dropout(x, bad)
     assert DF.concrete_dropout(x, 0.2, training=False) is x
+
+
+def test_the_last_refusals_a_new_user_meets(tmp_path, monkeypatch, capsys):
+    """Issue 47, item 6: each input below was accepted, or refused with a wrong or multi-line message."""
+    with pytest.raises(ValueError, match="inverted must be True or False, got 'no'"):
+        DF.dropout(torch.ones(4), 0.5, inverted="no")
+    with pytest.raises(ValueError, match="rates must be a list .* got '0,,0.5'"):
+        mechanics.KNOBS["rates"].parse("0,,0.5")
+    assert cli.main(["compute", "mechanics", "-p", "rates", "0,,0.5"]) == 2
+    assert "rates must be" in capsys.readouterr().err
+    assert cli.main(["run", "mechanics", "--all"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert "e.g. 0,0.5" not in cost.KNOBS["sizes"].allowed()
+    cost.KNOBS["sizes"].parse(cost.KNOBS["sizes"].allowed().split("e.g. ")[1].rstrip(")"))  # its example is accepted
+    bad = tmp_path / "data"
+    (bad / "mnist").mkdir(parents=True)
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "train-images-idx3-ubyte.gz",
+                 "train-labels-idx1-ubyte.gz"):
+        (bad / "mnist" / name).write_bytes(b"not the file")
+    monkeypatch.setenv("DROPNOTES_DATA", str(bad))
+    monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path / "results"))
+    assert cli.main(["compute", "mechanics", "--profile", "smoke"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("dropnotes: data error:") and "corrupt" in err[-1] and "Traceback" not in "".join(err)

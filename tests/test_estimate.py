@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -220,3 +221,13 @@ def test_the_wall_time_predicted_on_this_cpu_holds_within_30_percent(tmp_path, m
     _, finals = mechanics.run_mnist_sweep(cfg)
     measured = finals.attrs["train_s"]
     assert 0.7 * measured <= pred["predicted_s"] <= 1.3 * measured, (pred["predicted_s"], measured)
+
+
+def test_the_estimator_rebuilds_a_stored_config_under_its_current_names():
+    """An old record's renamed parameter (input_p, now p_input) reaches the config the estimator times."""
+    from dropnotes.experiments import mechanics
+
+    params = dataclasses.asdict(mechanics.configure("smoke", device="cpu", p_input=0.3))
+    params["input_p"] = params.pop("p_input")
+    cfg = estimate.config_from_record("mechanics", {"params": params})
+    assert cfg.p_input == 0.3 and cfg == mechanics.configure("smoke", device="cpu", p_input=0.3)

@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes.amp import autocast
+from dropnotes.experiments._base import record_config
 from dropnotes.estimate.counter import Cost, _ce, _meta_forward, _meta_step, measure
 from dropnotes.estimate.timemodel import CUDNN_LSTM_KERNELS, STORED_SCHEMES, Group
 
@@ -501,11 +502,6 @@ def chapter_groups(chapter: str, cfg) -> list[Group]:
 
 
 def config_from_record(chapter: str, record: dict):
-    """The config a stored run used, rebuilt from its ``params``."""
-    import importlib
-
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-    cls = next(v for k, v in vars(module).items() if k.endswith("Config") and k != "ChapterConfig" and isinstance(v, type))
-    fields = {f.name for f in dataclasses.fields(cls)}
-    params = {k: tuple(v) if isinstance(v, list) else v for k, v in record["params"].items() if k in fields}
-    return cls(**params)
+    """The config a stored run used, rebuilt from its ``params`` under their current names
+    (:func:`dropnotes.experiments._base.record_config`)."""
+    return record_config(chapter, record)

@@ -101,12 +101,21 @@ class Knob:
         if self.low is not None or self.high is not None:
             text += " in " + _interval(self.low, self.high, self.low_open, self.high_open)
         if self.kind in ("ints", "floats"):
-            text = f"a list of at least {self.min_len} {text} (e.g. 0,0.5)"
+            text = f"a list of at least {self.min_len} {text} (e.g. {self._example()})"
         return text
 
     def type_text(self) -> str:
         base = {"floats": "list of float", "ints": "list of int"}.get(self.kind, self.kind)
         return f"{base} or None" if self.profile_default else base
+
+    def _example(self) -> str:
+        """A comma-separated example that this list knob accepts: its default, else two values from its range."""
+        if isinstance(self.default, (list, tuple)) and len(self.default) >= self.min_len:
+            return ",".join(f"{v:g}" for v in self.default)
+        if self.kind == "ints":
+            low = max(1, int(self.low or 0) + (1 if self.low_open else 0))
+            return ",".join(str(low * 2 ** i) for i in range(max(2, self.min_len)))
+        return "0,0.5" if self.low is None or self.low <= 0 <= (self.high or 1) else f"{self.low:g},{2 * self.low:g}"
 
     def refuse(self, value: Any, why: str | None = None) -> ValueError:
         if self.choices:
@@ -195,7 +204,9 @@ class Knob:
             except (ValueError, SyntaxError):
                 value = None
             if not isinstance(value, (list, tuple, int, float)) or isinstance(value, bool):
-                parts = [v.strip() for v in text.strip("[]()").split(",") if v.strip()]
+                parts = [v.strip() for v in text.strip("[]()").split(",")]
+                if "" in parts:  # "0,,0.5": an empty element is a typo, never a value to skip
+                    raise self.refuse(raw)
                 try:
                     value = [float(v) if self.kind == "floats" else int(v) for v in parts]
                 except ValueError:
@@ -425,6 +436,15 @@ def config_of(cls: type, record: dict):
                   for f in fields(cls) if f.name in params})
 
 
+def record_config(chapter: str, record: dict) -> ChapterConfig:
+    """The config of ``chapter`` a stored run was made with (the chapter's one :class:`ChapterConfig` subclass,
+    :func:`config_of`): what the page, the estimator and a chapter's ``rejudge`` rebuild from a record."""
+    module = _module(chapter)
+    cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ChapterConfig)
+               and v is not ChapterConfig and dataclasses.is_dataclass(v))
+    return config_of(cls, record)
+
+
 def current_verdicts(chapter: str, record: dict | None) -> tuple[pd.DataFrame | None, str]:
     """The verdicts of a stored run as the chapter's current rules read them, and a note on how:
 
@@ -582,6 +602,11 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
         if kept is not None and _same_run(kept, dataclasses.asdict(block_cfg), chapter):
             log(f"{chapter}: seed block {s} kept from {path}")
         else:
+            if kept is not None:  # say why a stored block is not kept: other code, protocol or parameters
+                prov = kept["provenance"]
+                log(f"{chapter}: the stored seed block {s} ({path}) was made by commit {prov.get('commit')}, protocol "
+                    f"{prov.get('protocol', 1)}, chapter code {prov.get('code_sha256', 'unrecorded')} (now "
+                    f"{chapter_code(chapter)}), or other parameters: it is run again")
             log(f"{chapter}: seed block {s} of {cfg.seeds}")
             token = _BLOCK_PATH.set(path)
             whole = _PREDICTED.get()  # a block's prediction: its share of the whole run's

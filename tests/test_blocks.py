@@ -86,3 +86,22 @@ def test_a_block_is_kept_across_changes_outside_its_chapter_code(tmp_path):
     assert results.module_digest("dropnotes.experiments.interactions", root) == before
     (root / "stacked" / "noise.py").write_text((root / "stacked" / "noise.py").read_text() + "\n# edited\n")
     assert results.module_digest("dropnotes.experiments.interactions", root) != before
+
+
+def test_chapter_three_blocks_share_one_pilot_and_merge(store, have_data, monkeypatch):
+    import dataclasses
+
+    from dropnotes.experiments import variational
+
+    cfg = dataclasses.replace(variational.configure("smoke", device="cpu", n_seeds=2), lr_grid=(1e-2, 3e-3),
+                              select_epochs=1)
+    pilots = []
+    real = variational.select_lr
+    monkeypatch.setattr(variational, "select_lr", lambda *a: pilots.append(1) or real(*a))
+    _base.run_in_blocks("variational", cfg, log=lambda m: None)
+    assert pilots == [1], "the learning-rate pilot runs once for all the blocks"
+    record = results.load_result("variational", "smoke")
+    t = record["tables"]
+    assert sorted(t["runs"].seed.unique()) == cfg.seeds and len(t["windows"]) == len(t["runs"])
+    assert record["metrics"]["lr"] in cfg.lr_grid and record["provenance"]["vocab"] > 0
+    assert (t["summary"].seeds == 2).all()

@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import dataclasses
 import functools
+import json
 import math
 import os
 import tempfile
@@ -582,6 +583,28 @@ def _same_run(block: dict, want: dict, chapter: str) -> bool:
     return int(prov.get("protocol", 1)) == protocol(chapter) and same_code and block["params"] == params
 
 
+def once_per_run(chapter: str, cfg: ChapterConfig, name: str, compute):
+    """``compute()`` for a step of ``chapter``'s run that no seed enters (a pilot that chooses a learning rate on its
+    own seed, say): outside a run in blocks, computed; inside one, computed by the first block and stored beside
+    the blocks (``<profile>.blocks/<name>.json``, with the parameters other than the seeds, the protocol and the
+    chapter code), then read back by every later block, in this session or another, so that the blocks share it
+    and it is paid once. ``compute`` returns anything :func:`dropnotes.results.to_jsonable` stores (tables,
+    numbers), and gets it back as stored."""
+    path = _BLOCK_PATH.get()
+    if path is None:
+        return compute()
+    path = path.with_name(f"{name}.json")
+    key = {"params": {k: v for k, v in results.to_jsonable(dataclasses.asdict(cfg)).items()
+                      if k not in ("seed", "n_seeds")},
+           "protocol": protocol(chapter), "code_sha256": chapter_code(chapter)}
+    kept = results.load_json_result(path)
+    if kept is not None and kept.get("key") == key:
+        return kept["value"]
+    value = compute()
+    results.atomic_write_text(path, json.dumps(results.to_jsonable({"key": key, "value": value}), indent=1))
+    return results.load_json_result(path)["value"]  # as stored, so every block reads the same values
+
+
 def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
     """Run ``cfg``'s seeds one at a time, each seed block a run of its own (:func:`dataclasses.replace` with
     ``seed=s, n_seeds=1``, so block ``s`` uses seed ``s``) stored under :func:`dropnotes.results.block_path`; a
@@ -621,6 +644,7 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
     prov = [b["provenance"] for b in blocks]
     merged["path"] = finish(chapter, cfg, module.PROFILE_DEFAULTS, wall_s=sum(p["wall_time_s"] for p in prov),
                             dataset=prov[0]["dataset"], metrics=merged["metrics"], tables=merged["tables"],
+                            **merged.get("provenance", {}),  # what the chapter stores beside (a corpus's vocabulary)
                             blocks=[{k: p.get(k) for k in ("seeds", "commit", "source_sha256", "code_sha256", "created",
                                                             "wall_time_s", "cpu", "predicted_wall_s")}
                                     for p in prov])

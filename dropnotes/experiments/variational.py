@@ -23,8 +23,7 @@ from dropnotes.models import LSTMLM, SparseMLP
 from dropnotes.models.lstm_lm import SCHEMES
 from dropnotes.experiments._base import config_of, plain
 from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knobs, check_seed_block, finish,
-                                        judged,
-                                        rate_knob, size_knob)
+                                        judged, once_per_run, rate_knob, size_knob)
 from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (profile_config, seed_everything, select_device)
@@ -345,10 +344,15 @@ def train_sparse_vd(cfg: VariationalConfig) -> dict:
 def run(cfg: VariationalConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     d, vocab = _lm_data(cfg)
-    with Timer(cfg.torch_device) as pilot_timer:
-        lr, pilot = select_lr(cfg, d, vocab)
+    def pilot_run() -> dict:
+        with Timer(cfg.torch_device) as pilot_timer:
+            lr, table = select_lr(cfg, d, vocab)
+        return {"lr": lr, "pilot": table, "seconds": pilot_timer.seconds}
+
+    chosen = once_per_run(CHAPTER, cfg, "lr-pilot", pilot_run)  # no seed enters it: a run in blocks pays it once
+    lr, pilot = chosen["lr"], chosen["pilot"]
     lms = train_lms(cfg, d, vocab, lr)
-    lms["training"]["pilot_seconds"] = pilot_timer.seconds
+    lms["training"]["pilot_seconds"] = chosen["seconds"]
     rows, curves, windows = lms["runs"], lms["curves"], lms["windows"]
     mc = []
     for i, (scheme, seed) in enumerate((r.scheme, r.seed) for r in rows.itertuples()):
@@ -383,6 +387,35 @@ def run(cfg: VariationalConfig, save: bool = True) -> dict:
                     "mc_windows": pd.DataFrame({"seed": rec["mc"].seed if len(rec["mc"]) else [],
                                                 "ws": mc_windows["ws"], "mc": mc_windows["mc"]})})
     return rec
+
+
+def merge_blocks(cfg: VariationalConfig, blocks: list[dict]) -> dict:
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`; block s
+    is the run with ``seed=s, n_seeds=1``; every block reads the same corpus, test windows and learning-rate pilot,
+    :func:`~dropnotes.experiments._base.once_per_run`): the blocks' per-model tables together, judged again over
+    all their seeds; the standalone speed table and the pilot from the first block, the training GFLOP/s as the
+    blocks' mean (each measured in its own block)."""
+    t = [b["tables"] for b in blocks]
+    lrs = {b["metrics"].get("lr") for b in blocks}
+    if len(lrs) != 1:
+        raise ValueError(f"{CHAPTER}: the seed blocks were trained at different learning rates {sorted(lrs)}; they "
+                         "are not one run")
+    tables = {k: pd.concat([x[k] for x in t], ignore_index=True)
+              for k in ("runs", "curves", "mc", "training", "svd", "svd_curve", "windows", "mc_windows")}
+    tables.update(speed=t[0]["speed"], lr_pilot=t[0]["lr_pilot"])
+    tables["summary"] = summarize(tables["runs"], tables["speed"])
+    rec = {"runs": tables["runs"], "curves": tables["curves"], "windows": tables["windows"], "mc": tables["mc"],
+           "mc_windows": tables["mc_windows"], "svd": tables["svd"]}
+    tables["verdicts"] = judged(CHAPTER, cfg, verdicts(rec, cfg))
+    metrics = [b["metrics"] for b in blocks]
+    last = tables["svd"].mean(numeric_only=True)
+    speed = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0] if k.startswith("lstm_")}
+    return {"metrics": {"test_ppl": tables["summary"].set_index("scheme")["test ppl"].to_dict(),
+                        **({"lr": metrics[0]["lr"]} if "lr" in metrics[0] else {}),
+                        "svd_error": float(last.test_error), "svd_compression": float(last.compression), **speed,
+                        **({"precision": metrics[0]["precision"]} if "precision" in metrics[0] else {})},
+            "tables": tables, "verdicts": tables["verdicts"],
+            "provenance": {"vocab": blocks[0]["provenance"].get("vocab"), "tokens": blocks[0]["provenance"].get("tokens")}}
 
 
 def summarize(runs: pd.DataFrame, speed: pd.DataFrame) -> pd.DataFrame:

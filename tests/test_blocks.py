@@ -105,3 +105,16 @@ def test_chapter_three_blocks_share_one_pilot_and_merge(store, have_data, monkey
     assert sorted(t["runs"].seed.unique()) == cfg.seeds and len(t["windows"]) == len(t["runs"])
     assert record["metrics"]["lr"] in cfg.lr_grid and record["provenance"]["vocab"] > 0
     assert (t["summary"].seeds == 2).all()
+
+
+def test_chapter_two_blocks_merge_into_one_record(store, have_data):
+    from dropnotes.experiments import ensembles
+
+    cfg = ensembles.configure("smoke", device="cpu", n_seeds=2)
+    merged = _base.run_in_blocks("ensembles", cfg, log=lambda m: None)
+    record = results.load_result("ensembles", "smoke")
+    t = record["tables"]
+    assert sorted(t["quality"].seed.unique()) == cfg.seeds and sorted(t["mc_wrong"].seed.unique()) == cfg.seeds
+    assert (t["ood_summary"].seeds == 2).all() and record["provenance"]["ood_dataset"] == cfg.ood_dataset
+    assert len(merged["verdicts"]) == len(t["verdicts"])
+    assert not t["verdicts"].verdict.str.contains("one seed").any(), "the merged record judges the seed tests"

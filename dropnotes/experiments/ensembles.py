@@ -491,6 +491,7 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
                     "ood_pairs": rec["ood_pairs"], "rotation_pairs": rec["rotation_pairs"], "rotation": rot_table,
                     "verdicts": rec["verdicts"], "quality": rec["quality"],
                     "regression_seeds": rec["regression_seeds"], "best_epochs": rec["best_epochs"],
+                    "sweep": rec["sweep"], "ood": rec["ood"],  # per seed: what the summaries average (blocks merge)
                     "curves": rec["curves"], "wrong": rec["wrong_packed"],
                     # the MC passes' mistakes (mean over repeats) per seed and k: MC against weight scaling judged
                     # again from the record
@@ -749,9 +750,10 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
                  verdict=reg_v, **_decided(reg_v, regs)))
 
     r = rec["rotation_pairs"]
+    if len(r) < 2:  # one seed (a seed block): a test over seeds waits for the merged record
+        return verdict_table(rows + [_one_seed(claim) for claim in SEED_TESTED])
     rise, more = over_seeds(r.rise_mc.to_numpy()), over_seeds(r["diff"].to_numpy())
-    rows.append(Verdict(claim="MC-dropout uncertainty rises as a rotated digit becomes ambiguous, more than the same "
-                          "net's deterministic softmax",
+    rows.append(Verdict(claim=SEED_TESTED[0],
                  source="Gal & Ghahramani 2016 (rotated-digit experiment)", paper="qualitative",
                  setting="Gal & Ghahramani 2016", unit="nats of entropy",
                  ours=(f"entropy rise 30-150° vs 0°: MC {rise.diff:.3f} ± {rise.se:.3f} nats, deterministic "
@@ -761,12 +763,11 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
                  high=more.high, decide=more.decide() if not more.verdict().startswith(("reproduced", "not")) else None))
 
     o = rec["ood_pairs"]
-    for shift in ("fashion-mnist", "inverted mnist"):
+    for claim, shift in zip(SEED_TESTED[1:], ("fashion-mnist", "inverted mnist")):
         g = o[o["shift"] == shift]
         better = over_seeds(g["diff"].to_numpy())
         mc_h = float(g.auroc_mc.mean())
-        rows.append(Verdict(claim=f"MC-dropout uncertainty detects out-of-distribution inputs ({shift}) better than the "
-                              "same net's deterministic softmax",
+        rows.append(Verdict(claim=claim,
                      source=f"our test (after Gal & Ghahramani 2016's uncertainty argument; that paper has no "
                                f"OOD experiment); protocol threshold AUROC >= {OOD_THRESHOLD}",
                      paper="not in the paper", kind="our test", setting="Gal & Ghahramani 2016", unit="AUROC",
@@ -776,6 +777,19 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
                      verdict=rule_ood(mc_h, better.verdict()), effect=better.diff, low=better.low, high=better.high,
                      decide=better.decide() if better.verdict().startswith("inconclusive") else None))
     return verdict_table(rows)
+
+
+# The rows tested over seeds alone (no per-example form), after the regression row: one seed cannot judge them.
+SEED_TESTED = ("MC-dropout uncertainty rises as a rotated digit becomes ambiguous, more than the same net's "
+               "deterministic softmax",
+               *(f"MC-dropout uncertainty detects out-of-distribution inputs ({shift}) better than the same net's "
+                 "deterministic softmax" for shift in ("fashion-mnist", "inverted mnist")))
+
+
+def _one_seed(claim: str) -> Verdict:
+    return Verdict(claim=claim, source="", paper="", setting="Gal & Ghahramani 2016", ours="one seed",
+                   verdict="not judged (one seed: a test over seeds needs at least 2; a run in seed blocks judges it "
+                           "when the blocks merge)")
 
 
 def _decided(verdict: str, regs: pd.DataFrame) -> dict:
@@ -789,8 +803,11 @@ def _decided(verdict: str, regs: pd.DataFrame) -> dict:
 def rejudge(record: dict) -> pd.DataFrame:
     """The verdicts of a stored run of this protocol, computed again from its stored tables; what it does not store
     (the MC passes' mistakes, the per-example NLL) reads *not judged*."""
-    t = record["tables"]
-    cfg = config_of(EnsemblesConfig, record)
+    return _judge_tables(config_of(EnsemblesConfig, record), record["tables"])
+
+
+def _judge_tables(cfg: EnsemblesConfig, t: dict) -> pd.DataFrame:
+    """The verdicts from a record's stored tables (what :func:`rejudge` and :func:`merge_blocks` judge)."""
     mc = t.get("mc_wrong")
     wrong = None if mc is None else [{(int(k) if str(k).isdigit() else k): unpack_values(x)
                                       for k, x in zip(g.k, g.packed)} for _, g in mc.groupby("seed")]
@@ -798,6 +815,28 @@ def rejudge(record: dict) -> pd.DataFrame:
            "summary": t["summary"], "calibration": None, "regression_seeds": t["regression_seeds"],
            "rotation_pairs": t["rotation_pairs"], "ood_pairs": t["ood_pairs"]}
     return judged(CHAPTER, cfg, verdicts(rec, cfg))
+
+
+def merge_blocks(cfg: EnsemblesConfig, blocks: list[dict]) -> dict:
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`; block s
+    is the run with ``seed=s, n_seeds=1``, so it draws its own validation split): the blocks' per-seed tables
+    together, summarised and judged again over all their seeds; the rotation figure's table and the regression
+    figure's spread from the first block (the figures' seed); the speeds as the blocks' means (each measured in its
+    own block)."""
+    t = [b["tables"] for b in blocks]
+    tables = {k: pd.concat([x[k] for x in t], ignore_index=True)
+              for k in ("quality", "sweep", "ood", "ood_pairs", "rotation_pairs", "regression_seeds", "best_epochs",
+                        "curves", "wrong", "mc_wrong")}
+    tables.update(rotation=t[0]["rotation"], summary=summarize_quality(tables["quality"]),
+                  mc_curve=summarize_sweep(tables["sweep"]), ood_summary=summarize_ood(tables["ood"]))
+    tables["verdicts"] = _judge_tables(cfg, tables)
+    metrics = [b["metrics"] for b in blocks]
+    mean = {k: float(np.mean([m[k] for m in metrics])) for k in ("vmap_speedup", "train_gflops_per_s",
+                                                                  "matmul_2048_gflops_per_s") if k in metrics[0]}
+    return {"metrics": {**mean, "regression_std": metrics[0]["regression_std"],
+                        **({"precision": metrics[0]["precision"]} if "precision" in metrics[0] else {})},
+            "tables": tables, "verdicts": tables["verdicts"],
+            "provenance": {"ood_dataset": blocks[0]["provenance"].get("ood_dataset")}}
 
 
 # --------------------------------------------------------------------------- figures

@@ -21,8 +21,9 @@ def _data(n=96, d=12, classes=4, seed=0):
 
 def _reference(nets, x, y, *, epochs, batch_size, lr, momentum, wd, max_norm, clip, p_input, p_hidden, seed):
     """The same K models trained one at a time with torch.optim.SGD, replaying the engine's random draws
-    (per epoch one (K, N) key tensor for the orders; per step one (K, B, width) uniform tensor per dropout
-    site) and taking model k's slice of each."""
+    (per epoch one (K, N) key tensor for the orders; per step and dropout site one uniform tensor (K', B, width)
+    over the K' models that drop at that site, in order: all K when every model does, else only those with a rate
+    above 0, the others drawing nothing, :func:`dropnotes.stacked.noise_plan`) and taking model k's slice."""
     k = len(nets)
     g = torch.Generator().manual_seed(seed)
     opts = [torch.optim.SGD(m.parameters(), lr=lr[i], momentum=momentum, weight_decay=wd[i]) for i, m in enumerate(nets)]
@@ -33,10 +34,15 @@ def _reference(nets, x, y, *, epochs, batch_size, lr, momentum, wd, max_norm, cl
         for start in range(0, n, batch_size):
             idx = order[:, start:start + batch_size]
             b = idx.shape[1]
-            draws = [torch.rand(k, b, w, generator=g) for w in widths]
+            site_rates = [p_input] + [p_hidden] * (len(widths) - 1)
+            draws = []
+            for w, rates in zip(widths, site_rates):
+                on = [i for i in range(k) if rates[i] > 0]
+                u = torch.rand(len(on), b, w, generator=g) if on else None
+                draws.append({i: u[j] for j, i in enumerate(on)})
             for i, net in enumerate(nets):
                 ps = [p_input[i]] + [p_hidden[i]] * (len(widths) - 1)
-                masks = [(u[i] < 1 - p) / (1 - p) for u, p in zip(draws, ps)]
+                masks = [(u[i] < 1 - p) / (1 - p) if i in u else 1.0 for u, p in zip(draws, ps)]
                 lins = [m for m in net if isinstance(m, torch.nn.Linear)]
                 h = x[idx[i]] * masks[0]
                 for j, lin in enumerate(lins):

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from dropnotes.runtime import check_choice, check_positive_int, check_probability
-from dropnotes.stacked.noise import _generators, _values, noise_constants, unit_noise
+from dropnotes.stacked.noise import _generators, _values, noise_constants, noise_plan, unit_noise
 from dropnotes.layers import Dropout, GaussianDropout, SpatialDropout
 from dropnotes.models import SmallCNN
 
@@ -50,6 +50,12 @@ class StackedCNN(nn.Module):
         self.register_buffer("noise2", noise_constants(self.p_after_bn))
         self.register_buffer("spatial", torch.tensor([v == "spatial" for v in kinds]))
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
+        self._plans = []  # each site's noise_plan (its index tensors kept as buffers that follow the device)
+        for i, rate in enumerate((self.p_before_bn, self.p_after_bn)):
+            plan = noise_plan(rate, self.gaussian, self.spatial)
+            self._plans.append(plan is not None)
+            for kind, idx in zip(("bernoulli", "spatial", "gaussian"), plan or ()):
+                self.register_buffer(f"plan{i + 1}_{kind}", idx, persistent=False)
         self.conv1 = nn.Parameter(torch.empty(k, c1, in_channels, 3, 3))
         self.conv2 = nn.Parameter(torch.empty(k, c2, c1, 3, 3))
         self.bn1_weight, self.bn1_bias = nn.Parameter(torch.ones(k, c1)), nn.Parameter(torch.zeros(k, c1))
@@ -136,7 +142,9 @@ class StackedCNN(nn.Module):
         out = unit_noise(h5, self.p_before_bn if i == 0 else self.p_after_bn, model_dim=1, generator=generator, mask=mask,
                          spatial=self.spatial if self._kinds[0] else None,
                          gaussian=self.gaussian if self._kinds[1] else None,
-                         constants=self.noise1 if i == 0 else self.noise2)
+                         constants=self.noise1 if i == 0 else self.noise2,
+                         plan=tuple(getattr(self, f"plan{i + 1}_{kind}") for kind in ("bernoulli", "spatial", "gaussian"))
+                         if self._plans[i] else None)
         return out.view(h.shape)
 
     def _block(self, h: torch.Tensor, conv: torch.Tensor, i: int, noise=None) -> torch.Tensor:

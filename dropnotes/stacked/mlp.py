@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from dropnotes.amp import MetaAutocast
 from dropnotes.runtime import check_choice, check_positive_int, check_probability
-from dropnotes.stacked.noise import _generators, _per_model, _seeded, _values, _weight, noise_constants, unit_noise
+from dropnotes.stacked.noise import (_generators, _per_model, _seeded, _values, _weight, noise_constants, noise_plan,
+                                     unit_noise)
 from dropnotes.models import MLP
 from dropnotes.layers import SparseVariationalLinear
 from dropnotes.models import SparseMLP
@@ -49,6 +50,12 @@ class StackedMLP(nn.Module):
         self._sites = {site: any(float(v) > 0 for v in _values(f"p_{site}", rate, k))  # a site no model uses is skipped
                        for site, rate in (("input", p_input), ("hidden", p_hidden))}
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
+        self._plans = {}  # each site's noise_plan (its index tensors kept as buffers that follow the device)
+        for site in ("input", "hidden"):
+            plan = noise_plan(getattr(self, f"p_{site}"), self.gaussian)
+            self._plans[site] = plan is not None
+            for kind, idx in zip(("bernoulli", "spatial", "gaussian"), plan or ()):
+                self.register_buffer(f"plan_{site}_{kind}", idx, persistent=False)
         connect = _values("p_connect", p_connect, k, check=check_probability)
         self.register_buffer("p_connect", torch.tensor([float(v) for v in connect]))
         self._connected = [i for i, v in enumerate(connect) if v > 0]
@@ -124,8 +131,10 @@ class StackedMLP(nn.Module):
         """The noise of dropout site ``site`` ("input" or "hidden"), in training only."""
         if not self.training or (mask is None and not self._sites[site]):
             return h
+        plan = tuple(getattr(self, f"plan_{site}_{kind}") for kind in ("bernoulli", "spatial", "gaussian")) \
+            if self._plans[site] else None
         return unit_noise(h, getattr(self, f"p_{site}"), gaussian=self.gaussian if self._any_gaussian else None,
-                          generator=generator, mask=mask, constants=getattr(self, f"noise_{site}"))
+                          generator=generator, mask=mask, constants=getattr(self, f"noise_{site}"), plan=plan)
 
     def _layer(self, i: int, h: torch.Tensor, generator, connect_mask) -> torch.Tensor:
         # (W h^T + b)^T rather than h W^T + b: the weight gradient then comes out in the weights' own layout,

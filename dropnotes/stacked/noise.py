@@ -69,9 +69,51 @@ def noise_constants(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([keep, 1.0 / keep, (p / keep).sqrt()], dim=1)
 
 
+def noise_plan(p: torch.Tensor, gaussian: torch.Tensor | None = None,
+               spatial: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """The models of a group with fixed rates that draw each kind of noise: the indices of those that draw per-element
+    Bernoulli masks, per-channel (spatial) ones and Gaussian multipliers, for :func:`unit_noise` to draw each kind
+    for its own models only (a model at ``p = 0`` draws nothing). None when every model draws per-element Bernoulli
+    masks: one draw over the whole tensor is then the cheapest."""
+    on = p > 0
+    g = on & gaussian if gaussian is not None else torch.zeros_like(on)
+    sp = on & spatial & ~g if spatial is not None else torch.zeros_like(on)
+    bern = on & ~g & ~sp
+    if bool(bern.all()):
+        return None
+    return tuple(m.nonzero().flatten() for m in (bern, sp, g))
+
+
+def _planned_mult(h: torch.Tensor, model_dim: int, plan, keep, scale, sigma, generator) -> torch.Tensor:
+    """The multiplier of :func:`unit_noise` drawn kind by kind, each for its own models only (:func:`noise_plan`);
+    a model that draws nothing multiplies by 1."""
+    bern, spatial, gauss = plan
+    mult = torch.ones_like(h)
+
+    def shape(idx: torch.Tensor, shared: bool = False) -> list[int]:
+        s = list(h.shape)
+        s[model_dim] = idx.shape[0]
+        return s[:3] + [1] * (h.dim() - 3) if shared else s
+
+    if bern.shape[0]:
+        k, sc = keep.index_select(model_dim, bern), scale.index_select(model_dim, bern)
+        mult.index_copy_(model_dim, bern, (torch.rand(shape(bern), device=h.device, generator=generator) < k)
+                         * sc.to(h.dtype))
+    if spatial.shape[0]:
+        k, sc = keep.index_select(model_dim, spatial), scale.index_select(model_dim, spatial)
+        shared = torch.rand(shape(spatial, shared=True), device=h.device, generator=generator) < k
+        mult.index_copy_(model_dim, spatial, (shared * sc.to(h.dtype)).expand(shape(spatial)))
+    if gauss.shape[0]:
+        sg = sigma.index_select(model_dim, gauss).to(h.dtype)
+        mult.index_copy_(model_dim, gauss,
+                         torch.randn(shape(gauss), device=h.device, generator=generator, dtype=h.dtype) * sg + 1.0)
+    return mult
+
+
 def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian: torch.Tensor | None = None,
                spatial: torch.Tensor | None = None, generator: torch.Generator | None = None,
-               mask: torch.Tensor | None = None, constants: torch.Tensor | None = None) -> torch.Tensor:
+               mask: torch.Tensor | None = None, constants: torch.Tensor | None = None,
+               plan: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     r"""Per-model multiplicative noise on ``h``, whose axis ``model_dim`` indexes the K models.
 
     Model k multiplies each unit by :math:`m/(1-p_k)` with :math:`m \sim \mathrm{Bernoulli}(1-p_k)` (inverted
@@ -79,7 +121,8 @@ def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian
     variance, Srivastava et al. 2014, §10); where ``spatial[k]`` one Bernoulli value is shared by each
     (sample, channel), the first three axes of ``h`` being sample, model and channel in some order
     (Tompson et al. 2015). ``mask`` replaces the draw: a boolean keep-mask, or the multiplier itself.
-    ``constants``: :func:`noise_constants` of ``p``, if kept."""
+    ``constants``: :func:`noise_constants` of ``p``, if kept. ``plan``: :func:`noise_plan` of the same rates and
+    kinds, if kept: each kind of noise is then drawn for its own models only (the same distribution, other draws)."""
     view = [1] * h.dim()
     view[model_dim] = h.shape[model_dim]
     keep, scale, sigma = (None, None, None) if constants is None else (c.view(view) for c in constants.unbind(1))
@@ -88,6 +131,10 @@ def unit_noise(h: torch.Tensor, p: torch.Tensor, *, model_dim: int = 0, gaussian
         scale = 1.0 / keep
     if mask is not None:
         return h * mask * scale.to(h.dtype) if mask.dtype == torch.bool else h * mask
+    if plan is not None:
+        if sigma is None:
+            sigma = (p / (1.0 - p)).sqrt().view(view)
+        return h * _planned_mult(h, model_dim, plan, keep, scale, sigma, generator)
     mult = _keep_mult(h, keep, scale, generator)
     if spatial is not None:
         shared = torch.rand(h.shape[:3] + (1,) * (h.dim() - 3), device=h.device, generator=generator) < keep

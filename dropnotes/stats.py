@@ -249,25 +249,29 @@ class Paired:
         c = float(sps.t.ppf(1 - alpha, self.df)) if math.isfinite(self.df) else float(sps.norm.ppf(1 - alpha))
         return shown or f"{margin:g}", self.diff - c * self.se, self.diff + c * self.se, seeds_note(self.seeds)
 
-    def equivalent(self, margin: float, shown: str | None = None, alpha: float = ALPHA) -> str:
+    def equivalent(self, margin: float, shown: str | None = None, alpha: float = ALPHA, scale: float = 1.0) -> str:
         """TOST (Schuirmann 1987) on this comparison, with a margin stated before the run: *reproduced
         (equivalent)* when the ``1 - 2 alpha`` interval (t at this comparison's degrees of freedom) lies inside
-        (-margin, margin), *not reproduced* when it lies wholly outside [-margin, margin], else *inconclusive*."""
+        (-margin, margin), *not reproduced* when it lies wholly outside [-margin, margin], else *inconclusive*.
+        ``shown``: the margin as the text writes it; ``scale``: what the interval is multiplied by in the text, so
+        that it is written in the margin's unit (100 for a fraction shown in points)."""
         m, low, high, note = self._one_sided(margin, shown, alpha)
+        interval = f"90 % interval {scale * low:.3g} to {scale * high:.3g}{note}"
         if -margin < low and high < margin:
-            return f"reproduced (equivalent within ±{m}; 90 % interval {low:.3g} to {high:.3g}{note})"
+            return f"reproduced (equivalent within ±{m}; {interval})"
         if low > margin or high < -margin:
-            return f"not reproduced (they differ by more than {m}; 90 % interval {low:.3g} to {high:.3g}{note})"
-        return f"inconclusive (equivalence within ±{m} not shown; 90 % interval {low:.3g} to {high:.3g}{note})"
+            return f"not reproduced (they differ by more than {m}; {interval})"
+        return f"inconclusive (equivalence within ±{m} not shown; {interval})"
 
-    def not_better(self, margin: float, shown: str | None = None, alpha: float = ALPHA) -> str:
+    def not_better(self, margin: float, shown: str | None = None, alpha: float = ALPHA, scale: float = 1.0) -> str:
         """A "new does not beat base" claim with a margin stated before the run: *reproduced* when the one-sided
         ``1 - alpha`` upper bound of the gain (``diff``, base - new) lies below ``margin``, *not reproduced* when
-        the lower bound lies above it, else *inconclusive*."""
+        the lower bound lies above it, else *inconclusive*. ``shown``, ``scale``: as in :meth:`equivalent`."""
         m, low, high, note = self._one_sided(margin, shown, alpha)
-        if high < margin:
+        low, high = scale * low, scale * high
+        if high < scale * margin:
             return f"reproduced (its gain's upper bound {high:.3g} lies below {m}{note})"
-        if low > margin:
+        if low > scale * margin:
             return f"not reproduced (its gain's lower bound {low:.3g} lies above {m}{note})"
         return f"inconclusive (its gain's bounds {low:.3g} to {high:.3g} straddle {m}{note})"
 

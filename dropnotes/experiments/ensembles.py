@@ -691,7 +691,7 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
         k1, k_big = min(ks), (50 if 50 in ks else max(ks))
         worse = compare_examples([w[k1] for w in wrong], [w["weight scaling"] for w in wrong])
         same = compare_examples([w["weight scaling"] for w in wrong], [w[k_big] for w in wrong])
-        eq = same.equivalent(EQUAL_MARGIN_PP / 100, shown=f"{EQUAL_MARGIN_PP:g} pt")
+        eq = same.equivalent(EQUAL_MARGIN_PP / 100, shown=f"{EQUAL_MARGIN_PP:g} pt", scale=100)
         rows.append(Verdict(**mc_claim,
                             ours=(f"k={k1} minus weight scaling {100 * worse.diff:+.2f} pp (95 % interval "
                                   f"{100 * worse.low:+.2f} to {100 * worse.high:+.2f}); k={k_big} minus weight scaling "

@@ -537,7 +537,7 @@ def _row(claim: str, ours: str, rec: dict, part: str, base, new, equal: bool = F
         return Verdict(**fields, ours=ours, verdict=f"not judged ({pb if isinstance(pb, str) else pn})")
     r = compare_examples([wrong[i].astype(float) for i in base], [wrong[i].astype(float) for i in new])
     margin = 100 * EQUAL_MARGIN if equal else 100 * DELTA
-    text = r.equivalent(EQUAL_MARGIN, shown=f"{100 * EQUAL_MARGIN:g} pt") if equal else r.verdict()
+    text = r.equivalent(EQUAL_MARGIN, shown=f"{100 * EQUAL_MARGIN:g} pt", scale=100) if equal else r.verdict()
     why = blocks(100 * r.diff, pb, pn, test, margin if equal else None)
     verdict = f"not converged ({why}; it read: {text})" if why else text
     decide = why or (r.decide() if text.startswith("inconclusive") else None)

@@ -51,11 +51,11 @@ class StackedCNN(nn.Module):
         self.register_buffer("spatial", torch.tensor([v == "spatial" for v in kinds]))
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
         self._plans = []  # each site's noise_plan (its index tensors kept as buffers that follow the device)
-        for i, rate in enumerate((self.p_before_bn, self.p_after_bn)):
-            plan = noise_plan(rate, self.gaussian, self.spatial)
+        for i, rate in enumerate((p_before_bn_v, p_after_bn_v)):
+            plan = noise_plan(rate, [v == "gaussian" for v in kinds], [v == "spatial" for v in kinds])
             self._plans.append(plan is not None)
             for kind, idx in zip(("bernoulli", "spatial", "gaussian"), plan or ()):
-                self.register_buffer(f"plan{i + 1}_{kind}", idx, persistent=False)
+                self.register_buffer(f"plan{i + 1}_{kind}", torch.tensor(idx, dtype=torch.long), persistent=False)
         self.conv1 = nn.Parameter(torch.empty(k, c1, in_channels, 3, 3))
         self.conv2 = nn.Parameter(torch.empty(k, c2, c1, 3, 3))
         self.bn1_weight, self.bn1_bias = nn.Parameter(torch.ones(k, c1)), nn.Parameter(torch.zeros(k, c1))

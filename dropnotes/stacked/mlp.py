@@ -51,11 +51,11 @@ class StackedMLP(nn.Module):
                        for site, rate in (("input", p_input), ("hidden", p_hidden))}
         self.register_buffer("gaussian", torch.tensor([v == "gaussian" for v in kinds]))
         self._plans = {}  # each site's noise_plan (its index tensors kept as buffers that follow the device)
-        for site in ("input", "hidden"):
-            plan = noise_plan(getattr(self, f"p_{site}"), self.gaussian)
+        for site, rate in (("input", p_input), ("hidden", p_hidden)):
+            plan = noise_plan(_values(f"p_{site}", rate, k), [v == "gaussian" for v in kinds])
             self._plans[site] = plan is not None
             for kind, idx in zip(("bernoulli", "spatial", "gaussian"), plan or ()):
-                self.register_buffer(f"plan_{site}_{kind}", idx, persistent=False)
+                self.register_buffer(f"plan_{site}_{kind}", torch.tensor(idx, dtype=torch.long), persistent=False)
         connect = _values("p_connect", p_connect, k, check=check_probability)
         self.register_buffer("p_connect", torch.tensor([float(v) for v in connect]))
         self._connected = [i for i, v in enumerate(connect) if v > 0]

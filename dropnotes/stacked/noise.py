@@ -69,19 +69,20 @@ def noise_constants(p: torch.Tensor) -> torch.Tensor:
     return torch.stack([keep, 1.0 / keep, (p / keep).sqrt()], dim=1)
 
 
-def noise_plan(p: torch.Tensor, gaussian: torch.Tensor | None = None,
-               spatial: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def noise_plan(p: Sequence[float], gaussian: Sequence[bool] | None = None,
+               spatial: Sequence[bool] | None = None) -> tuple[list[int], list[int], list[int]] | None:
     """The models of a group with fixed rates that draw each kind of noise: the indices of those that draw per-element
     Bernoulli masks, per-channel (spatial) ones and Gaussian multipliers, for :func:`unit_noise` to draw each kind
     for its own models only (a model at ``p = 0`` draws nothing). None when every model draws per-element Bernoulli
-    masks: one draw over the whole tensor is then the cheapest."""
-    on = p > 0
-    g = on & gaussian if gaussian is not None else torch.zeros_like(on)
-    sp = on & spatial & ~g if spatial is not None else torch.zeros_like(on)
-    bern = on & ~g & ~sp
-    if bool(bern.all()):
+    masks: one draw over the whole tensor is then the cheapest. Python values in, Python lists out (a group built on
+    the meta device, as the estimator builds them, has no values in its buffers)."""
+    k = len(p)
+    g = [float(p[i]) > 0 and bool(gaussian[i]) if gaussian is not None else False for i in range(k)]
+    sp = [float(p[i]) > 0 and bool(spatial[i]) and not g[i] if spatial is not None else False for i in range(k)]
+    bern = [float(p[i]) > 0 and not g[i] and not sp[i] for i in range(k)]
+    if all(bern):
         return None
-    return tuple(m.nonzero().flatten() for m in (bern, sp, g))
+    return tuple([i for i, on in enumerate(m) if on] for m in (bern, sp, g))
 
 
 def _planned_mult(h: torch.Tensor, model_dim: int, plan, keep, scale, sigma, generator) -> torch.Tensor:

@@ -912,3 +912,33 @@ def test_weight_gradients_arrive_in_their_parameters_layout():
             assert all(not params[name].is_contiguous() for name in column_major), type(model)
             model.train()
             assert _weight_sized_copies(model, lambda: forward(model).float().sum().backward()) == [], type(model)
+
+
+def test_a_planned_draw_gives_each_kind_its_own_statistics_and_p0_nothing():
+    """stacked.noise_plan: in one group a model at p = 0 is untouched, a per-pixel model's multiplier is 0 or
+    1/(1-p) at rate p, a spatial model's is constant over each channel, a Gaussian one has mean 1 and variance
+    p/(1-p); a plan that swapped kinds or models, or scaled wrongly, fails one of these."""
+    from dropnotes.stacked.noise import noise_constants, noise_plan, unit_noise
+
+    p = torch.tensor([0.0, 0.5, 0.3, 0.5])
+    kinds = ["pixel", "pixel", "spatial", "gaussian"]
+    plan = noise_plan(p.tolist(), [k == "gaussian" for k in kinds], [k == "spatial" for k in kinds])
+    assert plan == ([1], [2], [3])
+    h = torch.ones(64, 4, 8, 6, 6)  # (sample, model, channel, H, W)
+    out = unit_noise(h, p, model_dim=1, gaussian=torch.tensor([k == "gaussian" for k in kinds]),
+                     spatial=torch.tensor([k == "spatial" for k in kinds]), constants=noise_constants(p),
+                     plan=tuple(torch.tensor(i, dtype=torch.long) for i in plan),
+                     generator=torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, 0], h[:, 0])
+    pixel = out[:, 1]
+    assert set(pixel.unique().tolist()) == {0.0, 2.0}
+    assert abs((pixel == 0).float().mean().item() - 0.5) < 5 * (0.25 / pixel.numel()) ** 0.5
+    spatial = out[:, 2]
+    assert (spatial == spatial[..., :1, :1]).all()
+    assert ((spatial == 0) | torch.isclose(spatial, torch.tensor(1 / 0.7))).all()
+    n = spatial[..., 0, 0].numel()
+    assert abs((spatial[..., 0, 0] == 0).float().mean().item() - 0.3) < 5 * (0.21 / n) ** 0.5
+    g = out[:, 3].double()
+    se = (1.0 / g.numel()) ** 0.5
+    assert abs(g.mean().item() - 1) < 5 * se and abs(g.var().item() - 1.0) < 5 * 2 ** 0.5 * se
+    assert noise_plan([0.5, 0.5], [False, False]) is None  # every model per element: one full draw

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
 from dropnotes.results import REPO_RESULTS
 
 STATIC = Path(__file__).with_name("static")
@@ -35,7 +35,7 @@ def publish(outdir: Path) -> dict[str, list[str]]:
         if target.is_file():
             shutil.copyfile(nb, target)
             done["notebooks"].append(str(rel))
-    for chapter in CHAPTERS:
+    for chapter in REGISTRY:
         for name in ("laptop.json", "full.json"):
             src = REPO_RESULTS / chapter / name
             if src.is_file():

@@ -32,9 +32,9 @@ from typing import Any
 
 import pandas as pd
 
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
 from dropnotes.data import DataError
-from dropnotes.results import REPO_ROOT
+from dropnotes.results import REPO_ROOT, cpu_model
 from dropnotes.runtime import PROFILES, show_progress
 from dropnotes.experiments._base import Knobs, inferred_knob
 from dropnotes.experiments._base import check_environment, predicted_wall, run_in_blocks
@@ -52,9 +52,9 @@ class UsageError(ValueError):
 
 
 def chapter_path(name: str) -> Path:
-    if name not in CHAPTERS:
-        raise UsageError(f"unknown chapter {name!r}; choose one of {', '.join(CHAPTERS)}")
-    return REPO_ROOT / CHAPTERS[name]
+    if name not in REGISTRY:
+        raise UsageError(f"unknown chapter {name!r}; choose one of {', '.join(REGISTRY)}")
+    return REPO_ROOT / REGISTRY[name].notebook
 
 
 def chapter_parameters(name: str) -> dict[str, dict[str, Any]]:
@@ -65,24 +65,20 @@ def chapter_parameters(name: str) -> dict[str, dict[str, Any]]:
     return {k: {"default": ast.literal_eval(v["default"]), "help": v["help"]} for k, v in found.items()}
 
 
-def chapter_module(name: str):
-    """The chapter's ``dropnotes.experiments`` module, or None for a notebook without one."""
-    import importlib
-
+def chapter_of(name: str):
+    """The registered chapter (:data:`dropnotes.experiments.REGISTRY`), or None for a notebook without a module."""
     chapter_path(name)
-    try:
-        return importlib.import_module(f"dropnotes.experiments.{name}")
-    except ModuleNotFoundError:
-        return None
+    ch = REGISTRY[name]
+    return ch if ch.module is not None else None
 
 
 def chapter_knobs(name: str):
     """The chapter's declared knobs (``KNOBS``); for a notebook without a module, knobs typed like the
     defaults of its parameters cell."""
 
-    module = chapter_module(name)
-    if module is not None and hasattr(module, "KNOBS"):
-        return module.KNOBS
+    ch = chapter_of(name)
+    if ch is not None:
+        return ch.knobs
     return Knobs(*(inferred_knob(k, v["default"], v["help"]) for k, v in chapter_parameters(name).items()))
 
 
@@ -110,11 +106,11 @@ def for_papermill(params: dict[str, Any]) -> dict[str, Any]:
 def check_config(chapter: str, params: dict[str, Any]) -> None:
     """Run the chapter's ``configure`` on ``params`` (all its cross-checks: sizes against the dataset,
     memory, seeds), before any kernel starts."""
-    module = chapter_module(chapter)
-    if module is None or not hasattr(module, "configure"):
+    ch = chapter_of(chapter)
+    if ch is None:
         return
     try:
-        module.configure(**params)
+        ch.configure(**params)
     except ValueError as err:
         raise UsageError(f"{chapter}: {err}") from None
 
@@ -193,8 +189,8 @@ def run_chapter(chapter: str, params: dict[str, Any], runs_dir: Path) -> Path:
 
 
 def cmd_list(args) -> int:
-    for name, rel in CHAPTERS.items():
-        print(f"{name}  ({rel})")
+    for name, ch in REGISTRY.items():
+        print(f"{name}  ({ch.notebook}): {ch.title}")
         for k in chapter_knobs(name).values():
             default = "the profile's" if k.profile_default else repr(for_papermill({"d": k.default})["d"])
             print(f"    {k.name:<15} {k.type_text():<22} default {default:<16} {k.allowed()}; {k.help}")
@@ -210,7 +206,7 @@ def cmd_run(args) -> int:
         raise UsageError(f"name one chapter or pass --all, not both (got {args.chapter!r} and --all)")
     if not (args.all or args.chapter):
         raise UsageError("name one chapter or pass --all")
-    chapters = list(CHAPTERS) if args.all else [args.chapter]
+    chapters = list(REGISTRY) if args.all else [args.chapter]
     # Validate everything first: no kernel starts if any request is bad.
     plans = [(c, resolve_parameters(c, _pairs(args.param), args.parameters_file, args.profile)) for c in chapters]
     check_results_folder()
@@ -284,7 +280,7 @@ def cmd_sweep(args) -> int:
 
 def compute_parameters(chapter: str, pairs: list[tuple[str, str]], profile: str | None) -> dict[str, Any]:
     """Check names and values against the chapter's declared knobs, then against its ``configure``."""
-    if chapter_module(chapter) is None:
+    if chapter_of(chapter) is None:
         raise UsageError(f"{chapter}: no experiment module to compute")
     knobs = chapter_knobs(chapter)
     params = {name: coerce(chapter, name, raw, knobs) for name, raw in pairs}
@@ -294,15 +290,14 @@ def compute_parameters(chapter: str, pairs: list[tuple[str, str]], profile: str 
 
 
 def cmd_compute(args) -> int:
-    import importlib
     import time
 
     import pandas as pd
 
     params = compute_parameters(args.chapter, _pairs(args.param), args.profile)
-    module = importlib.import_module(f"dropnotes.experiments.{args.chapter}")
+    ch = REGISTRY[args.chapter]
     try:
-        cfg = module.configure(**params)
+        cfg = ch.configure(**params)
     except ValueError as err:
         raise UsageError(f"{args.chapter}: {err}") from None
     check_results_folder()
@@ -322,7 +317,7 @@ def cmd_compute(args) -> int:
     start = time.perf_counter()
     with predicted_wall(predicted["predicted_s"] if predicted else None):
         rec = run_in_blocks(args.chapter, cfg, log=lambda m: print(m, file=sys.stderr, flush=True)) if args.blocks \
-            else module.run(cfg)
+            else ch.run(cfg)
     with pd.option_context("display.max_colwidth", 200, "display.width", 250):
         print(rec["verdicts"][["claim", "ours", "verdict"]].to_string(index=False))
     print(f"{args.chapter}: {time.perf_counter() - start:.0f} s; stored {rec.get('path')}", flush=True)
@@ -335,8 +330,6 @@ def _estimate_here(chapters: list[str], args) -> int:
     import json
 
     import pandas as pd
-
-    from dropnotes.results import cpu_model
 
     if args.profile not in ("smoke", "quick", "laptop", "full"):
         raise UsageError(f"--profile must be 'smoke', 'quick', 'laptop' or 'full', got {args.profile!r}")
@@ -387,18 +380,20 @@ def _device_check(est, chapters: list[str], args) -> int:
 
 def cmd_estimate(args) -> int:
 
-    chapters = args.chapters or list(est.GROUPS)
+    book = est.chapters()
+    chapters = args.chapters or book
     for c in chapters:
-        if c not in est.GROUPS:
-            raise UsageError(f"unknown chapter {c!r}; choose one of {', '.join(est.GROUPS)}")
+        if c not in book:
+            raise UsageError(f"unknown chapter {c!r}; choose one of {', '.join(book)}")
     if args.profile in ("smoke", "laptop") or args.here:
         return _estimate_here(chapters, args)
     if args.profile not in ("quick", "full"):
         raise UsageError(f"--profile must be 'smoke', 'quick', 'laptop' or 'full', got {args.profile!r}")
     if args.compare:
-        engine_chapters = [c for c in chapters if c in est.COMPARE_CHAPTERS]
+        engine = est.compare_chapters()
+        engine_chapters = [c for c in chapters if c in engine]
         if not engine_chapters:
-            raise UsageError(f"--compare measures the batched engine's chapters: {', '.join(est.COMPARE_CHAPTERS)}")
+            raise UsageError(f"--compare measures the batched engine's chapters: {', '.join(engine)}")
         table = pd.DataFrame([r for c in engine_chapters for r in est.compare_steps(c, args.profile)])
         table["kernels ratio"] = table["sequential kernels/step"] / table["batched kernels/step"]
         table["CPU time ratio"] = table["sequential CPU s/step"] / table["batched CPU s/step"]
@@ -417,7 +412,7 @@ def cmd_estimate(args) -> int:
         print(pd.DataFrame(points).round(1).to_string(index=False), file=sys.stderr)
     rows = est.estimate(chapters, args.profile, fraction, launch)
     if args.store:
-        if args.profile != "full" or args.calibrate or set(chapters) != set(est.GROUPS):
+        if args.profile != "full" or args.calibrate or set(chapters) != set(book):
             raise UsageError("--store writes the full profile's predictions of every chapter, with the code's "
                              "constants: use it without chapters, --profile quick or --calibrate")
         est.store_predictions(rows)
@@ -439,15 +434,15 @@ def cmd_estimate(args) -> int:
 
 def generated_parameters(chapter: str) -> str:
     """The chapter's parameters cell as its knob declaration generates it (comments with each profile's value)."""
-    module = chapter_module(chapter)
-    if module is None or not hasattr(module, "KNOBS"):
+    ch = chapter_of(chapter)
+    if ch is None:
         raise UsageError(f"{chapter}: declares no knobs to generate a parameters cell from")
-    return module.KNOBS.parameters_cell(getattr(module, "PROFILE_DEFAULTS", None))
+    return ch.knobs.parameters_cell(ch.profile_defaults)
 
 
 def cmd_params(args) -> int:
 
-    chapters = list(CHAPTERS) if args.chapter == "all" else [args.chapter]
+    chapters = list(REGISTRY) if args.chapter == "all" else [args.chapter]
     stale = []
     for chapter in chapters:
         text = generated_parameters(chapter)
@@ -469,7 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="the chapters with their parameters, types and defaults").set_defaults(func=cmd_list)
     run = sub.add_parser("run", help="execute a chapter through papermill")
-    run.add_argument("chapter", nargs="?", help=f"one of: {', '.join(CHAPTERS)}")
+    run.add_argument("chapter", nargs="?", help=f"one of: {', '.join(REGISTRY)}")
     run.add_argument("--all", action="store_true", help="run every chapter")
     run.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                      help="a parameter, typed like its default in the notebook")
@@ -479,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
 
     sw = sub.add_parser("sweep", help="run a grid of parameters (resumable), write runs.csv")
-    sw.add_argument("chapter", help=f"one of: {', '.join(CHAPTERS)}")
+    sw.add_argument("chapter", help=f"one of: {', '.join(REGISTRY)}")
     sw.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "V1,V2"),
                     help="values to sweep, separated by commas (semicolons for list-valued parameters)")
     sw.add_argument("--profile", choices=list(PROFILES), help="the profile of every run")
@@ -492,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--timeout-min", type=int, default=60, help="per-run time limit for the submitit executors")
     sw.set_defaults(func=cmd_sweep)
     co = sub.add_parser("compute", help="run a chapter's experiment without Jupyter and store its result")
-    co.add_argument("chapter", help=f"one of: {', '.join(CHAPTERS)}")
+    co.add_argument("chapter", help=f"one of: {', '.join(REGISTRY)}")
     co.add_argument("-p", "--param", nargs=2, action="append", metavar=("NAME", "VALUE"),
                     help="an argument of the chapter's configure(), as a Python literal")
     co.add_argument("--profile", choices=list(PROFILES), help="shorthand for -p profile NAME")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import html
-import importlib
 import math
 import re
 from typing import Any
@@ -25,7 +24,7 @@ import pandas as pd
 from dropnotes.experiments._base import current_verdicts, protocol, record_config
 from dropnotes.results import describe
 from dropnotes import estimate, results
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
 from dropnotes.results import load_repo_result
 
 # Column-name pieces: a suffix that names a unit, and words that read better spelt out.
@@ -299,8 +298,9 @@ def stored_tables(chapter: str, table: str, caption: str, header: bool = True) -
 
 
 def _config(chapter: str, record: dict):
-    """The chapter's module and the config a stored run was made with (:func:`~dropnotes.experiments._base.record_config`)."""
-    return importlib.import_module(f"dropnotes.experiments.{chapter}"), record_config(chapter, record)
+    """The chapter (:data:`~dropnotes.experiments.REGISTRY`) and the config a stored run was made with
+    (:func:`~dropnotes.experiments._base.record_config`)."""
+    return REGISTRY[chapter], record_config(chapter, record)
 
 
 def evidence_summary(chapter: str) -> str:
@@ -310,10 +310,10 @@ def evidence_summary(chapter: str) -> str:
     judge for want of convergence, and its shortfall against the papers. Empty when nothing is stored."""
     out = []
     for profile, record, table, note in _stored_runs(chapter):
-        module, cfg = _config(chapter, record)
+        ch, cfg = _config(chapter, record)
         p = record["provenance"]
         setting = "; ".join(f"{human(k)} {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{human(k)} {v}"
-                            for k, v in module.measured_setting(cfg).items())
+                            for k, v in ch.measured_setting(cfg).items())
         line = (f"**The stored {profile} run** ({p.get('cpu') or p['device']}, {p['created'][:10]}, protocol "
                 f"{p.get('protocol', 1)}) measured {setting}"
                 + (f", with {cfg.n_seeds} seeds," if getattr(cfg, "n_seeds", None) else "")
@@ -393,7 +393,7 @@ def closing(chapter: str, profile: str) -> None:
     stored = this_run if profile == "full" else _repo_full(chapter)
     laptop = this_run if profile == "laptop" else _repo_record(chapter, "laptop")
     display(Markdown(provenance_box(this_run, stored, laptop)))
-    box = run_box(chapter, CHAPTERS[chapter], this_run, stored, predicted_full_s(chapter), laptop,
+    box = run_box(chapter, REGISTRY[chapter].notebook, this_run, stored, predicted_full_s(chapter), laptop,
                   laptop_here(chapter) if profile != "smoke" else None)
     glue(f"{chapter}-run-box", Markdown(box), display=False)
 
@@ -402,8 +402,8 @@ def laptop_here(chapter: str) -> dict | None:
     """The laptop profile's wall time predicted on this machine (:func:`dropnotes.estimate.predict_here`, a few
     seconds of the chapter's own steps), or None for a chapter without a laptop setting or when it cannot be
     measured here."""
-    module = __import__(f"dropnotes.experiments.{chapter}", fromlist=["PROFILE_DEFAULTS"])
-    if "laptop" not in getattr(module, "PROFILE_DEFAULTS", {}) or getattr(module, "LAPTOP_NEEDS_GPU", False):
+    ch = REGISTRY[chapter]
+    if "laptop" not in ch.profile_defaults or ch.laptop_needs_gpu:
         return None
     import warnings
 
@@ -431,12 +431,11 @@ def scale_series(chapter: str, live: dict | None = None, live_label: str = "this
     """The series of :func:`plot_scales`: (label, points) for this page's run (``live``: its record or tables) and
     each stored evidence run whose tables the chapter's ``scale_points`` reads (laptop, then full). Points: a frame
     of ``quantity``, ``value`` and ``sd`` (over seeds; NaN for one seed)."""
-
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-    series = [(live_label, module.scale_points(live))] if live is not None else []
+    ch = REGISTRY[chapter]
+    series = [(live_label, ch.scale_points(live))] if live is not None else []
     for profile, record, table, _ in _stored_runs(chapter):
         try:
-            points = module.scale_points(record["tables"])
+            points = ch.scale_points(record["tables"])
         except (KeyError, AttributeError, TypeError, ValueError):
             continue  # a run older than the quantities the chapter plots now
         superseded = table is not None and "outcome" in table and bool((table["outcome"] == "superseded").all())
@@ -453,34 +452,34 @@ def plot_scales(chapter: str, live: dict | None = None, live_label: str = "this 
     panel per key, so that no axis mixes them, and the papers' values only on theirs."""
     import matplotlib.pyplot as plt
 
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    ch = REGISTRY[chapter]
     series = scale_series(chapter, live, live_label)
-    paper = dict(getattr(module, "PAPER_POINTS", {}))
-    panel_of = getattr(module, "scale_panel", None)
+    paper = ch.paper_points
+    panel_of = ch.scale_panel
     if panel_of is None:
         panels = {None: series}
     else:
         panels = {}
         for label, points in series:
             panels.setdefault(panel_of(label, live), []).append((label, points))
-        panels.setdefault(module.PAPER_PANEL, [])
+        panels.setdefault(ch.paper_panel, [])
     keys = sorted(panels, key=lambda k: (k is None, k))
     widths = [max(4.6, 0.75 * len({q for _, t in panels[k] for q in t["quantity"]} | set(paper)) + 2) for k in keys]
     fig, axes = plt.subplots(1, len(keys), figsize=(max(6.2, sum(widths)), 3.8), squeeze=False)
     for ax, key in zip(axes[0], keys):
-        shown = paper if (panel_of is None or key == module.PAPER_PANEL) else {}
-        _draw_scales(ax, module, panels[key], shown)
+        shown = paper if (panel_of is None or key == ch.paper_panel) else {}
+        _draw_scales(ax, ch, panels[key], shown)
         if key is not None:
-            ax.set_title(module.SCALE_PANEL_TITLE.format(key), fontsize=9)
+            ax.set_title(ch.scale_panel_title.format(key), fontsize=9)
     fig.tight_layout()
     return fig
 
 
-def _draw_scales(ax, module, series: list, paper: dict) -> None:
+def _draw_scales(ax, ch, series: list, paper: dict) -> None:
     from matplotlib.ticker import FuncFormatter
 
     quantities = list(dict.fromkeys([q for _, t in series for q in t["quantity"]] + list(paper)))
-    ylabel, yscale = getattr(module, "SCALE_AXIS", ("value", "linear"))
+    ylabel, yscale = ch.scale_axis
     n = len(series) + bool(paper)
     width = 0.8 / max(n, 1)
     for i, (name, t) in enumerate(series):
@@ -489,7 +488,7 @@ def _draw_scales(ax, module, series: list, paper: dict) -> None:
     if paper:
         x = [quantities.index(q) + (n - 1) / 2 * width for q in paper]
         ax.scatter(x, list(paper.values()), marker="*", s=120, color="k",
-                   label=getattr(module, "PAPER_POINTS_LABEL", "paper"))
+                   label=ch.paper_points_label)
     ax.set_xticks(range(len(quantities)), quantities, rotation=30 if len(quantities) > 4 else 0,
                   ha="right" if len(quantities) > 4 else "center", fontsize=8)
     ax.set(ylabel=ylabel, yscale=yscale)

@@ -95,20 +95,23 @@ def source_digest(root: Path | None = None) -> str:
     return h.hexdigest()[:16]
 
 
-def module_digest(name: str, root: Path | None = None) -> str:
+def module_digest(name: str, root: Path | None = None, opaque: tuple[str, ...] = ()) -> str:
     """SHA-256 (first 16 hex digits) of the ``.py`` files of package module ``name`` (``dropnotes.x.y``) and of every
     package module it imports, directly or through others (:func:`module_sources`): the code a chapter's run depends
     on. A seed block is kept when this digest, not the whole package's, is unchanged, so that a change to another
-    chapter, the page or the estimator between sessions leaves a chapter's stored blocks usable."""
+    chapter, the page or the estimator between sessions leaves a chapter's stored blocks usable. ``opaque``: see
+    :func:`module_sources`."""
     h = hashlib.sha256()
-    for mod, path in sorted(module_sources(name, root).items()):
+    for mod, path in sorted(module_sources(name, root, opaque).items()):
         h.update(mod.encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
 
 
-def module_sources(name: str, root: Path | None = None) -> dict[str, Path]:
+def module_sources(name: str, root: Path | None = None, opaque: tuple[str, ...] = ()) -> dict[str, Path]:
     """Package module ``name`` and every package module it imports, directly or through others, with their files
-    (read from the source, not from what is loaded; a package's ``__init__`` counts for its modules)."""
+    (read from the source, not from what is loaded; a package's ``__init__`` counts for its modules). A module
+    in ``opaque`` counts with its own file but its imports are not followed (a registry that imports every
+    chapter is not what one chapter's run depends on)."""
     root = Path(root) if root is not None else Path(dropnotes.__file__).parent
     top = root.name
 
@@ -128,7 +131,7 @@ def module_sources(name: str, root: Path | None = None) -> dict[str, Path]:
             continue
         seen[mod] = path
         package = mod if path.name == "__init__.py" else mod.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in () if mod in opaque else ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 todo += [a.name for a in node.names if a.name.split(".")[0] == top]
             elif isinstance(node, ast.ImportFrom):

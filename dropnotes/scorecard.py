@@ -26,8 +26,8 @@ import textwrap
 
 import pandas as pd
 
-from dropnotes.experiments import CHAPTERS, TITLES
-from dropnotes.experiments._base import _module, current_verdicts
+from dropnotes.experiments import REGISTRY
+from dropnotes.experiments._base import current_verdicts
 from dropnotes.results import load_result
 from dropnotes.verdict import OUTCOMES, Outcome
 
@@ -92,7 +92,7 @@ def _no_numbers(profile: str) -> dict:
 
 def _needs_gpu(chapter: str) -> bool:
     """Whether ``chapter`` declares that no laptop setting can test its claims (``LAPTOP_NEEDS_GPU``)."""
-    return bool(getattr(_module(chapter), "LAPTOP_NEEDS_GPU", False))
+    return REGISTRY[chapter].laptop_needs_gpu if chapter in REGISTRY else False
 
 
 def collect() -> pd.DataFrame:
@@ -103,7 +103,7 @@ def collect() -> pd.DataFrame:
     ``_decide``: empty otherwise). A claim only a superseded run holds (renamed or dropped since) is shown only
     when the chapter has no current run at all."""
     rows = []
-    for chapter in CHAPTERS:
+    for chapter in REGISTRY:
         runs = {}
         for profile in PROFILES:
             record = load_result(chapter, profile)
@@ -174,8 +174,9 @@ def to_markdown(table: pd.DataFrame) -> str:
     heads = ["claim", "paper (source)", *(HEADINGS[p] for p in TABLE_ORDER)]
     out = [LEGEND, ""]
     for chapter, rows in table.groupby("chapter", sort=False):
-        doc = "/" + CHAPTERS[chapter].removesuffix(".ipynb")
-        out += [f"**{TITLES.get(chapter, chapter)}** (*{chapter}*, {{doc}}`the chapter <{doc}>`)", "",
+        ch = REGISTRY[chapter]
+        doc = "/" + ch.notebook.removesuffix(".ipynb")
+        out += [f"**{ch.title}** (*{chapter}*, {{doc}}`the chapter <{doc}>`)", "",
                 "````{table}", ":class: dn-scorecard", "",
                 "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
         for _, row in rows.iterrows():
@@ -222,7 +223,7 @@ def plot_counts(table: pd.DataFrame):
     import matplotlib.pyplot as plt
 
     sel = table[table["kind"] == "paper claim"]
-    chapters = [c for c in CHAPTERS if c in set(sel["chapter"])]
+    chapters = [c for c in REGISTRY if c in set(sel["chapter"])]
     fig, axes = plt.subplots(1, len(PROFILES), figsize=(10.5, 0.32 * len(chapters) + 1.9), sharey=True)
     for ax, profile in zip(axes, PROFILES):
         grid = pd.crosstab(sel["chapter"], sel[f"{profile}_outcome"]).reindex(chapters, fill_value=0)

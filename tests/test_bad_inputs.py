@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dropnotes.experiments import CHAPTERS as CHAPTERS_WITH_KNOBS
+from dropnotes.experiments import REGISTRY
 import torch
 
 from dropnotes import cli, data, functional as DF, layers, models, train
@@ -236,17 +236,16 @@ def test_declared_knobs_match_every_notebook_and_configure():
     """One declaration: each notebook's parameters cell and each configure() signature agree with KNOBS."""
     import inspect
 
-    from dropnotes.experiments import CHAPTERS
 
-    for chapter in CHAPTERS:
-        module = cli.chapter_module(chapter)
-        declared = module.KNOBS
+    for chapter in REGISTRY:
+        ch = cli.chapter_of(chapter)
+        declared = ch.knobs
         cell = cli.chapter_parameters(chapter)
         assert list(cell) == list(declared), chapter
         for name, knob in declared.items():
             default = cell[name]["default"]
             assert declared[name].check(default) == _base.Knobs.canonical_default(knob), (chapter, name)
-        sig = inspect.signature(module.configure).parameters
+        sig = inspect.signature(ch.configure).parameters
         assert set(sig) == set(declared), chapter
         for name, knob in declared.items():
             assert knob.check(sig[name].default) == _base.Knobs.canonical_default(knob), (chapter, name)
@@ -257,7 +256,7 @@ def test_every_parameters_cell_is_generated_from_its_knobs(capsys):
     go stale: `dropnotes params all` checks them, `--write` regenerates them."""
     from dropnotes import notebooks
 
-    for chapter in CHAPTERS_WITH_KNOBS:
+    for chapter in REGISTRY:
         assert notebooks.parameters_source(cli.chapter_path(chapter)) == cli.generated_parameters(chapter), chapter
     assert cli.main(["params", "all"]) == 0
     text = cli.generated_parameters("mechanics")

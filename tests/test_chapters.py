@@ -19,7 +19,9 @@ import yaml
 
 import browser  # tests/browser.py: headless Chromium over the built book
 from dropnotes import notebooks
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
+
+CHAPTERS = {c.name: c.notebook for c in REGISTRY.values()}
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTED = ROOT / "_build" / "executed"

@@ -5,6 +5,7 @@ import nbformat
 import pytest
 
 from dropnotes import cli
+from dropnotes.experiments import REGISTRY, Chapter
 
 
 @pytest.fixture
@@ -17,14 +18,14 @@ def tiny_chapter(tmp_path, monkeypatch):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "tiny.ipynb"
     nbformat.write(nb, path)
-    monkeypatch.setattr(cli, "CHAPTERS", {"tiny": str(path)})
-    return tmp_path / "runs"
+    with REGISTRY.temporarily(Chapter("tiny", "tiny", str(path)), only=True):
+        yield tmp_path / "runs"
 
 
 def test_list_shows_every_chapter_with_parameters(capsys):
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    for name in cli.CHAPTERS:
+    for name in REGISTRY:
         assert name in out
     assert "profile" in out and "'auto'" in out and "rates" in out
     assert "any (default None)" not in out and "int or None" in out and "list of float" in out

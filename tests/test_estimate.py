@@ -25,7 +25,7 @@ def test_kernel_counter_skips_views_and_counts_launches():
 def test_flops_of_a_linear_step_are_the_textbook_count():
     with torch.device("meta"):
         lin = torch.nn.Linear(64, 32, bias=False)
-        flops, kernels, moved = estimate._meta_step(lin, torch.empty(16, 64), torch.zeros(16, dtype=torch.long),
+        flops, kernels, moved = estimate.meta_step(lin, torch.empty(16, 64), torch.zeros(16, dtype=torch.long),
                                                     loss=torch.nn.functional.cross_entropy)
     # forward 2*B*in*out, backward (weight gradient only: the input needs none) 2*B*in*out
     assert flops == 2 * 16 * 64 * 32 * 2
@@ -84,7 +84,7 @@ def test_calibration_recovers_known_constants():
 def test_estimate_covers_every_chapter_as_json(capsys):
     assert cli.main(["estimate", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
-    assert {r["chapter"] for r in rows} == set(cli.CHAPTERS)
+    assert {r["chapter"] for r in rows} == set(cli.REGISTRY)
     for r in rows:
         assert set(r) == {"chapter", "group", "runs", "steps", "flops_per_step", "kernels_per_step", "predicted_s"}
         assert r["predicted_s"] >= 0 and math.isfinite(r["predicted_s"])
@@ -189,18 +189,17 @@ def test_device_check_times_the_predicted_steps_and_feeds_calibration(tmp_path, 
 def test_the_estimated_step_is_the_engines_training_step(which, monkeypatch):
     """The estimator counts the step the engine trains with (make_lm_step / make_window_step), not a copy of its
     own: the factory is called, and one step advances the step count once (a copy once advanced it twice)."""
-    from dropnotes import stacked
     from dropnotes.experiments import llm, variational
 
-    name = {"lstm": "make_lm_step", "gpt": "make_window_step"}[which]
+    name, chapter = {"lstm": ("make_lm_step", variational), "gpt": ("make_window_step", llm)}[which]
     calls = []
-    real = getattr(stacked, name)
-    monkeypatch.setattr(stacked, name, lambda *a, **kw: calls.append(kw["step_no"]) or real(*a, **kw))
+    real = getattr(chapter, name)
+    monkeypatch.setattr(chapter, name, lambda *a, **kw: calls.append(kw["step_no"]) or real(*a, **kw))
     if which == "lstm":
-        step, _, _ = estimate._lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
+        step, _, _ = variational.lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
     else:
         cfg = llm.configure("smoke", device="cpu")
-        step, _, _ = estimate._gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
+        step, _, _ = llm.gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
     step()
     assert len(calls) == 1 and int(calls[0]) == 1
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from dropnotes.stacked import StackedMLP, make_step
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
 from dropnotes.runtime import stream_seed
 
 pytestmark = pytest.mark.slow  # integration: subprocesses, kills, torchrun or whole-chapter sizes
@@ -54,11 +54,10 @@ def test_chapter7_laptop_configures():
     assert cfg.profile == "laptop" and max(cfg.sizes) >= 2**24
 
 
-@pytest.mark.parametrize("chapter", list(CHAPTERS))
+@pytest.mark.parametrize("chapter", list(REGISTRY))
 def test_a_chapter_without_a_laptop_profile_refuses_it_by_name(chapter):
-    import importlib
 
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    module = REGISTRY[chapter].module
     if "laptop" in module.PROFILE_DEFAULTS:
         assert module.configure(profile="laptop", device="cpu").profile == "laptop"
     else:

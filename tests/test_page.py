@@ -12,7 +12,9 @@ import pytest
 import yaml
 
 from dropnotes import book, notebooks, page, results
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
+
+CHAPTERS = {c.name: c.notebook for c in REGISTRY.values()}
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from dropnotes.experiments import CHAPTERS
+from dropnotes.experiments import REGISTRY
+
+CHAPTERS = {c.name: c.notebook for c in REGISTRY.values()}
 
 ROOT = Path(__file__).resolve().parents[1]
 DECIMAL = re.compile(r"(?<![\w.])\d+\.\d+(?![\w.])")
@@ -77,9 +79,8 @@ def published(chapter: str | None) -> set[str]:
     written: prose quotes them with their citation, even where a measured number happens to round to one."""
     if chapter is None:
         return set()
-    import importlib
 
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    module = REGISTRY[chapter].module
     out: set[str] = set()
 
     def add(v):

@@ -47,8 +47,9 @@ DRIVER = '''
 import os, sys
 os.environ["SWEEP_PID"] = str(os.getpid())
 from dropnotes import cli
-cli.CHAPTERS = {"tiny": sys.argv[1]}
-sys.exit(cli.main(sys.argv[2:]))
+from dropnotes.experiments import REGISTRY, Chapter
+with REGISTRY.temporarily(Chapter("tiny", "tiny", sys.argv[1]), only=True):
+    sys.exit(cli.main(sys.argv[2:]))
 '''
 
 

@@ -127,12 +127,11 @@ def test_atomic_write_leaves_old_or_new(tmp_path):
 
 def test_every_chapter_has_a_smoke_profile_on_the_quick_code_path():
     """smoke sets the same knobs as quick (the same code path), only smaller, and configure accepts it."""
-    import importlib
 
-    from dropnotes.experiments import CHAPTERS
+    from dropnotes.experiments import REGISTRY
 
-    for chapter in CHAPTERS:
-        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
+    for chapter in REGISTRY:
+        module = REGISTRY[chapter].module
         d = module.PROFILE_DEFAULTS
         assert set(d["smoke"]) == set(d["quick"]), chapter
         assert module.configure(profile="smoke", device="cpu").profile == "smoke"

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from dropnotes import results, scorecard, verdict
-from dropnotes.experiments import _base
+from dropnotes.experiments import REGISTRY, Chapter, Registry, _base
 
 
 def _table(rule: str, kind: str = "paper claim", test: str = "direction", claim: str = "c1") -> pd.DataFrame:
@@ -20,9 +20,9 @@ def _store(profile, table, cut, n_seeds=3, protocol=1, device="cpu", rules=verdi
 def demo(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(scorecard, "CHAPTERS", {"demo": "chapters/demo.ipynb"})
     monkeypatch.setattr(_base, "protocol", lambda chapter: 1)
-    return tmp_path
+    with REGISTRY.temporarily(Chapter("demo", "demo", "chapters/demo.ipynb"), only=True):
+        yield tmp_path
 
 
 @pytest.mark.parametrize("test, reads", [("direction", ("direction at reduced scale", "opposite at reduced scale")),
@@ -101,7 +101,7 @@ def test_a_smoke_run_is_labelled_and_never_reaches_the_scorecard(tmp_path, monke
 
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(scorecard, "CHAPTERS", {"mechanics": "chapters/01_mechanics.ipynb"})
+    monkeypatch.setattr(scorecard, "REGISTRY", Registry([REGISTRY["mechanics"]]))
     cfg = mechanics.configure(profile="smoke", device="cpu")
     assert cfg.profile == "smoke" and cfg.train_size < mechanics.PROFILE_DEFAULTS["quick"]["train_size"]
     table = _base.judged("mechanics", cfg, pd.DataFrame([{"claim": "c1", "source": "s", "paper": "1", "ours": "2",

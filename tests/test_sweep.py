@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from dropnotes import cli, sweep
+from dropnotes.experiments import REGISTRY, Chapter
 
 pytestmark = pytest.mark.slow  # integration: subprocesses, kills, torchrun or whole-chapter sizes
 
@@ -24,8 +25,8 @@ def storing_chapter(tmp_path, monkeypatch):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     path = tmp_path / "tiny.ipynb"
     nbformat.write(nb, path)
-    monkeypatch.setattr(cli, "CHAPTERS", {"tiny": str(path)})
-    return tmp_path / "sweep"
+    with REGISTRY.temporarily(Chapter("tiny", "tiny", str(path)), only=True):
+        yield tmp_path / "sweep"
 
 
 def test_grid_and_ids():

@@ -2,59 +2,48 @@
 
 from __future__ import annotations
 
+import json
 import math
 
-
 from dropnotes import results
+from dropnotes.costmodel import DEFAULT_FRACTION, DEFAULT_LAUNCH_S
 from dropnotes.estimate.device import device_check_points
-from dropnotes.estimate.groups import (GROUPS, _droppath_sequential, _interactions_sequential, _llm, _llm_sequential,
-                                      _variational_sequential, chapter_groups, config_from_record)
-from dropnotes.estimate.timemodel import DEFAULT_FRACTION, DEFAULT_LAUNCH_S
+from dropnotes.experiments import REGISTRY
+from dropnotes.experiments._base import record_config
+from dropnotes.runtime import atomic_write
+
+
+def chapters() -> list[str]:
+    """The chapters the estimator covers: every registered chapter with a module, in the book's order."""
+    return [c.name for c in REGISTRY.with_modules()]
+
+
+def config_from_record(chapter: str, record: dict):
+    """The config a stored run used, rebuilt from its ``params`` under their current names
+    (:func:`dropnotes.experiments._base.record_config`)."""
+    return record_config(chapter, record)
+
+
+def chapter_groups(chapter: str, cfg) -> list:
+    """The model groups of a run of ``chapter`` with ``cfg`` (the chapter's ``groups``)."""
+    return REGISTRY[chapter].groups(cfg)
 
 
 def calibration_points() -> list[dict]:
-    """What the stored full runs measured that the model predicts: wall times, and throughputs of one group."""
-    from dropnotes import results
-
+    """What the stored full runs measured that the model predicts (each chapter's ``calibration_points``: wall
+    times, and throughputs of one group), and the stored device check's steps."""
     points = []
-    for chapter in GROUPS:
-        record = results.load_result(chapter, "full")
+    for ch in REGISTRY.with_modules():
+        record = results.load_result(ch.name, "full")
         if record is None:
             continue
-        cfg = config_from_record(chapter, record)
-        if chapter == "llm":  # the steps it really ran (one pass over that machine's corpus)
-            curves = record["tables"]["curves"]
-            ran = int(curves[curves.run == "pretrain none"].step.max())
-            groups = _llm(cfg, ran) if "models" in record["tables"]["pretrain"] else _llm_sequential(cfg, ran)
-        elif chapter == "interactions" and "val_size" not in record["params"]:  # stored before the engine
-            groups = _interactions_sequential(cfg)
-        elif chapter == "droppath" and "val_size" not in record["params"]:  # stored before the engine
-            groups = _droppath_sequential(cfg)
-        elif chapter == "variational" and "speed" not in record["tables"]:  # stored before the batched group
-            groups = _variational_sequential(cfg)
-        else:
-            groups = chapter_groups(chapter, cfg)
-        points.append({"chapter": chapter, "what": "wall time (s)", "measured": record["provenance"]["wall_time_s"],
-                       "predict": lambda f, c, g=groups: sum(x.predicted_s(f, c) for x in g)})
-        if chapter == "variational":
-            runs = record["tables"]["runs"]
-            for scheme, label in (("weight-drop", "cuDNN"), ("variational", "time loop")):
-                g = next(x for x in groups if x.group.endswith(f" {scheme}"))
-                wps = float(runs[runs.scheme == scheme].words_per_s.mean())
-                words = cfg.batch_size * cfg.seq_len
-                points.append({"chapter": chapter, "what": f"words/s, {scheme} ({label})", "measured": wps,
-                               "predict": lambda f, c, g=g, w=words: w / g.step_s(f, c)})
-        if chapter == "llm":
-            g = groups[0]
-            tps = float(record["tables"]["pretrain"].iloc[-1]["tokens_per_s"])  # the early arm: compiled graphs reused
-            tokens = cfg.batch_size * cfg.block_size
-            points.append({"chapter": chapter, "what": "tokens/s, pretraining", "measured": tps,
-                           "predict": lambda f, c, g=g, t=tokens: t / g.step_s(f, c)})
+        cfg = config_from_record(ch.name, record)
+        points += [{"chapter": ch.name, **p} for p in ch.calibration_points(cfg, record)]
     return points + device_check_points()
 
 
 def calibrate(points: list[dict] | None = None) -> tuple[float, float, list[dict]]:
-    """Fit the fraction of peak and the launch cost to the calibration points (least squares in log space,
+    """Fit the fraction of peak and the time per launch to the calibration points (least squares in log space,
     on a grid); return them and each point's residual."""
     points = points if points is not None else calibration_points()
     best = None
@@ -70,16 +59,14 @@ def calibrate(points: list[dict] | None = None) -> tuple[float, float, list[dict
     return fraction, launch, rows
 
 
-def estimate(chapters: list[str], profile: str = "full", fraction: float = DEFAULT_FRACTION,
+def estimate(names: list[str], profile: str = "full", fraction: float = DEFAULT_FRACTION,
              launch_s: float = DEFAULT_LAUNCH_S) -> list[dict]:
     """One row per chapter and model group: runs, steps, FLOPs and kernels per step, predicted seconds."""
-    import importlib
-
     rows = []
-    for chapter in chapters:
-        module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-        cfg = module.configure(profile=profile, device="cpu")
-        for g in chapter_groups(chapter, cfg):
+    for name in names:
+        ch = REGISTRY[name]
+        cfg = ch.configure(profile=profile, device="cpu")
+        for g in ch.groups(cfg):
             rows.append(g.as_dict(fraction, launch_s))
     return rows
 
@@ -97,10 +84,6 @@ def per_chapter(rows: list[dict]) -> dict[str, float]:
 
 def store_predictions(rows: list[dict]) -> None:
     """Write :func:`per_chapter` of the full profile's rows to :func:`predictions_path` (atomically)."""
-    import json
-
-    from dropnotes.runtime import atomic_write
-
     body = {"profile": "full", "device": "one H100 (predicted by dropnotes estimate)",
             "predicted_s": per_chapter(rows),
             "how": "python -m dropnotes estimate --profile full --store"}

@@ -1,29 +1,27 @@
 """A profile's wall time on *this* machine, predicted before the run: the chapter's model groups (the same FLOP
-counts as the GPU estimate, :mod:`~dropnotes.estimate.groups`) timed at this CPU's own rate, measured in a few
-seconds on the chapter's own training steps (:func:`~dropnotes.estimate.device.checked_steps`), in the precision the
+counts as the GPU estimate: the chapter's ``groups``) timed at this CPU's own rate, measured in a few
+seconds on the chapter's own training steps (the chapter's ``timed_steps``), in the precision the
 profile runs in here (float32 where the CPU has no fast bf16 products: :func:`dropnotes.runtime.cpu_bf16_fast`).
 
 A group whose step is one of the measured steps takes that step's measured seconds; any other group (evaluation
 passes, a chapter's smaller groups) takes its FLOPs at this CPU's measured rate on a large product in the
-profile's precision plus its kernels at this CPU's measured cost of one small operation. What is not a model
+profile's precision plus its kernels at this CPU's measured time for one small operation. What is not a model
 step (loading data, a benchmark's budget) enters as the groups' fixed seconds, or not at all: the prediction is
 of the training and evaluation.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
 
 import torch
 
-from dropnotes.estimate.counter import measure
-from dropnotes.estimate.device import checked_steps
-from dropnotes.estimate.groups import chapter_groups
+from dropnotes.costmodel import measure
+from dropnotes.experiments import REGISTRY
 
 
 def op_seconds(repeats: int = 2000) -> float:
-    """This CPU's cost of one small PyTorch operation (dispatch and launch, no arithmetic to speak of)."""
+    """This CPU's time for one small PyTorch operation (dispatch and launch, no arithmetic to speak of)."""
     a = torch.zeros(8)
     for _ in range(100):
         a.add_(1.0)
@@ -59,11 +57,11 @@ def predict_here(chapter: str, profile: str = "laptop", budget_s: float = 1.5, l
     group (``groups``: its runs, steps, seconds per step and seconds), the measured steps (``measured``: FLOPs per
     step, seconds per step, GFLOP/s) and the precision the profile runs in here. ``params``: the chapter's
     ``configure`` overrides (sizes, epochs, seeds)."""
-    module = importlib.import_module(f"dropnotes.experiments.{chapter}")
-    cfg = module.configure(profile=profile, device="cpu", **params)
+    ch = REGISTRY[chapter]
+    cfg = ch.configure(profile=profile, device="cpu", **params)
     cpu = torch.device("cpu")
     measured = []  # the chapter's own training steps, timed here
-    for name, k, dtype, build in checked_steps(chapter, cfg):
+    for name, k, dtype, build in ch.timed_steps(cfg):
         flops, kernels, _ = measure(build("meta")[0])
         seconds = step_seconds(build(cpu)[0], budget_s, least)
         measured.append({"step": name, "models": k, "dtype": dtype, "flops_per_step": flops, "kernels": kernels,
@@ -73,7 +71,7 @@ def predict_here(chapter: str, profile: str = "laptop", budget_s: float = 1.5, l
     # so this CPU's rate on a 1024³ product in the profile's precision
     rate = product_rate(torch.bfloat16 if getattr(cfg, "amp", False) else torch.float32)
     rows = []
-    for g in chapter_groups(chapter, cfg):
+    for g in ch.groups(cfg):
         same = next((m for m in measured if abs(m["flops_per_step"] - g.flops_per_step) <= 0.01 * g.flops_per_step
                      and m["models"] == g.models_per_step), None)
         if same is not None:

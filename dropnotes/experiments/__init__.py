@@ -1,21 +1,19 @@
-"""One module per chapter: its configurations, runs and verdicts. Notebooks call these."""
+"""The chapters of the book: one module per chapter (its configuration, runs, verdicts and cost-model groups,
+the contract of :mod:`dropnotes.experiments.contract`), and :data:`REGISTRY`, the one list of them in the
+book's order. The CLI, the page, the scorecard, the seed blocks and the estimator loop over it; nothing else
+names a chapter."""
 
-CHAPTERS = {
-    "mechanics": "chapters/01_mechanics.ipynb",
-    "ensembles": "chapters/02_ensembles.ipynb",
-    "variational": "chapters/03_variational.ipynb",
-    "droppath": "chapters/04_droppath_vit.ipynb",
-    "llm": "chapters/05_llm_pretrain_finetune.ipynb",
-    "interactions": "chapters/06_interactions.ipynb",
-    "cost": "chapters/07_cost.ipynb",
-}
+from dropnotes.experiments import cost, droppath, ensembles, interactions, llm, mechanics, variational
+from dropnotes.experiments.contract import Chapter, Registry
 
-TITLES = {
-    "mechanics": "Dropout, mechanically",
-    "ensembles": "Dropout as an ensemble",
-    "variational": "Variational dropout",
-    "droppath": "DropPath in Vision Transformers",
-    "llm": "Dropout in LLM pretraining versus fine-tuning",
-    "interactions": "Dropout's interactions",
-    "cost": "The cost of dropout",
-}
+REGISTRY = Registry([
+    Chapter("mechanics", "Dropout, mechanically", "chapters/01_mechanics.ipynb", mechanics),
+    Chapter("ensembles", "Dropout as an ensemble", "chapters/02_ensembles.ipynb", ensembles),
+    Chapter("variational", "Variational dropout", "chapters/03_variational.ipynb", variational),
+    Chapter("droppath", "DropPath in Vision Transformers", "chapters/04_droppath_vit.ipynb", droppath),
+    Chapter("llm", "Dropout in LLM pretraining versus fine-tuning", "chapters/05_llm_pretrain_finetune.ipynb", llm),
+    Chapter("interactions", "Dropout's interactions", "chapters/06_interactions.ipynb", interactions),
+    Chapter("cost", "The cost of dropout", "chapters/07_cost.ipynb", cost),
+])
+
+__all__ = ["REGISTRY", "Chapter", "Registry"]

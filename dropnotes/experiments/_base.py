@@ -1,4 +1,8 @@
-"""The chapter contract, part 1: every chapter's knobs, declared once with their types and ranges.
+"""What every chapter shares (the contract itself, the names a chapter module defines, is written in
+:mod:`dropnotes.experiments.contract`): the knob language, the config every chapter's starts with, the reading
+of verdicts at a run's scale, storage with provenance, and seed blocks.
+
+Every chapter's knobs are declared once with their types and ranges.
 
 A chapter module declares ``KNOBS = Knobs(PROFILE, DEVICE, SEED, Knob(...), ...)``: one
 :class:`Knob` per parameter of its notebook's ``parameters`` cell and of its ``configure``. The
@@ -399,7 +403,7 @@ def size_knob(name: str, help: str = "", *, low: int = 1, high: int | None = Non
     return Knob(name, "int", None, help, low=low, high=high, profile_default=True)
 
 
-# ------------------------------------------------------------------------------ the chapter contract
+# ------------------------------------------------------------------------------ the config every chapter's starts with
 
 
 @dataclass(frozen=True)
@@ -440,7 +444,7 @@ def config_of(cls: type, record: dict):
 def record_config(chapter: str, record: dict) -> ChapterConfig:
     """The config of ``chapter`` a stored run was made with (the chapter's one :class:`ChapterConfig` subclass,
     :func:`config_of`): what the page, the estimator and a chapter's ``rejudge`` rebuild from a record."""
-    module = _module(chapter)
+    module = _chapter(chapter).module
     cls = next(v for v in vars(module).values() if isinstance(v, type) and issubclass(v, ChapterConfig)
                and v is not ChapterConfig and dataclasses.is_dataclass(v))
     return config_of(cls, record)
@@ -465,12 +469,12 @@ def current_verdicts(chapter: str, record: dict | None) -> tuple[pd.DataFrame | 
     rules = int(prov.get("rules", 1))
     if made >= now and rules >= RULES and table is not None and "outcome" in table:
         return table, ""
-    module = _module(chapter)
+    ch = _chapter(chapter)
     # a chapter judges again the records of the protocols whose training its current one keeps (REJUDGE_FROM: the
     # oldest such; default, only its current protocol)
-    if hasattr(module, "rejudge") and made >= int(getattr(module, "REJUDGE_FROM", now)):
+    if ch is not None and ch.rejudge is not None and made >= ch.rejudge_from:
         try:
-            return module.rejudge(record), (f"verdicts recomputed from the stored numbers with protocol {now}'s rules"
+            return ch.rejudge(record), (f"verdicts recomputed from the stored numbers with protocol {now}'s rules"
                                             f" (rules {RULES})")
         except (KeyError, TypeError, ValueError, AttributeError):
             pass  # the record lacks what the current rules read
@@ -498,24 +502,26 @@ def check_seed_block(seed: int, n_seeds: int) -> None:
                          f"(its block of seeds must end at or below {SEED_MAX}), got {seed}")
 
 
-def _module(chapter: str):
-    import importlib
+def _chapter(name: str):
+    """The registered chapter ``name`` (:data:`dropnotes.experiments.REGISTRY`), or None (a test's stand-in, or a
+    notebook-only chapter)."""
+    # The one documented cycle-breaker: the registry imports every chapter and every chapter imports this module,
+    # so the registry is imported at first use (chapter_code's digest does not follow it: results.module_sources).
+    from dropnotes.experiments import REGISTRY
 
-    try:
-        return importlib.import_module(f"dropnotes.experiments.{chapter}")
-    except ModuleNotFoundError:  # a chapter without a module of its own (tests' stand-ins)
-        return None
+    ch = REGISTRY.get(name)
+    return ch if ch is not None and ch.module is not None else None
 
 
 def scale_cuts(chapter: str, cfg: ChapterConfig) -> dict[str, list[str]]:
     """What a run of ``chapter`` with ``cfg`` falls short of, against each of the paper settings the chapter
     declares once (its module's ``PAPER_SETTINGS``: setting name -> the paper's values, compared with
     ``measured_setting(cfg)`` by :func:`dropnotes.stats.shortfall`)."""
-    module = _module(chapter)
-    settings = getattr(module, "PAPER_SETTINGS", None)
+    ch = _chapter(chapter)
+    settings = ch.paper_settings if ch is not None else None
     if not settings:
         raise ValueError(f"chapter {chapter!r} declares no PAPER_SETTINGS: its verdicts cannot be read at a scale")
-    measured = module.measured_setting(cfg)
+    measured = ch.measured_setting(cfg)
     return {name: shortfall(measured, paper) for name, paper in settings.items()}
 
 
@@ -534,7 +540,7 @@ def finish(chapter: str, cfg: ChapterConfig, defaults: dict, *, wall_s: float, d
 
 
     table = tables.get("verdicts")
-    if isinstance(table, pd.DataFrame) and "outcome" not in table and _module(chapter) is not None:
+    if isinstance(table, pd.DataFrame) and "outcome" not in table and _chapter(chapter) is not None:
         raise ValueError(f"{chapter}: the verdict table must be read at the run's scale (_base.judged) before it is stored")
     if cfg.profile == "smoke" and isinstance(table, pd.DataFrame):
         label_smoke(table)
@@ -565,11 +571,16 @@ def predicted_wall(seconds: float | None):
 _BLOCK_PATH: contextvars.ContextVar[Path | None] = contextvars.ContextVar("block_path", default=None)
 
 
+# The registry (dropnotes/experiments/__init__.py) imports every chapter: its file counts in a chapter's code digest,
+# its imports do not (results.module_sources).
+CODE_OPAQUE = ("dropnotes.experiments",)
+
+
 @functools.cache
 def chapter_code(chapter: str) -> str:
     """The digest of the code ``chapter``'s run depends on (:func:`dropnotes.results.module_digest` of its module),
     taken once per process, at its first use (a run in blocks takes it before its first block)."""
-    return results.module_digest(f"dropnotes.experiments.{chapter}")
+    return results.module_digest(f"dropnotes.experiments.{chapter}", opaque=CODE_OPAQUE)
 
 
 def _same_run(block: dict, want: dict, chapter: str) -> bool:
@@ -612,9 +623,9 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
     resumes where it stopped). When every block is there, the chapter's ``merge_blocks(cfg, records)`` makes
     one record of them (tables over all seeds, verdicts judged again), stored as the profile's result with each
     block's provenance. Returns the merged record."""
-    module = _module(chapter)
+    ch = _chapter(chapter)
     chapter_code(chapter)  # the code the blocks run, named before the first one starts
-    if not hasattr(module, "merge_blocks"):
+    if ch.merge_blocks is None:
         raise ValueError(f"{chapter}: this chapter cannot be run in seed blocks yet (its verdicts need more than its "
                          "stored tables: it has no merge_blocks); run it whole")
     blocks = []
@@ -635,14 +646,14 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
             whole = _PREDICTED.get()  # a block's prediction: its share of the whole run's
             try:
                 with predicted_wall(None if whole is None else whole / len(cfg.seeds)):
-                    module.run(block_cfg)
+                    ch.run(block_cfg)
             finally:
                 _BLOCK_PATH.reset(token)
             kept = results.load_json_result(path)
         blocks.append(kept)
-    merged = module.merge_blocks(cfg, blocks)
+    merged = ch.merge_blocks(cfg, blocks)
     prov = [b["provenance"] for b in blocks]
-    merged["path"] = finish(chapter, cfg, module.PROFILE_DEFAULTS, wall_s=sum(p["wall_time_s"] for p in prov),
+    merged["path"] = finish(chapter, cfg, ch.profile_defaults, wall_s=sum(p["wall_time_s"] for p in prov),
                             dataset=prov[0]["dataset"], metrics=merged["metrics"], tables=merged["tables"],
                             **merged.get("provenance", {}),  # what the chapter stores beside (a corpus's vocabulary)
                             blocks=[{k: p.get(k) for k in ("seeds", "commit", "source_sha256", "code_sha256", "created",
@@ -654,13 +665,15 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
 def protocol(chapter: str) -> int:
     """The version of ``chapter``'s protocol (its module's ``PROTOCOL``), stored with every result: a stored
     run of an older version measured something the chapter no longer does (the scorecard says so)."""
-    return int(getattr(_module(chapter), "PROTOCOL", 1))
+    ch = _chapter(chapter)
+    return 1 if ch is None else ch.protocol
 
 
 def protocol_changes(chapter: str) -> dict[int, str]:
     """What each protocol version of ``chapter`` changed (its module's ``PROTOCOL_CHANGES``: version -> words),
     for the caption of a stored run that an older protocol made."""
-    return dict(getattr(_module(chapter), "PROTOCOL_CHANGES", {}))
+    ch = _chapter(chapter)
+    return {} if ch is None else ch.protocol_changes
 
 
 def plain(facts: dict) -> dict:

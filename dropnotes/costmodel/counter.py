@@ -155,8 +155,8 @@ def measure(step: Callable[[], None]) -> Cost:
 
 # ------------------------------------------------------------------------------------------ measuring steps
 
-def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: str = "sgd", amp: bool = False,
-               clip: float | None = None, multi_tensor: bool = False) -> Cost:
+def meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: str = "sgd", amp: bool = False,
+              clip: float | None = None, multi_tensor: bool = False) -> Cost:
     """FLOPs and kernels of forward + loss + backward + (clip) + optimizer step of ``model`` on meta tensors
     (with ``amp``, the forward under bf16 autocast; with ``multi_tensor``, torch.optim's multi-tensor
     implementation, which stands for the fused AdamW a chapter runs on CUDA, a few launches fewer). The
@@ -187,12 +187,13 @@ def _meta_step(model: nn.Module, inputs, targets, *, loss: Callable, optimizer: 
     return measure(step)
 
 
-def _meta_forward(model: nn.Module, inputs, amp: bool = False) -> Cost:
+def meta_forward(model: nn.Module, inputs, amp: bool = False) -> Cost:
     def step():
         with torch.no_grad(), autocast("meta", torch.bfloat16 if amp else None):
             model(inputs)
     return measure(step)
 
 
-def _ce(out, y):
+def lm_cross_entropy(out, y):
+    """The language models' loss over every position (logits (..., V) against targets (...)), in fp32."""
     return F.cross_entropy(out.flatten(0, -2).float(), y.flatten())

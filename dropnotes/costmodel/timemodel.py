@@ -6,14 +6,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-
-
-
 PEAK_FLOPS = {"bf16": 989e12, "fp32": 67e12}
-CUDNN_LSTM_KERNELS = 6  # one cuDNN LSTM layer, forward and backward (data and weights), with its copies
-# The five schemes of chapter 3's stored sequential run (before the ladder). Its "naive-recurrent" (fresh masks on
-# the inputs and on h_{t-1}) is counted as "per-step-recurrent", whose kernels differ only in the input masks' shape.
-STORED_SCHEMES = ("none", "naive", "per-step-recurrent", "variational", "weight-drop")
 # One H100 SXM's HBM3, 3.35 TB/s (datasheet). Not fitted: no stored run is memory-bound. A large copy on the
 # H200 machines here reached about 90 % of that chip's datasheet bandwidth (device KINDS.md); the engine's
 # elementwise kernels are smaller, so 80 % is assumed.

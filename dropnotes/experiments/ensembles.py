@@ -223,6 +223,14 @@ def _plain(cfg: EnsemblesConfig) -> nn.Module:
 DROPOUT_NET = "dropout net"
 
 
+def stacked_group(cfg: EnsemblesConfig) -> StackedMLP:
+    """Every seed's members and dropout net (:func:`arms`) as one :class:`StackedMLP`: what the run trains and the
+    cost model counts."""
+    group = arms(cfg)
+    return StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[a["p_input"] for a in group],
+                      p_hidden=[a["p_hidden"] for a in group], seeds=[stream_seed(a["seed"], a["init"]) for a in group])
+
+
 def arms(cfg: EnsemblesConfig) -> list[dict]:
     """Every model of the batched group, in stacking order, with what it is trained with: per seed, ``members``
     plain nets (``member 0`` ...) and the dropout net. The dropout net differs from a member in ``p_input`` and
@@ -246,9 +254,7 @@ def train_all(cfg: EnsemblesConfig, d: dict) -> tuple[list[tuple[StackedMLP, nn.
     device = cfg.torch_device
     per_seed = cfg.members + 1
     group = arms(cfg)
-    model = StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[a["p_input"] for a in group],
-                       p_hidden=[a["p_hidden"] for a in group],
-                       seeds=[stream_seed(a["seed"], a["init"]) for a in group]).to(device)
+    model = stacked_group(cfg).to(device)
     with Timer(device) as timer:
         fit = fit_stacked(model, d["x_train"].flatten(1), d["y_train"], d["x_val"].flatten(1), d["y_val"],
                           epochs=cfg.epochs, batch_size=cfg.batch_size, momentum=cfg.momentum,
@@ -929,7 +935,8 @@ def groups(cfg: EnsemblesConfig) -> list[Group]:
     """Every seed's members and dropout net as one batched group of MLPs, its evaluations, and the MC-dropout
     passes of the dropout nets."""
     k = cfg.n_seeds * (cfg.members + 1)
-    (f, n, b), group = engine_step(k, cfg, max_norm=0)  # one factor: no net is max-norm constrained (protocol 4)
+    # the run's own group; one factor: no net is max-norm constrained (protocol 4)
+    (f, n, b), group = engine_step(k, cfg, 0, lambda: stacked_group(cfg))
     with torch.device("meta"):
         net = MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=cfg.p_hidden).train()
         fe, ne, be = meta_forward(net, torch.empty(4096, 784))
@@ -953,7 +960,8 @@ def groups(cfg: EnsemblesConfig) -> list[Group]:
 
 def timed_steps(cfg: EnsemblesConfig) -> list[TimedStep]:
     k = cfg.n_seeds * (cfg.members + 1)  # no max-norm (protocol 4)
-    return [TimedStep(f"{k} MLPs {cfg.hidden}", k, dtype_of(cfg), lambda dev: engine_step_fn(k, cfg, 0, device=dev))]
+    return [TimedStep(f"{k} MLPs {cfg.hidden}", k, dtype_of(cfg),
+                      lambda dev: engine_step_fn(k, cfg, 0, lambda: stacked_group(cfg), device=dev))]
 
 
 def compare_steps(cfg: EnsemblesConfig, gen: torch.Generator) -> list[tuple]:

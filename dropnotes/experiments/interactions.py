@@ -271,16 +271,28 @@ def _fit(cfg: InteractionsConfig, group: torch.nn.Module, d, name: str, **hyper)
     return cols, fit.history, timing, test_wrong.numpy()
 
 
+def cnn_arms(cfg: InteractionsConfig) -> list[tuple[str, str, int]]:
+    """The CNN models in stacking order: (placement, noise, seed) for every arm of :data:`CNN_ARMS` x seed."""
+    return [(placement, noise, seed) for seed in cfg.seeds for placement, noise in CNN_ARMS]
+
+
+def cnn_group(cfg: InteractionsConfig) -> StackedCNN:
+    """Every CNN arm x seed as one :class:`StackedCNN` (on the CPU, or on the meta device inside
+    ``torch.device("meta")``): what the run trains and the cost model counts."""
+    arms = cnn_arms(cfg)
+    return StackedCNN(len(arms), p_before_bn=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
+                      p_after_bn=[cfg.p if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
+                      seeds=[stream_seed(s, "init-cnn") for _, _, s in arms])
+
+
 def run_cnns(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
     """Every CNN arm x seed as one :class:`StackedCNN`; then each model's BN shift on the test set, and the
     before-BN (pixel) models re-evaluated after re-estimating their BN statistics with dropout off. Returns the
     per-model table, the re-estimated models, the learning curves, the timing and each model's per-example test
     mistakes ((K, N), in the table's row order)."""
     d = _split("fashion-mnist", cfg.cnn_train_size, cfg.val_size, cfg.seed, cfg.device, test_size=cfg.test_size)
-    arms = [(placement, noise, seed) for seed in cfg.seeds for placement, noise in CNN_ARMS]
-    group = StackedCNN(len(arms), p_before_bn=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
-                       p_after_bn=[cfg.p if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
-                       seeds=[stream_seed(s, "init-cnn") for _, _, s in arms]).to(cfg.device)
+    arms = cnn_arms(cfg)
+    group = cnn_group(cfg).to(cfg.device)
     cols, history, timing, wrong = _fit(cfg, group, d, "CNN", epochs=cfg.cnn_epochs, lr=cfg.lr)
     rows, reest = [], []
     for i, (placement, noise, seed) in enumerate(arms):
@@ -334,17 +346,24 @@ def mlp_label(arm: dict) -> str:
             + (f", max-norm {arm['max_norm']:g}" if arm["max_norm"] else ""))
 
 
+def mlp_group(cfg: InteractionsConfig) -> StackedMLP:
+    """Every MLP arm x seed (:func:`mlp_arms`, seed-major) as one :class:`StackedMLP` with per-model noise and
+    rate: what the run trains and the cost model counts."""
+    arms = [dict(arm, seed=seed) for seed in cfg.seeds for arm in mlp_arms(cfg)]
+    return StackedMLP(len(arms), 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10,
+                      p_hidden=[a["p"] if a["kind"] in ("dropout", "gaussian") else 0.0 for a in arms],
+                      noise=["gaussian" if a["kind"] == "gaussian" else "bernoulli" for a in arms],
+                      p_connect=[a["p"] if a["kind"] == "dropconnect" else 0.0 for a in arms],
+                      seeds=[stream_seed(a["seed"], "init-mlp") for a in arms])
+
+
 def run_mlps(cfg: InteractionsConfig) -> tuple[pd.DataFrame, pd.DataFrame, dict, np.ndarray]:
     """Every MLP arm x seed as one :class:`StackedMLP` (per-model noise, rate, learning rate, weight decay and
     max-norm); the last value holds each model's per-example test mistakes, in the table's row order."""
     d = _split("mnist", cfg.mlp_train_size, cfg.val_size, cfg.seed, cfg.device, standardize=False,  # pixels in [0, 1]
                test_size=cfg.test_size)
     arms = [dict(arm, seed=seed) for seed in cfg.seeds for arm in mlp_arms(cfg)]
-    group = StackedMLP(len(arms), 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10,
-                       p_hidden=[a["p"] if a["kind"] in ("dropout", "gaussian") else 0.0 for a in arms],
-                       noise=["gaussian" if a["kind"] == "gaussian" else "bernoulli" for a in arms],
-                       p_connect=[a["p"] if a["kind"] == "dropconnect" else 0.0 for a in arms],
-                       seeds=[stream_seed(a["seed"], "init-mlp") for a in arms]).to(cfg.device)
+    group = mlp_group(cfg).to(cfg.device)
     cols, history, timing, wrong = _fit(cfg, group, d, "MLP", epochs=cfg.mlp_epochs, lr=[a["lr"] for a in arms],
                                  weight_decay=[a["weight_decay"] for a in arms],
                                  max_norm=[a["max_norm"] or math.inf for a in arms])
@@ -709,14 +728,9 @@ def stored_facts(stored: dict) -> dict:
 
 
 def _group_model(cfg: InteractionsConfig, name: str, k: int):
-    """The CNN or MLP group of ``k`` models (their noise kinds in the chapter's proportions), as a factory."""
-    if name == "CNN":
-        return lambda: StackedCNN(k, p_before_bn=cfg.p, p_after_bn=cfg.p,
-                                  noise=["pixel", "spatial", "gaussian"] * (k // 3) + ["pixel"] * (k % 3),
-                                  seeds=[0] * k)
-    return lambda: StackedMLP(k, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
-                              noise=["bernoulli", "gaussian"] * (k // 2) + ["bernoulli"] * (k % 2),
-                              p_connect=[0.5] + [0.0] * (k - 1), seeds=[0] * k)
+    """A factory of the run's own CNN or MLP group (:func:`cnn_group`, :func:`mlp_group`: every arm x seed with its
+    noise kind and rate), so that the counted and timed step is the one the chapter trains."""
+    return (lambda: cnn_group(cfg)) if name == "CNN" else (lambda: mlp_group(cfg))
 
 
 def _sizes(cfg: InteractionsConfig) -> tuple[int, int]:

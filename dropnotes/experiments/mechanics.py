@@ -204,6 +204,13 @@ def _load(cfg: MechanicsConfig, device: torch.device):
             splits.y_test.to(device))
 
 
+def stacked_group(cfg: MechanicsConfig) -> StackedMLP:
+    """Every rate x seed (:func:`arms`) as one :class:`StackedMLP`: what the run trains and the cost model counts."""
+    group = arms(cfg)
+    return StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[cfg.p_input if r > 0 else 0.0 for r, _ in group],
+                      p_hidden=[r for r, _ in group], seeds=[stream_seed(s, "init") for _, s in group])
+
+
 def arms(cfg: MechanicsConfig) -> list[tuple[float, int]]:
     """The (rate, seed) of every model, in the order they are stacked in the batched group."""
     return [(rate, seed) for rate in cfg.rates for seed in cfg.seeds]
@@ -215,8 +222,7 @@ def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     device = cfg.torch_device
     xtr, ytr, xva, yva, xte, yte = _load(cfg, device)
     group = arms(cfg)
-    model = StackedMLP(len(group), 784, cfg.hidden, 10, p_input=[cfg.p_input if r > 0 else 0.0 for r, _ in group],
-                       p_hidden=[r for r, _ in group], seeds=[stream_seed(s, "init") for _, s in group]).to(device)
+    model = stacked_group(cfg).to(device)
     with Timer(device) as timer:
         fit = fit_stacked(model, xtr, ytr, xva, yva, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                           momentum=cfg.momentum, eval_every=cfg.eval_every, x_test=xte, y_test=yte,
@@ -544,7 +550,7 @@ __all__ = ["MechanicsConfig", "configure", "mask_demo", "scaling_table", "gradie
 def groups(cfg: MechanicsConfig) -> list[Group]:
     """The rates x seeds as one batched group of MLPs, and its evaluation passes (train, validation, test)."""
     k = len(cfg.rates) * cfg.n_seeds
-    (f, n, b), model = engine_step(k, cfg, max_norm=0)
+    (f, n, b), model = engine_step(k, cfg, 0, lambda: stacked_group(cfg))  # the run's own group
     with torch.device("meta"):
         model.eval()
         fe, ne, be = meta_forward(model, torch.empty(4096, 784), cfg.amp)
@@ -559,7 +565,8 @@ def groups(cfg: MechanicsConfig) -> list[Group]:
 
 def timed_steps(cfg: MechanicsConfig) -> list[TimedStep]:
     k = len(cfg.rates) * cfg.n_seeds
-    return [TimedStep(f"{k} MLPs {cfg.hidden}", k, dtype_of(cfg), lambda dev: engine_step_fn(k, cfg, 0, device=dev))]
+    return [TimedStep(f"{k} MLPs {cfg.hidden}", k, dtype_of(cfg),
+                      lambda dev: engine_step_fn(k, cfg, 0, lambda: stacked_group(cfg), device=dev))]
 
 
 def compare_steps(cfg: MechanicsConfig, gen: torch.Generator) -> list[tuple]:

@@ -13,7 +13,7 @@ import pytest
 from dropnotes import cli, results, scorecard, verdict
 from dropnotes.costmodel import Group
 from dropnotes.experiments import REGISTRY, Chapter, _base
-from dropnotes.experiments.contract import REQUIRED
+from dropnotes.experiments.contract import COSTS_REQUIRED, REQUIRED
 
 
 @dataclass(frozen=True)
@@ -79,10 +79,15 @@ def test_a_registered_toy_chapter_is_listed_scored_and_estimated(toy, capsys):
 
 def test_a_module_that_breaks_the_contract_is_named():
     toy = _toy_module()
-    del toy.groups, toy.SCALE_AXIS
-    with pytest.raises(TypeError, match="toy.*lacks SCALE_AXIS, groups"):
+    del toy.scale_points, toy.SCALE_AXIS
+    with pytest.raises(TypeError, match="toy lacks scale_points, SCALE_AXIS"):
         Chapter("toy", "A toy chapter", "chapters/toy.ipynb", toy)
-    assert set(REQUIRED) <= set(vars(_toy_module()))
+    costs = types.ModuleType("toy_costs")  # a cost module without groups
+    with pytest.raises(TypeError, match="toy_costs lacks groups"):
+        Chapter("toy", "A toy chapter", "chapters/toy.ipynb", _toy_module(), costs)
+    with pytest.raises(TypeError, match="notebook without a module"):
+        Chapter("toy", "A toy chapter", "chapters/toy.ipynb").groups(None)
+    assert set(REQUIRED) | set(COSTS_REQUIRED) <= set(vars(_toy_module()))
 
 
 def test_every_chapter_of_the_book_keeps_the_contract_and_is_reached_only_through_the_registry():
@@ -93,7 +98,9 @@ def test_every_chapter_of_the_book_keeps_the_contract_and_is_reached_only_throug
     assert [c.name for c in REGISTRY.with_modules()] == list(REGISTRY)
     for ch in REGISTRY.values():
         assert all(hasattr(ch.module, n) for n in REQUIRED), ch.name
+        assert all(hasattr(ch.costs, n) for n in COSTS_REQUIRED), ch.name
         assert ch.module.__name__ == f"dropnotes.experiments.{ch.name}"
+        assert ch.costs.__name__ == f"dropnotes.experiments.costs.{ch.name}"
     package = Path(cli.__file__).parent
     for path in package.rglob("*.py"):
         text = path.read_text()

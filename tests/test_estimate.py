@@ -190,16 +190,19 @@ def test_the_estimated_step_is_the_engines_training_step(which, monkeypatch):
     """The estimator counts the step the engine trains with (make_lm_step / make_window_step), not a copy of its
     own: the factory is called, and one step advances the step count once (a copy once advanced it twice)."""
     from dropnotes.experiments import llm, variational
+    from dropnotes.experiments.costs import llm as llm_costs
+    from dropnotes.experiments.costs import variational as variational_costs
 
-    name, chapter = {"lstm": ("make_lm_step", variational), "gpt": ("make_window_step", llm)}[which]
+    # patched where the chapters' cost modules look them up
+    name, chapter = {"lstm": ("make_lm_step", variational_costs), "gpt": ("make_window_step", llm_costs)}[which]
     calls = []
     real = getattr(chapter, name)
     monkeypatch.setattr(chapter, name, lambda *a, **kw: calls.append(kw["step_no"]) or real(*a, **kw))
     if which == "lstm":
-        step, _, _ = variational.lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
+        step, _, _ = variational_costs.lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
     else:
         cfg = llm.configure("smoke", device="cpu")
-        step, _, _ = llm.gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
+        step, _, _ = llm_costs.gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
     step()
     assert len(calls) == 1 and int(calls[0]) == 1
 

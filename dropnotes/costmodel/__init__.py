@@ -8,10 +8,26 @@ It names no chapter: every chapter declares its own groups (its ``groups(cfg)``,
 """
 
 from dropnotes.costmodel.counter import Cost, KernelCounter, lm_cross_entropy, measure, meta_forward, meta_step
-from dropnotes.costmodel.steps import (TimedStep, classifier_compare, dtype_of, engine_step, engine_step_fn, lm_compare,
-                                       on, sequential_classifier_step, time_compare)
-from dropnotes.costmodel.timemodel import (BANDWIDTH_FRACTION, DEFAULT_FRACTION, DEFAULT_LAUNCH_S, GRAPH_LAUNCH_FACTOR,
-                                           PEAK_BANDWIDTH, PEAK_FLOPS, Group)
+from dropnotes.costmodel.steps import (
+                                       TimedStep,
+                                       classifier_compare,
+                                       dtype_of,
+                                       engine_step,
+                                       engine_step_fn,
+                                       lm_compare,
+                                       on,
+                                       sequential_classifier_step,
+                                       time_compare,
+)
+from dropnotes.costmodel.timemodel import (
+                                       BANDWIDTH_FRACTION,
+                                       DEFAULT_FRACTION,
+                                       DEFAULT_LAUNCH_S,
+                                       GRAPH_LAUNCH_FACTOR,
+                                       PEAK_BANDWIDTH,
+                                       PEAK_FLOPS,
+                                       Group,
+)
 
 __all__ = ["BANDWIDTH_FRACTION", "Cost", "DEFAULT_FRACTION", "DEFAULT_LAUNCH_S", "GRAPH_LAUNCH_FACTOR", "Group",
            "KernelCounter", "PEAK_BANDWIDTH", "PEAK_FLOPS", "TimedStep", "classifier_compare", "dtype_of", "engine_step",

@@ -15,7 +15,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dropnotes.amp import autocast
 
-
 _NO_LAUNCH = {"view", "_unsafe_view", "t", "transpose", "permute", "expand", "detach", "alias", "as_strided",
               "unsqueeze", "squeeze", "reshape", "slice", "select", "split", "split_with_sizes", "unbind",
               "chunk", "narrow", "view_as", "_reshape_alias", "lift_fresh", "_to_copy_meta", "empty",

@@ -18,7 +18,7 @@ from dropnotes.stacked import _captured
 
 def compare_chapters() -> list[str]:
     """The chapters whose batched groups ``--compare`` measures (those that declare ``compare_steps``)."""
-    return [c.name for c in REGISTRY.with_modules() if hasattr(c.module, "compare_steps")]
+    return [c.name for c in REGISTRY.with_modules() if c.has_compare_steps]
 
 
 def compare_steps(chapter: str, profile: str = "quick", repeats: int = 3) -> list[dict]:

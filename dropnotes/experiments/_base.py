@@ -1,5 +1,5 @@
 """What every chapter shares (the contract itself, the names a chapter module defines, is written in
-:mod:`dropnotes.experiments.contract`): the knob language, the config every chapter's starts with, the reading
+:mod:`dropnotes.experiments.contract`): the knob language, the config every chapter extends, the reading
 of verdicts at a run's scale, storage with provenance, and seed blocks.
 
 Every chapter's knobs are declared once with their types and ranges.
@@ -403,7 +403,7 @@ def size_knob(name: str, help: str = "", *, low: int = 1, high: int | None = Non
     return Knob(name, "int", None, help, low=low, high=high, profile_default=True)
 
 
-# ------------------------------------------------------------------------------ the config every chapter's starts with
+# ------------------------------------------------------------------------------ the config every chapter extends
 
 
 @dataclass(frozen=True)
@@ -625,7 +625,7 @@ def run_in_blocks(chapter: str, cfg: ChapterConfig, log=print) -> dict:
     block's provenance. Returns the merged record."""
     ch = _chapter(chapter)
     chapter_code(chapter)  # the code the blocks run, named before the first one starts
-    if ch.merge_blocks is None:
+    if ch is None or ch.merge_blocks is None:
         raise ValueError(f"{chapter}: this chapter cannot be run in seed blocks yet (its verdicts need more than its "
                          "stored tables: it has no merge_blocks); run it whole")
     blocks = []

@@ -31,6 +31,10 @@ Required of a chapter module:
 ``scale_points(tables)``, ``SCALE_AXIS``
     the quantities plotted against scale on the page (a frame of ``quantity``, ``value``, ``sd``), and the
     axis label and scale.
+
+Required of a chapter's cost module (``dropnotes.experiments.costs.<name>``, which imports the chapter; kept apart
+so that a change to the cost model leaves the chapter's code digest, and so its stored seed blocks, unchanged):
+
 ``groups(cfg)``
     the cost model's model groups of a run (:class:`dropnotes.costmodel.Group` rows, steps counted on the
     meta device): ``dropnotes estimate`` and the run's predicted wall time read them.
@@ -39,7 +43,7 @@ Optional (the default in brackets): ``PAPER_POINTS`` ({}) and ``PAPER_POINTS_LAB
 papers' values on the scale plot, with ``scale_panel``, ``PAPER_PANEL`` and ``SCALE_PANEL_TITLE`` for a
 plot in panels; ``LAPTOP_NEEDS_GPU`` (False), true where no laptop setting can test the claims;
 ``merge_blocks(cfg, records)`` (None: the chapter cannot run in seed blocks); ``REJUDGE_FROM`` (``PROTOCOL``), the
-first protocol whose records ``rejudge`` can read; ``timed_steps(cfg)`` ([]), the batched training steps
+first protocol whose records ``rejudge`` can read. In the cost module: ``timed_steps(cfg)`` ([]), the batched training steps
 that carry the predicted time, each built on a device to be timed (:class:`dropnotes.costmodel.TimedStep`);
 ``compare_steps(cfg, generator)`` ([]), the engine's steps against the same models trained one at a time
 (``dropnotes estimate --compare``); ``sequential_groups(cfg)`` (None), the groups of the chapter as it ran
@@ -59,29 +63,48 @@ from types import ModuleType
 from typing import Any
 
 REQUIRED = ("KNOBS", "configure", "run", "verdicts", "rejudge", "PROTOCOL", "PROTOCOL_CHANGES", "PROFILE_DEFAULTS",
-            "PAPER_SETTINGS", "measured_setting", "scale_points", "SCALE_AXIS", "groups")
+            "PAPER_SETTINGS", "measured_setting", "scale_points", "SCALE_AXIS")
+COSTS_REQUIRED = ("groups",)
 
 
 @dataclasses.dataclass(frozen=True)
 class Chapter:
     """One chapter of the book: its name (the CLI's and the results folder's), title, notebook (relative to the
-    repository root) and module (see the module docstring for what it must define; None for a notebook-only
-    chapter). Its members are read from the module when asked for, so a test that patches the module is seen."""
+    repository root), module and cost module (see the module docstring for what each must define; the cost module
+    defaults to the module; both None for a notebook-only chapter). Its members are read from the modules when
+    asked for, so a test that patches a module is seen."""
 
     name: str
     title: str
     notebook: str
     module: ModuleType | None = None
+    costs: ModuleType | None = None
 
     def __post_init__(self) -> None:
-        if self.module is not None:
-            missing = [n for n in REQUIRED if not hasattr(self.module, n)]
+        if self.module is None:
+            return
+        for mod, names in ((self.module, REQUIRED), (self.cost_module, COSTS_REQUIRED)):
+            missing = [n for n in names if not hasattr(mod, n)]
             if missing:
-                raise TypeError(f"chapter {self.name!r}: module {self.module.__name__} lacks {', '.join(missing)} "
+                raise TypeError(f"chapter {self.name!r}: module {mod.__name__} lacks {', '.join(missing)} "
                                 "(the chapter contract: dropnotes/experiments/contract.py)")
+
+    @property
+    def cost_module(self) -> ModuleType | None:
+        """Where the chapter's cost-model members live (:attr:`costs`, else :attr:`module`)."""
+        return self.costs if self.costs is not None else self.module
 
     def _get(self, name: str, default: Any = None) -> Any:
         return default if self.module is None else getattr(self.module, name, default)
+
+    def _cost(self, name: str) -> Any:
+        return None if self.cost_module is None else getattr(self.cost_module, name, None)
+
+    def _need(self) -> ModuleType:
+        if self.module is None:
+            raise TypeError(f"chapter {self.name!r} is a notebook without a module: it has no configure, run or cost "
+                            "model (dropnotes/experiments/contract.py)")
+        return self.module
 
     # the run
     @property
@@ -90,11 +113,11 @@ class Chapter:
 
     @property
     def configure(self) -> Callable:
-        return self.module.configure
+        return self._need().configure
 
     @property
     def run(self) -> Callable:
-        return self.module.run
+        return self._need().run
 
     @property
     def profile_defaults(self) -> dict:
@@ -124,7 +147,7 @@ class Chapter:
 
     @property
     def measured_setting(self) -> Callable:
-        return self.module.measured_setting
+        return self._need().measured_setting
 
     @property
     def laptop_needs_gpu(self) -> bool:
@@ -137,7 +160,7 @@ class Chapter:
     # the page's scale plot
     @property
     def scale_points(self) -> Callable:
-        return self.module.scale_points
+        return self._need().scale_points
 
     @property
     def scale_axis(self) -> tuple[str, str]:
@@ -167,26 +190,31 @@ class Chapter:
     # the cost model
     def groups(self, cfg) -> list:
         """The model groups of a run with ``cfg`` (:class:`dropnotes.costmodel.Group` rows)."""
-        return self.module.groups(cfg)
+        self._need()
+        return self.cost_module.groups(cfg)
 
     def timed_steps(self, cfg) -> list:
         """The batched training steps that carry the predicted time (:class:`dropnotes.costmodel.TimedStep`)."""
-        fn = self._get("timed_steps")
+        fn = self._cost("timed_steps")
         return [] if fn is None else fn(cfg)
 
     def compare_steps(self, cfg, generator) -> list:
         """(name, K, batch, one step of the K models one at a time, one batched step), built here on the CPU."""
-        fn = self._get("compare_steps")
+        fn = self._cost("compare_steps")
         return [] if fn is None else fn(cfg, generator)
 
     @property
+    def has_compare_steps(self) -> bool:
+        return self._cost("compare_steps") is not None
+
+    @property
     def sequential_groups(self) -> Callable | None:
-        return self._get("sequential_groups")
+        return self._cost("sequential_groups")
 
     def calibration_points(self, cfg, record: dict) -> list[dict]:
         """What a stored full run (``record``, made with ``cfg``) measured that the time model predicts: dicts of
         ``what``, ``measured`` and ``predict(fraction, launch_s)``; by default its wall time against :meth:`groups`."""
-        fn = self._get("calibration_points")
+        fn = self._cost("calibration_points")
         if fn is not None:
             return fn(cfg, record)
         found = self.groups(cfg)

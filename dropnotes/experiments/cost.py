@@ -32,7 +32,6 @@ from dropnotes.experiments._base import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
 from dropnotes.stats import mean_sd
-from dropnotes.costmodel import Group, dtype_of, meta_step
 
 CHAPTER = "cost"
 # The protocol's version, stored with each result (see _base.protocol).
@@ -378,24 +377,3 @@ def stored_facts(stored: dict) -> dict:
                   "cost-eager-tbps": eager["GB/s"] / 1000, "cost-copy-tbps": stored["metrics"]["copy_GBps"] / 1000,
                   "cost-eager-ratio": eager.ratio, "cost-compiled-tbps": compiled["GB/s"] / 1000,
                   "cost-compiled-ratio": compiled.ratio})
-
-
-# --------------------------------------------------------------------------- the cost model (the chapter contract)
-
-
-def groups(cfg: CostConfig) -> list[Group]:
-    """The kernel benchmark's timing budget, and each model's training step (3 variants, interleaved rounds)."""
-    # Timed by torch.utils.benchmark: each call runs for at least its budget; every variant with a PyTorch
-    # counterpart is timed twice per side (interleaved), plus the copy reference and SDPA's 3 kernels x 2 rates.
-    calls = sum(4 if ref is not None else 1 for _, ref, _ in bench.VARIANTS.values()) * len(cfg.sizes) + 1 + 6
-    out = [Group("cost", "kernel benchmark and SDPA (timing budget)", 1, 0, 0.0, 0, fixed_s=calls * cfg.min_run_time)]
-    dtype = dtype_of(cfg)
-    with torch.device("meta"):
-        for name, (model, x, y, loss_fn) in _models(replace(cfg, device="meta"), 0.1).items():
-            if y is None:
-                x, y = x[:, :-1], x[:, 1:]
-            f, n, b = meta_step(model, x, y, loss=lambda out, t, fn=loss_fn: fn(out.float(), t), optimizer="adamw",
-                                amp=cfg.amp)
-            out.append(Group("cost", f"{name} training step (3 variants, interleaved rounds)", 3,
-                             cfg.rounds * cfg.steps_per_round + 3, f, n, dtype, bytes_per_step=b))
-    return out

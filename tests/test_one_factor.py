@@ -37,9 +37,11 @@ def test_chapter2_dropout_arm_differs_from_the_plain_arms_in_dropout_only():
 def test_chapter2_trainer_receives_the_same_hyperparameters_for_every_arm(monkeypatch):
     """What the batched trainer is called with: one learning rate for every model, no max-norm, no weight decay;
     the model differs in its dropout rates only."""
+    from dropnotes.experiments.ensembles import train as ens_train  # where the run looks them up
+
     cfg = ens.configure("smoke", device="cpu")
     seen = {}
-    real_fit, real_mlp = ens.fit_stacked, ens.StackedMLP
+    real_fit, real_mlp = ens_train.fit_stacked, ens_train.StackedMLP
 
     def fit(*args, **kwargs):
         seen["fit"] = kwargs
@@ -49,8 +51,8 @@ def test_chapter2_trainer_receives_the_same_hyperparameters_for_every_arm(monkey
         seen["mlp"] = kwargs
         return real_mlp(*args, **kwargs)
 
-    monkeypatch.setattr(ens, "fit_stacked", fit)
-    monkeypatch.setattr(ens, "StackedMLP", mlp)
+    monkeypatch.setattr(ens_train, "fit_stacked", fit)
+    monkeypatch.setattr(ens_train, "StackedMLP", mlp)
     g = torch.Generator().manual_seed(0)
     d = {"x_train": torch.rand(cfg.train_size, 1, 28, 28, generator=g), "y_train": torch.randint(0, 10, (cfg.train_size,)),
          "x_val": torch.rand(cfg.val_size, 1, 28, 28, generator=g), "y_val": torch.randint(0, 10, (cfg.val_size,))}

@@ -1,7 +1,4 @@
-"""Chapter 2's (ensembles) cost-model groups (the chapter contract's ``groups`` and, where it has them, ``timed_steps``,
-``compare_steps``, ``sequential_groups``, ``calibration_points``): the run's model groups counted on the meta device.
-Kept apart from the chapter's module so that a change to the cost model leaves the chapter's code digest, and its
-stored seed blocks, as they are."""
+"""Chapter 2's (ensembles) cost-model groups, counted on the meta device (why apart: the package docstring)."""
 
 from __future__ import annotations
 

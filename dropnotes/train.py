@@ -117,6 +117,14 @@ def window_table(streams, block_size: int) -> tuple[torch.Tensor, list[int], lis
     return torch.cat(parts), offsets, counts
 
 
+def cosine_factor(epochs: int) -> Callable[[int], float]:
+    """The learning-rate factor of epoch ``e`` (0-based) under cosine annealing from 1 to 0 over ``epochs``
+    (``torch.optim.lr_scheduler.CosineAnnealingLR`` stepped per epoch, ``eta_min=0``): ``(1 + cos(pi e / epochs)) / 2``.
+    Loshchilov & Hutter 2017 (SGDR), without restarts."""
+    epochs = check_positive_int("epochs", epochs)
+    return lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of (N, T, V) logits against (N, T) targets."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

@@ -3,6 +3,8 @@ the blocks already stored (an interrupted run resumes), and the blocks merge int
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from dropnotes import results
@@ -113,11 +115,17 @@ def test_chapter_three_blocks_share_one_pilot_and_merge(store, have_data, monkey
 def test_chapter_two_blocks_merge_into_one_record(store, have_data):
     from dropnotes.experiments import ensembles
 
-    cfg = ensembles.configure("smoke", device="cpu", n_seeds=2)
+    # protocol 5's schedule (the laptop and full profiles'): no plateau gate, the per-example NLL stored
+    cfg = dataclasses.replace(ensembles.configure("smoke", device="cpu", n_seeds=2), schedule="cosine")
     merged = _base.run_in_blocks("ensembles", cfg, log=lambda m: None)
     record = results.load_result("ensembles", "smoke")
     t = record["tables"]
     assert sorted(t["quality"].seed.unique()) == cfg.seeds and sorted(t["mc_wrong"].seed.unique()) == cfg.seeds
+    assert sorted(t["nll"].seed.unique()) == cfg.seeds and set(t["nll"].model) == {"single net + temperature",
+                                                                                   "dropout, MC"}
+    temperature = t["verdicts"].set_index("claim").loc["MC dropout has a lower NLL than a temperature-scaled single net"]
+    assert not temperature.verdict.startswith("not judged"), temperature.verdict  # paired from the stored NLL
+    assert not t["verdicts"].verdict.str.contains("still improving|curves not stored").any(), "no gate under cosine"
     assert (t["ood_summary"].seeds == 2).all() and record["provenance"]["ood_dataset"] == cfg.ood_dataset
     assert len(merged["verdicts"]) == len(t["verdicts"])
     assert not t["verdicts"].verdict.str.contains("one seed").any(), "the merged record judges the seed tests"

@@ -3,6 +3,7 @@ import torch
 
 from dropnotes import functional as DF
 from dropnotes.models import ViT
+from dropnotes.train import cosine_factor
 
 
 def test_vit_shapes_rates_and_eval():
@@ -59,7 +60,7 @@ def test_droppath_has_no_plateau_gate_because_its_schedule_anneals_to_zero():
 
     assert dp.PLATEAU_GATE.startswith("not applicable")
     for epochs in (10, 100):
-        f = dp.lr_factor(epochs)
+        f = cosine_factor(epochs)
         assert f(0) == 1.0 and f(1) < 1.0
         assert all(f(e) < 0.15 for e in range(int(0.75 * epochs) + 1, epochs)) and f(epochs - 1) < 0.03
 

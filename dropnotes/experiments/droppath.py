@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import math
 
 import numpy as np
 import pandas as pd
@@ -60,12 +59,6 @@ PAPER_SETTINGS = {"Huang et al. 2016": {"model": "ResNet-110", "train_size": 450
 # instead, since the cosine decays from the first epoch. tests/test_vit.py checks that the schedule does anneal to zero.
 PLATEAU_GATE = ("not applicable: every arm trains on the same cosine schedule annealed to zero and is compared at its "
                 "end, as the papers compare; the annealing, not the model, sets the last quarter's gain")
-
-
-def lr_factor(epochs: int):
-    """The learning-rate factor of epoch ``e`` (0-based): cosine annealing from 1 to 0 over ``epochs``
-    (``CosineAnnealingLR``, per epoch)."""
-    return lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))
 
 
 # No laptop profile: the smallest setting where depth and drop-path effects are expected is the full profile's (a
@@ -236,7 +229,7 @@ def train_group(cfg: DropPathConfig, d: dict, depth: int, models: list[tuple[flo
     rates = [drop_path_rates(depth, r, s) for r, s, _ in models]
     group = stacked.StackedViT(len(models), dim=cfg.dim, depth=depth, heads=cfg.heads, p_path=rates,
                               seeds=[s for *_, s in models]).to(dev)
-    cosine = lr_factor(cfg.epochs)
+    cosine = train.cosine_factor(cfg.epochs)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + depth)
     with Timer(dev) as timer:
         fit = stacked.fit_stacked(group, d["x_train"], d["y_train"], d["x_val"], d["y_val"], epochs=cfg.epochs,

@@ -140,9 +140,12 @@ def rule_ood(auroc_mc: float, better: str, threshold: float = OOD_THRESHOLD) -> 
     return "inconclusive (AUROC above the threshold; the gain over the deterministic net is within 2 SE)"
 
 
-def _arm_plateau(curves: pd.DataFrame | None, arm: str):
+def _arm_plateau(curves: pd.DataFrame | None, arm: str, schedule: str = "constant"):
     """The plateau test of ``arm`` ("members": the plain nets averaged per seed, or "dropout net") on validation error
-    in percent at every evaluation, or the reason it cannot run (a text)."""
+    in percent at every evaluation, the reason it cannot run (a text), or None where no gate applies (the cosine
+    schedule of protocol 5: :data:`PLATEAU_GATE`)."""
+    if schedule == "cosine":
+        return None
     if curves is None or "val_error" not in curves:
         return "learning curves not stored"
     sel = curves[curves.arm.str.startswith("member")] if arm == "members" else curves[curves.arm == arm]
@@ -171,7 +174,7 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
     arms is gated by their plateau tests; a record without what a row reads reads *not judged*."""
     q = rec["quality"]
     curves = rec.get("curves")
-    p_members, p_drop = _arm_plateau(curves, "members"), _arm_plateau(curves, "dropout net")
+    p_members, p_drop = (_arm_plateau(curves, arm, cfg.schedule) for arm in ("members", "dropout net"))
     gate_missing = next((p for p in (p_members, p_drop) if isinstance(p, str)), "")
     single = q[q.model == "single net"].groupby("seed").error.mean().tolist()
     ws = q[q.model == "dropout, weight scaling"].error.tolist()
@@ -224,8 +227,8 @@ def verdicts(rec: dict, cfg: EnsemblesConfig) -> pd.DataFrame:
     ece = [s.loc[m, "ece_mean"] for m in ("ensemble", mc_name, "single net")]
     nll_a, nll_b, nll_v = ordering_tests(rec["quality"], "nll")
     ece_a, ece_b, ece_v = ordering_tests(rec["quality"], "ece")
-    late = [f"{name} {p.text(name, 'pp of validation error')}" for name, p in (("the members", p_members),
-            ("the dropout net", p_drop)) if not isinstance(p, str) and not p.plateaued]
+    late = [p.text(name, "pp of validation error") for name, p in (("the members", p_members),
+            ("the dropout net", p_drop)) if p is not None and not isinstance(p, str) and not p.plateaued]
 
     def gated(text: str) -> str:  # NLL and ECE rows: any trained arm still improving blocks them
         if gate_missing:
@@ -320,7 +323,7 @@ def _decided(verdict: str, regs: pd.DataFrame) -> dict:
 
 def rejudge(record: dict) -> pd.DataFrame:
     """The verdicts of a stored run of this protocol, computed again from its stored tables; what it does not store
-    (the MC passes' mistakes, the per-example NLL) reads *not judged*."""
+    (the MC passes' mistakes, or before protocol 5 the per-example NLL) reads *not judged*."""
     return _judge_tables(config_of(EnsemblesConfig, record), record["tables"])
 
 
@@ -329,8 +332,11 @@ def _judge_tables(cfg: EnsemblesConfig, t: dict) -> pd.DataFrame:
     mc = t.get("mc_wrong")
     wrong = None if mc is None else [{(int(k) if str(k).isdigit() else k): unpack_values(x)
                                       for k, x in zip(g.k, g.packed)} for _, g in mc.groupby("seed")]
+    nll = t.get("nll")
+    calibration = None if nll is None else [{m: unpack_values(x) for m, x in zip(g.model, g.packed)}
+                                            for _, g in nll.groupby("seed")]
     rec = {"quality": t["quality"], "curves": t.get("curves"), "wrong_packed": t.get("wrong"), "wrong": wrong,
-           "summary": t["summary"], "calibration": None, "regression_seeds": t["regression_seeds"],
+           "summary": t["summary"], "calibration": calibration, "regression_seeds": t["regression_seeds"],
            "rotation_pairs": t["rotation_pairs"], "ood_pairs": t["ood_pairs"]}
     return judged(CHAPTER, cfg, verdicts(rec, cfg))
 
@@ -344,7 +350,7 @@ def merge_blocks(cfg: EnsemblesConfig, blocks: list[dict]) -> dict:
     t = [b["tables"] for b in blocks]
     tables = {k: pd.concat([x[k] for x in t], ignore_index=True)
               for k in ("quality", "sweep", "ood", "ood_pairs", "rotation_pairs", "regression_seeds", "best_epochs",
-                        "curves", "wrong", "mc_wrong")}
+                        "curves", "wrong", "mc_wrong") + (("nll",) if "nll" in t[0] else ())}
     tables.update(rotation=t[0]["rotation"], summary=summarize_quality(tables["quality"]),
                   mc_curve=summarize_sweep(tables["sweep"]), ood_summary=summarize_ood(tables["ood"]))
     tables["verdicts"] = _judge_tables(cfg, tables)

@@ -21,6 +21,7 @@ from dropnotes.models import MLP
 from dropnotes.results import pack_values, pack_wrong
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.stacked import StackedMLP, fit_stacked
+from dropnotes.train import cosine_factor
 
 # --------------------------------------------------------------------------- training
 
@@ -67,6 +68,7 @@ def train_all(cfg: EnsemblesConfig, d: dict) -> tuple[list[tuple[StackedMLP, nn.
                           eval_every=cfg.eval_every or cfg.epochs, restore_best=cfg.eval_every > 0,
                           lr=[a["lr"] for a in group], generator=stream(cfg.seed, "train", device),
                           desc=f"{len(group)} MLPs (members + dropout nets)",
+                          lr_schedule=cosine_factor(cfg.epochs) if cfg.schedule == "cosine" else None,
                           amp_dtype=torch.bfloat16 if cfg.amp else None)
     out = []
     for k in range(cfg.n_seeds):
@@ -140,7 +142,10 @@ def run(cfg: EnsemblesConfig, save: bool = True) -> dict:
                     # the MC passes' mistakes (mean over repeats) per seed and k: MC against weight scaling judged
                     # again from the record
                     "mc_wrong": pd.DataFrame([{"seed": seed, "k": str(k), "packed": pack_values(w)}
-                                              for seed, w in zip(cfg.seeds, rec["wrong"]) for k, w in w.items()])})
+                                              for seed, w in zip(cfg.seeds, rec["wrong"]) for k, w in w.items()]),
+                    # per test image and seed, the NLL of the single nets with temperature (their mean) and of MC
+                    # dropout: the temperature row judged again from the record (protocol 5)
+                    "nll": packed_nll(cfg.seeds, rec["calibration"])})
     return rec
 
 
@@ -150,3 +155,11 @@ def packed_mistakes(seeds: list[int], per_seed: list[dict[str, np.ndarray]]) -> 
     ``unpack_wrong``), in the test set's order, so that any two models can be compared image by image."""
     return pd.DataFrame([{"arm": arm, "seed": seed, "packed": pack_wrong(w)}
                          for seed, wrong in zip(seeds, per_seed) for arm, w in wrong.items()])
+
+
+def packed_nll(seeds: list[int], per_seed: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    """The stored table ``nll``: one row per seed and model of the temperature row (``single net + temperature``, the
+    members' mean per test image, and ``dropout, MC``), its per-example test NLL in nats packed by
+    :func:`dropnotes.results.pack_values`, in the test set's order."""
+    return pd.DataFrame([{"seed": seed, "model": model, "packed": pack_values(v)}
+                         for seed, cal in zip(seeds, per_seed) for model, v in cal.items()])

@@ -36,8 +36,9 @@ from dropnotes.experiments import REGISTRY
 from dropnotes.data import DataError
 from dropnotes.results import REPO_ROOT, cpu_model
 from dropnotes.runtime import PROFILES, show_progress
-from dropnotes.experiments._base import Knobs, inferred_knob
-from dropnotes.experiments._base import check_environment, predicted_wall, run_in_blocks
+from dropnotes.experiments.knobs import Knobs, inferred_knob
+from dropnotes.experiments.knobs import check_environment
+from dropnotes.experiments.store import predicted_wall, run_in_blocks
 from dropnotes import notebooks
 from dropnotes.sweep import run_sweep
 from dropnotes.sweep import grid

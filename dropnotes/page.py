@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from dropnotes.experiments._base import current_verdicts, protocol, record_config
+from dropnotes.experiments._base import record_config
+from dropnotes.experiments.judging import current_verdicts, protocol
 from dropnotes.results import describe
 from dropnotes import estimate, results
 from dropnotes.experiments import REGISTRY
@@ -350,7 +351,7 @@ def evidence_summary(chapter: str) -> str:
 
 def finale(chapter: str, profile: str, verdicts: pd.DataFrame, stored: dict | None = None, detail: str = "") -> None:
     """A chapter's closing cell: this run's verdict table, then each stored evidence run's (laptop, full) as
-    the current rules read it (:func:`dropnotes.experiments._base.current_verdicts`: current, recomputed, or
+    the current rules read it (:func:`dropnotes.experiments.judging.current_verdicts`: current, recomputed, or
     superseded), then :func:`closing` (the provenance box and the run box). ``stored``: the stored full run
     (kept for callers; the page reads both stored runs itself)."""
     from IPython.display import display

@@ -27,7 +27,7 @@ import textwrap
 import pandas as pd
 
 from dropnotes.experiments import REGISTRY
-from dropnotes.experiments._base import current_verdicts
+from dropnotes.experiments.judging import current_verdicts
 from dropnotes.results import load_result
 from dropnotes.verdict import OUTCOMES, Outcome
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dropnotes.experiments import REGISTRY
+from dropnotes.experiments import REGISTRY, knobs
 import torch
 
 from dropnotes import cli, data, functional as DF, layers, models, train
-from dropnotes.experiments import _base, cost, droppath, ensembles, interactions, llm, mechanics, variational
+from dropnotes.experiments import cost, droppath, ensembles, interactions, llm, mechanics, variational
 
 # (argv, text the one-line error must contain) -- the parameter's name is always in it.
 CLI_CASES = [
@@ -244,11 +244,11 @@ def test_declared_knobs_match_every_notebook_and_configure():
         assert list(cell) == list(declared), chapter
         for name, knob in declared.items():
             default = cell[name]["default"]
-            assert declared[name].check(default) == _base.Knobs.canonical_default(knob), (chapter, name)
+            assert declared[name].check(default) == knobs.Knobs.canonical_default(knob), (chapter, name)
         sig = inspect.signature(ch.configure).parameters
         assert set(sig) == set(declared), chapter
         for name, knob in declared.items():
-            assert knob.check(sig[name].default) == _base.Knobs.canonical_default(knob), (chapter, name)
+            assert knob.check(sig[name].default) == knobs.Knobs.canonical_default(knob), (chapter, name)
 
 
 def test_every_parameters_cell_is_generated_from_its_knobs(capsys):

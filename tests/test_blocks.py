@@ -8,7 +8,8 @@ import dataclasses
 import pytest
 
 from dropnotes import results
-from dropnotes.experiments import _base, mechanics
+from dropnotes.experiments import mechanics
+from dropnotes.experiments.store import CODE_OPAQUE, run_in_blocks
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def store(tmp_path, monkeypatch):
 
 def test_seed_blocks_resume_and_merge_into_one_record(store, have_data, monkeypatch):
     cfg = mechanics.configure("smoke", device="cpu", n_seeds=2)
-    merged = _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    merged = run_in_blocks("mechanics", cfg, log=lambda m: None)
     for s in cfg.seeds:
         block = results.load_json_result(results.block_path("mechanics", "smoke", s))
         assert block["params"]["seed"] == s and block["params"]["n_seeds"] == 1
@@ -33,20 +34,20 @@ def test_seed_blocks_resume_and_merge_into_one_record(store, have_data, monkeypa
     ran = []
     real = mechanics.run
     monkeypatch.setattr(mechanics, "run", lambda c, save=True: ran.append(c.seed) or real(c, save))
-    _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    run_in_blocks("mechanics", cfg, log=lambda m: None)
     assert ran == [], "stored blocks are kept, not rerun"
     results.block_path("mechanics", "smoke", cfg.seeds[1]).unlink()  # as if interrupted during the second block
-    _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    run_in_blocks("mechanics", cfg, log=lambda m: None)
     assert ran == [cfg.seeds[1]]
 
 
 def test_a_block_of_other_parameters_is_run_again(store, have_data, monkeypatch):
     cfg = mechanics.configure("smoke", device="cpu", n_seeds=1)
-    _base.run_in_blocks("mechanics", cfg, log=lambda m: None)
+    run_in_blocks("mechanics", cfg, log=lambda m: None)
     ran = []
     real = mechanics.run
     monkeypatch.setattr(mechanics, "run", lambda c, save=True: ran.append(c.epochs) or real(c, save))
-    _base.run_in_blocks("mechanics", mechanics.configure("smoke", device="cpu", n_seeds=1, epochs=1), log=lambda m: None)
+    run_in_blocks("mechanics", mechanics.configure("smoke", device="cpu", n_seeds=1, epochs=1), log=lambda m: None)
     assert ran == [1]
 
 
@@ -54,14 +55,14 @@ def test_a_chapter_without_merge_blocks_is_refused_by_name():
     from dropnotes.experiments import cost
 
     with pytest.raises(ValueError, match="cost: this chapter cannot be run in seed blocks"):
-        _base.run_in_blocks("cost", cost.configure("smoke", device="cpu"))
+        run_in_blocks("cost", cost.configure("smoke", device="cpu"))
 
 
 def test_chapter_six_blocks_merge_with_each_curve_on_its_own_row(store, have_data):
     from dropnotes.experiments import interactions
 
     cfg = interactions.configure("smoke", device="cpu", n_seeds=2)
-    _base.run_in_blocks("interactions", cfg, log=lambda m: None)
+    run_in_blocks("interactions", cfg, log=lambda m: None)
     t = results.load_result("interactions", "smoke")["tables"]
     for part in ("cnn", "mlp"):
         first = t["curves"][t["curves"].part == part].drop_duplicates("model").set_index("model")
@@ -81,7 +82,7 @@ def test_a_block_is_kept_across_changes_outside_its_chapter_code(tmp_path):
 
     root = tmp_path / "dropnotes"
     shutil.copytree(results.Path(dropnotes.__file__).parent, root)
-    opaque = _base.CODE_OPAQUE  # as chapter_code takes it: the registry's imports of every chapter are not followed
+    opaque = CODE_OPAQUE  # as chapter_code takes it: the registry's imports of every chapter are not followed
     before = results.module_digest("dropnotes.experiments.interactions", root, opaque)
     assert "dropnotes.experiments.llm" not in results.module_sources("dropnotes.experiments.interactions", root, opaque)
     assert "dropnotes.experiments" in results.module_sources("dropnotes.experiments.interactions", root, opaque)
@@ -102,8 +103,8 @@ def test_chapter_three_blocks_share_one_pilot_and_merge(store, have_data, monkey
                               select_epochs=1)
     pilots = []
     real = variational.select_lr
-    monkeypatch.setattr(variational, "select_lr", lambda *a: pilots.append(1) or real(*a))
-    _base.run_in_blocks("variational", cfg, log=lambda m: None)
+    monkeypatch.setattr(variational.train, "select_lr", lambda *a: pilots.append(1) or real(*a))
+    run_in_blocks("variational", cfg, log=lambda m: None)
     assert pilots == [1], "the learning-rate pilot runs once for all the blocks"
     record = results.load_result("variational", "smoke")
     t = record["tables"]
@@ -117,7 +118,7 @@ def test_chapter_two_blocks_merge_into_one_record(store, have_data):
 
     # protocol 5's schedule (the laptop and full profiles'): no plateau gate, the per-example NLL stored
     cfg = dataclasses.replace(ensembles.configure("smoke", device="cpu", n_seeds=2), schedule="cosine")
-    merged = _base.run_in_blocks("ensembles", cfg, log=lambda m: None)
+    merged = run_in_blocks("ensembles", cfg, log=lambda m: None)
     record = results.load_result("ensembles", "smoke")
     t = record["tables"]
     assert sorted(t["quality"].seed.unique()) == cfg.seeds and sorted(t["mc_wrong"].seed.unique()) == cfg.seeds

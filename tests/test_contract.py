@@ -13,6 +13,7 @@ import pytest
 from dropnotes import cli, results, scorecard, verdict
 from dropnotes.costmodel import Group
 from dropnotes.experiments import REGISTRY, Chapter, _base
+from dropnotes.experiments import knobs
 from dropnotes.experiments.contract import COSTS_REQUIRED, REQUIRED
 
 
@@ -24,7 +25,7 @@ class ToyConfig(_base.ChapterConfig):
 def _toy_module() -> types.ModuleType:
     """A chapter module with every required name of the contract and nothing else."""
     toy = types.ModuleType("toy")
-    toy.KNOBS = _base.Knobs(_base.PROFILE, _base.SEED, _base.DEVICE)
+    toy.KNOBS = knobs.Knobs(knobs.PROFILE, knobs.SEED, knobs.DEVICE)
     toy.PROFILE_DEFAULTS = {"full": {"steps": 1000}, "quick": {"steps": 10}}
     toy.ToyConfig = ToyConfig
 

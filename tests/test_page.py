@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from dropnotes import book, notebooks, page, results
-from dropnotes.experiments import REGISTRY
+from dropnotes.experiments import REGISTRY, judging, store
 
 CHAPTERS = {c.name: c.notebook for c in REGISTRY.values()}
 
@@ -150,7 +150,7 @@ def test_evidence_summary_states_each_stored_run_from_its_record():
     """The generated sentences name the stored laptop run's setting, its verdict counts and its unconverged claims,
     from the record itself (chapter 6's committed laptop run)."""
     from dropnotes import page
-    from dropnotes.experiments._base import current_verdicts
+    from dropnotes.experiments.judging import current_verdicts
 
     text = page.evidence_summary("interactions")
     record = page._repo_record("interactions", "laptop")
@@ -208,16 +208,16 @@ def test_the_run_box_gives_the_laptop_time_recorded_predicted_there_and_predicte
 
 
 def test_a_run_made_under_a_prediction_stores_it_beside_its_wall_time(tmp_path, monkeypatch):
-    from dropnotes.experiments import _base, mechanics
+    from dropnotes.experiments import mechanics
 
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     cfg = mechanics.configure("smoke", device="cpu")
-    table = _base.judged("mechanics", cfg, pd.DataFrame([{"claim": "c", "source": "s", "paper": "p", "ours": "o",
+    table = judging.judged("mechanics", cfg, pd.DataFrame([{"claim": "c", "source": "s", "paper": "p", "ours": "o",
                                                           "verdict": "inconclusive"}]))
-    with _base.predicted_wall(123.0):
-        path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=100.0, dataset="mnist", metrics={},
+    with store.predicted_wall(123.0):
+        path = store.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=100.0, dataset="mnist", metrics={},
                             tables={"verdicts": table})
     assert results.load_json_result(path)["provenance"]["predicted_wall_s"] == 123.0
-    path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=100.0, dataset="mnist", metrics={},
+    path = store.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=100.0, dataset="mnist", metrics={},
                         tables={"verdicts": table})
     assert "predicted_wall_s" not in results.load_json_result(path)["provenance"]

@@ -2,7 +2,7 @@ import pandas as pd
 import pytest
 
 from dropnotes import results, scorecard, verdict
-from dropnotes.experiments import REGISTRY, Chapter, Registry, _base
+from dropnotes.experiments import REGISTRY, Chapter, Registry, judging, store
 
 
 def _table(rule: str, kind: str = "paper claim", test: str = "direction", claim: str = "c1") -> pd.DataFrame:
@@ -20,7 +20,7 @@ def _store(profile, table, cut, n_seeds=3, protocol=1, device="cpu", rules=verdi
 def demo(tmp_path, monkeypatch):
     monkeypatch.setenv("DROPNOTES_RESULTS", str(tmp_path))
     monkeypatch.setattr(results, "REPO_RESULTS", tmp_path)
-    monkeypatch.setattr(_base, "protocol", lambda chapter: 1)
+    monkeypatch.setattr(judging, "protocol", lambda chapter: 1)
     with REGISTRY.temporarily(Chapter("demo", "demo", "chapters/demo.ipynb"), only=True):
         yield tmp_path
 
@@ -89,8 +89,8 @@ def test_one_column_per_profile_and_claims_counted_by_kind(demo):
 def test_a_stored_run_of_an_older_protocol_is_superseded_unless_judged_again(demo, monkeypatch):
     _store("quick", _table("inconclusive (x)"), ["epochs 1 of 2"], protocol=2)
     _store("full", _table("reproduced"), [], protocol=1)
-    monkeypatch.setattr(_base, "protocol", lambda chapter: 2)
-    table, note = _base.current_verdicts("demo", results.load_result("demo", "full"))
+    monkeypatch.setattr(judging, "protocol", lambda chapter: 2)
+    table, note = judging.current_verdicts("demo", results.load_result("demo", "full"))
     assert table.verdict.iloc[0] == "superseded (protocol 1; it read: reproduced)" and "superseded" in note
     row = scorecard.collect().set_index("claim").loc["c1"]
     assert row.full_outcome == "superseded" and row.quick_outcome == "inconclusive"
@@ -104,16 +104,16 @@ def test_a_smoke_run_is_labelled_and_never_reaches_the_scorecard(tmp_path, monke
     monkeypatch.setattr(scorecard, "REGISTRY", Registry([REGISTRY["mechanics"]]))
     cfg = mechanics.configure(profile="smoke", device="cpu")
     assert cfg.profile == "smoke" and cfg.train_size < mechanics.PROFILE_DEFAULTS["quick"]["train_size"]
-    table = _base.judged("mechanics", cfg, pd.DataFrame([{"claim": "c1", "source": "s", "paper": "1", "ours": "2",
+    table = judging.judged("mechanics", cfg, pd.DataFrame([{"claim": "c1", "source": "s", "paper": "1", "ours": "2",
                                                           "verdict": "reproduced"}]))
-    path = _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
+    path = store.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
                         tables={"verdicts": table})
     assert path.name == "smoke.json"
     assert table.verdict[0].startswith("smoke run, not evidence (")  # what the notebook shows, too
     assert results.load_result("mechanics", "smoke")["provenance"]["protocol"] == mechanics.PROTOCOL
     assert scorecard.collect().empty
     with pytest.raises(ValueError, match="read at the run's scale"):
-        _base.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
+        store.finish("mechanics", cfg, mechanics.PROFILE_DEFAULTS, wall_s=1.0, dataset="mnist", metrics={},
                      tables={"verdicts": pd.DataFrame([{"claim": "c", "verdict": "reproduced"}])})
 
 

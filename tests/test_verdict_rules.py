@@ -10,6 +10,7 @@ import pytest
 from dropnotes import stats
 from dropnotes.results import pack_wrong
 from dropnotes.experiments import ensembles as ens
+from dropnotes.experiments import judging
 
 # --------------------------------------------------------------------------------------------- stats
 
@@ -273,22 +274,22 @@ def test_chapter1_scale_reads_both_signs_alike(profile):
     """The same synthetic record at both signs, judged at a run below the paper's setting: the direction claim
     reads "direction at reduced scale" and "opposite at reduced scale", the level claim "not at paper scale"
     either way (it never confirms or refutes the paper's number). At the paper's setting the rule's words stand."""
-    from dropnotes.experiments import _base, mechanics as mech
+    from dropnotes.experiments import mechanics as mech
 
     cfg = mech.configure(profile, device="cpu")
     out = {}
     for sign, errors in (("+", {0.0: 0.020, 0.2: 0.016, 0.5: 0.0120}), ("-", {0.0: 0.012, 0.2: 0.016, 0.5: 0.0200})):
-        out[sign] = _base.judged("mechanics", cfg, _ch1(*_chapter1_record(errors)))
+        out[sign] = judging.judged("mechanics", cfg, _ch1(*_chapter1_record(errors)))
     assert list(out["+"].outcome) == ["direction at reduced scale", "not at paper scale"]
     assert list(out["-"].outcome) == ["opposite at reduced scale", "not at paper scale"]
     assert (out["+"].scale == out["-"].scale).all() and "updates" in out["+"].scale.iloc[0]
     epochs = -(-mech.PAPER_UPDATES // (50000 // 128))  # the full profile's batches: a million updates
     at_paper = mech.configure("full", device="cpu", epochs=epochs)
     record = _chapter1_record({0.0: 0.020, 0.2: 0.016, 0.5: 0.0125})
-    t = _base.judged("mechanics", at_paper, _ch1(*record))
+    t = judging.judged("mechanics", at_paper, _ch1(*record))
     assert list(t.outcome) == ["reproduced", "reproduced"] and (t.scale == "paper scale").all()
     two = type(at_paper)(**{**at_paper.__dict__, "n_seeds": 2})  # too few seeds: a direction at most
-    t = _base.judged("mechanics", two, _ch1(*record))
+    t = judging.judged("mechanics", two, _ch1(*record))
     assert list(t.outcome) == ["direction at reduced scale", "not at paper scale"] and "2 seeds" in t.scale.iloc[0]
 
 
@@ -560,15 +561,14 @@ def test_chapter3_ladder_verdicts_on_synthetic_records(gain, ladder, equal):
     assert table[svd] == "reproduced"
     # the case protocol 3 missed: a 20-epoch run (13.9x, a fifth of the paper's 68x) passed relaxed levels and read
     # "reproduced (direction)". A level below the authors' schedule now reads "not at paper scale", met or missed.
-    from dropnotes.experiments import _base
 
     rec["svd"]["epoch"], rec["svd"]["compression"] = 20, 13.9
     cut = type(full)(**{**full.__dict__, "svd_epochs": 20})
-    short = _base.judged("variational", cut, var.verdicts(rec, cut)).set_index("claim")
+    short = judging.judged("variational", cut, var.verdicts(rec, cut)).set_index("claim")
     assert short.outcome[svd] == "not at paper scale" and "13.9x" in short.ours[svd], short.verdict[svd]
     assert "svd_epochs 20 of 200" in short.scale[svd]
     rec["svd"]["compression"] = 80.0  # the level met, at the same reduced schedule: still not judged
-    short = _base.judged("variational", cut, var.verdicts(rec, cut)).set_index("claim")
+    short = judging.judged("variational", cut, var.verdicts(rec, cut)).set_index("claim")
     assert short.outcome[svd] == "not at paper scale"
 
 
@@ -861,14 +861,14 @@ def test_chapter5_rejudge_reads_the_stored_tables_and_never_the_old_rule():
     """A record made before rules 2 holds no per-window losses: every row reads not judged, saying so; a record
     that stores them is judged again from them as the run judged it."""
     from dropnotes import results
-    from dropnotes.experiments import _base, llm
+    from dropnotes.experiments import llm
 
     laptop = results.load_result(llm.CHAPTER, "laptop")
     if laptop is not None:
         table = llm.rejudge(laptop)
         assert len(table) == len(llm.CLAIMS)
         assert table.verdict.eq(f"not judged ({llm.NO_WINDOWS})").all() and table.outcome.eq("not judged").all()
-        shown, note = _base.current_verdicts(llm.CHAPTER, laptop)
+        shown, note = judging.current_verdicts(llm.CHAPTER, laptop)
         assert shown.verdict.eq("not judged (per-window losses not stored)").all() and note.startswith("verdicts recomputed")
     cfg = llm.configure("quick", device="cpu", n_seeds=3)
     rec = _chapter5_record(0.05, cfg)

@@ -10,12 +10,12 @@ by name. Adding a chapter: write the module and the notebook, add one line to th
 Required of a chapter module:
 
 ``KNOBS``
-    its parameters (:class:`~dropnotes.experiments._base.Knobs`): the CLI, the sweep and the notebook's
+    its parameters (:class:`~dropnotes.experiments.knobs.Knobs`): the CLI, the sweep and the notebook's
     parameters cell read them.
 ``configure(**params)``
     the run's config (a :class:`~dropnotes.experiments._base.ChapterConfig`), every argument checked.
 ``run(cfg)``
-    trains and measures, stores the record (``_base.finish``) and returns what the notebook shows.
+    trains and measures, stores the record (``store.finish``) and returns what the notebook shows.
 ``verdicts(...)``
     the chapter's claims judged by the book's rules (called by ``run`` and by ``rejudge``).
 ``rejudge(record)``

@@ -26,15 +26,17 @@ from dropnotes import bench, train
 from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, config_of, finish, judged,
-                                        size_knob)
-from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.experiments._base import ChapterConfig, config_of
+from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, size_knob
+from dropnotes.experiments.judging import judged
+from dropnotes.experiments.store import finish
+from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.runtime import Timer
 from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
 from dropnotes.stats import mean_sd
 
 CHAPTER = "cost"
-# The protocol's version, stored with each result (see _base.protocol).
+# The protocol's version, stored with each result (see judging.protocol).
 PROTOCOL = 2
 PROTOCOL_CHANGES = {2: "verdicts read at the run's scale; the memory-bound claim judged on the eager dropout kernel "
                        "again (the rule first stated: at least half the copy bandwidth), the compiled kernel reported "

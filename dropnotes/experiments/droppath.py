@@ -23,16 +23,18 @@ from dropnotes.amp import autocast
 from dropnotes import bench, data, results, stacked, train
 from dropnotes.layers import drop_path_rates
 from dropnotes.models import ViT
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, config_of,
-                                        finish, judged, size_knob)
-from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.experiments._base import ChapterConfig, config_of
+from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, size_knob
+from dropnotes.experiments.judging import judged
+from dropnotes.experiments.store import finish
+from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.runtime import Timer, stream
 from dropnotes.runtime import cpu_bf16_fast, profile_config, seed_everything, select_device
 from dropnotes.stacked.fit import predict_stacked
 from dropnotes.stats import compare_examples, fmt_mean_sd, mean_sd
 
 CHAPTER = "droppath"
-# The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the best rate
+# The protocol's version, stored with each result (see judging.protocol); version 2 (2026-12-02): the best rate
 # chosen on a validation split, the test set used once; the arms of a depth as one batched group with a shared
 # initialisation per seed.
 PROTOCOL = 3

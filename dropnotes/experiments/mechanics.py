@@ -17,16 +17,18 @@ import torch
 from dropnotes.verdict import Verdict, verdict_table
 from dropnotes import bench, data, functional as DF, train
 from dropnotes.stats import compare_examples, mean_sd, plateau, blocks, simulate_plateau
-from dropnotes.experiments._base import (DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, config_of,
-                                        finish, judged, rate_knob, size_knob)
-from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.experiments._base import ChapterConfig, config_of
+from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate_knob, size_knob
+from dropnotes.experiments.judging import judged
+from dropnotes.experiments.store import finish
+from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.stacked.fit import predict_stacked
 from dropnotes.runtime import Timer, profile_config, select_device, stream, stream_seed
 from dropnotes import results
 
 CHAPTER = "mechanics"
-# The protocol's version, stored with each result (see _base.protocol).
+# The protocol's version, stored with each result (see judging.protocol).
 PROTOCOL = 3
 PROTOCOL_CHANGES = {2: "verdicts read at the run's scale (both signs alike), t intervals over seeds, "
                        "models still improving in their schedule's last quarter read 'not converged'",
@@ -299,7 +301,7 @@ def _missing(finals: pd.DataFrame, curves: pd.DataFrame | None) -> str:
 
 def verdicts(summary: pd.DataFrame, finals: pd.DataFrame, curves: pd.DataFrame | None = None) -> pd.DataFrame:
     """The chapter's closing table, computed from the measured numbers with the rules stated in the chapter:
-    the *rule* verdicts, which :func:`~dropnotes.experiments._base.judged` then reads at the run's scale.
+    the *rule* verdicts, which :func:`~dropnotes.experiments.judging.judged` then reads at the run's scale.
 
     * the direction claim: the p = 0 arm against the dropout arm chosen on validation, paired on the same test
       images over seeds (:func:`dropnotes.stats.compare_examples`); an arm still improving blocks it only when its
@@ -410,7 +412,7 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
 
 
 def merge_blocks(cfg: MechanicsConfig, blocks: list[dict]) -> dict:
-    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`): the
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments.store.run_in_blocks`): the
     blocks' curves and final errors together, summarised and judged again over all their seeds; the speed as the
     blocks' mean (each measured in its own block)."""
     curves = pd.concat([b["tables"]["curves"] for b in blocks], ignore_index=True)

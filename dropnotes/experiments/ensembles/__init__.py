@@ -17,7 +17,7 @@ from dropnotes.experiments.ensembles.config import (CHAPTER, PROTOCOL, PROTOCOL_
                                                     DELTA_PP, OOD_THRESHOLD, N_BOOT, ROTATION_SAMPLES, ROTATION_ANGLES,
                                                     PAPER_SETTINGS, measured_setting, PAPER_T2, PAPER_UB_NLL,
                                                     PAPER_UB_ECE, EnsemblesConfig, PROFILE_DEFAULTS, KNOBS, configure,
-                                                    DROPOUT_NET)
+                                                    DROPOUT_NET, PLATEAU_GATE)
 from dropnotes.experiments.ensembles.evaluate import (rotate, _prepare, _logits_eval, _entropy, _scores, _example_nll,
                                                       evaluate_seed, rotation_test, rotated_digit, regression_gap)
 from dropnotes.experiments.ensembles.rules import (summarize_quality, summarize_sweep, summarize_ood, rule_level,
@@ -26,12 +26,13 @@ from dropnotes.experiments.ensembles.rules import (summarize_quality, summarize_
                                                    SEED_TESTED, _one_seed, _decided, rejudge, _judge_tables,
                                                    merge_blocks)
 from dropnotes.experiments.ensembles.train import (_plain, stacked_group, arms, train_all, curves, train_speed, run,
-                                                   packed_mistakes)
+                                                   packed_mistakes, packed_nll)
 from dropnotes.experiments.ensembles.figures import (plot_mc_curve, plot_reliability, plot_rotation, plot_regression,
                                                      SCALE_AXIS, PAPER_POINTS, PAPER_POINTS_LABEL, scale_points,
                                                      stored_full)
 
-__all__ = ["CHAPTER", "DELTA_PP", "DROPOUT_NET", "EQUAL_MARGIN_PP", "EnsemblesConfig", "KNOBS", "N_BOOT",
+__all__ = ["CHAPTER", "DELTA_PP", "DROPOUT_NET", "EQUAL_MARGIN_PP", "EnsemblesConfig", "KNOBS", "N_BOOT", "PLATEAU_GATE",
+           "packed_nll",
            "OOD_THRESHOLD", "PAPER_POINTS", "PAPER_POINTS_LABEL", "PAPER_SETTINGS", "PAPER_T2", "PAPER_UB_ECE",
            "PAPER_UB_NLL", "PROFILE_DEFAULTS", "PROTOCOL", "PROTOCOL_CHANGES", "REJUDGE_FROM", "ROTATION_ANGLES",
            "ROTATION_SAMPLES", "SCALE_AXIS", "SEED_TESTED", "_arm_plateau", "_decided", "_entropy", "_example_nll",

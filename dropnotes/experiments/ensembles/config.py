@@ -5,22 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dropnotes.experiments._base import (
-    DEVICE,
-    PROFILE,
-    SEED,
-    ChapterConfig,
-    Knob,
-    Knobs,
-    check_seed_block,
-    rate_knob,
-    size_knob,
-)
+from dropnotes.experiments._base import ChapterConfig
+from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate_knob, size_knob
 from dropnotes.experiments.mechanics import PAPER_UPDATES
 from dropnotes.runtime import profile_config, select_device
 
 CHAPTER = "ensembles"
-# The protocol's version, stored with each result (see _base.protocol). 2: temperature scaling on validation as
+# The protocol's version, stored with each result (see judging.protocol). 2: temperature scaling on validation as
 # the calibration baseline, the Brier score, MC dropout against the same net's deterministic prediction (paired
 # tests, out-of-distribution and rotated digits), claim 2 as an equivalence test, 100 MC samples in full. 3 to 5:
 # PROTOCOL_CHANGES.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.experiments.ensembles.config import CHAPTER, PAPER_T2
 from dropnotes.stats import mean_sd
 

@@ -6,11 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from dropnotes.experiments._base import (
-    config_of,
-    judged,
-    scale_cuts,
-)
+from dropnotes.experiments._base import config_of
+from dropnotes.experiments.judging import judged, scale_cuts
 from dropnotes.experiments.ensembles.config import (
     CHAPTER,
     DELTA_PP,
@@ -342,7 +339,7 @@ def _judge_tables(cfg: EnsemblesConfig, t: dict) -> pd.DataFrame:
 
 
 def merge_blocks(cfg: EnsemblesConfig, blocks: list[dict]) -> dict:
-    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments._base.run_in_blocks`; block s
+    """One record of the seed blocks of a run in blocks (:func:`~dropnotes.experiments.store.run_in_blocks`; block s
     is the run with ``seed=s, n_seeds=1``, so it draws its own validation split): the blocks' per-seed tables
     together, summarised and judged again over all their seeds; the rotation figure's table and the regression
     figure's spread from the first block (the figures' seed); the speeds as the blocks' means (each measured in its

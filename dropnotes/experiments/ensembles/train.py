@@ -10,10 +10,8 @@ import torch.nn as nn
 
 from dropnotes import bench
 from dropnotes.ensemble import step_time_loop_vs_vmap
-from dropnotes.experiments._base import (
-    finish,
-    judged,
-)
+from dropnotes.experiments.judging import judged
+from dropnotes.experiments.store import finish
 from dropnotes.experiments.ensembles.config import CHAPTER, DROPOUT_NET, PROFILE_DEFAULTS, EnsemblesConfig
 from dropnotes.experiments.ensembles.evaluate import _prepare, evaluate_seed, regression_gap, rotated_digit
 from dropnotes.experiments.ensembles.rules import summarize_ood, summarize_quality, summarize_sweep, verdicts

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 
 import torch
 
-from dropnotes.experiments._base import DEVICE, PROFILE, SEED, ChapterConfig, Knob, Knobs, check_seed_block, rate_knob, size_knob
+from dropnotes.experiments._base import ChapterConfig
+from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate_knob, size_knob
 from dropnotes.models import GPT
 from dropnotes.runtime import profile_config, select_device
 
 CHAPTER = "llm"
-# The protocol's version, stored with each result (see _base.protocol); version 2 (2026-12-02): the pretraining
+# The protocol's version, stored with each result (see judging.protocol); version 2 (2026-12-02): the pretraining
 # arms and the full fine-tuning runs as batched groups (the same initialisation and batches as before; the
 # dropout masks drawn differently). Version 3 (2026-12-02): the held-out windows are split in two, the first half
 # selects (the best step, the best rate) and the second half judges, so no selection touches the judging data;

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 
 from dropnotes.experiments._base import plain
-from dropnotes.experiments._base import stored_full as _stored_full
+from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.experiments.llm.config import CHAPTER
 from dropnotes.stats import mean_sd
 

@@ -10,7 +10,8 @@ import pandas as pd
 from scipy import stats as sps
 
 from dropnotes import results
-from dropnotes.experiments._base import config_of, judged
+from dropnotes.experiments._base import config_of
+from dropnotes.experiments.judging import judged
 from dropnotes.experiments.llm.config import ARMS, CHAPTER, LN2, LLMConfig, first_eval
 from dropnotes.stats import Paired, blocks, compare_examples, plateau
 from dropnotes.verdict import Verdict, verdict_table

@@ -15,7 +15,8 @@ import torch
 
 from dropnotes import bench, data, results, stacked, train
 from dropnotes.amp import autocast
-from dropnotes.experiments._base import finish, judged
+from dropnotes.experiments.judging import judged
+from dropnotes.experiments.store import finish
 from dropnotes.experiments.llm.config import (
     ARMS,
     CHAPTER,

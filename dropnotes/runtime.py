@@ -31,6 +31,11 @@ EVIDENCE_PROFILES = ("laptop", "full")  # the profiles whose stored runs count a
 DEVICES = ("auto", "cuda", "mps", "cpu")
 
 
+class UsageError(ValueError):
+    """A bad chapter, parameter or value given on the command line, refused before any work starts
+    (``dropnotes`` prints it on one line and exits with status 2)."""
+
+
 def check_choice(name: str, value: Any, allowed: Iterable[Any]) -> Any:
     """Return ``value`` if it is one of ``allowed``, else raise ``ValueError`` naming ``name``."""
     allowed = tuple(allowed)

@@ -86,7 +86,7 @@ def test_a_block_is_kept_across_changes_outside_its_chapter_code(tmp_path):
     before = results.module_digest("dropnotes.experiments.interactions", root, opaque)
     assert "dropnotes.experiments.llm" not in results.module_sources("dropnotes.experiments.interactions", root, opaque)
     assert "dropnotes.experiments" in results.module_sources("dropnotes.experiments.interactions", root, opaque)
-    (root / "page.py").write_text((root / "page.py").read_text() + "\n# edited\n")
+    (root / "page" / "tables.py").write_text((root / "page" / "tables.py").read_text() + "\n# edited\n")
     other = root / "experiments" / "llm" / "rules.py"  # another chapter
     other.write_text(other.read_text() + "\n# edited\n")
     assert results.module_digest("dropnotes.experiments.interactions", root, opaque) == before

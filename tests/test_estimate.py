@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dropnotes import cli, estimate, results
+from dropnotes.experiments._base import record_config
 
 
 def test_kernel_counter_skips_views_and_counts_launches():
@@ -231,5 +232,5 @@ def test_the_estimator_rebuilds_a_stored_config_under_its_current_names():
 
     params = dataclasses.asdict(mechanics.configure("smoke", device="cpu", p_input=0.3))
     params["input_p"] = params.pop("p_input")
-    cfg = estimate.config_from_record("mechanics", {"params": params})
+    cfg = record_config("mechanics", {"params": params})
     assert cfg.p_input == 0.3 and cfg == mechanics.configure("smoke", device="cpu", p_input=0.3)

@@ -19,13 +19,14 @@ The counting and the time model sit below the chapters, in :mod:`dropnotes.costm
 its own model groups (its ``groups``, ``timed_steps``, ``compare_steps``: the chapter contract,
 :mod:`dropnotes.experiments.contract`). This package loops over the registry and names no chapter:
 :mod:`~dropnotes.estimate.calibration` (the fit to the stored GPU runs, the estimate of a profile),
-:mod:`~dropnotes.estimate.device` (steps measured on a real device) and :mod:`~dropnotes.estimate.local` (a
+:mod:`~dropnotes.estimate.device` (steps measured on a real device), :mod:`~dropnotes.estimate.commands` (the
+command's modes) and :mod:`~dropnotes.estimate.local` (a
 profile's wall time on this machine, before it runs).
 """
 
 from dropnotes.costmodel import (BANDWIDTH_FRACTION, DEFAULT_FRACTION, DEFAULT_LAUNCH_S, GRAPH_LAUNCH_FACTOR,
                                  PEAK_BANDWIDTH, PEAK_FLOPS, Cost, Group, KernelCounter, measure, meta_forward, meta_step)
-from dropnotes.estimate.calibration import (calibrate, calibration_points, chapter_groups, chapters, config_from_record,
+from dropnotes.estimate.calibration import (calibrate, calibration_points, chapter_groups, chapters,
                                            estimate, per_chapter, predictions_path, store_predictions, stored_prediction)
 from dropnotes.estimate.device import (DEVICE_CHECK_PATH, checked_steps, compare_chapters, compare_steps, device_check,
                                       device_check_points)
@@ -34,6 +35,6 @@ from dropnotes.estimate.local import op_seconds, predict_here
 __all__ = ["BANDWIDTH_FRACTION", "Cost", "DEFAULT_FRACTION", "DEFAULT_LAUNCH_S", "DEVICE_CHECK_PATH",
            "GRAPH_LAUNCH_FACTOR", "Group", "KernelCounter", "PEAK_BANDWIDTH", "PEAK_FLOPS", "calibrate",
            "calibration_points", "chapter_groups", "chapters", "checked_steps", "compare_chapters", "compare_steps",
-           "config_from_record", "device_check", "device_check_points", "estimate", "measure", "meta_forward",
+           "device_check", "device_check_points", "estimate", "measure", "meta_forward",
            "meta_step", "op_seconds", "per_chapter", "predict_here", "predictions_path", "store_predictions",
            "stored_prediction"]

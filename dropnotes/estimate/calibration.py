@@ -18,12 +18,6 @@ def chapters() -> list[str]:
     return [c.name for c in REGISTRY.with_modules()]
 
 
-def config_from_record(chapter: str, record: dict):
-    """The config a stored run used, rebuilt from its ``params`` under their current names
-    (:func:`dropnotes.experiments._base.record_config`)."""
-    return record_config(chapter, record)
-
-
 def chapter_groups(chapter: str, cfg) -> list:
     """The model groups of a run of ``chapter`` with ``cfg`` (the chapter's ``groups``)."""
     return REGISTRY[chapter].groups(cfg)
@@ -37,7 +31,7 @@ def calibration_points() -> list[dict]:
         record = results.load_result(ch.name, "full")
         if record is None:
             continue
-        cfg = config_from_record(ch.name, record)
+        cfg = record_config(ch.name, record)
         points += [{"chapter": ch.name, **p} for p in ch.calibration_points(cfg, record)]
     return points + device_check_points()
 

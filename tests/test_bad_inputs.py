@@ -64,7 +64,7 @@ CLI_CASES = [
     (["run", "cost", "-p", "sizes", "0"], "sizes must be a list of at least 1 integers in [1, 2,147,483,647]"),
     (["run", "cost", "-p", "sizes", "2000000000"], "sizes must be <="),
     (["run", "cost", "-p", "rounds", "0"], "rounds must be an integer in [1, 1,000], got 0"),
-    (["run", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'; allowed: profile, seed, device, p, rates"),
+    (["run", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'; allowed: profile, device, seed, p, rates"),
     (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics"),
     (["sweep", "mechanics", "-p", "seed", "1,,2"], "parameter seed: empty value in '1,,2'"),
     (["sweep", "mechanics", "-p", "seed", ""], "parameter seed: empty value"),
@@ -135,7 +135,7 @@ def test_a_bad_data_folder_is_refused_at_the_start(tmp_path, monkeypatch, capsys
 
 def test_an_unknown_notebook_parameter_is_refused_by_name():
     ns = {"profile": "quick", "seed": 0, "dropuot": 0.5, "In": [], "_": None, "np": np}
-    with pytest.raises(ValueError, match="unknown parameter 'dropuot'; allowed: profile, seed, device, p, rates"):
+    with pytest.raises(ValueError, match="unknown parameter 'dropuot'; allowed: profile, device, seed, p, rates"):
         mechanics.KNOBS.check_namespace(ns)
     mechanics.KNOBS.check_namespace({"profile": "quick", "seed": 3, "np": np})  # modules and known names pass
 

@@ -87,7 +87,7 @@ def test_compute_refuses_bad_input_before_running(capsys):
     assert cli.main(["compute", "nonesuch"]) == 2
     assert "unknown chapter 'nonesuch'" in capsys.readouterr().err
     assert cli.main(["compute", "cost", "-p", "epochs", "3"]) == 2
-    assert "unknown parameter 'epochs'; allowed: profile, seed, device, sizes, rounds" in capsys.readouterr().err
+    assert "unknown parameter 'epochs'; allowed: profile, device, seed, sizes, rounds" in capsys.readouterr().err
     assert cli.main(["compute", "cost", "-p", "sizes", "1,x"]) == 2
     assert "sizes must be a list of at least 1 integers in [1, 2,147,483,647]" in capsys.readouterr().err
 

@@ -107,3 +107,23 @@ def test_every_chapter_of_the_book_keeps_the_contract_and_is_reached_only_throug
         text = path.read_text()
         assert "import_module(" not in text, path
         assert "CHAPTERS" not in text.replace("COMPARE_CHAPTERS", ""), path
+
+
+def test_every_knob_is_declared_once_as_a_field_of_its_chapters_config():
+    """A knob is one line, a field of the chapter's config (``knob``, ``rate_knob``, ``size_knob``): ``KNOBS`` is read
+    from the config type, ``configure``'s signature from ``KNOBS``, and every notebook passes its parameters through
+    in one call (``KNOBS.take``), naming none of them by hand."""
+    import inspect
+
+    for ch in REGISTRY.with_modules():
+        config = type(ch.configure("smoke", device="cpu"))
+        assert list(ch.knobs) == list(knobs.Knobs.of(config)), ch.name
+        assert list(inspect.signature(ch.configure).parameters) == list(ch.knobs), ch.name
+        assert "ch.configure(**ch.KNOBS.take(globals()))" in cli.chapter_path(ch.name).read_text(), ch.name
+
+
+def test_a_generated_configure_refuses_an_unknown_parameter_by_name():
+    from dropnotes.experiments import mechanics
+
+    with pytest.raises(ValueError, match="unknown parameter 'dropout'; allowed: profile, device, seed, p, rates"):
+        mechanics.configure("smoke", device="cpu", dropout=0.5)

@@ -13,6 +13,7 @@ import torch
 from dropnotes import results
 from dropnotes.experiments import ensembles as ens
 from dropnotes.experiments import interactions as inter
+from dropnotes.experiments import judging
 
 # ------------------------------------------------------------------------------------------ chapter 2: one factor
 
@@ -73,7 +74,7 @@ def test_chapter2_knobs_refuse_the_old_rate_and_bad_values():
     assert ens.configure("quick", device="cpu", lr=0.02).lr == 0.02
     with pytest.raises(ValueError, match=r"lr must be a number in \(0, 10\], got 0"):
         ens.configure("quick", device="cpu", lr=0)
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="unknown parameter 'lr_dropout'"):
         ens.configure("quick", device="cpu", lr_dropout=0.1)  # the dropout net has no rate of its own
     assert not hasattr(ens.configure("laptop", device="cpu"), "max_norm")
 
@@ -137,7 +138,7 @@ def test_chapter6_nets_near_chance_are_not_trained(errors):
     assert v.startswith("not trained (3 of 6 MLPs"), v
     # the other rows rest on other nets: their verdicts stand
     assert table.drop(index=MAX_NORM_ROW).verdict.str.startswith(("reproduced", "not reproduced")).all()
-    judged = inter.judged(inter.CHAPTER, cfg, inter.verdicts(rec, cfg)).set_index("claim")
+    judged = judging.judged(inter.CHAPTER, cfg, inter.verdicts(rec, cfg)).set_index("claim")
     assert judged.loc[MAX_NORM_ROW].outcome == "not trained"
 
 

@@ -7,10 +7,12 @@ scale and protocol) and :mod:`~dropnotes.experiments.store` (records with proven
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED
 
 
 
@@ -22,9 +24,9 @@ import torch
 class ChapterConfig:
     """What every chapter's frozen config starts with. A chapter subclasses it with its own fields."""
 
-    profile: str
-    device: str
-    seed: int
+    profile: str = field(metadata={"knob": PROFILE})
+    device: str = field(metadata={"knob": DEVICE})
+    seed: int = field(metadata={"knob": SEED})
 
     @property
     def torch_device(self) -> torch.device:

@@ -10,10 +10,11 @@ by name. Adding a chapter: write the module and the notebook, add one line to th
 Required of a chapter module:
 
 ``KNOBS``
-    its parameters (:class:`~dropnotes.experiments.knobs.Knobs`): the CLI, the sweep and the notebook's
-    parameters cell read them.
+    its parameters (:class:`~dropnotes.experiments.knobs.Knobs`, ``Knobs.of`` its config type, whose knob fields
+    declare them once): the CLI, the sweep and the notebook's parameters cell read them.
 ``configure(**params)``
-    the run's config (a :class:`~dropnotes.experiments._base.ChapterConfig`), every argument checked.
+    the run's config (a :class:`~dropnotes.experiments._base.ChapterConfig`), every argument checked
+    (``KNOBS.configurer`` generates it).
 ``run(cfg)``
     trains and measures, stores the record (``store.finish``) and returns what the notebook shows.
 ``verdicts(...)``

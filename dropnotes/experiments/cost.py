@@ -27,12 +27,12 @@ from dropnotes.layers import Dropout, SelfAttention
 from dropnotes.models import GPT, MLP, ViT
 from dropnotes.experiments._base import plain
 from dropnotes.experiments._base import ChapterConfig, config_of
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, size_knob
+from dropnotes.experiments.knobs import Knobs, knob, size_knob
 from dropnotes.experiments.judging import judged
 from dropnotes.experiments.store import finish
 from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.runtime import Timer
-from dropnotes.runtime import device_name, profile_config, seed_everything, select_device
+from dropnotes.runtime import device_name, seed_everything
 from dropnotes.stats import mean_sd
 
 CHAPTER = "cost"
@@ -81,9 +81,10 @@ def rule_overhead(over: float, spread: float, bound: float = 100 * SEED_CLAIM) -
 
 @dataclass(frozen=True)
 class CostConfig(ChapterConfig):
-    sizes: tuple[int, ...]
+    sizes: tuple[int, ...] = knob("ints", None, "tensor sizes in elements, comma-separated", low=1, high=2**31 - 1,
+                                  profile_default=True)
     min_run_time: float
-    rounds: int
+    rounds: int = size_knob("interleaved timing rounds per training-step variant", high=1000)
     steps_per_round: int
     mlp_width: int
     vit_dim: int
@@ -111,27 +112,18 @@ PROFILE_DEFAULTS = {
 }
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    Knob("sizes", "ints", None, "tensor sizes in elements, comma-separated",
-         low=1, high=2**31 - 1, profile_default=True),
-    size_knob("rounds", "interleaved timing rounds per training-step variant", high=1000),
-)
 BENCH_BYTES_PER_ELEMENT = 4 * 8  # fp32: input, output, mask, gradients and the copy reference, with room
 
 
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, sizes=None, rounds: int | None = None) -> CostConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    dev = select_device(v["device"])
-    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, rounds=v["rounds"])
-    if v["sizes"] is not None:
-        d["sizes"] = v["sizes"]
-    need, have = max(d["sizes"]) * BENCH_BYTES_PER_ELEMENT, device_memory(dev)
+def _fits_memory(d: dict, profile: str, device) -> None:
+    need, have = max(d["sizes"]) * BENCH_BYTES_PER_ELEMENT, device_memory(device)
     if have and need > have:
         raise ValueError(f"sizes must be <= {have // BENCH_BYTES_PER_ELEMENT:,} elements on this device "
                          f"({have / 2**30:.1f} GiB), got {max(d['sizes']):,}")
-    return CostConfig(profile=resolved, device=str(dev), seed=v["seed"], **d)
+
+
+KNOBS = Knobs.of(CostConfig)
+configure = KNOBS.configurer(CostConfig, PROFILE_DEFAULTS, _fits_memory)
 
 
 def device_memory(device: torch.device) -> int | None:

@@ -23,7 +23,9 @@ import ast
 import math
 import os
 import tempfile
-from collections.abc import Iterable, Mapping
+import dataclasses
+import inspect
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dropnotes.runtime import DEVICES, PROFILES
+from dropnotes.runtime import DEVICES, PROFILES, profile_config, select_device
 from dropnotes import data
 from dropnotes.results import results_root
 
@@ -259,6 +261,58 @@ class Knobs(Mapping):
     def __init__(self, *knobs: Knob):
         self._knobs = {k.name: k for k in knobs}
 
+    @classmethod
+    def of(cls, config: type) -> "Knobs":
+        """The knobs a chapter's config type declares: every field made by :func:`knob` (or the shared
+        ``profile``, ``device``, ``seed`` of :class:`~dropnotes.experiments._base.ChapterConfig`), named by its
+        field, in field order. The one declaration of a knob is its field."""
+        return cls(*(dataclasses.replace(f.metadata["knob"], name=f.name) for f in dataclasses.fields(config)
+                     if "knob" in f.metadata))
+
+    def take(self, namespace: Mapping[str, Any]) -> dict[str, Any]:
+        """A notebook's parameters, from its namespace, for ``configure(**KNOBS.take(globals()))``: a parameter
+        that papermill injected but the chapter does not know is refused first (:meth:`check_namespace`)."""
+        self.check_namespace(namespace)
+        return {name: namespace[name] for name in self._knobs if name in namespace}
+
+    def configurer(self, config: type, profile_defaults: Mapping[str, Mapping[str, Any]],
+                   derive: Callable[[dict, str, Any], dict | None] | None = None) -> Callable[..., Any]:
+        """The chapter's ``configure``, generated: its signature is the knobs with their defaults (``None``: the
+        profile's value); it checks every value (:meth:`check`), picks the device, takes the profile's values
+        (:func:`dropnotes.runtime.profile_config`) with every given knob over them, lets ``derive(values,
+        profile, device)`` check what spans several knobs and add the fields no knob sets (in place, or by
+        returning a new dict), checks the seed block and returns the frozen ``config``."""
+        params = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=default)
+                  for name, default in self.defaults().items()]
+        signature = inspect.Signature(params, return_annotation=config)
+
+        def configure(*args, **kwargs):
+            if (err := self.unknown(kwargs)) is not None:
+                raise err
+            return self.build(config, profile_defaults, signature.bind(*args, **kwargs).arguments, derive)
+
+        configure.__signature__ = signature
+        configure.__name__ = configure.__qualname__ = "configure"
+        configure.__module__ = config.__module__
+        configure.__doc__ = (f"Check the parameters and fill in the profile's defaults (``None``: the profile's value):"
+                             f" a :class:`{config.__name__}`. The knobs: " + ", ".join(self._knobs) + ".")
+        return configure
+
+    def build(self, config: type, profile_defaults: Mapping[str, Mapping[str, Any]], values: Mapping[str, Any],
+              derive: Callable[[dict, str, Any], dict | None] | None = None) -> Any:
+        """What a generated ``configure`` (:meth:`configurer`) does with the given ``values``."""
+        v = self.check(values)
+        device = select_device(v["device"])
+        sizes = [n for n, k in self._knobs.items() if k.profile_default and k.kind == "int"]
+        profile, d = profile_config(v["profile"], profile_defaults, device, **{n: v[n] for n in sizes})
+        for name, k in self._knobs.items():
+            if name not in SHARED and name not in sizes and (not k.profile_default or v[name] is not None):
+                d[name] = v[name]
+        if derive is not None:
+            d = derive(d, profile, device) or d
+        check_seed_block(v["seed"], d.get("n_seeds", 1))
+        return config(profile=profile, device=str(device), seed=v["seed"], **d)
+
     def __getitem__(self, name: str) -> Knob:
         return self._knobs[name]
 
@@ -381,16 +435,28 @@ DEVICE = DeviceKnob("device", "str", "auto", '"auto", "cuda", "cuda:N", "mps" or
 SEED = Knob("seed", "int", 0, "seed block: seeds seed*n_seeds ... seed*n_seeds + n_seeds - 1 are used", low=0, high=SEED_MAX)
 
 
-def rate_knob(name: str, default: float | None, help: str = "", *, low_open: bool = False, high: float = 1.0,
-         profile_default: bool = False) -> Knob:
-    """A drop rate in [0, 1) (or (0, high))."""
-    return Knob(name, "float", default, help, low=0.0, high=high, low_open=low_open, high_open=True,
-                profile_default=profile_default)
+SHARED = ("profile", "device", "seed")  # the knobs of every chapter (ChapterConfig's fields)
 
 
-def size_knob(name: str, help: str = "", *, low: int = 1, high: int | None = None) -> Knob:
-    """A positive integer whose default is the profile's."""
-    return Knob(name, "int", None, help, low=low, high=high, profile_default=True)
+def knob(kind: str, default: Any = None, help: str = "", *, field_default: Any = dataclasses.MISSING,
+         **limits: Any) -> Any:
+    """A field of a chapter's config that is also one of its knobs, declared once: the field's name is the knob's,
+    its type ``kind`` and ``default`` (``profile_default=True``: the profile's value), ``help`` and limits as
+    :class:`Knob`'s. The field itself has no default unless ``field_default`` gives one (a record stored before
+    the field existed then reads it)."""
+    return dataclasses.field(default=field_default, metadata={"knob": Knob("", kind, default, help, **limits)})
+
+
+def rate_knob(default: float | None, help: str = "", *, low_open: bool = False, high: float = 1.0,
+              profile_default: bool = False, field_default: Any = dataclasses.MISSING) -> Any:
+    """A drop rate in [0, 1) (or (0, high)): a config field and knob (:func:`knob`)."""
+    return knob("float", default, help, low=0.0, high=high, low_open=low_open, high_open=True,
+                profile_default=profile_default, field_default=field_default)
+
+
+def size_knob(help: str = "", *, low: int = 1, high: int | None = None) -> Any:
+    """A positive integer whose default is the profile's: a config field and knob (:func:`knob`)."""
+    return knob("int", None, help, low=low, high=high, profile_default=True)
 
 
 def check_seed_block(seed: int, n_seeds: int) -> None:

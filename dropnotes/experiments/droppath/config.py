@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 
 from dropnotes.experiments._base import ChapterConfig
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, size_knob
-from dropnotes.runtime import profile_config, select_device
+from dropnotes.experiments.knobs import Knobs, knob, size_knob
 
 
 
@@ -56,17 +55,18 @@ def measured_setting(cfg: "DropPathConfig") -> dict:
 
 @dataclass(frozen=True)
 class DropPathConfig(ChapterConfig):
-    n_seeds: int
-    dataset: str
-    train_size: int
+    n_seeds: int = size_knob("seeds of every arm", high=100)
+    dataset: str = knob("str", "cifar10-jpg", '"cifar10-jpg" (offline copy, lossy) or "cifar10" (canonical, downloaded)',
+                        choices=("cifar10-jpg", "cifar10"))
+    train_size: int = size_knob("training images", high=50000)
     val_size: int  # drawn from the training split outside the subset: chooses the best rate
     test_size: int
     dim: int
     heads: int
-    depth: int
+    depth: int = size_knob("depth of the deep net (the shallow net's is the profile's shallow_depth)", high=64)
     shallow_depth: int
     rates: tuple[float, ...]
-    epochs: int
+    epochs: int = size_knob("training epochs", high=10000)
     batch_size: int
     lr: float
     weight_decay: float
@@ -89,32 +89,16 @@ PROFILE_DEFAULTS = {
 }
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    Knob("dataset", "str", "cifar10-jpg", '"cifar10-jpg" (offline copy, lossy) or "cifar10" (canonical, downloaded)',
-         choices=("cifar10-jpg", "cifar10")),
-    size_knob("n_seeds", "seeds of every arm", high=100),
-    size_knob("epochs", "training epochs", high=10000),
-    size_knob("train_size", "training images", high=50000),
-    size_knob("depth", "depth of the deep net (the shallow net's is the profile's shallow_depth)", high=64),
-)
-
-
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, dataset: str = "cifar10-jpg",
-              n_seeds: int | None = None, epochs: int | None = None, train_size: int | None = None,
-              depth: int | None = None) -> DropPathConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    dev = select_device(v["device"])
-    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"], epochs=v["epochs"],
-                                 train_size=v["train_size"], depth=v["depth"])
+def _check(d: dict, profile: str, device) -> None:
     if d["depth"] <= d["shallow_depth"]:
         raise ValueError(f"depth must be > {d['shallow_depth']} (the shallow comparison), got {d['depth']}")
     if d["train_size"] + d["val_size"] > TRAIN_IMAGES:
         raise ValueError(f"train_size must be <= {TRAIN_IMAGES - d['val_size']:,} (CIFAR-10's {TRAIN_IMAGES:,} training "
                          f"images less the {d['val_size']:,} held out for validation), got {d['train_size']}")
-    check_seed_block(v["seed"], d["n_seeds"])
-    return DropPathConfig(profile=resolved, device=str(dev), seed=v["seed"], dataset=v["dataset"], **d)
+
+
+KNOBS = Knobs.of(DropPathConfig)
+configure = KNOBS.configurer(DropPathConfig, PROFILE_DEFAULTS, _check)
 
 
 TRAIN_IMAGES = 50000

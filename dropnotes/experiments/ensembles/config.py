@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from dropnotes.experiments._base import ChapterConfig
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate_knob, size_knob
+from dropnotes.experiments.knobs import Knobs, knob, rate_knob, size_knob
 from dropnotes.experiments.mechanics import PAPER_UPDATES
-from dropnotes.runtime import profile_config, select_device
 
 CHAPTER = "ensembles"
 # The protocol's version, stored with each result (see judging.protocol). 2: temperature scaling on validation as
@@ -92,17 +91,18 @@ PAPER_UB_ECE = {"ensemble": 0.010, "mc": 0.019, "single": 0.0231}
 
 @dataclass(frozen=True)
 class EnsemblesConfig(ChapterConfig):
-    n_seeds: int
-    train_size: int
-    val_size: int  # held out of the training images (recorded per epoch; no selection in this chapter)
+    n_seeds: int = size_knob("seeds", high=100)
+    train_size: int = size_knob("MNIST training images (a validation split is held out beside them)", high=59000)
+    val_size: int  # held out of the training images: chooses each model's epoch and fits the temperatures
     hidden: tuple[int, ...]
-    epochs: int
+    epochs: int = size_knob("training epochs", high=10000)
     batch_size: int
-    lr: float  # every net's learning rate: the plain members' and the dropout net's (one factor: dropout)
+    lr: float = knob("float", None, "learning rate of every net (the plain members and the dropout net alike)",
+                     low=0.0, low_open=True, high=10.0, profile_default=True)
     momentum: float
-    p_input: float
-    p_hidden: float
-    members: int
+    p_input: float = rate_knob(0.2, "drop rate of the dropout net's input pixels")
+    p_hidden: float = rate_knob(0.5, "drop rate of the dropout net's hidden layers")
+    members: int = size_knob("ensemble size K", low=2, high=100)
     mc_ks: tuple[int, ...]
     mc_repeats: int
     mc_test_size: int
@@ -146,38 +146,14 @@ PROFILE_DEFAULTS = {
 }
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    rate_knob("p_hidden", 0.5, "drop rate of the dropout net's hidden layers"),
-    rate_knob("p_input", 0.2, "drop rate of its input pixels"),
-    size_knob("members", "ensemble size K", low=2, high=100),
-    size_knob("n_seeds", "seeds", high=100),
-    size_knob("train_size", "MNIST training images (a validation split is held out beside them)", high=59000),
-    size_knob("epochs", "training epochs", high=10000),
-    Knob("lr", "float", None, "learning rate of every net (the plain members and the dropout net alike)",
-         low=0.0, low_open=True, high=10.0, profile_default=True),
-)
+def _fits_mnist(d: dict, profile: str, device) -> None:
+    if d["train_size"] + d["val_size"] > 60000:
+        raise ValueError(f"train_size must be <= {60000 - d['val_size']:,} (MNIST's 60,000 training images less "
+                         f"the {d['val_size']:,} held out for validation), got {d['train_size']}")
 
 
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_hidden: float = 0.5,
-              p_input: float = 0.2, members: int | None = None, n_seeds: int | None = None,
-              train_size: int | None = None, epochs: int | None = None,
-              lr: float | None = None) -> EnsemblesConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    dev = select_device(v["device"])
-    resolved, defaults = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"],
-                                        train_size=v["train_size"], epochs=v["epochs"])
-    if v["members"] is not None:
-        defaults["members"] = v["members"]
-    if v["lr"] is not None:
-        defaults["lr"] = v["lr"]
-    check_seed_block(v["seed"], defaults["n_seeds"])
-    if defaults["train_size"] + defaults["val_size"] > 60000:
-        raise ValueError(f"train_size must be <= {60000 - defaults['val_size']:,} (MNIST's 60,000 training images less "
-                         f"the {defaults['val_size']:,} held out for validation), got {defaults['train_size']}")
-    return EnsemblesConfig(profile=resolved, device=str(dev), seed=v["seed"], p_hidden=v["p_hidden"],
-                           p_input=v["p_input"], **defaults)
+KNOBS = Knobs.of(EnsemblesConfig)
+configure = KNOBS.configurer(EnsemblesConfig, PROFILE_DEFAULTS, _fits_mnist)
 
 
 DROPOUT_NET = "dropout net"

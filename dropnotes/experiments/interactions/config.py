@@ -7,8 +7,7 @@ from dataclasses import dataclass
 
 
 from dropnotes.experiments._base import ChapterConfig
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knobs, check_seed_block, rate_knob, size_knob
-from dropnotes.runtime import profile_config, select_device
+from dropnotes.experiments.knobs import Knobs, rate_knob, size_knob
 
 from dropnotes.experiments.mechanics import PAPER_UPDATES
 
@@ -77,13 +76,14 @@ CNN_ARMS = (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "pixel"), ("
 
 @dataclass(frozen=True)
 class InteractionsConfig(ChapterConfig):
-    n_seeds: int
-    p: float
+    n_seeds: int = size_knob("seeds of every arm", high=100)
+    p: float = rate_knob(0.5, "the CNN's dropout rate, > 0 (Li et al.'s 0.5; the MLPs use 0.5, Srivastava et al.'s "
+                              "hidden rate)", low_open=True)
     cnn_train_size: int
-    cnn_epochs: int
+    cnn_epochs: int = size_knob("CNN training epochs", high=10000)
     mlp_train_size: int
     mlp_hidden: int
-    mlp_epochs: int
+    mlp_epochs: int = size_knob("MLP training epochs", high=10000)
     lr: float
     max_norm: float
     grid_rates: tuple[float, ...]
@@ -127,26 +127,13 @@ PROFILE_DEFAULTS = {
 }
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    rate_knob("p", 0.5, "the CNN's dropout rate, > 0 (Li et al.'s 0.5; the MLPs use 0.5, Srivastava et al.'s hidden rate)",
-              low_open=True),
-    size_knob("n_seeds", "seeds of every arm", high=100),
-    size_knob("cnn_epochs", "CNN training epochs", high=10000),
-    size_knob("mlp_epochs", "MLP training epochs", high=10000),
-)
+def _fixed(d: dict, profile: str, device) -> None:
+    """The fields no knob or profile sets: part B's learning rate and max-norm radius at every profile."""
+    d.update(lr=0.05, max_norm=3.0)
 
 
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: float = 0.5, n_seeds: int | None = None,
-              cnn_epochs: int | None = None, mlp_epochs: int | None = None) -> InteractionsConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    dev = select_device(v["device"])
-    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"],
-                                 cnn_epochs=v["cnn_epochs"], mlp_epochs=v["mlp_epochs"])
-    check_seed_block(v["seed"], d["n_seeds"])
-    return InteractionsConfig(profile=resolved, device=str(dev), seed=v["seed"], p=v["p"], lr=0.05, max_norm=3.0,
-                              **d)
+KNOBS = Knobs.of(InteractionsConfig)
+configure = KNOBS.configurer(InteractionsConfig, PROFILE_DEFAULTS, _fixed)
 
 
 def measured_setting(cfg: "InteractionsConfig") -> dict:

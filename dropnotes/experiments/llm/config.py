@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from dropnotes.experiments._base import ChapterConfig
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate_knob, size_knob
+from dropnotes.experiments.knobs import Knobs, knob, rate_knob, size_knob
 from dropnotes.models import GPT
-from dropnotes.runtime import profile_config, select_device
 
 CHAPTER = "llm"
 # The protocol's version, stored with each result (see judging.protocol); version 2 (2026-12-02): the pretraining
@@ -43,20 +42,25 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 @dataclass(frozen=True)
 class LLMConfig(ChapterConfig):
-    pretrain_corpus: str
+    pretrain_corpus: str = knob("str", "python-sources", '"python-sources" (the standard library, torch, numpy and '
+                                'matplotlib; offline), "python-stdlib" (offline) or "enwik8" (downloaded)',
+                                choices=CORPORA)
     dim: int
     layers: int
     heads: int
     block_size: int
     batch_size: int
-    pretrain_steps: int
+    pretrain_steps: int = size_knob("pretraining steps, never more than one pass over the corpus", high=10**6)
     pretrain_lr: float
-    p: float  # the standard dropout rate (embedding, attention and residual alike)
+    # the standard dropout rate (embedding, attention and residual alike)
+    p: float = rate_knob(0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5)
     early_fraction: float  # early dropout: rate p for this fraction of pretraining, then 0
-    finetune_steps: int
+    finetune_steps: int = size_knob("fine-tuning steps", high=10**6)
     finetune_batch: int
     finetune_lr: float
-    finetune_bytes: int  # the main fine-tuning slice of tiny-shakespeare
+    # the main fine-tuning slice of tiny-shakespeare, whose training split holds 1,003,854 bytes; a slice needs at least
+    # a few 256-byte windows
+    finetune_bytes: int = size_knob("the main fine-tuning slice in bytes", low=2048, high=1003854)
     finetune_rates: tuple[float, ...]
     sizes: tuple[int, ...]  # slices for the crossing experiment (0 = all of the training split)
     lora_rank: int
@@ -66,7 +70,8 @@ class LLMConfig(ChapterConfig):
     eval_every: int
     amp: bool
     compile: bool
-    n_seeds: int = 1  # seeds of every pretraining arm and fine-tuning run (block ``seed``, see ChapterConfig.seeds)
+    # seeds of every pretraining arm and fine-tuning run (block ``seed``, see ChapterConfig.seeds)
+    n_seeds: int = knob("int", None, "seeds of every arm", low=1, high=20, profile_default=True, field_default=1)
     lr_factors: tuple[float, ...] = (1.0,)  # pretraining: each arm's rate is chosen on validation from pretrain_lr x these
     finetune_lr_factors: tuple[float, ...] = (1.0,)  # full fine-tuning: one rate, chosen on validation from finetune_lr x these
 
@@ -106,36 +111,17 @@ PROFILE_DEFAULTS = {
 }
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    Knob("pretrain_corpus", "str", "python-sources",
-         '"python-sources" (the standard library, torch, numpy and matplotlib; offline), "python-stdlib" (offline) '
-         'or "enwik8" (downloaded)', choices=CORPORA),
-    rate_knob("p", 0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5),
-    size_knob("pretrain_steps", "pretraining steps, never more than one pass over the corpus", high=10**6),
-    size_knob("n_seeds", "seeds of every arm", high=20),
-    size_knob("finetune_steps", "fine-tuning steps", high=10**6),
-    # tiny-shakespeare's training split holds 1,003,854 bytes; a slice needs at least a few 256-byte windows.
-    size_knob("finetune_bytes", "the main fine-tuning slice in bytes", low=2048,
-         high=1003854),
-)
-
-
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, pretrain_corpus: str = "python-sources",
-              p: float = 0.1, pretrain_steps: int | None = None, n_seeds: int | None = None,
-              finetune_steps: int | None = None, finetune_bytes: int | None = None) -> LLMConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    dev = select_device(v["device"])
-    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, pretrain_steps=v["pretrain_steps"],
-                                 n_seeds=v["n_seeds"], finetune_steps=v["finetune_steps"],
-                                 finetune_bytes=v["finetune_bytes"])
-    check_seed_block(v["seed"], d["n_seeds"])
-    if resolved != "full" and dev.type != "cuda":
+def _derive(d: dict, profile: str, device) -> None:
+    """The fields set from the knobs: the fine-tuning rates (0, p, 2p), LoRA's (0, p), early dropout's fraction;
+    ``torch.compile`` only in the full profile on a GPU."""
+    p = d["p"]
+    d.update(early_fraction=0.2, finetune_rates=(0.0, p, 2 * p), lora_rates=(0.0, p))
+    if profile != "full" and device.type != "cuda":
         d["compile"] = False
-    p = v["p"]
-    return LLMConfig(profile=resolved, device=str(dev), seed=v["seed"], pretrain_corpus=v["pretrain_corpus"], p=p,
-                     early_fraction=0.2, finetune_rates=(0.0, p, 2 * p), lora_rates=(0.0, p), **d)
+
+
+KNOBS = Knobs.of(LLMConfig)
+configure = KNOBS.configurer(LLMConfig, PROFILE_DEFAULTS, _derive)
 
 
 def _model(cfg: LLMConfig, p: float) -> GPT:

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 from dropnotes import bench
 from dropnotes.experiments._base import ChapterConfig
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knob, Knobs, check_seed_block, rate_knob, size_knob
-from dropnotes.runtime import profile_config, select_device
+from dropnotes.experiments.knobs import Knobs, knob, rate_knob, size_knob
 
 
 
@@ -62,20 +61,22 @@ def measured_setting(cfg: "MechanicsConfig") -> dict:
 class MechanicsConfig(ChapterConfig):
     """Everything that defines one run of the chapter."""
 
-    p: float  # the rate of the worked examples
-    rates: tuple[float, ...]  # hidden-layer rates of the MNIST sweep
-    p_input: float  # input dropout used by the arms with a rate > 0
-    train_size: int  # training examples (a subset in the quick profile)
+    p: float = rate_knob(0.5, "drop rate of the worked examples")
+    rates: tuple[float, ...] = knob("floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at "
+                                    "least one more", low=0.0, high=1.0, high_open=True, min_len=2)
+    p_input: float = rate_knob(0.2, "input drop rate of the dropout arms (the arm without dropout has none)")
+    train_size: int = size_knob("training examples (the validation split is held out beside them)", high=59000)
     val_size: int  # held out of MNIST's training set: chooses the rate and the epoch (the test set is used once)
     hidden: tuple[int, ...]
-    epochs: int
+    epochs: int = size_knob("training epochs", high=10000)
     batch_size: int
     lr: float
     momentum: float
-    n_seeds: int
+    n_seeds: int = size_knob("seeds of every rate", high=100)
     eval_every: int
     amp: bool  # bf16 autocast (the laptop and full profiles)
-    dataset: str = "mnist"
+    dataset: str = knob("str", "mnist", '"mnist" or "fashion-mnist"', choices=("mnist", "fashion-mnist"),
+                        field_default="mnist")
 
 
 PROFILE_DEFAULTS = {
@@ -104,37 +105,18 @@ PROFILE_DEFAULTS = {
 MNIST_TRAIN = 60000
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    rate_knob("p", 0.5, "drop rate of the worked examples"),
-    Knob("rates", "floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at least one more",
-         low=0.0, high=1.0, high_open=True, min_len=2),
-    rate_knob("p_input", 0.2, "input drop rate of the dropout arms (the arm without dropout has none)"),
-    size_knob("train_size", "training examples (the validation split is held out beside them)",
-              high=59000),
-    size_knob("epochs", "training epochs", high=10000),
-    size_knob("n_seeds", "seeds of every rate", high=100),
-    Knob("dataset", "str", "mnist", '"mnist" or "fashion-mnist"', choices=("mnist", "fashion-mnist")),
-)
-
-
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p: float = 0.5,
-              rates=(0.0, 0.2, 0.5), p_input: float = 0.2, train_size: int | None = None,
-              epochs: int | None = None, n_seeds: int | None = None, dataset: str = "mnist") -> MechanicsConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    if 0.0 not in v["rates"] or max(v["rates"]) == 0.0:
+def _check(d: dict, profile: str, device) -> None:
+    """What spans knobs and profile: the sweep has its baseline and a dropout arm, and MNIST has the images."""
+    if 0.0 not in d["rates"] or max(d["rates"]) == 0.0:
         raise ValueError(f"rates must include 0.0 (the no-dropout baseline) and at least one rate > 0, "
-                         f"got {list(v['rates'])}")
-    dev = select_device(v["device"])
-    resolved, defaults = profile_config(v["profile"], PROFILE_DEFAULTS, dev, train_size=v["train_size"],
-                                        epochs=v["epochs"], n_seeds=v["n_seeds"])
-    check_seed_block(v["seed"], defaults["n_seeds"])
-    if defaults["train_size"] + defaults["val_size"] > MNIST_TRAIN:
-        raise ValueError(f"train_size must be <= {MNIST_TRAIN - defaults['val_size']:,} (MNIST's 60,000 training "
-                         f"images less the {defaults['val_size']:,} held out for validation), got {defaults['train_size']}")
-    return MechanicsConfig(profile=resolved, device=str(dev), seed=v["seed"], p=v["p"], rates=v["rates"],
-                           p_input=v["p_input"], dataset=v["dataset"], **defaults)
+                         f"got {list(d['rates'])}")
+    if d["train_size"] + d["val_size"] > MNIST_TRAIN:
+        raise ValueError(f"train_size must be <= {MNIST_TRAIN - d['val_size']:,} (MNIST's 60,000 training "
+                         f"images less the {d['val_size']:,} held out for validation), got {d['train_size']}")
+
+
+KNOBS = Knobs.of(MechanicsConfig)
+configure = KNOBS.configurer(MechanicsConfig, PROFILE_DEFAULTS, _check)
 
 
 def train_flops(cfg: MechanicsConfig) -> float:

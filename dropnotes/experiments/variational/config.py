@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 
 from dropnotes.experiments._base import ChapterConfig
-from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED, Knobs, check_seed_block, rate_knob, size_knob
-from dropnotes.runtime import (profile_config, select_device)
+from dropnotes.experiments.knobs import Knobs, rate_knob, size_knob
 
 
 
@@ -70,27 +69,28 @@ def measured_setting(cfg: "VariationalConfig") -> dict:
 
 @dataclass(frozen=True)
 class VariationalConfig(ChapterConfig):
-    n_seeds: int
+    n_seeds: int = size_knob("seeds of every scheme", high=100)
     dataset: str
     vocab_cap: int  # 0: the full 10,000-word vocabulary
-    train_tokens: int  # 0: all of ptb.train
+    # PTB's training stream has 929,589 words; BPTT needs at least a few windows of 35 x batch words.
+    train_tokens: int = size_knob("the first training words used (0 in a profile: all of them)", low=5000, high=929589)
     eval_tokens: int  # 0: the whole validation and test streams
     dim: int
     layers: int
     batch_size: int
     seq_len: int
-    epochs: int
+    epochs: int = size_knob("training epochs (Zaremba et al.'s medium schedule: 39)", high=1000)
     optimizer: str
     lr: float
     lr_decay: float  # SGD: divide the rate by this every epoch after `decay_after`
     decay_after: int
     clip: float
-    p_io: float
-    p_rec: float
-    p_emb: float
-    mc_samples: int
+    p_io: float = rate_knob(None, "dropout on inputs and outputs", profile_default=True)
+    p_rec: float = rate_knob(None, "dropout on the recurrent state or on W_hh", profile_default=True)
+    p_emb: float = rate_knob(None, "word-type embedding dropout", profile_default=True)
+    mc_samples: int = size_knob("stochastic passes for MC dropout", high=10000)
     svd_train_size: int
-    svd_epochs: int
+    svd_epochs: int = size_knob("sparse VD epochs (the authors': 200)", high=1000)
     amp: bool
     speed_steps: int = 20  # training windows timed per scheme for the words/s of one standalone model
     init_range: float = 0.1  # parameters drawn uniformly from [-init_range, init_range]
@@ -138,32 +138,9 @@ PROFILE_DEFAULTS = {
 }
 
 
-KNOBS = Knobs(
-    PROFILE, SEED, DEVICE,
-    rate_knob("p_io", None, "dropout on inputs and outputs", profile_default=True),
-    rate_knob("p_rec", None, "dropout on the recurrent state or on W_hh", profile_default=True),
-    rate_knob("p_emb", None, "word-type embedding dropout", profile_default=True),
-    size_knob("n_seeds", "seeds of every scheme", high=100),
-    size_knob("epochs", "training epochs (Zaremba et al.'s medium schedule: 39)", high=1000),
-    # PTB's training stream has 929,589 words; BPTT needs at least a few windows of 35 x batch words.
-    size_knob("train_tokens", "the first training words used (0 in a profile: all of them)", low=5000, high=929589),
-    size_knob("mc_samples", "stochastic passes for MC dropout", high=10000),
-    size_knob("svd_epochs", "sparse VD epochs (the authors': 200)", high=1000),
-)
+def _ptb(d: dict, profile: str, device) -> None:
+    d["dataset"] = "ptb"
 
 
-def configure(profile: str = "auto", device: str = "auto", seed: int = 0, p_io: float | None = None,
-              p_rec: float | None = None, p_emb: float | None = None, n_seeds: int | None = None,
-              epochs: int | None = None, train_tokens: int | None = None, mc_samples: int | None = None,
-              svd_epochs: int | None = None) -> VariationalConfig:
-    """Validate the notebook's parameters and fill in the profile's defaults (``None`` = default)."""
-    v = KNOBS.check(locals())
-    dev = select_device(v["device"])
-    resolved, d = profile_config(v["profile"], PROFILE_DEFAULTS, dev, n_seeds=v["n_seeds"], epochs=v["epochs"],
-                                 train_tokens=v["train_tokens"], mc_samples=v["mc_samples"],
-                                 svd_epochs=v["svd_epochs"])
-    for name in ("p_io", "p_rec", "p_emb"):
-        if v[name] is not None:
-            d[name] = v[name]
-    check_seed_block(v["seed"], d["n_seeds"])
-    return VariationalConfig(profile=resolved, device=str(dev), seed=v["seed"], dataset="ptb", **d)
+KNOBS = Knobs.of(VariationalConfig)
+configure = KNOBS.configurer(VariationalConfig, PROFILE_DEFAULTS, _ptb)

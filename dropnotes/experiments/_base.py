@@ -15,8 +15,6 @@ import torch
 from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED
 
 
-
-
 # ------------------------------------------------------------------------------ the config every chapter extends
 
 

@@ -4,12 +4,10 @@ current rules (:func:`current_verdicts`: kept, judged again, superseded or not j
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from dropnotes.stats import shortfall
 from dropnotes.verdict import RULES, judge
-
 from dropnotes.experiments._base import ChapterConfig, _chapter
 
 

@@ -38,7 +38,6 @@ from dropnotes import data
 from dropnotes.results import results_root
 
 
-
 SEED_MAX = 2**31 - 1  # seeds (and seed + n_seeds) stay in every generator's range (NumPy's is 2**32)
 KINDS = ("int", "float", "str", "bool", "floats", "ints", "any")  # "any": a notebook without declared knobs
 

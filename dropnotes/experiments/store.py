@@ -16,7 +16,6 @@ import pandas as pd
 
 from dropnotes.verdict import RULES
 from dropnotes import results
-
 from dropnotes.experiments._base import ChapterConfig, _chapter
 from dropnotes.experiments.judging import label_smoke, protocol
 

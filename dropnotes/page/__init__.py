@@ -21,6 +21,7 @@ from dropnotes.page.evidence import (predicted_full_s, _protocol_note, run_box, 
                                      SHOWN_AS, _verdict_first, closing, laptop_here, _repo_record, _repo_full,
                                      scale_series, plot_scales, _draw_scales)
 
+
 __all__ = ["FIELDS", "HIDDEN", "SHOWN_AS", "STORED", "STORED_TITLES", "Table", "UNITS", "VERDICT_ORDER", "WORDS",
            "_checksums", "_draw_scales", "_formatter", "_protocol_note", "_repo_full", "_repo_record",
            "_stored_runs", "_value", "_verdict_first", "closing", "decimals", "evidence_summary", "finale", "human",

@@ -4,15 +4,14 @@ scale's points on one axis."""
 
 from __future__ import annotations
 
-
 import pandas as pd
+
 from dropnotes.experiments._base import record_config
 from dropnotes.experiments.judging import current_verdicts, protocol
 from dropnotes.results import describe
 from dropnotes import estimate, results
 from dropnotes.experiments import REGISTRY
 from dropnotes.results import load_repo_result
-
 from dropnotes.page.tables import human, provenance_box, show
 
 

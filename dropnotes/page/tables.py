@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 
 
-
 # Column-name pieces: a suffix that names a unit, and words that read better spelt out.
 UNITS = (("_per_s", "/s"), ("_ms", " (ms)"), ("_s", " (s)"), ("_bpb", " (bits/byte)"), ("_pp", " (points)"),
          ("_pct", " (%)"), ("_mb", " (MB)"), ("_gb", " (GB)"))

@@ -24,6 +24,7 @@ from dropnotes.experiments.droppath.rules import (summarize, _sel, _errors, _wro
                                                   verdicts, middle_rate, rejudge)
 from dropnotes.experiments.droppath.figures import (plot_sweep, SCALE_AXIS, scale_points, stored_full)
 
+
 __all__ = ["CHAPTER", "CLAIMS", "DEIT_DEFAULT_RATE", "DropPathConfig", "EVAL_BATCH", "HUANG_CIFAR10",
            "HUANG_EPOCH_S", "KNOBS", "LAPTOP_NEEDS_GPU", "MEAN", "PAPER_SETTINGS", "PLATEAU_GATE",
            "PROFILE_DEFAULTS", "PROTOCOL", "PROTOCOL_CHANGES", "SCALE_AXIS", "STD", "TRAIN_IMAGES", "UNIT", "_crop",

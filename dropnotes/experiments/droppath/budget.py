@@ -3,13 +3,10 @@ profile)."""
 
 from __future__ import annotations
 
-
-
 import torch
 
 from dropnotes import bench
 from dropnotes.runtime import cpu_bf16_fast
-
 from dropnotes.experiments.droppath.config import DEIT_DEFAULT_RATE, DropPathConfig, configure
 from dropnotes.experiments.droppath.train import arms
 

@@ -5,11 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
-
 from dropnotes.experiments._base import ChapterConfig
 from dropnotes.experiments.knobs import Knobs, knob, size_knob
-
 
 
 CHAPTER = "droppath"

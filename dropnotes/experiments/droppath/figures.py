@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-
-
 import pandas as pd
 
 from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.stats import mean_sd
-
 from dropnotes.experiments.droppath.config import CHAPTER
 
 

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-
-
 import numpy as np
 import pandas as pd
 
@@ -13,7 +11,6 @@ from dropnotes import results
 from dropnotes.experiments._base import config_of
 from dropnotes.experiments.judging import judged
 from dropnotes.stats import compare_examples, fmt_mean_sd
-
 from dropnotes.experiments.droppath.config import (CHAPTER, DEIT_DEFAULT_RATE, DropPathConfig, HUANG_CIFAR10,
                                                    HUANG_EPOCH_S)
 

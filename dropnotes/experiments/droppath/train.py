@@ -4,8 +4,6 @@ verdicts)."""
 
 from __future__ import annotations
 
-
-
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -19,7 +17,6 @@ from dropnotes.experiments.store import finish
 from dropnotes.runtime import Timer, stream
 from dropnotes.runtime import seed_everything
 from dropnotes.stacked.fit import predict_stacked
-
 from dropnotes.experiments.droppath.config import CHAPTER, DropPathConfig, PROFILE_DEFAULTS
 from dropnotes.experiments.droppath.rules import middle_rate, summarize, verdicts
 

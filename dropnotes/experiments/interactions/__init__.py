@@ -29,6 +29,7 @@ from dropnotes.experiments.interactions.rules import (curves, merge_blocks, grid
                                                       _trained_gate, rejudge)
 from dropnotes.experiments.interactions.figures import (plot_grid, SCALE_AXIS, scale_points, stored_full, stored_facts)
 
+
 __all__ = ["CHANCE_ERROR", "CHAPTER", "CLAIMS", "CNN_ARMS", "DELTA", "EQUAL_MARGIN", "InteractionsConfig", "KNOBS",
            "LI_DENSENET", "NEARER_CHANCE", "PAPER_SETTINGS", "PAPER_TABLE10", "PAPER_TABLE2_MAXNORM",
            "PROFILE_DEFAULTS", "PROTOCOL", "PROTOCOL_CHANGES", "REJUDGE_FROM", "SCALE_AXIS", "TRAIN_IMAGES",

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from dropnotes.experiments._base import ChapterConfig
 from dropnotes.experiments.knobs import Knobs, rate_knob, size_knob
-
 from dropnotes.experiments.mechanics import PAPER_UPDATES
-
 
 
 CHAPTER = "interactions"

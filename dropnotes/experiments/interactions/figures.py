@@ -3,14 +3,11 @@ stored full run and the facts the page glues."""
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from dropnotes.experiments._base import plain
 from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.stats import mean_sd
-
-
 from dropnotes.experiments.interactions.config import CHAPTER
 
 

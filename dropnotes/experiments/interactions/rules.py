@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -12,9 +11,7 @@ from dropnotes.verdict import Outcome, Verdict, verdict_table
 from dropnotes.results import unpack_wrong
 from dropnotes.experiments.judging import judged
 from dropnotes.stats import blocks, compare_examples, plateau
-
 from dropnotes.experiments._base import config_of
-
 from dropnotes.experiments.interactions.config import (CHANCE_ERROR, CHAPTER, DELTA, EQUAL_MARGIN,
                                                        InteractionsConfig, LI_DENSENET, NEARER_CHANCE, PAPER_TABLE10,
                                                        PAPER_TABLE2_MAXNORM)

@@ -20,8 +20,6 @@ from dropnotes.models import SmallCNN
 from dropnotes.experiments.judging import judged
 from dropnotes.experiments.store import finish
 from dropnotes.runtime import Timer, stream, stream_seed
-
-
 from dropnotes.experiments.interactions.config import (CHAPTER, CNN_ARMS, InteractionsConfig, PROFILE_DEFAULTS,
                                                        TRAIN_IMAGES)
 from dropnotes.experiments.interactions.rules import curves, grid, verdicts

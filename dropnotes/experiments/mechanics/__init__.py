@@ -22,6 +22,7 @@ from dropnotes.experiments.mechanics.rules import (summarize, arm_plateau, _test
 from dropnotes.experiments.mechanics.figures import (plot_curves, stored, evidence_text, cite_t, SCALE_AXIS,
                                                      PAPER_POINTS, PAPER_POINTS_LABEL, scale_points, stored_full)
 
+
 __all__ = ["CHAPTER", "DELTA_PP", "KNOBS", "LEVEL_MARGIN_PP", "MNIST_TRAIN", "MechanicsConfig", "PAPER_DROPOUT_RELU",
            "PAPER_NO_DROPOUT", "PAPER_POINTS", "PAPER_POINTS_LABEL", "PAPER_SETTINGS", "PAPER_UPDATES",
            "PROFILE_DEFAULTS", "PROTOCOL", "PROTOCOL_CHANGES", "REFERENCE_EFFECT_PP", "REJUDGE_FROM", "SCALE_AXIS",

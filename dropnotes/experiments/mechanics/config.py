@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from dropnotes import bench
 from dropnotes.experiments._base import ChapterConfig
 from dropnotes.experiments.knobs import Knobs, knob, rate_knob, size_knob
-
 
 
 CHAPTER = "mechanics"

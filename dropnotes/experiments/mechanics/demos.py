@@ -10,7 +10,6 @@ import torch
 from dropnotes import functional as DF
 
 
-
 # --------------------------------------------------------------------------- the worked examples
 
 

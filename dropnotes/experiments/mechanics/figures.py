@@ -3,13 +3,11 @@ and its points, the stored runs."""
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from dropnotes.stats import mean_sd
 from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes import results
-
 from dropnotes.experiments.mechanics.config import CHAPTER, DELTA_PP, PAPER_DROPOUT_RELU, PAPER_NO_DROPOUT
 from dropnotes.experiments.mechanics.rules import plateaus, rule_power
 

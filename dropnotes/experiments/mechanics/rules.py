@@ -3,7 +3,6 @@ claim, the power of the rule at the stored runs' noise, :func:`rejudge` and :fun
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 
@@ -12,7 +11,6 @@ from dropnotes.stats import compare_examples, plateau, blocks, simulate_plateau
 from dropnotes.experiments._base import config_of
 from dropnotes.experiments.judging import judged
 from dropnotes import results
-
 from dropnotes.experiments.mechanics.config import (CHAPTER, DELTA_PP, LEVEL_MARGIN_PP, MechanicsConfig,
                                                     PAPER_DROPOUT_RELU, PAPER_NO_DROPOUT, REFERENCE_EFFECT_PP)
 

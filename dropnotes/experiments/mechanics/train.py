@@ -3,7 +3,6 @@ and the cost model counts), and :func:`run` (the whole chapter, stored with its 
 
 from __future__ import annotations
 
-
 import pandas as pd
 import torch
 
@@ -14,7 +13,6 @@ from dropnotes.stacked import StackedMLP, fit_stacked
 from dropnotes.stacked.fit import predict_stacked
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes import results
-
 from dropnotes.experiments.mechanics.config import CHAPTER, MechanicsConfig, PROFILE_DEFAULTS, speed
 from dropnotes.experiments.mechanics.rules import summarize, verdicts
 

@@ -25,6 +25,7 @@ from dropnotes.experiments.variational.figures import (plot_curves, plot_sparsit
                                                        PAPER_POINTS_LABEL, PAPER_PANEL, SCALE_PANEL_TITLE, scale_panel,
                                                        scale_points, stored_full, stored_facts)
 
+
 __all__ = ["CHAPTER", "DELTA_NATS", "EQUAL_MARGIN_NATS", "KNOBS", "LADDER", "MC_CHUNK", "PAPER_AWD", "PAPER_PANEL",
            "PAPER_POINTS", "PAPER_POINTS_LABEL", "PAPER_SETTINGS", "PAPER_SVD_COMPRESSION", "PAPER_SVD_ERROR",
            "PAPER_VARIATIONAL_MEDIUM", "PAPER_VARIATIONAL_MEDIUM_MC", "PAPER_ZAREMBA_MEDIUM",

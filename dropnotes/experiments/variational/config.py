@@ -6,10 +6,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-
 from dropnotes.experiments._base import ChapterConfig
 from dropnotes.experiments.knobs import Knobs, rate_knob, size_knob
-
 
 
 CHAPTER = "variational"

@@ -3,7 +3,6 @@ its points, the stored full run and the facts the page glues."""
 
 from __future__ import annotations
 
-
 import pandas as pd
 
 from dropnotes import results
@@ -11,7 +10,6 @@ from dropnotes.models import SparseMLP
 from dropnotes.experiments._base import plain
 from dropnotes.experiments.store import stored_full as _stored_full
 from dropnotes.stats import mean_sd
-
 from dropnotes.experiments.variational.config import (CHAPTER, PAPER_VARIATIONAL_MEDIUM, PAPER_ZAREMBA_MEDIUM,
                                                       PAPER_ZAREMBA_SMALL_NOREG)
 

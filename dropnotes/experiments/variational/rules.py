@@ -13,7 +13,6 @@ from dropnotes.models.lstm_lm import SCHEMES
 from dropnotes.experiments._base import config_of
 from dropnotes.experiments.judging import judged
 from dropnotes.stats import blocks, compare_examples, plateau
-
 from dropnotes.experiments.variational.config import (CHAPTER, DELTA_NATS, EQUAL_MARGIN_NATS, PAPER_SVD_COMPRESSION,
                                                       PAPER_SVD_ERROR, PAPER_VARIATIONAL_MEDIUM,
                                                       PAPER_VARIATIONAL_MEDIUM_MC, PAPER_ZAREMBA_MEDIUM,

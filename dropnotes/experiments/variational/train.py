@@ -19,7 +19,6 @@ from dropnotes.experiments.store import finish, once_per_run
 from dropnotes.runtime import Timer, stream, stream_seed
 from dropnotes.runtime import (seed_everything)
 from dropnotes.stats import block_se
-
 from dropnotes.experiments.variational.config import CHAPTER, PROFILE_DEFAULTS, VariationalConfig
 from dropnotes.experiments.variational.rules import summarize, verdicts
 

@@ -104,7 +104,7 @@ def test_chapter_executes_and_stores_its_result(relpath):
     ("03_variational", {"profile": "quick", "p_rec": -0.1}, "p_rec must be a number in [0, 1), got -0.1"),
     ("04_droppath_vit", {"profile": "quick", "dataset": "imagenet"}, "dataset='imagenet' is not allowed"),
     ("05_llm_pretrain_finetune", {"profile": "quick", "pretrain_corpus": "c4"}, "pretrain_corpus='c4' is not allowed"),
-    ("06_interactions", {"profile": "quick", "p": 0.0}, "p must be a number in (0, 1), got 0.0"),
+    ("06_interactions", {"profile": "quick", "p_cnn": 0.0}, "p_cnn must be a number in (0, 1), got 0.0"),
     ("07_cost", {"profile": "quick", "sizes": "1,x"}, "sizes must be"),
 ])
 def test_bad_parameter_fails_at_the_first_cell(tmp_path, chapter, params, message):

@@ -160,5 +160,5 @@ def test_chapter6_laptop_groups_take_a_step_at_their_sizes():
                      p_connect=[a["p"] if a["kind"] == "dropconnect" else 0.0 for a in arms])
     assert _one_step(mlp, cfg.batch_size, cfg.amp) > 0
     k = len(ch.CNN_ARMS) * cfg.n_seeds
-    cnn = StackedCNN(k, p_before_bn=[cfg.p] * k, p_after_bn=[0.0] * k)
+    cnn = StackedCNN(k, p_before_bn=[cfg.p_cnn] * k, p_after_bn=[0.0] * k)
     assert _one_step(cnn, cfg.batch_size, cfg.amp, shape=(1, 28, 28)) > 0

@@ -382,7 +382,7 @@ def _chapter6_record(effect: float, seeds: int = 3, best_epoch: int = 5, late: f
     cnn_wrong = np.stack([latent[r.seed] < r.test_error for r in cnn.itertuples()])
     rec = {"cnn": cnn, "reestimated": pd.DataFrame(reest), "mlp": mlp, "mlp_wrong": wrong, "cnn_wrong": cnn_wrong,
            "curves": _chapter6_curves(cnn, mlp, late), "grid": inter.grid(mlp),
-           "shift_check": pd.DataFrame([inter.variance_shift_check(c, 1.0, cfg.p, n=200_000) for c in (0.0, 0.5, 1.0)])}
+           "shift_check": pd.DataFrame([inter.variance_shift_check(c, 1.0, cfg.p_cnn, n=200_000) for c in (0.0, 0.5, 1.0)])}
     return rec, cfg
 
 

@@ -7,6 +7,8 @@ scale and protocol) and :mod:`~dropnotes.experiments.store` (records with proven
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
+from typing import ClassVar
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +23,10 @@ from dropnotes.experiments.knobs import DEVICE, PROFILE, SEED
 @dataclass(frozen=True)
 class ChapterConfig:
     """What every chapter's frozen config starts with. A chapter subclasses it with its own fields."""
+
+    # a chapter's own renamed fields (old name -> new): config_of reads a stored run's params through them, beside
+    # the book-wide RENAMED_PARAMS
+    RENAMED: ClassVar[Mapping[str, str]] = {}
 
     profile: str = field(metadata={"knob": PROFILE})
     device: str = field(metadata={"knob": DEVICE})
@@ -44,11 +50,12 @@ RENAMED_PARAMS = {"input_p": "p_input"}
 
 
 def config_of(cls: type, record: dict):
-    """The config a stored run was made with (its ``params``, under their current names (:data:`RENAMED_PARAMS`);
-    JSON lists back as tuples)."""
+    """The config a stored run was made with (its ``params``, under their current names (:data:`RENAMED_PARAMS` and
+    the config's own ``RENAMED``); JSON lists back as tuples)."""
     from dataclasses import fields
 
-    params = {RENAMED_PARAMS.get(k, k): v for k, v in record["params"].items()}
+    renamed = {**RENAMED_PARAMS, **cls.RENAMED}
+    params = {renamed.get(k, k): v for k, v in record["params"].items()}
     return cls(**{f.name: tuple(params[f.name]) if isinstance(params.get(f.name), list) else params[f.name]
                   for f in fields(cls) if f.name in params})
 

@@ -57,7 +57,7 @@ def sequential_groups(cfg: InteractionsConfig) -> list[Group]:
     """The chapter as it ran before the engine (each arm and seed its own run, eager, fp32): what its stored full
     run measured, and the sequential reference of the batched groups."""
     with torch.device("meta"):
-        cnn = SmallCNN(placement="before-bn", p=cfg.p)
+        cnn = SmallCNN(placement="before-bn", p=cfg.p_cnn)
         fc, nc, bc = meta_step(cnn, torch.empty(cfg.batch_size, 1, 28, 28), torch.zeros(cfg.batch_size, dtype=torch.long),
                                loss=F.cross_entropy)
         net = mlp("dropout", cfg.mlp_hidden, 0.5)
@@ -89,8 +89,8 @@ def timed_steps(cfg: InteractionsConfig) -> list[TimedStep]:
 
 def compare_steps(cfg: InteractionsConfig, gen: torch.Generator) -> list[tuple]:
     kc, km = _sizes(cfg)
-    return [classifier_compare("CNNs", kc, lambda: SmallCNN(placement="before-bn", p=cfg.p),
-                               lambda: StackedCNN(kc, p_before_bn=cfg.p, p_after_bn=cfg.p), (1, 28, 28), 0, cfg, gen),
+    return [classifier_compare("CNNs", kc, lambda: SmallCNN(placement="before-bn", p=cfg.p_cnn),
+                               lambda: StackedCNN(kc, p_before_bn=cfg.p_cnn, p_after_bn=cfg.p_cnn), (1, 28, 28), 0, cfg, gen),
             classifier_compare("MLPs", km, lambda: mlp("dropout", cfg.mlp_hidden, 0.5),
                                lambda: StackedMLP(km, 784, (cfg.mlp_hidden, cfg.mlp_hidden), 10, p_hidden=0.5,
                                                   p_connect=[0.5] + [0.0] * (km - 1)), (1, 28, 28), cfg.n_seeds, cfg,

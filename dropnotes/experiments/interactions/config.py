@@ -3,7 +3,9 @@ settings and values, the profiles, the knobs and ``configure``."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dropnotes.experiments._base import ChapterConfig
 from dropnotes.experiments.knobs import Knobs, rate_knob, size_knob
@@ -73,9 +75,11 @@ CNN_ARMS = (("none", "pixel"), ("before-bn", "pixel"), ("after-bn", "pixel"), ("
 
 @dataclass(frozen=True)
 class InteractionsConfig(ChapterConfig):
+    RENAMED: ClassVar[Mapping[str, str]] = {"p": "p_cnn"}  # before 2026-12-07
+
     n_seeds: int = size_knob("seeds of every arm", high=100)
-    p: float = rate_knob(0.5, "the CNN's dropout rate, > 0 (Li et al.'s 0.5; the MLPs use 0.5, Srivastava et al.'s "
-                              "hidden rate)", low_open=True)
+    p_cnn: float = rate_knob(0.5, "the CNN's dropout rate, > 0 (Li et al.'s 0.5; the MLPs use 0.5, Srivastava et "
+                                  "al.'s hidden rate)", low_open=True)
     cnn_train_size: int
     cnn_epochs: int = size_knob("CNN training epochs", high=10000)
     mlp_train_size: int

@@ -128,8 +128,8 @@ def cnn_group(cfg: InteractionsConfig) -> StackedCNN:
     """Every CNN arm x seed as one :class:`StackedCNN` (on the CPU, or on the meta device inside
     ``torch.device("meta")``): what the run trains and the cost model counts."""
     arms = cnn_arms(cfg)
-    return StackedCNN(len(arms), p_before_bn=[cfg.p if pl == "before-bn" else 0.0 for pl, _, _ in arms],
-                      p_after_bn=[cfg.p if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
+    return StackedCNN(len(arms), p_before_bn=[cfg.p_cnn if pl == "before-bn" else 0.0 for pl, _, _ in arms],
+                      p_after_bn=[cfg.p_cnn if pl == "after-bn" else 0.0 for pl, _, _ in arms], noise=[nz for _, nz, _ in arms],
                       seeds=[stream_seed(s, "init-cnn") for _, _, s in arms])
 
 
@@ -236,7 +236,7 @@ def run(cfg: InteractionsConfig, save: bool = True) -> dict:
     wall = Timer(cfg.torch_device).start()
     cnn, reest, cnn_curves, cnn_timing, cnn_wrong = run_cnns(cfg)
     mlp_runs, mlp_curves, mlp_timing, mlp_wrong = run_mlps(cfg)
-    rec = {"shift_check": pd.DataFrame([variance_shift_check(c, 1.0, cfg.p) for c in (0.0, 0.5, 1.0)]),
+    rec = {"shift_check": pd.DataFrame([variance_shift_check(c, 1.0, cfg.p_cnn) for c in (0.0, 0.5, 1.0)]),
            "cnn": cnn, "reestimated": reest, "mlp": mlp_runs, "mlp_wrong": mlp_wrong, "cnn_wrong": cnn_wrong,
            "timing": pd.DataFrame([cnn_timing, mlp_timing]), "curves": curves(cnn_curves, mlp_curves),
            "wrong": packed_mistakes(cnn, cnn_wrong, mlp_runs, mlp_wrong)}

@@ -20,14 +20,14 @@ from dropnotes.experiments import cost, droppath, ensembles, interactions, llm, 
 
 # (argv, text the one-line error must contain) -- the parameter's name is always in it.
 CLI_CASES = [
-    (["run", "mechanics", "-p", "p", "nan"], "p must be a number in [0, 1), got nan"),
-    (["run", "mechanics", "-p", "p", "1"], "p must be a number in [0, 1), got 1.0"),
-    (["run", "mechanics", "-p", "p", "-0.1"], "p must be a number in [0, 1)"),
-    (["run", "mechanics", "-p", "rates", "0.0"], "rates must be a list of at least 2 numbers"),
-    (["run", "mechanics", "-p", "rates", "0,0"], "rates must include 0.0 (the no-dropout baseline) and at least one rate > 0"),
-    (["run", "mechanics", "-p", "rates", "0.2,0.5"], "rates must include 0.0"),
-    (["run", "mechanics", "-p", "rates", "0,x"], "rates must be a list"),
-    (["run", "mechanics", "-p", "rates", "0,1.5"], "rates must be a list of at least 2 numbers in [0, 1)"),
+    (["run", "mechanics", "-p", "p_example", "nan"], "p_example must be a number in [0, 1), got nan"),
+    (["run", "mechanics", "-p", "p_example", "1"], "p_example must be a number in [0, 1), got 1.0"),
+    (["run", "mechanics", "-p", "p_example", "-0.1"], "p_example must be a number in [0, 1)"),
+    (["run", "mechanics", "-p", "p_hidden", "0.0"], "p_hidden must be a list of at least 2 numbers"),
+    (["run", "mechanics", "-p", "p_hidden", "0,0"], "p_hidden must include 0.0 (the no-dropout baseline) and at least one rate"),
+    (["run", "mechanics", "-p", "p_hidden", "0.2,0.5"], "p_hidden must include 0.0"),
+    (["run", "mechanics", "-p", "p_hidden", "0,x"], "p_hidden must be a list"),
+    (["run", "mechanics", "-p", "p_hidden", "0,1.5"], "p_hidden must be a list of at least 2 numbers in [0, 1)"),
     (["run", "mechanics", "-p", "train_size", "0"], "train_size must be an integer in [1, 59,000], got 0"),
     (["run", "mechanics", "-p", "train_size", "70000"], "train_size must be an integer in [1, 59,000], got 70000"),
     (["run", "mechanics", "-p", "profile", "full", "-p", "train_size", "55000"],
@@ -64,19 +64,19 @@ CLI_CASES = [
     (["run", "cost", "-p", "sizes", "0"], "sizes must be a list of at least 1 integers in [1, 2,147,483,647]"),
     (["run", "cost", "-p", "sizes", "2000000000"], "sizes must be <="),
     (["run", "cost", "-p", "rounds", "0"], "rounds must be an integer in [1, 1,000], got 0"),
-    (["run", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'; allowed: profile, device, seed, p, rates"),
+    (["run", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'; allowed: profile, device, seed, p_example"),
     (["run", "nosuch"], "unknown chapter 'nosuch'; choose one of mechanics"),
     (["sweep", "mechanics", "-p", "seed", "1,,2"], "parameter seed: empty value in '1,,2'"),
     (["sweep", "mechanics", "-p", "seed", ""], "parameter seed: empty value"),
-    (["sweep", "mechanics", "-p", "p", "0.1,2"], "p must be a number in [0, 1), got 2.0"),
+    (["sweep", "mechanics", "-p", "p_example", "0.1,2"], "p_example must be a number in [0, 1), got 2.0"),
     (["sweep", "mechanics", "-p", "seed", "1,2", "--workers", "0"], "--workers must be an integer >= 1, got 0"),
     (["sweep", "mechanics", "-p", "seed", "1,2", "--workers", "-3"], "--workers must be an integer >= 1, got -3"),
     (["sweep", "mechanics", "-p", "seed", "1", "--executor", "slurm"], "--executor slurm needs Slurm, but sbatch is not on PATH"),
     (["sweep", "mechanics", "-p", "seed", "1", "--timeout-min", "0"], "--timeout-min must be an integer >= 1, got 0"),
-    (["sweep", "mechanics", "-p", "rates", "0,0.5;0.5"], "rates must be a list of at least 2 numbers"),
+    (["sweep", "mechanics", "-p", "p_hidden", "0,0.5;0.5"], "p_hidden must be a list of at least 2 numbers"),
     (["sweep", "droppath", "-p", "depth", "4,1"], "depth must be > 2 (the shallow comparison), got 1"),
     (["compute", "cost", "-p", "rounds", "-2"], "rounds must be an integer in [1, 1,000], got -2"),
-    (["compute", "mechanics", "-p", "rates", "[0.0]"], "rates must be a list of at least 2 numbers"),
+    (["compute", "mechanics", "-p", "p_hidden", "[0.0]"], "p_hidden must be a list of at least 2 numbers"),
     (["compute", "mechanics", "-p", "nosuch", "1"], "unknown parameter 'nosuch'"),
     (["compute", "variational", "-p", "p_io", "nan"], "p_io must be a number in [0, 1), got nan"),
     (["compute", "llm", "-p", "device", "tpu"], "device='tpu' is not allowed"),
@@ -99,13 +99,13 @@ def test_parameters_file_errors_are_one_line(tmp_path, capsys):
     not_a_map = tmp_path / "list.yaml"
     not_a_map.write_text("- 1\n- 2\n")
     wrong_value = tmp_path / "value.yaml"
-    wrong_value.write_text("p: 2\n")
+    wrong_value.write_text("p_example: 2\n")
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("dropout: 0.5\n")
     for path, message in ((tmp_path / "missing.yaml", "cannot read the parameters file"),
                           (bad_yaml, "not valid YAML at line 2"),
                           (not_a_map, "must hold a mapping of parameter names to values, got list"),
-                          (wrong_value, "p must be a number in [0, 1), got 2"),
+                          (wrong_value, "p_example must be a number in [0, 1), got 2"),
                           (unknown, "unknown parameter 'dropout'")):
         assert cli.main(["run", "mechanics", "-f", str(path), "--runs-dir", str(tmp_path / "runs")]) == 2
         err = capsys.readouterr().err
@@ -135,17 +135,17 @@ def test_a_bad_data_folder_is_refused_at_the_start(tmp_path, monkeypatch, capsys
 
 def test_an_unknown_notebook_parameter_is_refused_by_name():
     ns = {"profile": "quick", "seed": 0, "dropuot": 0.5, "In": [], "_": None, "np": np}
-    with pytest.raises(ValueError, match="unknown parameter 'dropuot'; allowed: profile, device, seed, p, rates"):
+    with pytest.raises(ValueError, match="unknown parameter 'dropuot'; allowed: profile, device, seed, p_example, p_hidden"):
         mechanics.KNOBS.check_namespace(ns)
     mechanics.KNOBS.check_namespace({"profile": "quick", "seed": 3, "np": np})  # modules and known names pass
 
 
 # configure: the Python API (and the notebook's first cell). Each case: module, kwargs, text.
 CONFIGURE_CASES = [
-    (mechanics, {"rates": [0.0]}, "rates must be a list of at least 2 numbers"),
-    (mechanics, {"rates": "0,0.5,abc"}, "rates must be a list"),
-    (mechanics, {"p": float("nan")}, "p must be a number in [0, 1), got nan"),
-    (mechanics, {"p": "0.5"}, "p must be a number in [0, 1), got '0.5'"),
+    (mechanics, {"p_hidden": [0.0]}, "p_hidden must be a list of at least 2 numbers"),
+    (mechanics, {"p_hidden": "0,0.5,abc"}, "p_hidden must be a list"),
+    (mechanics, {"p_example": float("nan")}, "p_example must be a number in [0, 1), got nan"),
+    (mechanics, {"p_example": "0.5"}, "p_example must be a number in [0, 1), got '0.5'"),
     (mechanics, {"train_size": -5}, "train_size must be an integer in [1, 59,000], got -5"),
     (mechanics, {"epochs": 2.5}, "epochs must be an integer"),
     (mechanics, {"dataset": "MNIST"}, "dataset='MNIST' is not allowed"),
@@ -173,9 +173,9 @@ def test_configure_refuses_with_a_named_parameter(module, kwargs, message):
 
 
 def test_configure_accepts_numpy_and_tensor_values_in_canonical_form():
-    a = mechanics.configure(profile="quick", p=np.float32(0.25), rates=np.array([0, 0.5]), train_size=np.int64(100))
-    b = mechanics.configure(profile="quick", p=torch.tensor(0.25), rates=(0.0, 0.5), train_size=100)
-    assert a == b and a.rates == (0.0, 0.5) and isinstance(a.train_size, int)
+    a = mechanics.configure(profile="quick", p_example=np.float32(0.25), p_hidden=np.array([0, 0.5]), train_size=np.int64(100))
+    b = mechanics.configure(profile="quick", p_example=torch.tensor(0.25), p_hidden=(0.0, 0.5), train_size=100)
+    assert a == b and a.p_hidden == (0.0, 0.5) and isinstance(a.train_size, int)
 
 
 def test_the_device_is_resolved_before_the_profile(monkeypatch):
@@ -343,10 +343,10 @@ def test_the_last_refusals_a_new_user_meets(tmp_path, monkeypatch, capsys):
     """Issue 47, item 6: each input below was accepted, or refused with a wrong or multi-line message."""
     with pytest.raises(ValueError, match="inverted must be True or False, got 'no'"):
         DF.dropout(torch.ones(4), 0.5, inverted="no")
-    with pytest.raises(ValueError, match="rates must be a list .* got '0,,0.5'"):
-        mechanics.KNOBS["rates"].parse("0,,0.5")
-    assert cli.main(["compute", "mechanics", "-p", "rates", "0,,0.5"]) == 2
-    assert "rates must be" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="p_hidden must be a list .* got '0,,0.5'"):
+        mechanics.KNOBS["p_hidden"].parse("0,,0.5")
+    assert cli.main(["compute", "mechanics", "-p", "p_hidden", "0,,0.5"]) == 2
+    assert "p_hidden must be" in capsys.readouterr().err
     assert cli.main(["run", "mechanics", "--all"]) == 2
     assert "not both" in capsys.readouterr().err
     assert "e.g. 0,0.5" not in cost.KNOBS["sizes"].allowed()

@@ -29,7 +29,7 @@ def test_seed_blocks_resume_and_merge_into_one_record(store, have_data, monkeypa
     assert record["params"]["n_seeds"] == 2 and record["provenance"]["seeds"] == cfg.seeds
     assert sorted(record["tables"]["finals"].seed.unique()) == cfg.seeds
     assert [b["seeds"] for b in record["provenance"]["blocks"]] == [[s] for s in cfg.seeds]
-    assert len(merged["summary"]) == len(cfg.rates) and (merged["summary"].seeds == 2).all()
+    assert len(merged["summary"]) == len(cfg.p_hidden) and (merged["summary"].seeds == 2).all()
 
     ran = []
     real = mechanics.run

@@ -97,9 +97,9 @@ def test_chapter_executes_and_stores_its_result(relpath):
 @pytest.mark.parametrize("chapter, params, message", [
     ("01_mechanics", {"profile": "fastest"},
      "profile='fastest' is not allowed; choose one of 'smoke', 'quick', 'laptop', 'full', 'auto'"),
-    ("01_mechanics", {"profile": "quick", "p": 1.5}, "p must be a number in [0, 1), got 1.5"),
-    ("01_mechanics", {"profile": "quick", "dropout_rate": 0.5}, "unknown parameter 'dropout_rate'; allowed: profile, seed"),
-    ("01_mechanics", {"profile": "quick", "rates": [0.0]}, "rates must be a list of at least 2 numbers"),
+    ("01_mechanics", {"profile": "quick", "p_example": 1.5}, "p_example must be a number in [0, 1), got 1.5"),
+    ("01_mechanics", {"profile": "quick", "dropout_rate": 0.5}, "unknown parameter 'dropout_rate'; allowed: profile"),
+    ("01_mechanics", {"profile": "quick", "p_hidden": [0.0]}, "p_hidden must be a list of at least 2 numbers"),
     ("02_ensembles", {"profile": "quick", "members": 1}, "members must be an integer in [2, 100], got 1"),
     ("03_variational", {"profile": "quick", "p_rec": -0.1}, "p_rec must be a number in [0, 1), got -0.1"),
     ("04_droppath_vit", {"profile": "quick", "dataset": "imagenet"}, "dataset='imagenet' is not allowed"),

@@ -27,16 +27,16 @@ def test_list_shows_every_chapter_with_parameters(capsys):
     out = capsys.readouterr().out
     for name in REGISTRY:
         assert name in out
-    assert "profile" in out and "'auto'" in out and "rates" in out
+    assert "profile" in out and "'auto'" in out and "p_hidden" in out
     assert "any (default None)" not in out and "int or None" in out and "list of float" in out
 
 
 @pytest.mark.parametrize("argv, message", [
     (["run", "nosuch"],
      "unknown chapter 'nosuch'; choose one of mechanics, ensembles, variational, droppath, llm, interactions, cost"),
-    (["run", "mechanics", "-p", "dropout", "0.3"], "unknown parameter 'dropout'; allowed: profile, seed"),
+    (["run", "mechanics", "-p", "dropout", "0.3"], "unknown parameter 'dropout'; allowed: profile, device, seed"),
     (["run", "mechanics", "-p", "seed", "abc"], "parameter seed must be an integer in [0, 2,147,483,647], got 'abc'"),
-    (["run", "mechanics", "-p", "p", "true"], "parameter p must be a number in [0, 1), got 'true'"),
+    (["run", "mechanics", "-p", "p_example", "true"], "parameter p_example must be a number in [0, 1), got 'true'"),
     (["run", "mechanics", "-p", "profile", "fastest"], "profile='fastest' is not allowed"),
     (["run"], "name one chapter or pass --all"),
 ])
@@ -48,10 +48,10 @@ def test_bad_requests_are_refused_before_any_kernel(tmp_path, capsys, argv, mess
 
 def test_values_are_typed_by_the_declared_knobs():
     assert cli.coerce("mechanics", "seed", "3") == 3
-    assert cli.coerce("mechanics", "p", "0", None) == 0.0 and isinstance(cli.coerce("mechanics", "p", "0"), float)
+    assert cli.coerce("mechanics", "p_example", "0", None) == 0.0 and isinstance(cli.coerce("mechanics", "p_example", "0"), float)
     assert cli.coerce("mechanics", "dataset", "mnist") == "mnist"
-    assert cli.coerce("mechanics", "rates", "0,0.5") == (0.0, 0.5)
-    assert cli.coerce("mechanics", "rates", "[0, 0.5]") == (0.0, 0.5)  # one canonical form, however spelt
+    assert cli.coerce("mechanics", "p_hidden", "0,0.5") == (0.0, 0.5)
+    assert cli.coerce("mechanics", "p_hidden", "[0, 0.5]") == (0.0, 0.5)  # one canonical form, however spelt
     assert cli.coerce("mechanics", "epochs", "12") == 12 and cli.coerce("mechanics", "epochs", "None") is None
     with pytest.raises(cli.UsageError, match="seed must be an integer"):
         cli.coerce("mechanics", "seed", "1.5")

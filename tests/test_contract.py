@@ -125,5 +125,5 @@ def test_every_knob_is_declared_once_as_a_field_of_its_chapters_config():
 def test_a_generated_configure_refuses_an_unknown_parameter_by_name():
     from dropnotes.experiments import mechanics
 
-    with pytest.raises(ValueError, match="unknown parameter 'dropout'; allowed: profile, device, seed, p, rates"):
+    with pytest.raises(ValueError, match="unknown parameter 'dropout'; allowed: profile, device, seed, p_example, p_hidden"):
         mechanics.configure("smoke", device="cpu", dropout=0.5)

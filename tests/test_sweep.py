@@ -38,7 +38,7 @@ def test_grid_and_ids():
 def test_sweep_values_split_and_type():
     values = cli.sweep_values("ensembles", [("p_hidden", "0.1,0.3"), ("seed", "1,2,3")], "quick")
     assert values == {"p_hidden": [0.1, 0.3], "seed": [1, 2, 3], "profile": ["quick"]}
-    assert cli.sweep_values("mechanics", [("rates", "0,0.5;0,0.2")], None) == {"rates": [(0.0, 0.5), (0.0, 0.2)]}
+    assert cli.sweep_values("mechanics", [("p_hidden", "0,0.5;0,0.2")], None) == {"p_hidden": [(0.0, 0.5), (0.0, 0.2)]}
     with pytest.raises(cli.UsageError, match="unknown parameter 'dropout'"):
         cli.sweep_values("ensembles", [("dropout", "0.1")], None)
 

@@ -14,7 +14,7 @@ from dropnotes.stacked import StackedMLP
 
 def groups(cfg: MechanicsConfig) -> list[Group]:
     """The rates x seeds as one batched group of MLPs, and its evaluation passes (train, validation, test)."""
-    k = len(cfg.rates) * cfg.n_seeds
+    k = len(cfg.p_hidden) * cfg.n_seeds
     (f, n, b), model = engine_step(k, cfg, 0, lambda: stacked_group(cfg))  # the run's own group
     with torch.device("meta"):
         model.eval()
@@ -29,13 +29,13 @@ def groups(cfg: MechanicsConfig) -> list[Group]:
 
 
 def timed_steps(cfg: MechanicsConfig) -> list[TimedStep]:
-    k = len(cfg.rates) * cfg.n_seeds
+    k = len(cfg.p_hidden) * cfg.n_seeds
     return [TimedStep(f"{k} MLPs {cfg.hidden}", k, dtype_of(cfg),
                       lambda dev: engine_step_fn(k, cfg, 0, lambda: stacked_group(cfg), device=dev))]
 
 
 def compare_steps(cfg: MechanicsConfig, gen: torch.Generator) -> list[tuple]:
-    k = len(cfg.rates) * cfg.n_seeds
+    k = len(cfg.p_hidden) * cfg.n_seeds
     return [classifier_compare("MLPs", k, lambda: MLP(784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=0.5),
                                lambda: StackedMLP(k, 784, cfg.hidden, 10, p_input=cfg.p_input, p_hidden=0.5), (784,),
                                0, cfg, gen)]

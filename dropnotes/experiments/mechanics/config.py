@@ -3,7 +3,9 @@ declared with the rules, the profiles, the knobs, ``configure``, and the trainin
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 from dropnotes import bench
 from dropnotes.experiments._base import ChapterConfig
@@ -59,9 +61,11 @@ def measured_setting(cfg: "MechanicsConfig") -> dict:
 class MechanicsConfig(ChapterConfig):
     """Everything that defines one run of the chapter."""
 
-    p: float = rate_knob(0.5, "drop rate of the worked examples")
-    rates: tuple[float, ...] = knob("floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and at "
-                                    "least one more", low=0.0, high=1.0, high_open=True, min_len=2)
+    RENAMED: ClassVar[Mapping[str, str]] = {"p": "p_example", "rates": "p_hidden"}  # before 2026-12-07
+
+    p_example: float = rate_knob(0.5, "drop rate of the worked examples")
+    p_hidden: tuple[float, ...] = knob("floats", (0.0, 0.2, 0.5), "hidden-layer drop rates of the MNIST sweep: 0 and "
+                                       "at least one more", low=0.0, high=1.0, high_open=True, min_len=2)
     p_input: float = rate_knob(0.2, "input drop rate of the dropout arms (the arm without dropout has none)")
     train_size: int = size_knob("training examples (the validation split is held out beside them)", high=59000)
     val_size: int  # held out of MNIST's training set: chooses the rate and the epoch (the test set is used once)
@@ -105,9 +109,9 @@ MNIST_TRAIN = 60000
 
 def _check(d: dict, profile: str, device) -> None:
     """What spans knobs and profile: the sweep has its baseline and a dropout arm, and MNIST has the images."""
-    if 0.0 not in d["rates"] or max(d["rates"]) == 0.0:
-        raise ValueError(f"rates must include 0.0 (the no-dropout baseline) and at least one rate > 0, "
-                         f"got {list(d['rates'])}")
+    if 0.0 not in d["p_hidden"] or max(d["p_hidden"]) == 0.0:
+        raise ValueError(f"p_hidden must include 0.0 (the no-dropout baseline) and at least one rate > 0, "
+                         f"got {list(d['p_hidden'])}")
     if d["train_size"] + d["val_size"] > MNIST_TRAIN:
         raise ValueError(f"train_size must be <= {MNIST_TRAIN - d['val_size']:,} (MNIST's 60,000 training "
                          f"images less the {d['val_size']:,} held out for validation), got {d['train_size']}")
@@ -120,7 +124,7 @@ configure = KNOBS.configurer(MechanicsConfig, PROFILE_DEFAULTS, _check)
 def train_flops(cfg: MechanicsConfig) -> float:
     """Multiply-add FLOPs of the training steps of every model: what the achieved FLOP/s of a run counts."""
     steps = cfg.epochs * (cfg.train_size // cfg.batch_size)
-    return bench.mlp_flops([784, *cfg.hidden, 10], cfg.batch_size * steps) * len(cfg.rates) * cfg.n_seeds
+    return bench.mlp_flops([784, *cfg.hidden, 10], cfg.batch_size * steps) * len(cfg.p_hidden) * cfg.n_seeds
 
 
 def speed(cfg: MechanicsConfig, train_s: float) -> dict:

@@ -165,7 +165,7 @@ def merge_blocks(cfg: MechanicsConfig, blocks: list[dict]) -> dict:
                                                                    "matmul_2048_gflops_per_s")}
     return {"curves": curves, "finals": finals, "summary": summary, "verdicts": table,
             "metrics": {**{f"test_error_p{r:g}": float(summary.loc[summary.p == r, "test error %"].iloc[0])
-                           for r in cfg.rates}, **speed, "precision": metrics[0].get("precision")},
+                           for r in cfg.p_hidden}, **speed, "precision": metrics[0].get("precision")},
             "tables": {"summary": summary, "verdicts": table, "curves": curves, "finals": finals}}
 
 

@@ -40,7 +40,7 @@ def stacked_group(cfg: MechanicsConfig) -> StackedMLP:
 
 def arms(cfg: MechanicsConfig) -> list[tuple[float, int]]:
     """The (rate, seed) of every model, in the order they are stacked in the batched group."""
-    return [(rate, seed) for rate in cfg.rates for seed in cfg.seeds]
+    return [(rate, seed) for rate in cfg.p_hidden for seed in cfg.seeds]
 
 
 def run_mnist_sweep(cfg: MechanicsConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -85,6 +85,6 @@ def run(cfg: MechanicsConfig, save: bool = True) -> dict:
         record["path"] = finish(
             CHAPTER, cfg, PROFILE_DEFAULTS, wall_s=wall.seconds, dataset=cfg.dataset,
             metrics={**{f"test_error_p{r:g}": float(summary.loc[summary.p == r, "test error %"].iloc[0])
-                        for r in cfg.rates}, "train_s": finals.attrs["train_s"], **rate},
+                        for r in cfg.p_hidden}, "train_s": finals.attrs["train_s"], **rate},
             tables={"summary": summary, "verdicts": table, "curves": curves, "finals": finals})
     return record

@@ -203,7 +203,7 @@ def test_the_estimated_step_is_the_engines_training_step(which, monkeypatch):
         step, _, _ = variational_costs.lstm_step_fn(variational.configure("smoke", device="cpu"), "cpu")
     else:
         cfg = llm.configure("smoke", device="cpu")
-        step, _, _ = llm_costs.gpt_step_fn(3, cfg, cfg.batch_size, cfg.p, "cpu")
+        step, _, _ = llm_costs.gpt_step_fn(3, cfg, cfg.batch_size, cfg.p_all, "cpu")
     step()
     assert len(calls) == 1 and int(calls[0]) == 1
 

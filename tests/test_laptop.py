@@ -129,7 +129,7 @@ def test_chapter5_laptop_group_takes_a_step_at_its_sizes():
     assert cfg.n_seeds >= 3
     k = len(ch.ARMS) * cfg.n_seeds
     group = StackedGPT(k, block_size=cfg.block_size, dim=cfg.dim, layers=cfg.layers, heads=cfg.heads,
-                       p_emb=cfg.p, p_attn=cfg.p, p_resid=cfg.p, seeds=list(range(k))).train()
+                       p_emb=cfg.p_all, p_attn=cfg.p_all, p_resid=cfg.p_all, seeds=list(range(k))).train()
     params = list(group.parameters())
     before = [p.detach().clone() for p in params]
     table = torch.randint(0, 256, (4 * cfg.batch_size, cfg.block_size + 1))

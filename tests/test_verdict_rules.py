@@ -742,7 +742,8 @@ def _chapter5_curves(cfg, late: dict | None = None) -> pd.DataFrame:
     rng = np.random.default_rng(3)
     late = late or {}
     rows = []
-    keys = [("full", q, s) for s in sorted({*cfg.sizes, cfg.finetune_bytes}) for q in sorted({0.0, cfg.p, *cfg.finetune_rates})]
+    keys = [("full", q, s) for s in sorted({*cfg.sizes, cfg.finetune_bytes})
+            for q in sorted({0.0, cfg.p_all, *cfg.finetune_rates})]
     keys += [("LoRA", q, cfg.finetune_bytes) for q in cfg.lora_rates]
     for method, q, size in keys:
         slope = late.get((method, q, size), 0.0)
@@ -776,7 +777,7 @@ def _chapter5_record(gain: float, cfg, first_best: bool = False, late: dict | No
                 "row": {"epochs": epochs, "overfit_bpb": 0.1}}
     for k, size in enumerate(sizes + ([cfg.finetune_bytes] if cfg.finetune_bytes not in sizes else [])):
         g = gain * max(0.0, 1 - k / max(len(sizes) - 1, 1))  # the crossing: gain shrinks to 0 on all the data
-        for q in sorted({0.0, cfg.p, *cfg.finetune_rates}):
+        for q in sorted({0.0, cfg.p_all, *cfg.finetune_rates}):
             ft["full", q, size] = [run(s, base[s] - (g * LN2 if q > 0 else 0.0) + noise(), 10.0 / (k + 1)) for s in seeds]
     for q in cfg.lora_rates:
         ft["LoRA", q, cfg.finetune_bytes] = [run(s, base[s] - (gain * LN2 if q > 0 else 0.0) + noise(), 10.0)
@@ -833,7 +834,7 @@ def test_chapter5_a_late_arm_blocks_only_the_rows_it_could_change():
     # the crossing reads every slice's arms: the main slice is one of them
     assert table.loc[llm.CLAIMS["crossing"]["claim"]].verdict.startswith("not converged (on 10000 bytes")
     better = ("full", max(cfg.finetune_rates), cfg.finetune_bytes)  # 2p: chosen on validation (ties: the first)
-    table = llm.verdicts(_chapter5_record(0.05, cfg, late={("LoRA", cfg.p, cfg.finetune_bytes): 0.01, better: 0.0}),
+    table = llm.verdicts(_chapter5_record(0.05, cfg, late={("LoRA", cfg.p_all, cfg.finetune_bytes): 0.01, better: 0.0}),
                          cfg).set_index("claim")
     assert table.loc[llm.CLAIMS["lora"]["claim"]].verdict.startswith("reproduced (direction")
 

@@ -91,12 +91,12 @@ def groups(cfg: LLMConfig, pretrain_steps: int | None = None) -> list[Group]:
     evals = lambda steps, batch: math.ceil(steps / cfg.eval_every) * (cfg.eval_bytes // (batch * cfg.block_size) + 1)  # noqa: E731
     seeds, rates = cfg.n_seeds, len(cfg.lr_factors)
     kp, kr = 3 * rates, 3 * (seeds - 1)  # the first seed's arms x rates; the other seeds' arms at the chosen rates
-    (f, n, b), (fe, ne, be) = _gpt_group_step(kp, cfg, cfg.batch_size, cfg.p)
+    (f, n, b), (fe, ne, be) = _gpt_group_step(kp, cfg, cfg.batch_size, cfg.p_all)
     k = len(full_runs(cfg)) * seeds
-    (ff, nf, bf), (ffe, nfe, bfe) = _gpt_group_step(k, cfg, cfg.finetune_batch, cfg.p)
+    (ff, nf, bf), (ffe, nfe, bfe) = _gpt_group_step(k, cfg, cfg.finetune_batch, cfg.p_all)
     with torch.device("meta"):
         m = _model(cfg, 0.0)
-        add_lora(m, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=cfg.p)
+        add_lora(m, ("qkv",), r=cfg.lora_rank, alpha=2 * cfg.lora_rank, p=cfg.p_all)
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
         fl, nl, bl = meta_step(m, xf, xf, loss=lm_cross_entropy, optimizer="adamw", clip=1.0, amp=cfg.amp,
                                multi_tensor=True)
@@ -105,7 +105,7 @@ def groups(cfg: LLMConfig, pretrain_steps: int | None = None) -> list[Group]:
            Group("llm", "pretraining evaluation", 1, evals(pretrain_steps, cfg.batch_size), fe, ne, dtype,
                  captured=True, models_per_step=kp, bytes_per_step=be)]
     if kr:
-        (fr, nr, br), (fre, nre, bre) = _gpt_group_step(kr, cfg, cfg.batch_size, cfg.p)
+        (fr, nr, br), (fre, nre, bre) = _gpt_group_step(kr, cfg, cfg.batch_size, cfg.p_all)
         out += [Group("llm", f"{kr} GPTs pretraining (arms x the other seeds, chosen rates), batched", 1,
                       pretrain_steps, fr, nr, dtype, captured=True, models_per_step=kr, bytes_per_step=br),
                 Group("llm", "pretraining evaluation (the other seeds)", 1, evals(pretrain_steps, cfg.batch_size),
@@ -125,7 +125,7 @@ def sequential_groups(cfg: LLMConfig, pretrain_steps: int | None = None) -> list
     full run measured."""
     # counted without the autocast casts: that run was compiled, and torch.compile fuses them into their neighbours
     with torch.device("meta"):
-        m = _model(cfg, cfg.p)
+        m = _model(cfg, cfg.p_all)
         x = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long)
         f, n, b = meta_step(m, x, x, loss=lm_cross_entropy, optimizer="adamw", clip=1.0)
         xf = torch.zeros(cfg.finetune_batch, cfg.block_size, dtype=torch.long)
@@ -157,12 +157,12 @@ def calibration_points(cfg: LLMConfig, record: dict) -> list[dict]:
 def timed_steps(cfg: LLMConfig) -> list[TimedStep]:
     k = 3 * len(cfg.lr_factors)
     return [TimedStep(f"{k} GPTs {cfg.layers}x{cfg.dim} pretraining", k, dtype_of(cfg),
-                      lambda dev: gpt_step_fn(k, cfg, cfg.batch_size, cfg.p, dev))]
+                      lambda dev: gpt_step_fn(k, cfg, cfg.batch_size, cfg.p_all, dev))]
 
 
 def compare_steps(cfg: LLMConfig, gen: torch.Generator) -> list[tuple]:
-    nets = [_model(cfg, cfg.p).train() for _ in range(3)]
-    group = StackedGPT.from_models(nets, p_emb=cfg.p, p_attn=cfg.p, p_resid=cfg.p).train()
+    nets = [_model(cfg, cfg.p_all).train() for _ in range(3)]
+    group = StackedGPT.from_models(nets, p_emb=cfg.p_all, p_attn=cfg.p_all, p_resid=cfg.p_all).train()
     make_opt = lambda m: torch.optim.AdamW(m.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.1,  # noqa: E731
                                            foreach=False)
     return [lm_compare("GPTs (pretraining arms)", nets, group, make_opt, 256, cfg.batch_size, cfg.block_size,

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -42,6 +44,8 @@ PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 
 @dataclass(frozen=True)
 class LLMConfig(ChapterConfig):
+    RENAMED: ClassVar[Mapping[str, str]] = {"p": "p_all"}  # before 2026-12-07
+
     pretrain_corpus: str = knob("str", "python-sources", '"python-sources" (the standard library, torch, numpy and '
                                 'matplotlib; offline), "python-stdlib" (offline) or "enwik8" (downloaded)',
                                 choices=CORPORA)
@@ -53,7 +57,8 @@ class LLMConfig(ChapterConfig):
     pretrain_steps: int = size_knob("pretraining steps, never more than one pass over the corpus", high=10**6)
     pretrain_lr: float
     # the standard dropout rate (embedding, attention and residual alike)
-    p: float = rate_knob(0.1, "the dropout rate under test, in (0, 0.5); fine-tuning also tries 2p", low_open=True, high=0.5)
+    p_all: float = rate_knob(0.1, "the dropout rate under test at every site (embedding, attention, residual), in "
+                                  "(0, 0.5); fine-tuning also tries twice it", low_open=True, high=0.5)
     early_fraction: float  # early dropout: rate p for this fraction of pretraining, then 0
     finetune_steps: int = size_knob("fine-tuning steps", high=10**6)
     finetune_batch: int
@@ -114,7 +119,7 @@ PROFILE_DEFAULTS = {
 def _derive(d: dict, profile: str, device) -> None:
     """The fields set from the knobs: the fine-tuning rates (0, p, 2p), LoRA's (0, p), early dropout's fraction;
     ``torch.compile`` only in the full profile on a GPU."""
-    p = d["p"]
+    p = d["p_all"]
     d.update(early_fraction=0.2, finetune_rates=(0.0, p, 2 * p), lora_rates=(0.0, p))
     if profile != "full" and device.type != "cuda":
         d["compile"] = False
@@ -160,5 +165,5 @@ def full_runs(cfg: LLMConfig) -> list[tuple[float, int]]:
     """The full fine-tuning runs (p, size): every rate on the main slice, then the crossing (0 and p at every
     size), each once."""
     runs = [(q, cfg.finetune_bytes) for q in cfg.finetune_rates]
-    runs += [(q, size) for size in cfg.sizes for q in (0.0, cfg.p) if (q, size) not in runs]
+    runs += [(q, size) for size in cfg.sizes for q in (0.0, cfg.p_all) if (q, size) not in runs]
     return runs

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pandas as pd
 
-from dropnotes.experiments._base import plain
+from dropnotes.experiments._base import config_of, plain
 from dropnotes.experiments.store import stored_full as _stored_full
-from dropnotes.experiments.llm.config import CHAPTER
+from dropnotes.experiments.llm.config import CHAPTER, LLMConfig
 from dropnotes.stats import mean_sd
 
 
@@ -80,7 +80,7 @@ def stored_facts(stored: dict) -> dict:
     pre = pre.set_index("arm")
     full = ft[ft.method == "full"]
     main = full[full["size"] == p["finetune_bytes"]].set_index("p")
-    q = float(p["p"])
+    q = float(config_of(LLMConfig, stored).p_all)  # a stored run's params under their current names
     best = lambda size, rate: float(full[(full["size"] == size) & (full.p == rate)].best_bpb.iloc[0])  # noqa: E731
     sizes = sorted(full["size"].unique())
     small, large, whole = sizes[0], sizes[-2], sizes[-1]

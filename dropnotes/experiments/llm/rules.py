@@ -207,7 +207,7 @@ def verdicts(rec: dict, cfg: LLMConfig) -> pd.DataFrame:
     if rec.get("windows") is None and "pre" not in rec:
         return _not_judged(NO_WINDOWS)
     t, curves = _tables(rec)
-    p, rows = cfg.p, []
+    p, rows = cfg.p_all, []
     pre = {a: _bpb_windows(t, method="pretrain", arm=a) for a in ARMS}
     bpb = {a: _mean_bpb(w) for a, w in pre.items()}
     seeds = len(pre["none"])

@@ -192,10 +192,10 @@ def _pretrain_group(cfg: LLMConfig, corpus: data.TokenSplits, spec: list[tuple[s
     for s in dict.fromkeys(s for _, s, _ in spec):
         seed_everything(s)
         inits[s] = _model(cfg, 0.0).to(dev)
-    group = stacked.StackedGPT.from_models([inits[s] for _, s, _ in spec], max_rate=cfg.p)
+    group = stacked.StackedGPT.from_models([inits[s] for _, s, _ in spec], max_rate=cfg.p_all)
     steps = pretrain_steps(cfg, corpus)
     cut = int(cfg.early_fraction * steps)
-    p = cfg.p
+    p = cfg.p_all
     on = {"none": (0.0, 0.0), "dropout": (p, p), "early": (p, 0.0)}  # each arm's rate before and after the cut
     schedule = {0: [on[a][0] for a, _, _ in spec], cut: [on[a][1] for a, _, _ in spec]}
     rates = lambda t: dict(p_emb=schedule[t], p_attn=schedule[t], p_resid=schedule[t]) if t in schedule else None  # noqa: E731

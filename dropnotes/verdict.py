@@ -1,7 +1,8 @@
 """What a verdict may say, given the scale at which its run measured the claim.
 
-A chapter's rule (:mod:`dropnotes.stats`) turns measured numbers into a *rule verdict*: a text that starts
-with ``reproduced``, ``partly``, ``not reproduced``, ``inconclusive``, ``not converged`` or ``not measured``.
+A chapter's rule (its ``verdicts``, built on the tests in :mod:`dropnotes.stats`) turns measured numbers into a
+*rule verdict*: a text that starts with ``reproduced``, ``partly``, ``not reproduced``, ``inconclusive``,
+``not converged`` or ``not measured``.
 What that verdict may claim depends on the run's scale, and this module decides it, the same way for every
 chapter and for both signs:
 

@@ -125,6 +125,32 @@ def cosine_factor(epochs: int) -> Callable[[int], float]:
     return lambda e: 0.5 * (1 + math.cos(math.pi * e / epochs))
 
 
+def choose_on_grid(evaluate: Callable[[list[float]], pd.Series], grid: Iterable[float], *,
+                   widen: int = 2) -> tuple[float, pd.Series, bool]:
+    """A value (a learning rate) chosen on validation over ``grid``, widened where the choice sits on its edge: a
+    pilot whose best value is the grid's largest or smallest has not chosen. ``evaluate(values)`` trains and
+    scores the given values (a Series of validation scores indexed by value, lower is better); while the best
+    value is the largest (smallest) one tried, the next value one step of the grid's own ratio beyond it is
+    evaluated, at most ``widen`` times. Returns the chosen value, every score (by value) and whether the choice is
+    interior (a grid of one value: True)."""
+    widen = check_positive_int("widen", widen, minimum=0)
+    scores = evaluate(sorted(set(map(float, grid))))
+
+    def edge(scores: pd.Series) -> str:
+        values, best = sorted(scores.index), scores.idxmin()
+        return "" if len(values) < 2 or values[0] < best < values[-1] else ("high" if best == values[-1] else "low")
+
+    for _ in range(widen):
+        side = edge(scores)
+        if not side:
+            break
+        values = sorted(scores.index)
+        new = values[-1] ** 2 / values[-2] if side == "high" else values[0] ** 2 / values[1]
+        scores = pd.concat([scores, evaluate([new])])
+    scores = scores.sort_index()
+    return float(scores.idxmin()), scores, not edge(scores)
+
+
 def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy (nats) of (N, T, V) logits against (N, T) targets."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1))

@@ -925,3 +925,33 @@ def test_chapter1_page_states_its_rules_power_at_the_records_noise():
     text = mech.rule_power({"tables": {"finals": finals, "curves": curves}})
     assert "simulated" in text and "power with 3 seeds" in text, text
     assert mech.rule_power({"tables": {"finals": finals}}) == ""
+
+
+def test_a_pilot_choice_on_the_grids_edge_widens_the_grid():
+    """A pilot that picks the largest (or smallest) rate it tried has not chosen (issue 46): the grid grows one step of
+    its own ratio at a time until the choice is interior, at most ``widen`` times, and says whether it got there."""
+    import pandas as pd
+
+    from dropnotes.train import choose_on_grid
+
+    def bowl(best):  # a validation loss whose minimum is at ``best`` (log scale), and the rates it was asked for
+        asked = []
+
+        def evaluate(rates):
+            asked.append(list(rates))
+            return pd.Series({r: (np.log10(r) - np.log10(best)) ** 2 for r in rates})
+        return evaluate, asked
+
+    up = 1e-2 * (1e-2 / 3e-3)  # one step of the grid's ratio above its top
+    evaluate, asked = bowl(up)  # above the grid: one widening finds it, a second shows it interior
+    lr, scores, interior = choose_on_grid(evaluate, (1e-3, 3e-3, 1e-2))
+    assert lr == pytest.approx(up) and interior and asked[1] == [pytest.approx(up)] and len(asked) == 3
+    down = 1e-3 / 3  # one step of the grid's ratio below its bottom
+    evaluate, asked = bowl(down)  # below: widened downwards
+    lr, _, interior = choose_on_grid(evaluate, (1e-3, 3e-3, 1e-2))
+    assert lr == pytest.approx(down) and interior
+    evaluate, asked = bowl(1.0)  # far above: two widenings, still on the edge, and it says so
+    lr, scores, interior = choose_on_grid(evaluate, (1e-3, 3e-3, 1e-2), widen=2)
+    assert not interior and len(scores) == 5 and lr == pytest.approx(up * up / 1e-2)
+    evaluate, asked = bowl(3e-3)  # interior at once: no widening
+    assert choose_on_grid(evaluate, (1e-3, 3e-3, 1e-2))[2] and len(asked) == 1

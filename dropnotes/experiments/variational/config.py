@@ -15,8 +15,11 @@ CHAPTER = "variational"
 # 39-epoch medium schedule with 3 seeds, bf16, the schemes as one batched group; sparse VD with the authors' 200
 # epochs and schedules, its test set used once. Version 3: the ladder of schemes (naive -> tied -> + tied recurrent
 # -> + embedding dropout = variational; per-step against tied recurrent masks at the same rate), p_emb = p_rec.
-PROTOCOL = 6
-PROTOCOL_CHANGES = {6: "the learning rate chosen on validation before the seeds are trained (the laptop profile: one rate "
+PROTOCOL = 7
+PROTOCOL_CHANGES = {7: "a pilot whose rate is the largest or smallest of its grid widens the grid one step of its ratio, "
+                       "twice at most (protocol 6's chose 1e-2, the top of 1e-3, 3e-3, 1e-2), and records each "
+                       "model's validation curve and whether the choice is interior",
+                    6: "the learning rate chosen on validation before the seeds are trained (the laptop profile: one rate "
                        "for every scheme, from a pilot of each scheme at each candidate rate on its own seed), and the "
                        "laptop schedule lengthened from 8 to 14 epochs",
                     5: "language models still improving in their schedule's last quarter make their rows 'not converged', "

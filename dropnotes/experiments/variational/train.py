@@ -38,14 +38,36 @@ PILOT_SEED = 1000  # the pilot's models are initialised from this seed, apart fr
 
 
 def select_lr(cfg: VariationalConfig, d: dict, vocab: int) -> tuple[float, pd.DataFrame]:
-    """The learning rate, chosen on validation (protocol 6): every scheme at every rate of ``cfg.lr_grid`` as one
-    batched group from :data:`PILOT_SEED`'s initialisation, ``cfg.select_epochs`` epochs; the rate of the lowest
-    mean validation cross-entropy over the schemes (each at its best epoch) is used for every scheme, so that the
-    arms of a comparison differ only in their dropout. The test stream is not read. Without a grid: ``cfg.lr``."""
+    """The learning rate, chosen on validation (protocol 6; widened at the grid's edge, protocol 7): every scheme at
+    every rate of ``cfg.lr_grid`` as one batched group from :data:`PILOT_SEED`'s initialisation, ``cfg.select_epochs``
+    epochs; the rate of the lowest mean validation cross-entropy over the schemes (each at its best epoch) is used
+    for every scheme, so that the arms of a comparison differ only in their dropout. A choice on the grid's edge
+    widens it one step of its ratio at a time (:func:`dropnotes.train.choose_on_grid`, twice at most); the pilot's
+    table says which rates were added (``widened``) and whether the choice is interior. Each model's validation curve
+    is kept (``curve``: the validation perplexity at every epoch). The test stream is not read. Without a grid:
+    ``cfg.lr``."""
     if not cfg.lr_grid:
         return cfg.lr, pd.DataFrame(columns=["scheme", "lr", "best_epoch", "valid_ppl"])
+    tables = []
+
+    def evaluate(rates: list[float]) -> pd.Series:
+        table = _pilot(cfg, d, vocab, rates)
+        table["widened"] = bool(tables)  # the rates a widening added
+        tables.append(table)
+        return table.groupby("lr").valid_loss.mean()
+
+    lr, _, interior = train.choose_on_grid(evaluate, cfg.lr_grid)
+    pilot = pd.concat(tables, ignore_index=True)
+    pilot["valid_ppl"] = pilot.valid_loss.map(math.exp)
+    pilot["interior"] = interior
+    return lr, pilot.drop(columns="valid_loss")
+
+
+def _pilot(cfg: VariationalConfig, d: dict, vocab: int, rates: list[float]) -> pd.DataFrame:
+    """Every scheme at each of ``rates``, one batched group from :data:`PILOT_SEED`'s initialisation, trained
+    ``cfg.select_epochs`` epochs: one row per model with its best validation loss and epoch, and its curve."""
     dev = cfg.torch_device
-    arms = [(scheme, lr) for lr in cfg.lr_grid for scheme in SCHEMES]
+    arms = [(scheme, lr) for lr in rates for scheme in SCHEMES]
     group = StackedLSTMLM(len(arms), vocab, cfg.dim, cfg.layers, scheme=[s for s, _ in arms], p_io=cfg.p_io,
                           p_rec=cfg.p_rec, p_emb=cfg.p_emb, init_range=cfg.init_range,
                           seeds=[stream_seed(PILOT_SEED, "init-lm") for _ in arms]).to(dev)
@@ -53,11 +75,11 @@ def select_lr(cfg: VariationalConfig, d: dict, vocab: int) -> tuple[float, pd.Da
                          seq_len=cfg.seq_len, lr=[lr for _, lr in arms], clip=cfg.clip, optimizer=cfg.optimizer,
                          amp_dtype=torch.bfloat16 if cfg.amp else None, restore_best=False,
                          generator=stream(PILOT_SEED, "train-lm", dev), desc=f"{group.k} LSTM LMs (lr pilot)")
-    pilot = pd.DataFrame({"scheme": [s for s, _ in arms], "lr": [lr for _, lr in arms],
-                          "best_epoch": fit.best_epoch, "valid_loss": fit.best_val_error})
-    pilot["valid_ppl"] = pilot.valid_loss.map(math.exp)
-    mean = pilot.groupby("lr").valid_loss.mean()
-    return float(mean.idxmin()), pilot.drop(columns="valid_loss")
+    h = fit.history
+    curve = [" ".join(f"{math.exp(v):.1f}" for v in h[h.model == m].sort_values("epoch").val_loss)
+             for m in range(len(arms))]
+    return pd.DataFrame({"scheme": [s for s, _ in arms], "lr": [lr for _, lr in arms], "best_epoch": fit.best_epoch,
+                         "valid_loss": fit.best_val_error, "curve": curve})
 
 
 def train_lms(cfg: VariationalConfig, d: dict, vocab: int, lr: float | None = None) -> dict:

@@ -21,8 +21,11 @@ CHAPTER = "llm"
 # selects (the best step, the best rate) and the second half judges, so no selection touches the judging data;
 # the python-sources corpus (the standard library, torch, numpy, matplotlib; every 20th file held out); in full,
 # a model sized for it (about 20 tokens per parameter), 3 seeds, and each arm's learning rate chosen on validation.
-PROTOCOL = 5
-PROTOCOL_CHANGES = {5: "the full fine-tuning learning rate chosen on validation by a pilot on the first seed's base (every "
+PROTOCOL = 6
+PROTOCOL_CHANGES = {6: "a fine-tuning pilot whose learning rate is the largest or smallest of its grid widens the grid "
+                       "one step of its ratio, twice at most (protocol 5's laptop pilot chose 3e-4, the lowest of "
+                       "its three), and records whether the choice is interior",
+                    5: "the full fine-tuning learning rate chosen on validation by a pilot on the first seed's base (every "
                        "rate of the main slice at each candidate learning rate; one learning rate for every run)",
                     4: "verdicts read at the run's scale (both signs alike), t intervals over seeds (the crossing "
                        "rule too); LoRA dropout labelled a rule of thumb"}

@@ -323,21 +323,34 @@ def _judged_row(r: dict) -> dict:
 
 
 def select_finetune_lr(cfg: LLMConfig, base: GPT, shakes: data.TokenSplits) -> tuple[float, pd.DataFrame]:
-    """The full fine-tuning learning rate, chosen on validation (protocol 5): the first seed's ``base`` fine-tuned
-    on the main slice at every rate of ``finetune_rates`` and every candidate ``finetune_lr x finetune_lr_factors``,
-    as one group; the candidate of the lowest mean best validation-half loss over the rates is used for every run,
-    so that the arms differ only in their dropout. The test half is not read. One candidate: no pilot."""
+    """The full fine-tuning learning rate, chosen on validation (protocol 5; widened at the grid's edge, protocol 6):
+    the first seed's ``base`` fine-tuned on the main slice at every rate of ``finetune_rates`` and every candidate
+    ``finetune_lr x finetune_lr_factors``, as one group; the candidate of the lowest mean best validation-half loss
+    over the rates is used for every run, so that the arms differ only in their dropout. A choice on the grid's edge
+    widens it one step of its ratio at a time (:func:`dropnotes.train.choose_on_grid`, twice at most); the pilot's
+    table says which candidates were added (``widened``) and whether the choice is interior. The test half is not
+    read. One candidate: no pilot."""
     lrs = [cfg.finetune_lr * f for f in cfg.finetune_lr_factors]
     if len(lrs) == 1:
         return lrs[0], pd.DataFrame(columns=["p", "lr", "best_step", "valid_bpb"])
     one = replace(cfg, n_seeds=1, seed=cfg.seeds[0])
-    runs = [(q, cfg.finetune_bytes) for _ in lrs for q in cfg.finetune_rates]
-    ft = finetune_group(one, [base], shakes, runs, lr=[lr for lr in lrs for _ in cfg.finetune_rates])
-    # runs of one rate at several learning rates share a key, in the order trained
-    rows = [{"p": q, "lr": lr, "best_step": r["best"]["step"], "valid_bpb": r["best"]["valid_loss"] / LN2}
-            for q in cfg.finetune_rates for lr, r in zip(lrs, ft["full", q, cfg.finetune_bytes])]
-    pilot = pd.DataFrame(rows)
-    return float(pilot.groupby("lr").valid_bpb.mean().idxmin()), pilot
+    tables = []
+
+    def evaluate(candidates: list[float]) -> pd.Series:
+        runs = [(q, cfg.finetune_bytes) for _ in candidates for q in cfg.finetune_rates]
+        ft = finetune_group(one, [base], shakes, runs, lr=[lr for lr in candidates for _ in cfg.finetune_rates])
+        # runs of one rate at several learning rates share a key, in the order trained
+        table = pd.DataFrame([{"p": q, "lr": lr, "best_step": r["best"]["step"],
+                               "valid_bpb": r["best"]["valid_loss"] / LN2, "widened": bool(tables)}
+                              for q in cfg.finetune_rates
+                              for lr, r in zip(candidates, ft["full", q, cfg.finetune_bytes])])
+        tables.append(table)
+        return table.groupby("lr").valid_bpb.mean()
+
+    lr, _, interior = train.choose_on_grid(evaluate, lrs)
+    pilot = pd.concat(tables, ignore_index=True)
+    pilot["interior"] = interior
+    return lr, pilot
 
 
 def run(cfg: LLMConfig, save: bool = True) -> dict:

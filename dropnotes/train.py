@@ -127,12 +127,12 @@ def cosine_factor(epochs: int) -> Callable[[int], float]:
 
 def choose_on_grid(evaluate: Callable[[list[float]], pd.Series], grid: Iterable[float], *,
                    widen: int = 2) -> tuple[float, pd.Series, bool]:
-    """A value (a learning rate) chosen on validation over ``grid``, widened where the choice sits on its edge: a
-    pilot whose best value is the grid's largest or smallest has not chosen. ``evaluate(values)`` trains and
-    scores the given values (a Series of validation scores indexed by value, lower is better); while the best
-    value is the largest (smallest) one tried, the next value one step of the grid's own ratio beyond it is
-    evaluated, at most ``widen`` times. Returns the chosen value, every score (by value) and whether the choice is
-    interior (a grid of one value: True)."""
+    """A value (a learning rate) chosen on validation over ``grid``, widened where the choice sits on its edge: a pilot
+    whose best value is the grid's largest or smallest has not chosen. ``evaluate(values)`` trains and scores the
+    given values (a Series of validation scores indexed by value, lower is better); while the best value is the
+    largest (smallest) one tried, the next value one step of the grid's own ratio beyond it is evaluated, at most
+    ``widen`` times (never past a grid value of 0 or below, which has no ratio). Returns the chosen value, every score
+    (by value) and whether the choice is interior (a grid of one value: True)."""
     widen = check_positive_int("widen", widen, minimum=0)
     scores = evaluate(sorted(set(map(float, grid))))
 
@@ -145,8 +145,10 @@ def choose_on_grid(evaluate: Callable[[list[float]], pd.Series], grid: Iterable[
         if not side:
             break
         values = sorted(scores.index)
-        new = values[-1] ** 2 / values[-2] if side == "high" else values[0] ** 2 / values[1]
-        scores = pd.concat([scores, evaluate([new])])
+        near, far = (values[-2], values[-1]) if side == "high" else (values[1], values[0])
+        if near <= 0 or far <= 0:  # no ratio to step by (a grid with 0): the choice stays on the edge, and says so
+            break
+        scores = pd.concat([scores, evaluate([far * far / near])])
     scores = scores.sort_index()
     return float(scores.idxmin()), scores, not edge(scores)
 

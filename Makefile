@@ -45,20 +45,21 @@ test: $(BIN)/.installed
 	$(BIN)/ruff check dropnotes tests
 	rm -rf _build/smoke-results _build/smoke-checkpoints
 	$(SMOKE_ENV) $(BIN)/python -m pytest $(NBVAL) chapters scorecard.ipynb
-	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest --durations=25
+	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest -n auto -m "not notebooks" --durations=15
+	DROPNOTES_PROFILE=quick $(BIN)/python -m pytest -m notebooks --durations=15
 
 # Only the nbval check (about a minute).
 test-smoke: $(BIN)/.installed
 	rm -rf _build/smoke-results _build/smoke-checkpoints
 	$(SMOKE_ENV) $(BIN)/python -m pytest $(NBVAL) chapters scorecard.ipynb
 
-# Unit tests only (no subprocesses, kills, torchrun or notebooks): about two minutes, for quick iteration.
+# Unit tests only (no subprocesses, kills, torchrun or notebooks), on every core: for quick iteration.
 test-unit: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "not notebooks and not slow" --durations=10
+	$(BIN)/python -m pytest -n auto -m "not notebooks and not slow" --durations=10
 
 # Package tests only (minutes), without the notebooks.
 test-package: $(BIN)/.installed
-	$(BIN)/python -m pytest -m "not notebooks"
+	$(BIN)/python -m pytest -n auto -m "not notebooks"
 
 # The book. Neither jupyter-cache (keyed on code cells) nor Sphinx (which re-reads only changed
 # pages) sees edits to the dropnotes package or newly stored results, so when either changes the

@@ -20,13 +20,23 @@ from dropnotes.runtime import atomic_write
 class IPCKernelManager(KernelManager):
     """A kernel manager whose kernels use the IPC transport, with sockets in a private temporary folder
     (jupyter_client's default socket name is relative to the working folder, so two kernels started there
-    at once would collide)."""
+    at once would collide). ``threads`` (a class attribute; :func:`execute` makes a subclass that sets it) caps
+    the kernel's BLAS/OpenMP threads, so that several kernels can share a CPU without oversubscribing it."""
+
+    threads: int | None = None
 
     def __init__(self, **kwargs: Any) -> None:
         kwargs.setdefault("transport", "ipc")
         self._socket_dir = tempfile.mkdtemp(prefix="dropnotes-kernel-")
         kwargs.setdefault("ip", os.path.join(self._socket_dir, "kernel"))
         super().__init__(**kwargs)
+
+    async def _async_pre_start_kernel(self, **kw: Any):
+        if self.threads is not None:
+            env = dict(kw.get("env") or os.environ)
+            env.update({name: str(self.threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")})
+            kw["env"] = env
+        return await super()._async_pre_start_kernel(**kw)
 
     def cleanup_resources(self, restart: bool = False) -> None:
         super().cleanup_resources(restart=restart)
@@ -35,16 +45,20 @@ class IPCKernelManager(KernelManager):
 
 
 def execute(src: str | Path, out: str | Path, parameters: dict[str, Any] | None = None, *,
-            progress_bar: bool = False, log_output: bool = False) -> None:
+            progress_bar: bool = False, log_output: bool = False, threads: int | None = None) -> None:
     """Run ``src`` with ``parameters`` injected, in the notebook's own folder, writing ``out`` as it goes;
-    raises papermill's ``PapermillExecutionError`` on a failing cell (``out`` then holds the partial run)."""
+    raises papermill's ``PapermillExecutionError`` on a failing cell (``out`` then holds the partial run).
+    ``threads`` caps the kernel's compute threads (None: the library's default, every core)."""
+    if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
     import papermill as pm
 
     src = Path(src)
     params = {k: list(v) if isinstance(v, tuple) else v for k, v in (parameters or {}).items()}
+    manager = IPCKernelManager if threads is None else type("IPCKernelManager", (IPCKernelManager,), {"threads": threads})
     try:
         pm.execute_notebook(str(src), str(out), parameters=params, kernel_name="python3", cwd=str(src.parent),
-                            progress_bar=progress_bar, log_output=log_output, kernel_manager_class=IPCKernelManager)
+                            progress_bar=progress_bar, log_output=log_output, kernel_manager_class=manager)
     finally:
         if Path(out).is_file():
             collapse_injected(out)

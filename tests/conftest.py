@@ -10,15 +10,29 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
+# Under pytest-xdist (`make test` runs the package tests with -n 2) each worker gets its own results and checkpoint
+# folders and an equal share of the cores: two single-threaded workers use a 2-core CPU better than one with two
+# threads, and their subprocesses (the CLI, notebooks) inherit the cap.
+WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    import torch
+
+    _cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    _threads = max(1, _cpus // WORKERS)
+    torch.set_num_threads(_threads)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(_threads)
+_SUFFIX = f"-{WORKER}" if WORKER else ""
+
 if not os.environ.get("DROPNOTES_DATA") and SHARED_DATA.is_dir():
     os.environ["DROPNOTES_DATA"] = str(SHARED_DATA)
-os.environ.setdefault("DROPNOTES_RESULTS", str(ROOT / "_build" / "test-results"))
+os.environ.setdefault("DROPNOTES_RESULTS", str(ROOT / "_build" / f"test-results{_SUFFIX}"))
 os.environ.setdefault("DROPNOTES_PROFILE", "quick")
 if "DROPNOTES_CHECKPOINTS" not in os.environ:
     # A fresh checkpoint cache per session, so every test run pretrains (a stale cache would hide bugs).
     import shutil
 
-    _ckpt = ROOT / "_build" / "test-checkpoints"
+    _ckpt = ROOT / "_build" / f"test-checkpoints{_SUFFIX}"
     shutil.rmtree(_ckpt, ignore_errors=True)
     os.environ["DROPNOTES_CHECKPOINTS"] = str(_ckpt)
 

@@ -4,12 +4,14 @@ notebooks with execution off — so nothing is executed twice."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import nbformat
@@ -42,14 +44,59 @@ def chapter_notebooks() -> list[str]:
     return [f + ".ipynb" for f in toc_files() if f.startswith("chapters/")]
 
 
-@functools.lru_cache(maxsize=None)
-def execute(relpath: str) -> Path:
-    """Execute one chapter with the quick parameters (once per test session)."""
+# The chapters run JOBS at a time, each kernel on CPUS // JOBS threads: small models use two single-threaded
+# processes better than one process with two threads (set DROPNOTES_TEST_JOBS=1 to run them one by one).
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+JOBS = max(1, min(int(os.environ.get("DROPNOTES_TEST_JOBS", CPUS)), CPUS))
+TIMES = ROOT / "_build" / "test-notebook-seconds.json"  # each chapter's last execution time: the next run's schedule
+
+
+def _execute_one(relpath: str, threads: int | None) -> tuple[Path, float]:
     out = EXECUTED / relpath
     out.parent.mkdir(parents=True, exist_ok=True)
     params = QUICK if relpath.startswith("chapters/") else {}  # the scorecard has no parameters
-    notebooks.execute(ROOT / relpath, out, params)
-    return out
+    start = time.perf_counter()
+    notebooks.execute(ROOT / relpath, out, params, threads=threads)
+    return out, time.perf_counter() - start
+
+
+@functools.lru_cache(maxsize=None)
+def executed() -> dict[str, Path | BaseException]:
+    """Execute every chapter with the quick parameters, JOBS at a time, longest first by the last run's times
+    (else in the book's order), then the pages that read their results (the scorecard); once per session.
+    Maps each notebook to its executed copy, or to the exception that stopped it."""
+    chapters = chapter_notebooks()
+    try:
+        last = json.loads(TIMES.read_text())
+    except (OSError, ValueError):
+        last = {}
+    order = sorted(chapters, key=lambda rel: -float(last.get(rel, 0.0)))
+    threads = max(1, CPUS // JOBS) if JOBS > 1 else None
+    with concurrent.futures.ThreadPoolExecutor(JOBS) as pool:
+        futures = {rel: pool.submit(_execute_one, rel, threads) for rel in order}
+    done: dict[str, Path | BaseException] = {}
+    for rel, future in futures.items():
+        error = future.exception()
+        done[rel] = error if error is not None else future.result()[0]
+        if error is None:
+            last[rel] = round(future.result()[1], 1)
+    for rel in toc_notebooks_in_execution_order():
+        if rel not in done:
+            try:
+                done[rel] = _execute_one(rel, None)[0]
+            except Exception as error:  # reported by the test that asks for this page
+                done[rel] = error
+    TIMES.parent.mkdir(parents=True, exist_ok=True)
+    TIMES.write_text(json.dumps(last, indent=1, sort_keys=True))
+    return done
+
+
+def execute(relpath: str) -> Path:
+    """The executed copy of one notebook (see :func:`executed`); raises what stopped its execution."""
+    result = executed()[relpath]
+    if isinstance(result, BaseException):
+        raise result
+    return result
 
 
 def test_toc_lists_every_chapter():

@@ -161,3 +161,23 @@ def test_a_cpu_without_fast_bf16_runs_the_bf16_profiles_in_float32(monkeypatch):
     runtime._CPU_RATES.clear()
     fast = runtime.cpu_bf16_fast(size=64, repeats=1)
     assert set(runtime._CPU_RATES) == {"fp32", "bf16"} and fast == (runtime._CPU_RATES["bf16"] >= runtime._CPU_RATES["fp32"])
+
+
+def test_notebook_kernel_threads(tmp_path):
+    """``notebooks.execute(threads=n)`` caps the kernel's compute threads (the test suite runs two chapters at
+    once that way); a bad value names the parameter."""
+    import nbformat
+
+    from dropnotes import notebooks
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("threads = 0", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell("import os, torch\nprint(os.environ.get('OMP_NUM_THREADS'), torch.get_num_threads())")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    src = tmp_path / "probe.ipynb"
+    nbformat.write(nb, src)
+    notebooks.execute(src, tmp_path / "out.ipynb", {}, threads=1)
+    out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    assert out.cells[-1].outputs[0]["text"].split() == ["1", "1"]
+    with pytest.raises(ValueError, match="threads must be a positive integer"):
+        notebooks.execute(src, tmp_path / "out.ipynb", {}, threads=0)

@@ -99,8 +99,9 @@ def test_chapter_three_blocks_share_one_pilot_and_merge(store, have_data, monkey
 
     from dropnotes.experiments import variational
 
+    # protocol 8's laptop schedule: every model (the pilot's too) on a cosine schedule, no plateau gate
     cfg = dataclasses.replace(variational.configure("smoke", device="cpu", n_seeds=2), lr_grid=(1e-2, 3e-3),
-                              select_epochs=1)
+                              select_epochs=1, schedule="cosine")
     pilots = []
     real = variational.select_lr
     monkeypatch.setattr(variational.train, "select_lr", lambda *a: pilots.append(1) or real(*a))
@@ -111,6 +112,8 @@ def test_chapter_three_blocks_share_one_pilot_and_merge(store, have_data, monkey
     assert sorted(t["runs"].seed.unique()) == cfg.seeds and len(t["windows"]) == len(t["runs"])
     assert record["metrics"]["lr"] in cfg.lr_grid and record["provenance"]["vocab"] > 0
     assert (t["summary"].seeds == 2).all()
+    assert not t["verdicts"].verdict.str.contains("still improving|curves not stored|plateau test needs").any(), \
+        "no gate under cosine"
 
 
 def test_chapter_two_blocks_merge_into_one_record(store, have_data):

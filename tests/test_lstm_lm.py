@@ -164,3 +164,43 @@ def test_learning_rate_pilot_chooses_the_lowest_mean_validation_loss_and_never_r
     mean = pilot.groupby("lr").valid_ppl.apply(lambda s: s.map(math.log).mean())
     assert mean[1e-2] < mean[0.0]
     assert ch.select_lr(replace(cfg, lr_grid=()), d, 40)[0] == cfg.lr  # no grid: the configured rate
+
+
+def test_lm_rate_schedule_multiplies_the_rate_per_epoch():
+    """``fit_stacked_lm(lr_schedule=f)`` trains epoch ``e`` at ``lr * f(e)``: a factor of 0 leaves every weight as it
+    was (Adam's step is the rate times its direction), the cosine factor of one epoch (1 at epoch 0) trains."""
+    from dropnotes.stacked import StackedLSTMLM, fit_stacked_lm
+    from dropnotes.train import cosine_factor
+
+    stream = torch.arange(600) % 20
+
+    def fit(schedule):
+        model = StackedLSTMLM(2, 20, 8, 1, scheme="naive", p_io=0.1, p_rec=0.1, p_emb=0.0, seeds=[1, 2])
+        before = [p.detach().clone() for p in model.parameters()]
+        fit_stacked_lm(model, stream, stream[:200].clone(), epochs=1, batch_size=4, seq_len=5, lr=1e-2,
+                       optimizer="adam", lr_schedule=schedule, restore_best=False)
+        return max(float((p - b).abs().max()) for p, b in zip(model.parameters(), before))
+
+    assert fit(lambda e: 0.0) == 0.0
+    assert fit(cosine_factor(1)) > 0
+
+
+def test_chapter_three_cosine_schedule_has_no_plateau_gate():
+    """Protocol 8: the laptop profile anneals Adam's rate to zero (cosine), and under it the plateau gate is declared
+    not applicable (``PLATEAU_GATE``); a constant rate keeps the gate; an unknown schedule names the allowed ones."""
+    from dataclasses import replace
+
+    import pandas as pd
+
+    from dropnotes.experiments import variational as ch
+    from dropnotes.experiments.variational.config import _ptb
+
+    assert ch.configure("laptop", device="cpu").schedule == "cosine" and ch.PLATEAU_GATE.startswith("not applicable")
+    cfg = ch.configure("smoke", device="cpu")
+    curves = pd.DataFrame({"scheme": "naive", "seed": [0] * 4 + [1] * 4, "epoch": [1, 2, 3, 4] * 2,
+                           "valid_ppl": [200.0, 150.0, 120.0, 100.0] * 2})
+    assert ch.lm_plateau(curves, "naive", replace(cfg, schedule="cosine")) is None
+    test = ch.lm_plateau(curves, "naive", cfg)
+    assert not isinstance(test, str) and not test.plateaued
+    with pytest.raises(ValueError, match="schedule='linear' is not allowed; choose one of 'constant', 'cosine'"):
+        _ptb({"schedule": "linear"}, "smoke", "cpu")

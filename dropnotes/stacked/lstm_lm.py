@@ -484,12 +484,15 @@ def make_lm_step(model: StackedLSTMLM, ids: torch.Tensor, tgt: torch.Tensor, hs:
 def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_tokens: torch.Tensor, *, epochs: int,
                    batch_size: int, seq_len: int, lr, lr_decay: float = 1.0, decay_after: int = 0, clip=None,
                    optimizer: str = "sgd", amp_dtype: torch.dtype | None = None,
+                   lr_schedule: Callable[[int], float] | None = None,
                    generator: torch.Generator | None = None, restore_best: bool = True, capture: bool = True,
                    desc: str = "LSTM LMs") -> FitResult:
     """Truncated BPTT for the K language models of ``model`` together (Zaremba et al. 2014): plain SGD (or
     ``optimizer="adam"``, ``torch.optim.Adam``'s update) with per-model learning rates, divided by
-    ``lr_decay`` every epoch after ``decay_after``; each model's gradient clipped to norm ``clip[k]``; the
-    state carried across the windows of an epoch (zero at its start).
+    ``lr_decay`` every epoch after ``decay_after``, and multiplied during epoch ``e`` (0-based) by
+    ``lr_schedule(e)`` where one is given (e.g. :func:`dropnotes.train.cosine_factor`, as an epoch-wise
+    ``torch.optim.lr_scheduler``); each model's gradient clipped to norm ``clip[k]``; the state carried across
+    the windows of an epoch (zero at its start).
 
     After every epoch each model's validation loss is measured (eval mode) and its best epoch kept
     (restored at the end with ``restore_best``); a model whose loss stops being finite is frozen and
@@ -527,7 +530,8 @@ def fit_stacked_lm(model: StackedLSTMLM, train_tokens: torch.Tensor, valid_token
     rows = []
     for epoch in progress(range(1, epochs + 1), desc):
         model.train()
-        lr_now.copy_(lr_k / lr_decay ** max(0, epoch - decay_after))
+        factor = 1.0 if lr_schedule is None else float(lr_schedule(epoch - 1))
+        lr_now.copy_(lr_k * factor / lr_decay ** max(0, epoch - decay_after))
         for t in hs + cs + [total]:
             t.zero_()
         for w in range(xs.shape[0]):

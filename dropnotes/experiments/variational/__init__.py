@@ -16,7 +16,7 @@ from dropnotes.experiments.variational.config import (CHAPTER, PROTOCOL, PROTOCO
                                                       PAPER_ZAREMBA_SMALL_NOREG, PAPER_ZAREMBA_WPS, PAPER_AWD,
                                                       PAPER_SVD_ERROR, PAPER_SVD_COMPRESSION, EQUAL_MARGIN_NATS,
                                                       DELTA_NATS, PAPER_SETTINGS, measured_setting, VariationalConfig,
-                                                      PROFILE_DEFAULTS, KNOBS, configure)
+                                                      PROFILE_DEFAULTS, KNOBS, configure, PLATEAU_GATE, SCHEDULES)
 from dropnotes.experiments.variational.train import (_lm_data, PILOT_SEED, select_lr, train_lms, scheme_speed,
                                                      MC_CHUNK, mc_versus_scaling, svd_schedules, train_sparse_vd, run)
 from dropnotes.experiments.variational.rules import (merge_blocks, summarize, _ppl, LADDER, lm_plateau, _per_window,
@@ -29,8 +29,8 @@ from dropnotes.experiments.variational.figures import (plot_curves, plot_sparsit
 __all__ = ["CHAPTER", "DELTA_NATS", "EQUAL_MARGIN_NATS", "KNOBS", "LADDER", "MC_CHUNK", "PAPER_AWD", "PAPER_PANEL",
            "PAPER_POINTS", "PAPER_POINTS_LABEL", "PAPER_SETTINGS", "PAPER_SVD_COMPRESSION", "PAPER_SVD_ERROR",
            "PAPER_VARIATIONAL_MEDIUM", "PAPER_VARIATIONAL_MEDIUM_MC", "PAPER_ZAREMBA_MEDIUM",
-           "PAPER_ZAREMBA_SMALL_NOREG", "PAPER_ZAREMBA_WPS", "PILOT_SEED", "PROFILE_DEFAULTS", "PROTOCOL",
-           "PROTOCOL_CHANGES", "SCALE_AXIS", "SCALE_PANEL_TITLE", "VariationalConfig", "_lm_data", "_per_window",
+           "PAPER_ZAREMBA_SMALL_NOREG", "PAPER_ZAREMBA_WPS", "PILOT_SEED", "PLATEAU_GATE", "PROFILE_DEFAULTS", "PROTOCOL",
+           "PROTOCOL_CHANGES", "SCALE_AXIS", "SCHEDULES", "SCALE_PANEL_TITLE", "VariationalConfig", "_lm_data", "_per_window",
            "_ppl", "configure", "lm_plateau", "mc_versus_scaling", "measured_setting", "merge_blocks", "plot_curves",
            "plot_sparsity", "rejudge", "run", "scale_panel", "scale_points", "scheme_speed", "select_lr",
            "stored_facts", "stored_full", "summarize", "svd_schedules", "train_lms", "train_sparse_vd", "verdicts"]

@@ -69,7 +69,10 @@ LADDER = (("naive", "tied", "tying the masks in time (same connections, same rat
 
 def lm_plateau(curves: pd.DataFrame | None, scheme: str, cfg: VariationalConfig):
     """The plateau test (:func:`dropnotes.stats.plateau`) of one scheme's language models, on validation
-    cross-entropy at every epoch (before the decay, for a decaying schedule), or the reason it cannot run (a text)."""
+    cross-entropy at every epoch (before the decay, for a decaying schedule), the reason it cannot run (a text), or
+    None where no gate applies (the cosine schedule of protocol 8: :data:`PLATEAU_GATE`)."""
+    if cfg.schedule == "cosine":
+        return None
     if curves is None or "valid_ppl" not in curves:
         return "learning curves not stored"
     arm = curves[curves.scheme == scheme].sort_values("epoch")

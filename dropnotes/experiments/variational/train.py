@@ -37,10 +37,17 @@ def _lm_data(cfg: VariationalConfig) -> tuple[dict[str, torch.Tensor], int]:
 PILOT_SEED = 1000  # the pilot's models are initialised from this seed, apart from every evaluated seed
 
 
+def _schedule(cfg: VariationalConfig, epochs: int):
+    """The rate's factor per epoch: cosine annealing to zero over ``epochs`` (``cfg.schedule == "cosine"``, protocol
+    8), else None (a constant rate, or SGD's decay)."""
+    return train.cosine_factor(epochs) if cfg.schedule == "cosine" else None
+
+
 def select_lr(cfg: VariationalConfig, d: dict, vocab: int) -> tuple[float, pd.DataFrame]:
     """The learning rate, chosen on validation (protocol 6; widened at the grid's edge, protocol 7): every scheme at
     every rate of ``cfg.lr_grid`` as one batched group from :data:`PILOT_SEED`'s initialisation, ``cfg.select_epochs``
-    epochs; the rate of the lowest mean validation cross-entropy over the schemes (each at its best epoch) is used
+    epochs (on a cosine schedule of that length under ``schedule="cosine"``, so that each rate is compared at the end
+    of its annealing); the rate of the lowest mean validation cross-entropy over the schemes (each at its best epoch) is used
     for every scheme, so that the arms of a comparison differ only in their dropout. A choice on the grid's edge
     widens it one step of its ratio at a time (:func:`dropnotes.train.choose_on_grid`, twice at most); the pilot's
     table says which rates were added (``widened``) and whether the choice is interior. Each model's validation curve
@@ -73,6 +80,7 @@ def _pilot(cfg: VariationalConfig, d: dict, vocab: int, rates: list[float]) -> p
                           seeds=[stream_seed(PILOT_SEED, "init-lm") for _ in arms]).to(dev)
     fit = fit_stacked_lm(group, d["train"], d["valid"], epochs=cfg.select_epochs, batch_size=cfg.batch_size,
                          seq_len=cfg.seq_len, lr=[lr for _, lr in arms], clip=cfg.clip, optimizer=cfg.optimizer,
+                         lr_schedule=_schedule(cfg, cfg.select_epochs),
                          amp_dtype=torch.bfloat16 if cfg.amp else None, restore_best=False,
                          generator=stream(PILOT_SEED, "train-lm", dev), desc=f"{group.k} LSTM LMs (lr pilot)")
     h = fit.history
@@ -98,6 +106,7 @@ def train_lms(cfg: VariationalConfig, d: dict, vocab: int, lr: float | None = No
         fit = fit_stacked_lm(group, d["train"], d["valid"], epochs=cfg.epochs, batch_size=cfg.batch_size,
                              seq_len=cfg.seq_len, lr=lr, lr_decay=cfg.lr_decay if cfg.optimizer == "sgd" else 1.0,
                              decay_after=cfg.decay_after, clip=cfg.clip, optimizer=cfg.optimizer, amp_dtype=amp,
+                             lr_schedule=_schedule(cfg, cfg.epochs),
                              generator=stream(cfg.seed, "train-lm", dev), restore_best=True,
                              desc=f"{group.k} LSTM LMs (schemes x seeds)")
     losses, counts = lm_window_losses_stacked(group, d["test"], cfg.batch_size, cfg.seq_len, amp)

@@ -71,7 +71,10 @@ def sweep(tiny: Path, sweep_dir: Path, values: str, *, kill: str = "", extra=(),
                DROPNOTES_PROGRESS="0")
     argv = [sys.executable, "-c", DRIVER, str(tiny), "sweep", "tiny", "-p", "x", values, "-p", "sleep", sleep,
             "--workers", "1", "--sweep-dir", str(sweep_dir), *extra]
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default in the child: a pytest-xdist worker ignores it, and a child would inherit that and
+    # never see the Ctrl-C these tests send
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     if not wait:
         return proc
     out, err = proc.communicate(timeout=300)

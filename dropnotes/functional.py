@@ -167,7 +167,7 @@ def drop_path(x: torch.Tensor, p: float, training: bool = True, scale_by_keep: b
 
 
 def drop_path_skip(x: torch.Tensor, branch, p: float, training: bool = True) -> torch.Tensor:
-    r"""The residual step :math:`x + \mathrm{drop\_path}(f(x))`, computing :math:`f` only for kept samples.
+    r"""The residual step ``x + drop_path(f(x))``, computing ``f`` only for kept samples.
 
     Draws the same per-sample mask as :func:`drop_path` (same shape of random draws, so the same
     seed gives the same result), runs ``branch`` on the kept samples alone, and adds its output,
@@ -215,8 +215,14 @@ def concrete_dropout(x: torch.Tensor, p: torch.Tensor, temperature: float = 0.1,
                      eps: float = 1e-7) -> torch.Tensor:
     r"""Concrete (relaxed Bernoulli) dropout with a *differentiable* rate, Gal, Hron & Kendall (2017).
 
-    The drop mask is :math:`z = \sigma\big((\log p - \log(1-p) + \log u - \log(1-u))/t\big)`,
-    :math:`u \sim U(0, 1)`; the output is :math:`x (1-z) / (1-p)`. ``p`` is a tensor so that
+    The drop mask and the output are
+
+    .. math::
+
+        z = \sigma\big((\log p - \log(1-p) + \log u - \log(1-u))/t\big), \quad u \sim U(0, 1);
+        \qquad x (1-z) / (1-p).
+
+    ``p`` is a tensor so that
     gradients reach it (a float is taken as a constant rate). Eval is the identity. A rate outside (0, 1) is
     refused by name (for a learned tensor rate, whose range its parametrisation keeps, the check is skipped so
     that no step waits on the device).
